@@ -1,0 +1,648 @@
+//! Configuration: TOML file plus `NEXUDUS_NEVIS_SYNC__SECTION__KEY` environment overrides, parsed
+//! into raw serde types and then validated into [`Config`], the only type the rest of the crate sees.
+//!
+//! Validation names the offending key. Secrets are read (inline or from `*_file`) into
+//! [`SecretString`], whose `Debug` prints `[REDACTED]`, so no config value can leak a credential.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use secrecy::SecretString;
+use serde::Deserialize;
+use url::Url;
+
+/// Environment variable prefix for overrides: `NEXUDUS_NEVIS_SYNC__NEVIS__TOKEN` sets `nevis.token`.
+pub const ENV_PREFIX: &str = "NEXUDUS_NEVIS_SYNC";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read configuration: {0}")]
+    Load(String),
+    #[error("invalid configuration key `{key}`: {reason}")]
+    Invalid { key: String, reason: String },
+}
+
+fn invalid(key: &str, reason: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key: key.to_string(),
+        reason: reason.into(),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Raw, as written by the operator.
+// ---------------------------------------------------------------------------------------------
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    nexudus: RawNexudus,
+    nevis: RawNevis,
+    #[serde(default)]
+    sync: RawSync,
+    #[serde(default)]
+    retry: RawRetry,
+    store: RawStore,
+    #[serde(default)]
+    http: RawHttp,
+    #[serde(default)]
+    mapping: RawMapping,
+    #[serde(default)]
+    log: RawLog,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawNexudus {
+    base_url: String,
+    username: String,
+    password: Option<String>,
+    password_file: Option<PathBuf>,
+    #[serde(default = "default_page_size")]
+    page_size: i64,
+    #[serde(default = "default_timeout", with = "humantime_serde")]
+    request_timeout: Duration,
+    #[serde(default = "default_min_interval", with = "humantime_serde")]
+    min_request_interval: Duration,
+    #[serde(default = "default_per_minute")]
+    max_requests_per_minute: i64,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawNevis {
+    base_url: String,
+    client_ext_id: String,
+    token: Option<String>,
+    token_file: Option<PathBuf>,
+    #[serde(default = "default_timeout", with = "humantime_serde")]
+    request_timeout: Duration,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawSync {
+    schedule: String,
+    concurrency: i64,
+    max_disables: i64,
+    max_disable_percent: f64,
+}
+
+impl Default for RawSync {
+    fn default() -> Self {
+        RawSync {
+            schedule: "0 */15 * * * *".into(),
+            concurrency: 8,
+            max_disables: 50,
+            max_disable_percent: 10.0,
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawRetry {
+    max_attempts: i64,
+    #[serde(with = "humantime_serde")]
+    initial_delay: Duration,
+    #[serde(with = "humantime_serde")]
+    max_delay: Duration,
+    #[serde(with = "humantime_serde")]
+    max_elapsed: Duration,
+}
+
+impl Default for RawRetry {
+    fn default() -> Self {
+        RawRetry {
+            max_attempts: 6,
+            initial_delay: Duration::from_millis(500),
+            max_delay: Duration::from_secs(30),
+            max_elapsed: Duration::from_secs(120),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawStore {
+    path: PathBuf,
+    #[serde(default = "default_cache_mib")]
+    cache_capacity_mib: i64,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawHttp {
+    listen: String,
+}
+
+impl Default for RawHttp {
+    fn default() -> Self {
+        RawHttp {
+            listen: "127.0.0.1:9464".into(),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawMapping {
+    languages: BTreeMap<String, String>,
+    default_language: String,
+}
+
+impl Default for RawMapping {
+    fn default() -> Self {
+        RawMapping {
+            languages: [("1", "en"), ("2", "es"), ("3", "en")]
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            default_language: "en".into(),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawLog {
+    format: String,
+    level: String,
+}
+
+impl Default for RawLog {
+    fn default() -> Self {
+        RawLog {
+            format: "pretty".into(),
+            level: "info".into(),
+        }
+    }
+}
+
+fn default_page_size() -> i64 {
+    1000
+}
+fn default_timeout() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_min_interval() -> Duration {
+    // Nexudus documents one request per 100 ms; keep a margin for clock jitter on both ends.
+    Duration::from_millis(110)
+}
+fn default_per_minute() -> i64 {
+    // Nexudus documents 120 a minute; the same margin.
+    110
+}
+fn default_cache_mib() -> i64 {
+    32
+}
+
+// ---------------------------------------------------------------------------------------------
+// Validated.
+// ---------------------------------------------------------------------------------------------
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub nexudus: NexudusConfig,
+    pub nevis: NevisConfig,
+    pub sync: SyncConfig,
+    pub retry: RetryConfig,
+    pub store: StoreConfig,
+    pub http: HttpConfig,
+    pub mapping: MappingConfig,
+    pub log: LogConfig,
+}
+
+#[derive(Debug, Clone)]
+pub struct NexudusConfig {
+    pub base_url: Url,
+    pub username: String,
+    pub password: SecretString,
+    pub page_size: u32,
+    pub request_timeout: Duration,
+    /// Smallest gap between two requests (token bucket of one).
+    pub min_request_interval: Duration,
+    /// Requests allowed in any sliding minute.
+    pub max_requests_per_minute: u32,
+}
+
+#[derive(Debug, Clone)]
+pub struct NevisConfig {
+    pub base_url: Url,
+    pub client_ext_id: String,
+    pub token: SecretString,
+    pub request_timeout: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct SyncConfig {
+    pub schedule: String,
+    pub concurrency: usize,
+    pub max_disables: u64,
+    pub max_disable_percent: f64,
+}
+
+#[derive(Debug, Clone)]
+pub struct RetryConfig {
+    pub max_attempts: usize,
+    pub initial_delay: Duration,
+    pub max_delay: Duration,
+    pub max_elapsed: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct StoreConfig {
+    pub path: PathBuf,
+    pub cache_capacity_bytes: u64,
+}
+
+#[derive(Debug, Clone)]
+pub struct HttpConfig {
+    pub listen: SocketAddr,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct MappingConfig {
+    /// Nexudus `Language` (eLanguage) -> nevisIDM `languageCode`.
+    pub languages: BTreeMap<i64, String>,
+    pub default_language: String,
+}
+
+impl Default for MappingConfig {
+    fn default() -> Self {
+        validate_mapping(RawMapping::default()).expect("built-in mapping defaults are valid")
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Pretty,
+    Json,
+}
+
+#[derive(Debug, Clone)]
+pub struct LogConfig {
+    pub format: LogFormat,
+    pub level: String,
+}
+
+impl Config {
+    /// Loads `path` (TOML) with environment overrides and validates it.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        if !path.exists() {
+            return Err(ConfigError::Load(format!(
+                "config file {} does not exist",
+                path.display()
+            )));
+        }
+        let source = config::File::from(path).format(config::FileFormat::Toml);
+        Self::build(config::Config::builder().add_source(source))
+    }
+
+    /// Parses a TOML string with environment overrides (tests and the demo use this).
+    pub fn from_toml_str(toml: &str) -> Result<Config, ConfigError> {
+        let source = config::File::from_str(toml, config::FileFormat::Toml);
+        Self::build(config::Config::builder().add_source(source))
+    }
+
+    fn build(
+        builder: config::ConfigBuilder<config::builder::DefaultState>,
+    ) -> Result<Config, ConfigError> {
+        let env = config::Environment::with_prefix(ENV_PREFIX)
+            .prefix_separator("__")
+            .separator("__");
+        let raw: RawConfig = builder
+            .add_source(env)
+            .build()
+            .and_then(|c| c.try_deserialize())
+            .map_err(|e| ConfigError::Load(e.to_string()))?;
+        validate(raw)
+    }
+}
+
+fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
+    let nexudus = raw.nexudus;
+    let page_size = nexudus.page_size;
+    if !(1..=1000).contains(&page_size) {
+        return Err(invalid("nexudus.page_size", "must be between 1 and 1000"));
+    }
+    if nexudus.username.trim().is_empty() {
+        return Err(invalid("nexudus.username", "must not be empty"));
+    }
+    if nexudus.max_requests_per_minute < 1 {
+        return Err(invalid(
+            "nexudus.max_requests_per_minute",
+            "must be at least 1",
+        ));
+    }
+    let nexudus_cfg = NexudusConfig {
+        base_url: parse_url("nexudus.base_url", &nexudus.base_url)?,
+        password: secret(
+            "nexudus.password",
+            nexudus.password,
+            nexudus.password_file.as_deref(),
+        )?,
+        username: nexudus.username,
+        page_size: page_size as u32,
+        request_timeout: positive("nexudus.request_timeout", nexudus.request_timeout)?,
+        min_request_interval: nexudus.min_request_interval,
+        max_requests_per_minute: nexudus.max_requests_per_minute as u32,
+    };
+
+    let nevis = raw.nevis;
+    let client = nevis.client_ext_id.trim();
+    if client.is_empty() || client.contains('/') {
+        return Err(invalid(
+            "nevis.client_ext_id",
+            "must be a non-empty external id without '/'",
+        ));
+    }
+    let nevis_cfg = NevisConfig {
+        base_url: parse_url("nevis.base_url", &nevis.base_url)?,
+        client_ext_id: client.to_string(),
+        token: secret("nevis.token", nevis.token, nevis.token_file.as_deref())?,
+        request_timeout: positive("nevis.request_timeout", nevis.request_timeout)?,
+    };
+
+    let sync = raw.sync;
+    crate::schedule::parse(&sync.schedule).map_err(|e| invalid("sync.schedule", e))?;
+    if !(1..=256).contains(&sync.concurrency) {
+        return Err(invalid("sync.concurrency", "must be between 1 and 256"));
+    }
+    if sync.max_disables < 0 {
+        return Err(invalid("sync.max_disables", "must not be negative"));
+    }
+    if !(0.0..=100.0).contains(&sync.max_disable_percent) {
+        return Err(invalid(
+            "sync.max_disable_percent",
+            "must be between 0 and 100",
+        ));
+    }
+
+    let retry = raw.retry;
+    if !(1..=100).contains(&retry.max_attempts) {
+        return Err(invalid("retry.max_attempts", "must be between 1 and 100"));
+    }
+    if retry.max_delay < retry.initial_delay {
+        return Err(invalid(
+            "retry.max_delay",
+            "must not be shorter than retry.initial_delay",
+        ));
+    }
+
+    if raw.store.path.as_os_str().is_empty() {
+        return Err(invalid("store.path", "must not be empty"));
+    }
+    if !(1..=4096).contains(&raw.store.cache_capacity_mib) {
+        return Err(invalid(
+            "store.cache_capacity_mib",
+            "must be between 1 and 4096",
+        ));
+    }
+
+    let listen = raw
+        .http
+        .listen
+        .parse::<SocketAddr>()
+        .map_err(|e| invalid("http.listen", format!("not an address:port ({e})")))?;
+
+    let format = match raw.log.format.as_str() {
+        "pretty" => LogFormat::Pretty,
+        "json" => LogFormat::Json,
+        other => {
+            return Err(invalid(
+                "log.format",
+                format!("must be \"pretty\" or \"json\", not {other:?}"),
+            ));
+        }
+    };
+    if tracing_subscriber::EnvFilter::try_new(&raw.log.level).is_err() {
+        return Err(invalid(
+            "log.level",
+            "not a valid level or filter directive",
+        ));
+    }
+
+    Ok(Config {
+        nexudus: nexudus_cfg,
+        nevis: nevis_cfg,
+        sync: SyncConfig {
+            schedule: sync.schedule,
+            concurrency: sync.concurrency as usize,
+            max_disables: sync.max_disables as u64,
+            max_disable_percent: sync.max_disable_percent,
+        },
+        retry: RetryConfig {
+            max_attempts: retry.max_attempts as usize,
+            initial_delay: retry.initial_delay,
+            max_delay: retry.max_delay,
+            max_elapsed: retry.max_elapsed,
+        },
+        store: StoreConfig {
+            path: raw.store.path,
+            cache_capacity_bytes: raw.store.cache_capacity_mib as u64 * 1024 * 1024,
+        },
+        http: HttpConfig { listen },
+        mapping: validate_mapping(raw.mapping)?,
+        log: LogConfig {
+            format,
+            level: raw.log.level,
+        },
+    })
+}
+
+fn validate_mapping(raw: RawMapping) -> Result<MappingConfig, ConfigError> {
+    let mut languages = BTreeMap::new();
+    for (k, v) in raw.languages {
+        let key = format!("mapping.languages.{k}");
+        let n: i64 = k
+            .trim()
+            .parse()
+            .map_err(|_| invalid(&key, "keys must be Nexudus eLanguage numbers"))?;
+        languages.insert(n, language_code(&key, &v)?);
+    }
+    Ok(MappingConfig {
+        languages,
+        default_language: language_code("mapping.default_language", &raw.default_language)?,
+    })
+}
+
+fn language_code(key: &str, value: &str) -> Result<String, ConfigError> {
+    let code = value.trim();
+    if code.len() == 2 && code.chars().all(|c| c.is_ascii_lowercase()) {
+        Ok(code.to_string())
+    } else {
+        Err(invalid(
+            key,
+            format!("{value:?} is not a lower-case ISO 639-1 code"),
+        ))
+    }
+}
+
+fn parse_url(key: &str, value: &str) -> Result<Url, ConfigError> {
+    let url = Url::parse(value.trim()).map_err(|e| invalid(key, format!("not a URL ({e})")))?;
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err(invalid(key, "must be an http:// or https:// URL"));
+    }
+    if url.host_str().is_none() {
+        return Err(invalid(key, "must name a host"));
+    }
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err(invalid(
+            key,
+            "must not carry credentials; use the username/password keys",
+        ));
+    }
+    Ok(url)
+}
+
+fn positive(key: &str, d: Duration) -> Result<Duration, ConfigError> {
+    if d.is_zero() {
+        Err(invalid(key, "must be longer than zero"))
+    } else {
+        Ok(d)
+    }
+}
+
+/// Reads a secret given inline (`key`) or from a file (`key_file`), never both.
+fn secret(
+    key: &str,
+    inline: Option<String>,
+    file: Option<&Path>,
+) -> Result<SecretString, ConfigError> {
+    let value = match (inline, file) {
+        (Some(_), Some(_)) => {
+            return Err(invalid(
+                key,
+                format!("set either {key} or {key}_file, not both"),
+            ));
+        }
+        (Some(v), None) => v,
+        (None, Some(path)) => {
+            let text = std::fs::read_to_string(path).map_err(|e| {
+                invalid(
+                    &format!("{key}_file"),
+                    format!("cannot read {}: {e}", path.display()),
+                )
+            })?;
+            // Files written by `echo` or editors end in a newline that is not part of the secret.
+            text.strip_suffix("\r\n")
+                .or_else(|| text.strip_suffix('\n'))
+                .unwrap_or(&text)
+                .to_string()
+        }
+        (None, None) => {
+            return Err(invalid(key, format!("missing: set {key} or {key}_file")));
+        }
+    };
+    if value.is_empty() {
+        return Err(invalid(key, "must not be empty"));
+    }
+    Ok(SecretString::from(value))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use secrecy::ExposeSecret;
+
+    const MINIMAL: &str = r#"
+        [nexudus]
+        base_url = "https://spaces.nexudus.com"
+        username = "sync@example.com"
+        password = "hunter2-nexudus"
+        [nevis]
+        base_url = "https://idm.example.com"
+        client_ext_id = "client-123"
+        token = "tok-secret-nevis"
+        [store]
+        path = "/tmp/x"
+    "#;
+
+    fn err(toml: &str) -> String {
+        Config::from_toml_str(toml).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn minimal_config_gets_documented_defaults() {
+        let c = Config::from_toml_str(MINIMAL).unwrap();
+        assert_eq!(c.nexudus.page_size, 1000);
+        assert_eq!(c.sync.concurrency, 8);
+        assert_eq!(c.sync.max_disables, 50);
+        assert_eq!(c.sync.max_disable_percent, 10.0);
+        assert_eq!(c.sync.schedule, "0 */15 * * * *");
+        assert_eq!(c.http.listen.to_string(), "127.0.0.1:9464");
+        assert_eq!(c.mapping.languages.get(&2).map(String::as_str), Some("es"));
+        assert_eq!(c.mapping.default_language, "en");
+        assert_eq!(c.nevis.token.expose_secret(), "tok-secret-nevis");
+    }
+
+    #[test]
+    fn debug_output_never_shows_secrets() {
+        let c = Config::from_toml_str(MINIMAL).unwrap();
+        let dbg = format!("{c:?}");
+        assert!(!dbg.contains("hunter2-nexudus"), "{dbg}");
+        assert!(!dbg.contains("tok-secret-nevis"), "{dbg}");
+    }
+
+    #[test]
+    fn unknown_keys_are_rejected_with_their_name() {
+        let e = err(&MINIMAL.replace("[store]", "[store]\npaht = \"x\""));
+        assert!(e.contains("paht"), "{e}");
+        let e = err(&format!("{MINIMAL}\n[bogus]\nx = 1\n"));
+        assert!(e.contains("bogus"), "{e}");
+    }
+
+    #[test]
+    fn missing_required_keys_are_named() {
+        let e = err(&MINIMAL.replace("client_ext_id = \"client-123\"", ""));
+        assert!(e.contains("client_ext_id"), "{e}");
+        let e = err(&MINIMAL.replace("token = \"tok-secret-nevis\"", ""));
+        assert!(e.contains("nevis.token"), "{e}");
+    }
+
+    #[test]
+    fn bad_values_are_named() {
+        let e = err(&MINIMAL.replace("https://idm.example.com", "not a url"));
+        assert!(e.contains("nevis.base_url"), "{e}");
+        let e = err(&format!("{MINIMAL}\n[sync]\nschedule = \"*/5 * * * *\"\n"));
+        assert!(e.contains("sync.schedule"), "{e}");
+        let e = err(&MINIMAL.replace(
+            "password = \"hunter2-nexudus\"",
+            "password = \"p\"\npage_size = 5000",
+        ));
+        assert!(e.contains("nexudus.page_size"), "{e}");
+        let e = err(&format!(
+            "{MINIMAL}\n[mapping]\ndefault_language = \"English\"\n"
+        ));
+        assert!(e.contains("mapping.default_language"), "{e}");
+    }
+
+    #[test]
+    fn secrets_come_from_files_without_trailing_newline() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("token");
+        std::fs::write(&file, "from-file-token\n").unwrap();
+        let toml = MINIMAL.replace(
+            "token = \"tok-secret-nevis\"",
+            &format!("token_file = {:?}", file.display().to_string()),
+        );
+        let c = Config::from_toml_str(&toml).unwrap();
+        assert_eq!(c.nevis.token.expose_secret(), "from-file-token");
+    }
+}
+
+#[cfg(test)]
+mod example_tests {
+    use super::*;
+
+    #[test]
+    fn shipped_example_config_is_valid() {
+        let text = include_str!("../config/example.toml");
+        let c = Config::from_toml_str(text).expect("config/example.toml must load");
+        assert_eq!(c.nevis.client_ext_id, "client-123");
+        assert_eq!(c.store.path, PathBuf::from("/var/lib/nexudus-nevis-sync"));
+    }
+}

@@ -1,0 +1,31 @@
+//! nexudus-nevis-sync keeps a nevisIDM user directory in step with the users of a Nexudus account.
+//!
+//! The pipeline, one module per stage:
+//!
+//! - [`config`]   raw TOML/env config -> validated [`config::Config`] (URLs parsed, cron checked, secrets wrapped)
+//! - [`nexudus`]  the source: paced, paged HTTP client for `GET /api/sys/users` and its wire types
+//! - [`mapper`]   pure: one Nexudus record -> the desired nevisIDM user, or the reason it is invalid
+//! - [`diff`]     pure: desired user + checkpoint -> create / update (changed fields) / disable / nothing
+//! - [`store`]    the sled checkpoint store; the only module that imports sled
+//! - [`nevis`]    the target: nevisIDM Core REST client, HTTP status -> outcome classification
+//! - [`retry`]    when to retry (backoff, `Retry-After`, caps); the only module that imports backon
+//! - [`dispatch`] applies operations with bounded concurrency and checkpoints each confirmed write
+//! - [`schedule`] the cron syntax of `sync.schedule` (the daemon's timing)
+//! - [`sync`]     `run_once`: the pipeline wired together, shared by `--sync-now` and the daemon
+//! - [`report`]   what a run did: counts, failures, invalid records, the summary line
+//! - [`sandbox`]  stateful fakes of both APIs, used by `--demo`, the tests and the benchmark
+//! - [`demo`]     `--demo`: both fakes in-process, sample users, one real sync
+
+pub mod config;
+pub mod demo;
+pub mod diff;
+pub mod dispatch;
+pub mod mapper;
+pub mod nevis;
+pub mod nexudus;
+pub mod report;
+pub mod retry;
+pub mod sandbox;
+pub mod schedule;
+pub mod store;
+pub mod sync;

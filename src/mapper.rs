@@ -1,0 +1,246 @@
+//! Pure mapping: one decoded Nexudus user -> the nevisIDM user we want, or why it cannot be sent.
+//!
+//! Nothing here does I/O. The defaults (documented in the README) are: `extId = nexudus-{Id}`,
+//! `loginId` = email trimmed and lower-cased, `FullName` split on its last word, `Language` through
+//! the configured table, `Active` -> `userState`.
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::MappingConfig;
+
+/// Prefix of every `extId` this tool creates.
+pub const EXT_ID_PREFIX: &str = "nexudus-";
+
+/// The fields of a Nexudus user record that the sync reads, decoded leniently.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct SourceUser {
+    pub id: u64,
+    pub full_name: Option<String>,
+    pub email: Option<String>,
+    pub language: Option<i64>,
+    pub active: bool,
+    pub updated_on: Option<String>,
+}
+
+/// nevisIDM `userState` values this tool sets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UserState {
+    Active,
+    Disabled,
+}
+
+impl UserState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UserState::Active => "active",
+            UserState::Disabled => "disabled",
+        }
+    }
+}
+
+/// The nevisIDM user a Nexudus user should become: exactly the fields this tool owns.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct DesiredUser {
+    pub ext_id: String,
+    pub login_id: String,
+    pub first_name: String,
+    pub family_name: String,
+    pub email: String,
+    pub language_code: String,
+    pub state: UserState,
+}
+
+/// Why a Nexudus record cannot be mapped. Reported with the record's Id; never sent.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum InvalidReason {
+    #[error("email is missing or blank")]
+    EmailMissing,
+    #[error("email {0:?} has no single '@' between a local part and a domain")]
+    EmailMalformed(String),
+    #[error("email {0:?} contains whitespace or control characters")]
+    EmailWhitespace(String),
+    #[error("full name is missing or blank")]
+    NameMissing,
+    #[error("full name contains control characters")]
+    NameControlCharacters,
+    #[error("field {field} has the wrong type: {detail}")]
+    WrongType { field: &'static str, detail: String },
+    #[error("field {0} is missing or null")]
+    FieldMissing(&'static str),
+    #[error("record has no usable Id")]
+    NoId,
+}
+
+pub fn ext_id(nexudus_id: u64) -> String {
+    format!("{EXT_ID_PREFIX}{nexudus_id}")
+}
+
+/// Maps one source user. Deterministic: the same input and config always give the same output.
+pub fn map_user(user: &SourceUser, mapping: &MappingConfig) -> Result<DesiredUser, InvalidReason> {
+    let email = normalise_email(user.email.as_deref())?;
+    let (first_name, family_name) = split_name(user.full_name.as_deref())?;
+    let language_code = user
+        .language
+        .and_then(|l| mapping.languages.get(&l))
+        .unwrap_or(&mapping.default_language)
+        .clone();
+    Ok(DesiredUser {
+        ext_id: ext_id(user.id),
+        login_id: email.to_lowercase(),
+        first_name,
+        family_name,
+        email,
+        language_code,
+        state: if user.active {
+            UserState::Active
+        } else {
+            UserState::Disabled
+        },
+    })
+}
+
+/// Trims the email and checks it is usable as a login: one `@`, both sides non-empty, no
+/// whitespace or control characters inside. Case is kept (it is the contact address).
+fn normalise_email(raw: Option<&str>) -> Result<String, InvalidReason> {
+    let email = raw.map(str::trim).unwrap_or_default();
+    if email.is_empty() {
+        return Err(InvalidReason::EmailMissing);
+    }
+    if email.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(InvalidReason::EmailWhitespace(email.to_string()));
+    }
+    match email.split_once('@') {
+        Some((local, domain))
+            if !local.is_empty() && !domain.is_empty() && !domain.contains('@') =>
+        {
+            Ok(email.to_string())
+        }
+        _ => Err(InvalidReason::EmailMalformed(email.to_string())),
+    }
+}
+
+/// Splits a full name on its last word after trimming and collapsing whitespace.
+/// A one-word name fills both parts, because nevisIDM makes both mandatory by default.
+fn split_name(raw: Option<&str>) -> Result<(String, String), InvalidReason> {
+    let raw = raw.unwrap_or_default();
+    if raw.chars().any(|c| c.is_control() && !c.is_whitespace()) {
+        return Err(InvalidReason::NameControlCharacters);
+    }
+    let words: Vec<&str> = raw.split_whitespace().collect();
+    match words.split_last() {
+        None => Err(InvalidReason::NameMissing),
+        Some((last, [])) => Ok((last.to_string(), last.to_string())),
+        Some((last, rest)) => Ok((rest.join(" "), last.to_string())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn user(name: Option<&str>, email: Option<&str>) -> SourceUser {
+        SourceUser {
+            id: 42,
+            full_name: name.map(String::from),
+            email: email.map(String::from),
+            language: Some(1),
+            active: true,
+            updated_on: None,
+        }
+    }
+
+    fn map(u: &SourceUser) -> Result<DesiredUser, InvalidReason> {
+        map_user(u, &MappingConfig::default())
+    }
+
+    #[test]
+    fn maps_the_documented_defaults() {
+        let d = map(&user(
+            Some("  Ada   King  Lovelace "),
+            Some("  Ada.Lovelace@Example.COM "),
+        ))
+        .unwrap();
+        assert_eq!(d.ext_id, "nexudus-42");
+        assert_eq!(d.login_id, "ada.lovelace@example.com");
+        assert_eq!(d.email, "Ada.Lovelace@Example.COM");
+        assert_eq!(d.first_name, "Ada King");
+        assert_eq!(d.family_name, "Lovelace");
+        assert_eq!(d.language_code, "en");
+        assert_eq!(d.state, UserState::Active);
+    }
+
+    #[test]
+    fn one_word_name_fills_both_parts() {
+        let d = map(&user(Some("Cher"), Some("cher@example.com"))).unwrap();
+        assert_eq!(
+            (d.first_name.as_str(), d.family_name.as_str()),
+            ("Cher", "Cher")
+        );
+    }
+
+    #[test]
+    fn languages_follow_the_table_and_default() {
+        let mut u = user(Some("José Müller"), Some("j@example.com"));
+        for (lang, code) in [
+            (Some(1), "en"),
+            (Some(2), "es"),
+            (Some(3), "en"),
+            (Some(7), "en"),
+            (None, "en"),
+        ] {
+            u.language = lang;
+            assert_eq!(map(&u).unwrap().language_code, code, "{lang:?}");
+        }
+        let mut m = MappingConfig::default();
+        m.languages.insert(2, "fr".into());
+        m.default_language = "de".into();
+        u.language = Some(2);
+        assert_eq!(map_user(&u, &m).unwrap().language_code, "fr");
+        u.language = Some(9);
+        assert_eq!(map_user(&u, &m).unwrap().language_code, "de");
+    }
+
+    #[test]
+    fn inactive_maps_to_disabled() {
+        let mut u = user(Some("A B"), Some("a@b.c"));
+        u.active = false;
+        assert_eq!(map(&u).unwrap().state, UserState::Disabled);
+    }
+
+    #[test]
+    fn unusable_emails_and_names_are_invalid() {
+        let cases = [
+            (user(Some("A B"), None), InvalidReason::EmailMissing),
+            (user(Some("A B"), Some("   ")), InvalidReason::EmailMissing),
+            (
+                user(Some("A B"), Some("ab.example.com")),
+                InvalidReason::EmailMalformed("ab.example.com".into()),
+            ),
+            (
+                user(Some("A B"), Some("a@")),
+                InvalidReason::EmailMalformed("a@".into()),
+            ),
+            (
+                user(Some("A B"), Some("a@b@c")),
+                InvalidReason::EmailMalformed("a@b@c".into()),
+            ),
+            (
+                user(Some("A B"), Some("a b@c.d")),
+                InvalidReason::EmailWhitespace("a b@c.d".into()),
+            ),
+            (user(None, Some("a@b.c")), InvalidReason::NameMissing),
+            (
+                user(Some(" \t "), Some("a@b.c")),
+                InvalidReason::NameMissing,
+            ),
+            (
+                user(Some("A\u{0}B"), Some("a@b.c")),
+                InvalidReason::NameControlCharacters,
+            ),
+        ];
+        for (u, want) in cases {
+            assert_eq!(map(&u).unwrap_err(), want, "{u:?}");
+        }
+    }
+}

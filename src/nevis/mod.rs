@@ -1,0 +1,376 @@
+//! The target: nevisIDM Core REST API v1 users of one client
+//! (`/nevisidm/api/core/v1/{clientExtId}/users`).
+//!
+//! Every answer is classified here, once: success, the user already exists (a create answered
+//! 422 `errors.duplicateValue` or 409), not found, rejected (400/422: not retried, reported with
+//! nevisIDM's code and message), authentication refused (fatal), or unavailable (429, 5xx,
+//! timeouts, dropped connections: retried by [`crate::retry`], honouring `Retry-After`).
+
+use std::future::Future;
+use std::time::Duration;
+
+use reqwest::{Method, StatusCode};
+use secrecy::{ExposeSecret, SecretString};
+use serde_json::Value;
+use url::Url;
+
+use crate::config::{NevisConfig, RetryConfig};
+use crate::diff::{Changes, create_body};
+use crate::mapper::DesiredUser;
+use crate::nexudus::{join, retry_after};
+use crate::retry::{Classify, RetryPolicy, Verdict};
+
+/// Anything that can hold nevisIDM users (the HTTP client, or a fake in unit tests).
+pub trait Target: Send + Sync + 'static {
+    /// `POST …/users` with the full desired user.
+    fn create(&self, user: &DesiredUser) -> impl Future<Output = Result<(), TargetError>> + Send;
+    /// `PATCH …/users/{extId}` with only the changed fields.
+    fn update(
+        &self,
+        ext_id: &str,
+        changes: &Changes,
+    ) -> impl Future<Output = Result<(), TargetError>> + Send;
+    /// `GET …/users/{extId}`; `None` when nevisIDM has no such user.
+    fn get(&self, ext_id: &str) -> impl Future<Output = Result<Option<Value>, TargetError>> + Send;
+}
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum TargetError {
+    #[error(
+        "nevisIDM refused the credentials (HTTP {status}); check nevis.token and the technical user's rights"
+    )]
+    Auth { status: u16 },
+    #[error("nevisIDM says the user already exists (HTTP {status} {code}: {message})")]
+    Duplicate {
+        status: u16,
+        code: String,
+        message: String,
+    },
+    #[error("nevisIDM has no such user (HTTP 404)")]
+    NotFound,
+    #[error("nevisIDM rejected the user (HTTP {status} {code}: {message})")]
+    Rejected {
+        status: u16,
+        code: String,
+        message: String,
+    },
+    #[error("nevisIDM unavailable: {detail}")]
+    Unavailable {
+        status: Option<u16>,
+        detail: String,
+        retry_after: Option<Duration>,
+    },
+}
+
+impl Classify for TargetError {
+    fn verdict(&self) -> Verdict {
+        match self {
+            TargetError::Unavailable { retry_after, .. } => Verdict::Retry {
+                after: *retry_after,
+            },
+            _ => Verdict::Final,
+        }
+    }
+
+    fn label(&self) -> String {
+        match self {
+            TargetError::Auth { status }
+            | TargetError::Duplicate { status, .. }
+            | TargetError::Rejected { status, .. } => status.to_string(),
+            TargetError::NotFound => "404".into(),
+            TargetError::Unavailable { status, .. } => {
+                status.map_or_else(|| "transport".into(), |s| s.to_string())
+            }
+        }
+    }
+}
+
+/// The kind of request, because the same status means different things on each.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Call {
+    Create,
+    Update,
+    Get,
+}
+
+pub struct NevisClient {
+    http: reqwest::Client,
+    users_url: Url,
+    token: SecretString,
+    retry: RetryPolicy,
+}
+
+impl NevisClient {
+    pub fn new(cfg: &NevisConfig, retry: RetryConfig) -> Result<NevisClient, TargetError> {
+        let http = reqwest::Client::builder()
+            .timeout(cfg.request_timeout)
+            .connect_timeout(cfg.request_timeout.min(Duration::from_secs(10)))
+            .user_agent(concat!("nexudus-nevis-sync/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| TargetError::Unavailable {
+                status: None,
+                detail: format!("cannot build HTTP client: {e}"),
+                retry_after: None,
+            })?;
+        let users_url = join(
+            &cfg.base_url,
+            &format!("nevisidm/api/core/v1/{}/users", cfg.client_ext_id),
+        );
+        Ok(NevisClient {
+            http,
+            users_url,
+            token: cfg.token.clone(),
+            retry: RetryPolicy::new("nevis", retry),
+        })
+    }
+
+    fn user_url(&self, ext_id: &str) -> Url {
+        let mut url = self.users_url.clone();
+        url.path_segments_mut()
+            .expect("http(s) URLs have path segments")
+            .push(ext_id);
+        url
+    }
+
+    async fn send_once(
+        &self,
+        call: Call,
+        method: Method,
+        url: Url,
+        body: Option<&Value>,
+    ) -> Result<Option<Value>, TargetError> {
+        let mut request = self
+            .http
+            .request(method, url)
+            .bearer_auth(self.token.expose_secret());
+        if let Some(body) = body {
+            request = request.json(body);
+        }
+        let response = request.send().await.map_err(unavailable)?;
+        let status = response.status();
+        let retry_after = retry_after(response.headers());
+        let bytes = response.bytes().await.map_err(unavailable)?;
+        if status.is_success() {
+            // Bodies of writes are not needed; a GET body that is not JSON is a protocol error.
+            return match call {
+                Call::Get => {
+                    serde_json::from_slice(&bytes)
+                        .map(Some)
+                        .map_err(|e| TargetError::Unavailable {
+                            status: Some(status.as_u16()),
+                            detail: format!("user document is not JSON: {e}"),
+                            retry_after: None,
+                        })
+                }
+                _ => Ok(None),
+            };
+        }
+        Err(classify(call, status, retry_after, &bytes))
+    }
+
+    async fn send(
+        &self,
+        call: Call,
+        method: Method,
+        url: Url,
+        body: Option<&Value>,
+        what: &str,
+    ) -> Result<Option<Value>, TargetError> {
+        self.retry
+            .run(what, || {
+                self.send_once(call, method.clone(), url.clone(), body)
+            })
+            .await
+    }
+}
+
+impl Target for NevisClient {
+    async fn create(&self, user: &DesiredUser) -> Result<(), TargetError> {
+        let body = create_body(user);
+        let what = format!("create {}", user.ext_id);
+        self.send(
+            Call::Create,
+            Method::POST,
+            self.users_url.clone(),
+            Some(&body),
+            &what,
+        )
+        .await
+        .map(drop)
+    }
+
+    async fn update(&self, ext_id: &str, changes: &Changes) -> Result<(), TargetError> {
+        let body = changes.to_json();
+        let what = format!("update {ext_id}");
+        self.send(
+            Call::Update,
+            Method::PATCH,
+            self.user_url(ext_id),
+            Some(&body),
+            &what,
+        )
+        .await
+        .map(drop)
+    }
+
+    async fn get(&self, ext_id: &str) -> Result<Option<Value>, TargetError> {
+        let what = format!("read {ext_id}");
+        match self
+            .send(Call::Get, Method::GET, self.user_url(ext_id), None, &what)
+            .await
+        {
+            Err(TargetError::NotFound) => Ok(None),
+            other => other,
+        }
+    }
+}
+
+/// nevisIDM's error document: `{"errors":[{"code":"errors.…","message":"…"}]}`.
+fn first_error(body: &[u8]) -> (String, String) {
+    let doc: Option<Value> = serde_json::from_slice(body).ok();
+    let first = doc.as_ref().and_then(|d| d.pointer("/errors/0"));
+    let field = |k: &str| {
+        first
+            .and_then(|e| e.get(k))
+            .and_then(Value::as_str)
+            .map(String::from)
+    };
+    match (field("code"), field("message")) {
+        (None, None) => (
+            String::new(),
+            String::from_utf8_lossy(body).chars().take(200).collect(),
+        ),
+        (code, message) => (code.unwrap_or_default(), message.unwrap_or_default()),
+    }
+}
+
+fn classify(
+    call: Call,
+    status: StatusCode,
+    retry_after: Option<Duration>,
+    body: &[u8],
+) -> TargetError {
+    let code = status.as_u16();
+    let (err_code, message) = first_error(body);
+    match (code, call) {
+        (401 | 403, _) => TargetError::Auth { status: code },
+        (404, _) => TargetError::NotFound,
+        (409, Call::Create) => TargetError::Duplicate {
+            status: code,
+            code: err_code,
+            message,
+        },
+        (422, Call::Create) if err_code.starts_with("errors.duplicate") => TargetError::Duplicate {
+            status: code,
+            code: err_code,
+            message,
+        },
+        // 409 elsewhere is an optimistic-locking clash with a concurrent writer: try again.
+        (408 | 409 | 429 | 500..=599, _) => TargetError::Unavailable {
+            status: Some(code),
+            detail: if err_code.is_empty() {
+                format!("HTTP {code}")
+            } else {
+                format!("HTTP {code} {err_code}: {message}")
+            },
+            retry_after,
+        },
+        _ => TargetError::Rejected {
+            status: code,
+            code: err_code,
+            message,
+        },
+    }
+}
+
+fn unavailable(e: reqwest::Error) -> TargetError {
+    TargetError::Unavailable {
+        status: None,
+        detail: e.without_url().to_string(),
+        retry_after: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn body(code: &str) -> Vec<u8> {
+        format!(r#"{{"errors":[{{"code":"{code}","message":"m"}}]}}"#).into_bytes()
+    }
+
+    #[test]
+    fn duplicates_on_create_mean_the_user_exists() {
+        let e = classify(
+            Call::Create,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            None,
+            &body("errors.duplicateValue"),
+        );
+        assert!(
+            matches!(e, TargetError::Duplicate { status: 422, .. }),
+            "{e:?}"
+        );
+        let e = classify(Call::Create, StatusCode::CONFLICT, None, b"");
+        assert!(
+            matches!(e, TargetError::Duplicate { status: 409, .. }),
+            "{e:?}"
+        );
+    }
+
+    #[test]
+    fn validation_errors_are_rejected_with_code_and_message() {
+        let e = classify(
+            Call::Update,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            None,
+            &body("errors.invalidData"),
+        );
+        match e {
+            TargetError::Rejected {
+                status,
+                code,
+                message,
+            } => {
+                assert_eq!(
+                    (status, code.as_str(), message.as_str()),
+                    (422, "errors.invalidData", "m")
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(e_verdict(400), Verdict::Final);
+    }
+
+    fn e_verdict(status: u16) -> Verdict {
+        classify(
+            Call::Update,
+            StatusCode::from_u16(status).unwrap(),
+            None,
+            b"",
+        )
+        .verdict()
+    }
+
+    #[test]
+    fn only_transient_answers_are_retried() {
+        assert_eq!(e_verdict(429), Verdict::Retry { after: None });
+        assert_eq!(e_verdict(503), Verdict::Retry { after: None });
+        assert_eq!(e_verdict(409), Verdict::Retry { after: None });
+        assert_eq!(e_verdict(401), Verdict::Final);
+        assert_eq!(e_verdict(403), Verdict::Final);
+        assert_eq!(e_verdict(422), Verdict::Final);
+        let e = classify(
+            Call::Get,
+            StatusCode::TOO_MANY_REQUESTS,
+            Some(Duration::from_secs(3)),
+            b"",
+        );
+        assert_eq!(
+            e.verdict(),
+            Verdict::Retry {
+                after: Some(Duration::from_secs(3))
+            }
+        );
+    }
+}

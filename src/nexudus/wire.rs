@@ -1,0 +1,195 @@
+//! Nexudus wire format: the paged listing envelope and user records, decoded leniently.
+//!
+//! One bad record never spoils a page: each record is decoded on its own and either becomes a
+//! [`SourceUser`] or an [`InvalidRecord`] naming the field at fault. Unknown fields are ignored.
+
+use serde_json::Value;
+
+use crate::mapper::{InvalidReason, SourceUser};
+
+/// A record that could not be decoded, with its Id when one was readable.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InvalidRecord {
+    pub id: Option<u64>,
+    pub reason: InvalidReason,
+}
+
+/// One page of `GET /api/sys/users`.
+#[derive(Debug, Clone, Default)]
+pub struct SourcePage {
+    pub records: Vec<Result<SourceUser, InvalidRecord>>,
+    /// `TotalItems`, when the envelope carried it.
+    pub total_items: Option<u64>,
+    pub has_next_page: bool,
+    /// `CurrentPageSize` as reported (the requested size).
+    pub page_size: Option<u64>,
+}
+
+/// Decodes a page body. Fails only when the envelope itself is unusable.
+pub fn decode_page(body: &[u8]) -> Result<SourcePage, String> {
+    let doc: Value =
+        serde_json::from_slice(body).map_err(|e| format!("listing is not JSON: {e}"))?;
+    let Value::Object(env) = doc else {
+        return Err("listing is not a JSON object".into());
+    };
+    let records = match env.get("Records") {
+        Some(Value::Array(items)) => items.iter().map(decode_user).collect(),
+        Some(Value::Null) | None => return Err("listing has no Records array".into()),
+        Some(_) => return Err("listing Records is not an array".into()),
+    };
+    let num = |k: &str| env.get(k).and_then(as_u64);
+    let has_next_page = match env.get("HasNextPage") {
+        Some(Value::Bool(b)) => *b,
+        _ => match (num("CurrentPage"), num("TotalPages")) {
+            (Some(cur), Some(total)) => cur < total,
+            _ => return Err("listing says neither HasNextPage nor CurrentPage/TotalPages".into()),
+        },
+    };
+    Ok(SourcePage {
+        records,
+        total_items: num("TotalItems"),
+        has_next_page,
+        page_size: num("CurrentPageSize").or_else(|| num("PageSize")),
+    })
+}
+
+/// Decodes one user record.
+pub fn decode_user(v: &Value) -> Result<SourceUser, InvalidRecord> {
+    let id = v.get("Id").and_then(as_u64);
+    let bad = |reason| InvalidRecord { id, reason };
+    let Some(id) = id else {
+        return Err(bad(InvalidReason::NoId));
+    };
+    let full_name = opt_string(v, "FullName").map_err(bad)?;
+    let email = opt_string(v, "Email").map_err(bad)?;
+    let language = match v.get("Language") {
+        None | Some(Value::Null) => None,
+        Some(l) => Some(as_i64(l).ok_or_else(|| {
+            bad(InvalidReason::WrongType {
+                field: "Language",
+                detail: format!("expected an integer, got {}", type_name(l)),
+            })
+        })?),
+    };
+    let active = match v.get("Active") {
+        Some(Value::Bool(b)) => *b,
+        None | Some(Value::Null) => return Err(bad(InvalidReason::FieldMissing("Active"))),
+        Some(other) => {
+            return Err(bad(InvalidReason::WrongType {
+                field: "Active",
+                detail: format!("expected a boolean, got {}", type_name(other)),
+            }));
+        }
+    };
+    Ok(SourceUser {
+        id,
+        full_name,
+        email,
+        language,
+        active,
+        updated_on: v.get("UpdatedOn").and_then(Value::as_str).map(String::from),
+    })
+}
+
+fn opt_string(v: &Value, field: &'static str) -> Result<Option<String>, InvalidReason> {
+    match v.get(field) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s.clone())),
+        Some(other) => Err(InvalidReason::WrongType {
+            field,
+            detail: format!("expected a string, got {}", type_name(other)),
+        }),
+    }
+}
+
+/// Accepts integers and integer strings (some clients and proxies stringify numbers).
+fn as_u64(v: &Value) -> Option<u64> {
+    match v {
+        Value::Number(n) => n.as_u64(),
+        Value::String(s) => s.trim().parse().ok(),
+        _ => None,
+    }
+}
+
+fn as_i64(v: &Value) -> Option<i64> {
+    match v {
+        Value::Number(n) => n.as_i64(),
+        Value::String(s) => s.trim().parse().ok(),
+        _ => None,
+    }
+}
+
+fn type_name(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn decodes_envelope_and_records() {
+        let body = json!({
+            "Records": [
+                {"Id": 1, "FullName": "Ann Smith", "Email": "a@x.io", "Language": 2, "Active": true,
+                 "UpdatedOn": "2025-01-15T10:30:00Z", "Unknown": {"x": 1}},
+                {"Id": 2, "FullName": 17, "Email": "b@x.io", "Active": true},
+                {"FullName": "No Id", "Email": "c@x.io", "Active": true},
+                {"Id": "4", "FullName": null, "Email": null, "Language": null, "Active": false}
+            ],
+            "CurrentPage": 1, "CurrentPageSize": 25, "TotalItems": 4, "TotalPages": 1,
+            "HasNextPage": false, "HasPreviousPage": false, "CurrentSortDirection": "Ascending"
+        });
+        let page = decode_page(body.to_string().as_bytes()).unwrap();
+        assert_eq!(page.total_items, Some(4));
+        assert!(!page.has_next_page);
+        let first = page.records[0].as_ref().unwrap();
+        assert_eq!((first.id, first.language, first.active), (1, Some(2), true));
+        let second = page.records[1].as_ref().unwrap_err();
+        assert_eq!(second.id, Some(2));
+        assert!(matches!(
+            second.reason,
+            InvalidReason::WrongType {
+                field: "FullName",
+                ..
+            }
+        ));
+        assert_eq!(
+            page.records[2].as_ref().unwrap_err().reason,
+            InvalidReason::NoId
+        );
+        let fourth = page.records[3].as_ref().unwrap();
+        assert_eq!(
+            (fourth.id, fourth.full_name.clone(), fourth.active),
+            (4, None, false)
+        );
+    }
+
+    #[test]
+    fn unusable_envelopes_are_errors() {
+        assert!(decode_page(b"<html>").is_err());
+        assert!(decode_page(b"[]").is_err());
+        assert!(decode_page(br#"{"Records": null}"#).is_err());
+        assert!(
+            decode_page(br#"{"Records": []}"#).is_err(),
+            "no paging information"
+        );
+        let p = decode_page(br#"{"Records": [], "CurrentPage": 1, "TotalPages": 3}"#).unwrap();
+        assert!(p.has_next_page);
+        assert_eq!(p.total_items, None);
+    }
+
+    #[test]
+    fn missing_active_is_invalid() {
+        let r = decode_user(&json!({"Id": 9, "FullName": "A B", "Email": "a@b.c"}));
+        assert_eq!(r.unwrap_err().reason, InvalidReason::FieldMissing("Active"));
+    }
+}

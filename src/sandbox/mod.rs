@@ -1,0 +1,170 @@
+//! Stateful HTTP fakes of the two APIs the sync talks to, for `--demo`, tests and the benchmark.
+//!
+//! Each fake serves real HTTP on `127.0.0.1:0`, keeps its data behind a mutex, and exposes sync
+//! control methods so a test can seed data, inject faults and read statistics between runs:
+//! - [`nexudus`]: the source (`/api/sys/users`, Basic auth, 409 throttling, hard deletes);
+//! - [`nevis`]: the target (nevisIDM Core REST API v1 users, bearer auth, 422 business errors).
+//!
+//! This file holds what both share: the [`Fault`] type, the fault/latency/outage controls and the
+//! server plumbing (bind, spawn, abort on drop, cut a response off mid-body).
+
+pub mod nevis;
+pub mod nexudus;
+
+pub use nevis::{FakeNevis, LoggedRequest, NevisFakeConfig, NevisStats};
+pub use nexudus::{FakeNexudus, NexudusFakeConfig, NexudusStats, NexudusUserSpec, sample_users};
+
+use std::collections::VecDeque;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::Response;
+use futures::StreamExt;
+use tokio::task::JoinHandle;
+
+/// A fault injected into the next request(s) a fake receives (after auth is checked, before handling).
+#[derive(Clone, Debug, PartialEq)]
+pub enum Fault {
+    /// Answer with this status; Retry-After header (seconds) when given; body as that API shapes errors
+    /// (Nexudus 409 throttle = empty body; Nexudus 500 = {"Message":"An error has occurred."};
+    /// nevis = {"errors":[{"code":"errors.…","message":"…"}]}).
+    Status {
+        status: u16,
+        retry_after: Option<u64>,
+    },
+    /// Send 200 headers, then abort the connection mid-body; the request is NOT applied.
+    Drop,
+    /// Apply the request (the write happens), then abort mid-body: the answer is lost.
+    DropAfterApply,
+}
+
+/// The knobs both fakes share: queued faults, added latency and a simulated outage.
+#[derive(Debug, Default)]
+struct Controls {
+    faults: VecDeque<Fault>,
+    latency: Duration,
+    down: Option<u16>,
+}
+
+impl Controls {
+    fn push_faults(&mut self, n: usize, fault: Fault) {
+        self.faults.extend(std::iter::repeat_n(fault, n));
+    }
+}
+
+/// A running axum server; the serving task is aborted when this is dropped.
+#[derive(Debug)]
+struct Server {
+    addr: SocketAddr,
+    task: JoinHandle<()>,
+}
+
+impl Server {
+    async fn start(router: Router) -> std::io::Result<Self> {
+        let listener = tokio::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await?;
+        let addr = listener.local_addr()?;
+        let task = tokio::spawn(async move {
+            if let Err(err) = axum::serve(listener, router).await {
+                tracing::warn!(%err, "sandbox server stopped");
+            }
+        });
+        Ok(Self { addr, task })
+    }
+
+    fn base_url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Keeps the status and headers of `response` but replaces its body with a stream that yields the
+/// first half of the body and then fails, so hyper resets the connection mid-body and the client
+/// sees an error while reading the body.
+async fn cut_off(response: Response) -> Response {
+    let (mut parts, body) = response.into_parts();
+    let bytes = axum::body::to_bytes(body, usize::MAX)
+        .await
+        .unwrap_or_default();
+    let half = bytes.slice(..bytes.len() / 2);
+    let first = if half.is_empty() {
+        Bytes::from_static(b"{")
+    } else {
+        half
+    };
+    // The pause between the chunk and the error lets hyper flush the headers and the chunk first:
+    // the client must get the status line and then lose the body, not lose the whole response.
+    let stream = futures::stream::once(async move { Ok::<Bytes, std::io::Error>(first) }).chain(
+        futures::stream::once(async {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            Err(std::io::Error::new(
+                std::io::ErrorKind::ConnectionReset,
+                "sandbox fault: connection dropped mid-body",
+            ))
+        }),
+    );
+    parts.headers.remove(header::CONTENT_LENGTH);
+    Response::from_parts(parts, Body::from_stream(stream))
+}
+
+/// A response with a JSON body; `retry_after` adds a `Retry-After` header in seconds.
+fn json_response(status: u16, body: &serde_json::Value, retry_after: Option<u64>) -> Response {
+    let mut response = Response::new(Body::from(body.to_string()));
+    *response.status_mut() = status_code(status);
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json; charset=utf-8"),
+    );
+    set_retry_after(&mut response, retry_after);
+    response
+}
+
+/// A response with no body.
+fn empty_response(status: u16, retry_after: Option<u64>) -> Response {
+    let mut response = Response::new(Body::empty());
+    *response.status_mut() = status_code(status);
+    set_retry_after(&mut response, retry_after);
+    response
+}
+
+fn set_retry_after(response: &mut Response, retry_after: Option<u64>) {
+    if let Some(secs) = retry_after {
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+    }
+}
+
+/// Out-of-range codes become 500 rather than a panic: the status comes from test code.
+fn status_code(status: u16) -> StatusCode {
+    StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
+}
+
+/// A deterministic UUID-looking string (version 4 layout) derived from `id`.
+fn fake_uuid(id: u64) -> String {
+    let a = splitmix64(id);
+    let b = splitmix64(a ^ id);
+    format!(
+        "{:08x}-{:04x}-4{:03x}-{:x}{:03x}-{:012x}",
+        a >> 32,
+        (a >> 16) & 0xffff,
+        a & 0xfff,
+        8 | (b >> 62),
+        (b >> 48) & 0xfff,
+        b & 0xffff_ffff_ffff,
+    )
+}
+
+fn splitmix64(seed: u64) -> u64 {
+    let mut z = seed.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}

@@ -1,0 +1,277 @@
+//! The checkpoint store: what nevisIDM confirmed for each Nexudus user, in an embedded sled
+//! database. This is the only module that imports sled.
+//!
+//! Layout (tree -> key -> value):
+//! - `users`: Nexudus Id (u64, big-endian) -> 8-byte fingerprint (LE) + postcard(`DesiredUser`).
+//!   The fingerprint lets an unchanged user be recognised with one read and one hash, no decoding.
+//! - `failures`: Nexudus Id -> UTF-8 reason of the last failed or invalid attempt (cleared on success).
+//!
+//! A checkpoint is written only after nevisIDM confirmed the write; `flush` makes it durable.
+
+use std::path::Path;
+
+use crate::mapper::DesiredUser;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error(
+        "store {path} is in use by another nexudus-nevis-sync process (sled holds an exclusive lock); \
+         stop the other process or point store.path elsewhere"
+    )]
+    InUse { path: String },
+    #[error("store {path} cannot be opened: {detail}")]
+    Open { path: String, detail: String },
+    #[error("store is corrupt: {0}")]
+    Corrupt(String),
+    #[error("store I/O failed: {0}")]
+    Io(String),
+}
+
+impl From<sled::Error> for StoreError {
+    fn from(e: sled::Error) -> Self {
+        match e {
+            sled::Error::Corruption { .. } => StoreError::Corrupt(e.to_string()),
+            other => StoreError::Io(other.to_string()),
+        }
+    }
+}
+
+/// A handle on the checkpoint store. Cheap to clone (sled trees are reference-counted).
+#[derive(Clone)]
+pub struct Store {
+    db: sled::Db,
+    users: sled::Tree,
+    failures: sled::Tree,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store").finish_non_exhaustive()
+    }
+}
+
+/// Result of looking a user up by fingerprint.
+pub enum Lookup {
+    /// No checkpoint: the user was never confirmed.
+    Missing,
+    /// The checkpoint has exactly this fingerprint.
+    Same,
+    /// The checkpoint differs; here it is.
+    Changed(DesiredUser),
+}
+
+impl Store {
+    /// Opens (creating if needed) the store at `path`, taking sled's exclusive file lock.
+    pub fn open(path: &Path, cache_capacity_bytes: u64) -> Result<Store, StoreError> {
+        let shown = path.display().to_string();
+        let db = sled::Config::new()
+            .path(path)
+            .cache_capacity(cache_capacity_bytes)
+            .mode(sled::Mode::LowSpace)
+            .open()
+            .map_err(|e| classify_open_error(&shown, e))?;
+        Self::from_db(db)
+    }
+
+    /// An empty throw-away store (the demo, and dry runs against a store that does not exist yet).
+    pub fn temporary() -> Result<Store, StoreError> {
+        let db = sled::Config::new()
+            .temporary(true)
+            .cache_capacity(8 * 1024 * 1024)
+            .open()?;
+        Self::from_db(db)
+    }
+
+    fn from_db(db: sled::Db) -> Result<Store, StoreError> {
+        Ok(Store {
+            users: db.open_tree("users")?,
+            failures: db.open_tree("failures")?,
+            db,
+        })
+    }
+
+    /// Compares a fingerprint with the stored one without decoding the stored user when they match.
+    pub fn lookup(&self, nexudus_id: u64, fingerprint: u64) -> Result<Lookup, StoreError> {
+        let Some(bytes) = self.users.get(nexudus_id.to_be_bytes())? else {
+            return Ok(Lookup::Missing);
+        };
+        if bytes.len() >= 8 && bytes[..8] == fingerprint.to_le_bytes() {
+            return Ok(Lookup::Same);
+        }
+        decode(&bytes).map(Lookup::Changed)
+    }
+
+    pub fn get(&self, nexudus_id: u64) -> Result<Option<DesiredUser>, StoreError> {
+        self.users
+            .get(nexudus_id.to_be_bytes())?
+            .map(|b| decode(&b))
+            .transpose()
+    }
+
+    /// Records what nevisIDM confirmed for this user and clears any recorded failure.
+    pub fn put(&self, nexudus_id: u64, user: &DesiredUser) -> Result<(), StoreError> {
+        let key = nexudus_id.to_be_bytes();
+        self.users.insert(key, encode(user))?;
+        self.failures.remove(key)?;
+        Ok(())
+    }
+
+    /// Number of users with a checkpoint.
+    pub fn len(&self) -> usize {
+        self.users.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.users.is_empty()
+    }
+
+    /// Every checkpoint, in Id order. Errors are yielded, not swallowed.
+    pub fn iter(&self) -> impl Iterator<Item = Result<(u64, DesiredUser), StoreError>> + '_ {
+        self.users.iter().map(|item| {
+            let (k, v) = item?;
+            let id = u64::from_be_bytes(
+                k.as_ref()
+                    .try_into()
+                    .map_err(|_| StoreError::Corrupt("checkpoint key is not 8 bytes".into()))?,
+            );
+            Ok((id, decode(&v)?))
+        })
+    }
+
+    pub fn record_failure(&self, nexudus_id: u64, reason: &str) -> Result<(), StoreError> {
+        self.failures
+            .insert(nexudus_id.to_be_bytes(), reason.as_bytes())?;
+        Ok(())
+    }
+
+    pub fn clear_failure(&self, nexudus_id: u64) -> Result<(), StoreError> {
+        self.failures.remove(nexudus_id.to_be_bytes())?;
+        Ok(())
+    }
+
+    /// Users whose last attempt failed or was invalid, with the reason.
+    pub fn failures(&self) -> Result<Vec<(u64, String)>, StoreError> {
+        self.failures
+            .iter()
+            .map(|item| {
+                let (k, v) = item?;
+                let id = k
+                    .as_ref()
+                    .try_into()
+                    .map(u64::from_be_bytes)
+                    .map_err(|_| StoreError::Corrupt("failure key is not 8 bytes".into()))?;
+                Ok((id, String::from_utf8_lossy(&v).into_owned()))
+            })
+            .collect()
+    }
+
+    /// Makes every write so far durable.
+    pub async fn flush(&self) -> Result<(), StoreError> {
+        self.db.flush_async().await?;
+        Ok(())
+    }
+
+    /// Bytes the store occupies on disk.
+    pub fn size_on_disk(&self) -> Result<u64, StoreError> {
+        Ok(self.db.size_on_disk()?)
+    }
+}
+
+/// The fingerprint of a desired user: xxh3 of its canonical encoding.
+pub fn fingerprint(user: &DesiredUser) -> u64 {
+    let body = postcard::to_allocvec(user).expect("encoding a DesiredUser into memory cannot fail");
+    xxhash_rust::xxh3::xxh3_64(&body)
+}
+
+fn encode(user: &DesiredUser) -> Vec<u8> {
+    let body = postcard::to_allocvec(user).expect("encoding a DesiredUser into memory cannot fail");
+    let mut out = Vec::with_capacity(8 + body.len());
+    out.extend_from_slice(&xxhash_rust::xxh3::xxh3_64(&body).to_le_bytes());
+    out.extend_from_slice(&body);
+    out
+}
+
+fn decode(bytes: &[u8]) -> Result<DesiredUser, StoreError> {
+    let body = bytes
+        .get(8..)
+        .ok_or_else(|| StoreError::Corrupt("checkpoint shorter than its fingerprint".into()))?;
+    postcard::from_bytes(body).map_err(|e| StoreError::Corrupt(format!("checkpoint: {e}")))
+}
+
+fn classify_open_error(path: &str, e: sled::Error) -> StoreError {
+    match &e {
+        // sled takes an exclusive advisory lock on the db file; a second process gets WouldBlock
+        // (or "could not acquire lock" as Other on some platforms).
+        sled::Error::Io(io)
+            if io.kind() == std::io::ErrorKind::WouldBlock || io.to_string().contains("lock") =>
+        {
+            StoreError::InUse {
+                path: path.to_string(),
+            }
+        }
+        sled::Error::Corruption { .. } => StoreError::Corrupt(format!("{path}: {e}")),
+        _ => StoreError::Open {
+            path: path.to_string(),
+            detail: e.to_string(),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::mapper::UserState;
+
+    fn user(name: &str) -> DesiredUser {
+        DesiredUser {
+            ext_id: "nexudus-7".into(),
+            login_id: "a@b.c".into(),
+            first_name: name.into(),
+            family_name: "F".into(),
+            email: "a@b.c".into(),
+            language_code: "en".into(),
+            state: UserState::Active,
+        }
+    }
+
+    #[test]
+    fn lookup_recognises_same_changed_and_missing() {
+        let store = Store::temporary().unwrap();
+        assert!(matches!(store.lookup(7, 1).unwrap(), Lookup::Missing));
+        store.put(7, &user("A")).unwrap();
+        assert!(matches!(
+            store.lookup(7, fingerprint(&user("A"))).unwrap(),
+            Lookup::Same
+        ));
+        match store.lookup(7, fingerprint(&user("B"))).unwrap() {
+            Lookup::Changed(old) => assert_eq!(old, user("A")),
+            _ => panic!("expected changed"),
+        }
+        assert_eq!(store.len(), 1);
+        assert_eq!(store.iter().next().unwrap().unwrap(), (7, user("A")));
+    }
+
+    #[test]
+    fn success_clears_recorded_failure() {
+        let store = Store::temporary().unwrap();
+        store.record_failure(7, "422 errors.invalidData").unwrap();
+        assert_eq!(
+            store.failures().unwrap(),
+            vec![(7, "422 errors.invalidData".to_string())]
+        );
+        store.put(7, &user("A")).unwrap();
+        assert!(store.failures().unwrap().is_empty());
+    }
+
+    #[test]
+    fn second_open_of_same_path_is_in_use_not_a_panic() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = Store::open(dir.path(), 1 << 20).unwrap();
+        let second = Store::open(dir.path(), 1 << 20);
+        assert!(
+            matches!(second, Err(StoreError::InUse { .. })),
+            "{second:?}"
+        );
+        drop(first);
+    }
+}

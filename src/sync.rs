@@ -1,0 +1,618 @@
+//! `run_once`: one sync, the pipeline wired together. Shared by `--sync-now`, `--demo` and the daemon.
+//!
+//! Pages stream from the source (the next page is fetched while the current one is planned and
+//! written) into the mapper and the diff; creates, updates and explicit deactivations (`Active`
+//! false) go to the dispatcher at once. Users that *vanished* from Nexudus are only known once the
+//! listing is over, and disabling them is guarded, because a vanishing is inferred, not stated:
+//! - an incomplete or failed listing disables nobody for vanishing;
+//! - more than `sync.max_disables`, or more than `sync.max_disable_percent` of the known users,
+//!   disables nobody unless the operator allowed it for this run (`--allow-mass-disable`).
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Instant;
+
+use tokio::sync::mpsc;
+use tracing::Instrument;
+
+use crate::config::Config;
+use crate::diff::{Plan, diff, disappeared};
+use crate::dispatch::{DispatchError, Dispatcher, Op, OpKind, PlanSink};
+use crate::mapper::map_user;
+use crate::nevis::Target;
+use crate::nexudus::{Source, SourceError, SourcePage};
+use crate::report::{Invalid, RunReport};
+use crate::store::{Lookup, Store, StoreError, fingerprint};
+
+/// Per-run choices made on the command line.
+#[derive(Clone, Default)]
+pub struct RunOptions {
+    /// Print the plan through this sink instead of writing anything.
+    pub dry_run: Option<PlanSink>,
+    /// Let this run exceed the deletion-safety limits.
+    pub allow_mass_disable: bool,
+}
+
+/// Errors that end a run without a trustworthy result (exit code 2).
+#[derive(Debug, thiserror::Error)]
+pub enum SyncError {
+    #[error("Nexudus listing failed: {0}")]
+    Source(#[from] SourceError),
+    #[error(transparent)]
+    Target(#[from] DispatchError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Pages the listing may run past what `TotalItems` announced before it is declared inconsistent.
+const PAGE_SLACK: u64 = 2;
+
+enum Listed {
+    Page(SourcePage),
+    Failed(SourceError),
+}
+
+/// Runs one sync and reports what happened. Fatal problems are `Err`; everything else, including
+/// failed and invalid users, is in the report.
+pub async fn run_once<S: Source, T: Target>(
+    cfg: &Config,
+    source: Arc<S>,
+    target: Arc<T>,
+    store: &Store,
+    opts: &RunOptions,
+) -> Result<RunReport, SyncError> {
+    let run_id = new_run_id();
+    let span = tracing::info_span!("run", run_id = %run_id);
+    let mut report = RunReport {
+        run_id,
+        dry_run: opts.dry_run.is_some(),
+        ..RunReport::default()
+    };
+    let started = Instant::now();
+    let result = run_inner(cfg, source, target, store, opts, &mut report)
+        .instrument(span.clone())
+        .await;
+    report.duration = started.elapsed();
+    let _enter = span.enter();
+    match &result {
+        Ok(()) => tracing::info!(summary = %report.summary_line(), "run finished"),
+        Err(e) => tracing::error!(error = %e, "run failed"),
+    }
+    result.map(|()| report)
+}
+
+async fn run_inner<S: Source, T: Target>(
+    cfg: &Config,
+    source: Arc<S>,
+    target: Arc<T>,
+    store: &Store,
+    opts: &RunOptions,
+    report: &mut RunReport,
+) -> Result<(), SyncError> {
+    let dry_run = opts.dry_run.is_some();
+    let known_before = store.len() as u64;
+    let page_size = u64::from(cfg.nexudus.page_size);
+
+    // The listing runs ahead by up to two pages while the current one is planned and written.
+    let (tx, mut rx) = mpsc::channel::<Listed>(2);
+    let lister = tokio::spawn(
+        async move {
+            let mut page = 1u32;
+            loop {
+                match source.fetch_page(page).await {
+                    Ok(p) => {
+                        let more = p.has_next_page;
+                        if tx.send(Listed::Page(p)).await.is_err() || !more {
+                            return;
+                        }
+                    }
+                    Err(e) => {
+                        let _ = tx.send(Listed::Failed(e)).await;
+                        return;
+                    }
+                }
+                page += 1;
+            }
+        }
+        .in_current_span(),
+    );
+    // Dropping the run (fatal error) stops the lister too.
+    let _abort_lister = AbortOnDrop(lister);
+
+    let mut dispatcher = Dispatcher::new(
+        Arc::clone(&target),
+        store.clone(),
+        cfg.sync.concurrency,
+        opts.dry_run.clone(),
+    );
+    let mut seen: HashSet<u64> = HashSet::new();
+    let mut disables: Vec<Op> = Vec::new(); // users who vanished
+    let mut incomplete: Option<String> = None;
+    let mut total_items: Option<u64> = None;
+    let mut pages = 0u64;
+    let mut finished = false;
+    let mut source_error = None;
+
+    while let Some(msg) = rx.recv().await {
+        let page = match msg {
+            Listed::Page(p) => p,
+            Listed::Failed(e) => {
+                source_error = Some(e);
+                break;
+            }
+        };
+        pages += 1;
+        match (total_items, page.total_items) {
+            (_, None) => {
+                incomplete.get_or_insert_with(|| "the listing did not report TotalItems".into());
+            }
+            (None, Some(t)) => total_items = Some(t),
+            (Some(a), Some(b)) if a != b => {
+                incomplete.get_or_insert_with(|| {
+                    format!("TotalItems changed during the listing ({a} -> {b})")
+                });
+            }
+            _ => {}
+        }
+        if page.has_next_page && (page.records.len() as u64) < page_size {
+            incomplete.get_or_insert_with(|| {
+                format!(
+                    "page {pages} held {} records but more pages followed",
+                    page.records.len()
+                )
+            });
+        }
+        let limit = total_items.map_or(u64::MAX, |t| t.div_ceil(page_size) + PAGE_SLACK);
+        if page.has_next_page && pages >= limit {
+            incomplete.get_or_insert_with(|| {
+                format!("the listing ran past {pages} pages, beyond what TotalItems announced")
+            });
+        }
+
+        for record in page.records {
+            let user = match record {
+                Ok(u) => u,
+                Err(bad) => {
+                    match bad.id {
+                        Some(id) => {
+                            seen.insert(id);
+                        }
+                        None => {
+                            incomplete.get_or_insert_with(|| {
+                                "a record without a usable Id was listed".into()
+                            });
+                        }
+                    }
+                    note_invalid(store, report, bad.id, bad.reason.to_string(), dry_run)?;
+                    continue;
+                }
+            };
+            if !seen.insert(user.id) {
+                tracing::debug!(nexudus_id = user.id, "listed twice; keeping the first");
+                continue;
+            }
+            let desired = match map_user(&user, &cfg.mapping) {
+                Ok(d) => d,
+                Err(reason) => {
+                    note_invalid(store, report, Some(user.id), reason.to_string(), dry_run)?;
+                    continue;
+                }
+            };
+            let plan = match store.lookup(user.id, fingerprint(&desired))? {
+                Lookup::Same => Plan::Unchanged,
+                Lookup::Missing => diff(&desired, None),
+                Lookup::Changed(old) => diff(&desired, Some(&old)),
+            };
+            let op = match plan {
+                Plan::Unchanged => {
+                    report.unchanged += 1;
+                    continue;
+                }
+                Plan::Create => Op {
+                    nexudus_id: user.id,
+                    kind: OpKind::Create,
+                    after: desired,
+                    changes: None,
+                },
+                Plan::Update(changes) => Op {
+                    nexudus_id: user.id,
+                    kind: if changes.disables() {
+                        OpKind::Disable
+                    } else {
+                        OpKind::Update
+                    },
+                    after: desired,
+                    changes: Some(changes),
+                },
+            };
+            // A record that says Active=false is an explicit instruction from the source and
+            // goes out at once, like any change: access must not outlive its revocation.
+            if let Err(e) = dispatcher.submit(op, report).await {
+                let _ = dispatcher.finish(report).await;
+                return Err(e.into());
+            }
+        }
+        if !page.has_next_page {
+            finished = true;
+            break;
+        }
+        if pages >= limit {
+            break;
+        }
+    }
+
+    if let Some(e) = source_error {
+        // What was written is checkpointed; nobody is disabled from a failed listing.
+        let _ = dispatcher.finish(report).await;
+        store.flush().await?;
+        return Err(e.into());
+    }
+    if !finished {
+        incomplete.get_or_insert_with(|| "the listing stopped before its last page".into());
+    }
+    if incomplete.is_none()
+        && let Some(total) = total_items
+        && seen.len() as u64 != total
+    {
+        incomplete = Some(format!(
+            "{} distinct users listed but TotalItems is {total}",
+            seen.len()
+        ));
+    }
+
+    if incomplete.is_none() {
+        for item in store.iter() {
+            let (id, checkpoint) = item?;
+            if seen.contains(&id) {
+                continue;
+            }
+            if let Some(changes) = disappeared(&checkpoint) {
+                tracing::info!(extId = %checkpoint.ext_id, nexudus_id = id, "no longer listed by Nexudus; disabling");
+                disables.push(Op {
+                    nexudus_id: id,
+                    kind: OpKind::Disable,
+                    after: changes.apply_to(&checkpoint),
+                    changes: Some(changes),
+                });
+            }
+        }
+    }
+    report.listing_complete = incomplete.is_none();
+
+    let held_reason = if let Some(reason) = &incomplete {
+        tracing::warn!(%reason, "listing incomplete: no user is disabled in this run");
+        (!disables.is_empty()).then(|| format!("listing incomplete ({reason})"))
+    } else {
+        mass_disable_reason(cfg, disables.len() as u64, known_before)
+            .filter(|_| !opts.allow_mass_disable)
+    };
+    report.incomplete_reason = incomplete;
+    if let Some(reason) = held_reason {
+        tracing::error!(
+            held = disables.len(),
+            %reason,
+            "DELETION SAFETY: holding back every disable of this run; rerun with --allow-mass-disable to approve"
+        );
+        report.held_disables = disables.len() as u64;
+        report.held = disables.into_iter().map(|op| op.after.ext_id).collect();
+    } else {
+        for op in disables {
+            if let Err(e) = dispatcher.submit(op, report).await {
+                let _ = dispatcher.finish(report).await;
+                return Err(e.into());
+            }
+        }
+    }
+
+    dispatcher.finish(report).await?;
+    if !dry_run {
+        store.flush().await?;
+    }
+    Ok(())
+}
+
+/// Why `count` disables exceed the deletion-safety limits, if they do.
+fn mass_disable_reason(cfg: &Config, count: u64, known: u64) -> Option<String> {
+    let limit = cfg.sync.max_disables;
+    let percent = cfg.sync.max_disable_percent;
+    if count > limit {
+        return Some(format!(
+            "{count} disables exceed sync.max_disables = {limit}"
+        ));
+    }
+    if known > 0 && (count as f64) * 100.0 > percent * known as f64 {
+        return Some(format!(
+            "{count} disables of {known} known users exceed sync.max_disable_percent = {percent}"
+        ));
+    }
+    None
+}
+
+fn note_invalid(
+    store: &Store,
+    report: &mut RunReport,
+    nexudus_id: Option<u64>,
+    reason: String,
+    dry_run: bool,
+) -> Result<(), StoreError> {
+    tracing::warn!(nexudus_id = ?nexudus_id, %reason, "invalid Nexudus record skipped");
+    if let (Some(id), false) = (nexudus_id, dry_run) {
+        store.record_failure(id, &format!("invalid: {reason}"))?;
+    }
+    report.invalid += 1;
+    report.invalid_records.push(Invalid { nexudus_id, reason });
+    Ok(())
+}
+
+fn new_run_id() -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or_default();
+    format!("{:012x}", (nanos as u64) & 0xffff_ffff_ffff)
+}
+
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The pipeline against in-memory source and target (no sockets); the HTTP paths are covered
+    //! by the integration tests against the sandbox fakes.
+    use super::*;
+    use crate::diff::Changes;
+    use crate::mapper::{DesiredUser, SourceUser};
+    use crate::nevis::TargetError;
+    use serde_json::Value;
+    use std::collections::BTreeMap;
+    use std::sync::Mutex;
+
+    const CONFIG: &str = r#"
+        [nexudus]
+        base_url = "http://127.0.0.1:9"
+        username = "u"
+        password = "p"
+        page_size = 2
+        [nevis]
+        base_url = "http://127.0.0.1:9"
+        client_ext_id = "c"
+        token = "t"
+        [sync]
+        max_disables = 3
+        max_disable_percent = 50
+        [store]
+        path = "/nonexistent"
+    "#;
+
+    struct MemSource {
+        users: Mutex<Vec<SourceUser>>,
+        total_skew: Mutex<i64>,
+    }
+
+    impl MemSource {
+        fn new(n: u64) -> Arc<Self> {
+            let users = (1..=n)
+                .map(|id| SourceUser {
+                    id,
+                    full_name: Some(format!("User Number{id}")),
+                    email: Some(format!("user{id}@example.com")),
+                    language: Some(1),
+                    active: true,
+                    updated_on: None,
+                })
+                .collect();
+            Arc::new(MemSource {
+                users: Mutex::new(users),
+                total_skew: Mutex::new(0),
+            })
+        }
+        fn edit(&self, f: impl FnOnce(&mut Vec<SourceUser>)) {
+            f(&mut self.users.lock().unwrap())
+        }
+    }
+
+    impl Source for MemSource {
+        async fn fetch_page(&self, page: u32) -> Result<SourcePage, SourceError> {
+            let users = self.users.lock().unwrap().clone();
+            let size = 2usize;
+            let start = (page as usize - 1) * size;
+            let records = users
+                .iter()
+                .skip(start)
+                .take(size)
+                .cloned()
+                .map(Ok)
+                .collect();
+            Ok(SourcePage {
+                records,
+                total_items: Some((users.len() as i64 + *self.total_skew.lock().unwrap()) as u64),
+                has_next_page: start + size < users.len(),
+                page_size: Some(size as u64),
+            })
+        }
+    }
+
+    #[derive(Default)]
+    struct MemTarget {
+        users: Mutex<BTreeMap<String, DesiredUser>>,
+        writes: Mutex<Vec<(String, String)>>,
+        reject: Mutex<Option<String>>,
+    }
+
+    impl Target for MemTarget {
+        async fn create(&self, user: &DesiredUser) -> Result<(), TargetError> {
+            if self.reject.lock().unwrap().as_deref() == Some(user.ext_id.as_str()) {
+                return Err(TargetError::Rejected {
+                    status: 422,
+                    code: "errors.invalidData".into(),
+                    message: "nope".into(),
+                });
+            }
+            self.writes
+                .lock()
+                .unwrap()
+                .push(("create".into(), user.ext_id.clone()));
+            self.users
+                .lock()
+                .unwrap()
+                .insert(user.ext_id.clone(), user.clone());
+            Ok(())
+        }
+        async fn update(&self, ext_id: &str, changes: &Changes) -> Result<(), TargetError> {
+            self.writes
+                .lock()
+                .unwrap()
+                .push(("update".into(), ext_id.into()));
+            let mut users = self.users.lock().unwrap();
+            let user = users.get_mut(ext_id).ok_or(TargetError::NotFound)?;
+            *user = changes.apply_to(user);
+            Ok(())
+        }
+        async fn get(&self, _ext_id: &str) -> Result<Option<Value>, TargetError> {
+            Ok(None)
+        }
+    }
+
+    async fn run(
+        source: &Arc<MemSource>,
+        target: &Arc<MemTarget>,
+        store: &Store,
+        allow: bool,
+    ) -> RunReport {
+        let cfg = Config::from_toml_str(CONFIG).unwrap();
+        let opts = RunOptions {
+            dry_run: None,
+            allow_mass_disable: allow,
+        };
+        run_once(&cfg, Arc::clone(source), Arc::clone(target), store, &opts)
+            .await
+            .unwrap()
+    }
+
+    fn state(target: &MemTarget, ext_id: &str) -> &'static str {
+        target.users.lock().unwrap()[ext_id].state.as_str()
+    }
+
+    #[tokio::test]
+    async fn import_then_rerun_writes_nothing() {
+        let (source, target, store) = (
+            MemSource::new(5),
+            Arc::new(MemTarget::default()),
+            Store::temporary().unwrap(),
+        );
+        let r = run(&source, &target, &store, false).await;
+        assert_eq!((r.created, r.exit_code()), (5, 0));
+        let r = run(&source, &target, &store, false).await;
+        assert_eq!((r.unchanged, r.created + r.updated), (5, 0));
+        assert_eq!(target.writes.lock().unwrap().len(), 5);
+    }
+
+    #[tokio::test]
+    async fn disappeared_user_is_disabled_and_comes_back_active() {
+        let (source, target, store) = (
+            MemSource::new(5),
+            Arc::new(MemTarget::default()),
+            Store::temporary().unwrap(),
+        );
+        run(&source, &target, &store, false).await;
+        let gone = source.users.lock().unwrap()[2].clone();
+        source.edit(|u| u.retain(|x| x.id != 3));
+        let r = run(&source, &target, &store, false).await;
+        assert_eq!((r.disabled, r.exit_code()), (1, 0));
+        assert_eq!(state(&target, "nexudus-3"), "disabled");
+        source.edit(|u| u.push(gone));
+        let r = run(&source, &target, &store, false).await;
+        assert_eq!(r.updated, 1);
+        assert_eq!(state(&target, "nexudus-3"), "active");
+    }
+
+    #[tokio::test]
+    async fn mass_disable_is_held_unless_allowed() {
+        let (source, target, store) = (
+            MemSource::new(10),
+            Arc::new(MemTarget::default()),
+            Store::temporary().unwrap(),
+        );
+        run(&source, &target, &store, false).await;
+        source.edit(|u| u.truncate(6)); // 4 gone > max_disables = 3
+        let r = run(&source, &target, &store, false).await;
+        assert_eq!((r.disabled, r.held_disables, r.exit_code()), (0, 4, 1));
+        assert_eq!(state(&target, "nexudus-10"), "active");
+        let r = run(&source, &target, &store, true).await;
+        assert_eq!((r.disabled, r.held_disables, r.exit_code()), (4, 0, 0));
+    }
+
+    #[tokio::test]
+    async fn explicit_deactivations_are_applied_at_once_whatever_their_number() {
+        let (source, target, store) = (
+            MemSource::new(4),
+            Arc::new(MemTarget::default()),
+            Store::temporary().unwrap(),
+        );
+        run(&source, &target, &store, false).await;
+        source.edit(|u| u.iter_mut().take(3).for_each(|x| x.active = false)); // 75% > 50%
+        let r = run(&source, &target, &store, false).await;
+        assert_eq!((r.disabled, r.held_disables, r.exit_code()), (3, 0, 0));
+        assert_eq!(state(&target, "nexudus-1"), "disabled");
+    }
+
+    #[tokio::test]
+    async fn inconsistent_total_disables_nobody() {
+        let (source, target, store) = (
+            MemSource::new(5),
+            Arc::new(MemTarget::default()),
+            Store::temporary().unwrap(),
+        );
+        run(&source, &target, &store, false).await;
+        source.edit(|u| u.retain(|x| x.id != 2));
+        *source.total_skew.lock().unwrap() = 1; // claims 5 while listing 4
+        let r = run(&source, &target, &store, false).await;
+        assert!(!r.listing_complete);
+        assert_eq!((r.disabled, r.exit_code()), (0, 1));
+        assert_eq!(state(&target, "nexudus-2"), "active");
+    }
+
+    #[tokio::test]
+    async fn rejected_user_is_reported_and_retried_next_run() {
+        let (source, target, store) = (
+            MemSource::new(3),
+            Arc::new(MemTarget::default()),
+            Store::temporary().unwrap(),
+        );
+        *target.reject.lock().unwrap() = Some("nexudus-2".into());
+        let r = run(&source, &target, &store, false).await;
+        assert_eq!((r.created, r.failed, r.exit_code()), (2, 1, 1));
+        assert!(
+            r.failures[0].reason.contains("errors.invalidData"),
+            "{:?}",
+            r.failures
+        );
+        assert!(
+            store.get(2).unwrap().is_none(),
+            "no checkpoint for a refused write"
+        );
+        *target.reject.lock().unwrap() = None;
+        let r = run(&source, &target, &store, false).await;
+        assert_eq!((r.created, r.unchanged, r.exit_code()), (1, 2, 0));
+    }
+
+    #[tokio::test]
+    async fn invalid_records_are_reported_and_not_disabled() {
+        let (source, target, store) = (
+            MemSource::new(4),
+            Arc::new(MemTarget::default()),
+            Store::temporary().unwrap(),
+        );
+        run(&source, &target, &store, false).await;
+        source.edit(|u| u[1].email = Some("broken".into()));
+        let r = run(&source, &target, &store, false).await;
+        assert_eq!((r.invalid, r.disabled, r.exit_code()), (1, 0, 1));
+        assert_eq!(r.invalid_records[0].nexudus_id, Some(2));
+        assert_eq!(state(&target, "nexudus-2"), "active");
+    }
+}
