@@ -571,3 +571,25 @@ async fn demo_runs_the_whole_job() {
     assert!(run.stdout.contains("created=300"), "{}", run.stdout);
     assert!(run.stdout.contains("(0 writes)"), "{}", run.stdout);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nexudus_unreachable_after_retries_is_fatal_and_disables_nobody() {
+    let env = Env::start().await;
+    env.set("retry.max_attempts", "3");
+    env.set("nexudus.page_size", "10");
+    let ids = env.seed(30);
+    env.sync(&[]).await.assert_code(0);
+    env.nexudus.remove_user(ids[0]);
+    // Page 1 is served, then Nexudus fails for good: nothing may be disabled.
+    env.nexudus.set_short_pages(false);
+    let before = env.writes();
+    env.nexudus.set_down(Some(500));
+    let run = env.sync(&[]).await;
+    run.assert_code(2);
+    assert!(run.stderr.contains("Nexudus"), "{}", run.stderr);
+    assert_eq!(env.writes(), before);
+    assert_eq!(
+        env.nevis.user(&format!("nexudus-{}", ids[0])).unwrap()["userState"],
+        "active"
+    );
+}

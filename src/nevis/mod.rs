@@ -17,7 +17,7 @@ use url::Url;
 use crate::config::{NevisConfig, RetryConfig};
 use crate::diff::{Changes, create_body};
 use crate::mapper::DesiredUser;
-use crate::nexudus::{join, retry_after};
+use crate::nexudus::{describe, join, retry_after};
 use crate::retry::{Classify, RetryPolicy, Verdict};
 
 /// Anything that can hold nevisIDM users (the HTTP client, or a fake in unit tests).
@@ -286,7 +286,7 @@ fn classify(
 fn unavailable(e: reqwest::Error) -> TargetError {
     TargetError::Unavailable {
         status: None,
-        detail: e.without_url().to_string(),
+        detail: describe(e),
         retry_after: None,
     }
 }

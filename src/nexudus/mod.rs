@@ -202,8 +202,24 @@ async fn classify(
 }
 
 fn transport(e: reqwest::Error) -> SourceError {
-    // `without_url` keeps query strings out of messages; reqwest never includes auth headers.
-    SourceError::Transport(e.without_url().to_string())
+    SourceError::Transport(describe(e))
+}
+
+/// A transport error with its causes ("error sending request: … Connection refused"), without the
+/// URL (query strings stay out of messages; reqwest never includes auth headers).
+pub(crate) fn describe(e: reqwest::Error) -> String {
+    let e = e.without_url();
+    let mut text = e.to_string();
+    let mut source = std::error::Error::source(&e);
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
 }
 
 /// Reads `Retry-After` given in seconds (the form both APIs use). HTTP dates are ignored.
