@@ -88,6 +88,8 @@ struct RawSync {
     concurrency: i64,
     max_disables: i64,
     max_disable_percent: f64,
+    #[serde(with = "humantime_serde")]
+    shutdown_grace: Duration,
 }
 
 impl Default for RawSync {
@@ -97,6 +99,7 @@ impl Default for RawSync {
             concurrency: 8,
             max_disables: 50,
             max_disable_percent: 10.0,
+            shutdown_grace: Duration::from_secs(30),
         }
     }
 }
@@ -136,12 +139,15 @@ struct RawStore {
 #[serde(deny_unknown_fields, default)]
 struct RawHttp {
     listen: String,
+    #[serde(with = "humantime_serde")]
+    ready_max_age: Option<Duration>,
 }
 
 impl Default for RawHttp {
     fn default() -> Self {
         RawHttp {
             listen: "127.0.0.1:9464".into(),
+            ready_max_age: None,
         }
     }
 }
@@ -239,9 +245,13 @@ pub struct NevisConfig {
 #[derive(Debug, Clone)]
 pub struct SyncConfig {
     pub schedule: String,
+    /// Time between two scheduled runs (from the cron expression).
+    pub interval: Duration,
     pub concurrency: usize,
     pub max_disables: u64,
     pub max_disable_percent: f64,
+    /// How long a shutdown waits for the writes in flight.
+    pub shutdown_grace: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -261,6 +271,8 @@ pub struct StoreConfig {
 #[derive(Debug, Clone)]
 pub struct HttpConfig {
     pub listen: SocketAddr,
+    /// `/readyz` fails when the last successful run is older than this.
+    pub ready_max_age: Duration,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -367,7 +379,9 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
     };
 
     let sync = raw.sync;
-    crate::schedule::parse(&sync.schedule).map_err(|e| invalid("sync.schedule", e))?;
+    let cron = crate::schedule::parse(&sync.schedule).map_err(|e| invalid("sync.schedule", e))?;
+    let interval =
+        crate::schedule::interval(&cron).ok_or_else(|| invalid("sync.schedule", "never fires"))?;
     if !(1..=256).contains(&sync.concurrency) {
         return Err(invalid("sync.concurrency", "must be between 1 and 256"));
     }
@@ -430,9 +444,11 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
         nevis: nevis_cfg,
         sync: SyncConfig {
             schedule: sync.schedule,
+            interval,
             concurrency: sync.concurrency as usize,
             max_disables: sync.max_disables as u64,
             max_disable_percent: sync.max_disable_percent,
+            shutdown_grace: sync.shutdown_grace,
         },
         retry: RetryConfig {
             max_attempts: retry.max_attempts as usize,
@@ -444,7 +460,13 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
             path: raw.store.path,
             cache_capacity_bytes: raw.store.cache_capacity_mib as u64 * 1024 * 1024,
         },
-        http: HttpConfig { listen },
+        http: HttpConfig {
+            listen,
+            ready_max_age: match raw.http.ready_max_age {
+                Some(age) => positive("http.ready_max_age", age)?,
+                None => interval * 3,
+            },
+        },
         mapping: validate_mapping(raw.mapping)?,
         log: LogConfig {
             format,

@@ -5,6 +5,7 @@
 use std::sync::Arc;
 
 use crate::config::Config;
+use crate::metrics::Metrics;
 use crate::nevis::NevisClient;
 use crate::nexudus::NexudusClient;
 use crate::report::RunReport;
@@ -73,8 +74,13 @@ pub async fn run(users: usize) -> Result<RunReport, DemoError> {
     let config =
         Config::from_toml_str(&sandbox_config_toml(&nexudus, &nevis, dir.path())).map_err(err)?;
     let store = Store::open(&config.store.path, config.store.cache_capacity_bytes).map_err(err)?;
-    let source = Arc::new(NexudusClient::new(&config.nexudus, config.retry.clone()).map_err(err)?);
-    let target = Arc::new(NevisClient::new(&config.nevis, config.retry.clone()).map_err(err)?);
+    let metrics = Arc::new(Metrics::new());
+    let source = Arc::new(
+        NexudusClient::new(&config.nexudus, config.retry.clone(), Arc::clone(&metrics))
+            .map_err(err)?,
+    );
+    let target =
+        Arc::new(NevisClient::new(&config.nevis, config.retry.clone(), metrics).map_err(err)?);
     let opts = RunOptions::default();
 
     println!(

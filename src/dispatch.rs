@@ -205,6 +205,7 @@ impl<T: Target> Dispatcher<T> {
                     reason: reason.clone(),
                 });
                 if matches!(e, TargetError::Unavailable { .. }) {
+                    report.unavailable += 1;
                     self.unavailable_streak += 1;
                     if self.unavailable_streak >= UNAVAILABLE_TRIP {
                         return Err(DispatchError::Unavailable(self.unavailable_streak, reason));

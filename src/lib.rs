@@ -10,7 +10,10 @@
 //! - [`nevis`]    the target: nevisIDM Core REST client, HTTP status -> outcome classification
 //! - [`retry`]    when to retry (backoff, `Retry-After`, caps); the only module that imports backon
 //! - [`dispatch`] applies operations with bounded concurrency and checkpoints each confirmed write
-//! - [`schedule`] the cron syntax of `sync.schedule` (the daemon's timing)
+//! - [`schedule`] the daemon loop: cron schedule, no overlapping runs, graceful stop
+//! - [`http`]     the daemon's `/healthz`, `/readyz`, `/metrics` and `/status`
+//! - [`metrics`]  Prometheus metrics shared by the clients, the pipeline and `/metrics`
+//! - [`status`]   the status document behind `/status` and `--status`
 //! - [`sync`]     `run_once`: the pipeline wired together, shared by `--sync-now` and the daemon
 //! - [`report`]   what a run did: counts, failures, invalid records, the summary line
 //! - [`sandbox`]  stateful fakes of both APIs, used by `--demo`, the tests and the benchmark
@@ -20,12 +23,15 @@ pub mod config;
 pub mod demo;
 pub mod diff;
 pub mod dispatch;
+pub mod http;
 pub mod mapper;
+pub mod metrics;
 pub mod nevis;
 pub mod nexudus;
 pub mod report;
 pub mod retry;
 pub mod sandbox;
 pub mod schedule;
+pub mod status;
 pub mod store;
 pub mod sync;

@@ -9,11 +9,15 @@ use std::sync::Arc;
 use clap::Parser;
 use nexudus_nevis_sync::config::{Config, LogFormat};
 use nexudus_nevis_sync::dispatch::PlanSink;
+use nexudus_nevis_sync::http::{self, AppState};
+use nexudus_nevis_sync::metrics::Metrics;
 use nexudus_nevis_sync::nevis::NevisClient;
 use nexudus_nevis_sync::nexudus::NexudusClient;
 use nexudus_nevis_sync::report::RunReport;
-use nexudus_nevis_sync::store::Store;
+use nexudus_nevis_sync::schedule::run_daemon;
+use nexudus_nevis_sync::store::{Store, StoreError};
 use nexudus_nevis_sync::sync::{RunOptions, run_once};
+use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
 
 const EXIT_FATAL: u8 = 2;
@@ -36,6 +40,10 @@ struct Cli {
     /// With --sync-now: approve disables beyond the deletion-safety limits for this run only.
     #[arg(long, requires = "sync_now")]
     allow_mass_disable: bool,
+    /// Print the last run's summary and the failing users (asks the running daemon if it holds
+    /// the store).
+    #[arg(long, conflicts_with_all = ["sync_now", "demo"])]
+    status: bool,
     /// Start built-in fakes of both APIs, seed sample users and run a real sync against them.
     #[arg(long, conflicts_with_all = ["sync_now", "config"])]
     demo: bool,
@@ -70,13 +78,137 @@ async fn run(cli: Cli) -> u8 {
         Err(e) => return fatal(&e),
     };
     init_logging(config.log.format, &config.log.level);
+    if cli.status {
+        return status(&config).await;
+    }
     if !cli.sync_now {
-        eprintln!(
-            "error: daemon mode is not available in this version; run with --sync-now (from cron or a timer)"
-        );
-        return EXIT_FATAL;
+        return daemon(config).await;
     }
     sync_now(&config, cli.dry_run, cli.allow_mass_disable).await
+}
+
+struct Clients {
+    source: Arc<NexudusClient>,
+    target: Arc<NevisClient>,
+}
+
+fn clients(config: &Config, metrics: &Arc<Metrics>) -> Result<Clients, String> {
+    let source = NexudusClient::new(&config.nexudus, config.retry.clone(), Arc::clone(metrics))
+        .map_err(|e| e.to_string())?;
+    let target = NevisClient::new(&config.nevis, config.retry.clone(), Arc::clone(metrics))
+        .map_err(|e| e.to_string())?;
+    Ok(Clients {
+        source: Arc::new(source),
+        target: Arc::new(target),
+    })
+}
+
+async fn daemon(config: Config) -> u8 {
+    let store = match Store::open(&config.store.path, config.store.cache_capacity_bytes) {
+        Ok(s) => s,
+        Err(e) => return fatal(&e),
+    };
+    let metrics = Arc::new(Metrics::new());
+    let Clients { source, target } = match clients(&config, &metrics) {
+        Ok(c) => c,
+        Err(e) => return fatal(&e),
+    };
+    let listener = match tokio::net::TcpListener::bind(config.http.listen).await {
+        Ok(l) => l,
+        Err(e) => {
+            return fatal(&format!(
+                "cannot listen on http.listen {}: {e}",
+                config.http.listen
+            ));
+        }
+    };
+    let state = Arc::new(AppState {
+        metrics,
+        health: Default::default(),
+        store,
+        ready_max_age: config.http.ready_max_age,
+    });
+    let shutdown = CancellationToken::new();
+    tokio::spawn(stop_on_signal(shutdown.clone()));
+    let server = tokio::spawn(http::serve(listener, Arc::clone(&state), shutdown.clone()));
+    tracing::info!(listen = %config.http.listen, "serving /healthz /readyz /metrics /status");
+
+    let result = run_daemon(Arc::new(config), source, target, state, shutdown.clone()).await;
+    shutdown.cancel();
+    match server.await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::warn!(error = %e, "HTTP server stopped with an error"),
+        Err(e) => tracing::warn!(error = %e, "HTTP server task failed"),
+    }
+    match result {
+        Ok(()) => {
+            tracing::info!("stopped");
+            0
+        }
+        Err(e) => fatal(&e),
+    }
+}
+
+/// Cancels `shutdown` on SIGTERM or SIGINT.
+async fn stop_on_signal(shutdown: CancellationToken) {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot listen for SIGTERM");
+            return;
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM received: stopping"),
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received: stopping"),
+    }
+    shutdown.cancel();
+}
+
+/// `--status`: from the store when it is free, otherwise from the running daemon.
+async fn status(config: &Config) -> u8 {
+    let doc = if !config.store.path.exists() {
+        serde_json::json!({ "last_run": null, "failing_users": [] })
+    } else {
+        match Store::open(&config.store.path, config.store.cache_capacity_bytes) {
+            Ok(store) => match nexudus_nevis_sync::status::document(&store, None) {
+                Ok(doc) => doc,
+                Err(e) => return fatal(&e),
+            },
+            Err(StoreError::InUse { .. }) => match daemon_status(config).await {
+                Ok(doc) => doc,
+                Err(e) => return fatal(&e),
+            },
+            Err(e) => return fatal(&e),
+        }
+    };
+    print!("{}", nexudus_nevis_sync::status::render(&doc));
+    if nexudus_nevis_sync::status::failing_count(&doc) == 0 {
+        0
+    } else {
+        1
+    }
+}
+
+async fn daemon_status(config: &Config) -> Result<serde_json::Value, String> {
+    let mut addr = config.http.listen;
+    if addr.ip().is_unspecified() {
+        addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+    }
+    let url = format!("http://{addr}/status");
+    let fail = |e: reqwest::Error| {
+        format!("the store is in use and the daemon's {url} did not answer: {e}")
+    };
+    reqwest::Client::new()
+        .get(&url)
+        .timeout(std::time::Duration::from_secs(10))
+        .send()
+        .await
+        .and_then(reqwest::Response::error_for_status)
+        .map_err(fail)?
+        .json()
+        .await
+        .map_err(fail)
 }
 
 async fn sync_now(config: &Config, dry_run: bool, allow_mass_disable: bool) -> u8 {
@@ -90,17 +222,14 @@ async fn sync_now(config: &Config, dry_run: bool, allow_mass_disable: bool) -> u
         Ok(s) => s,
         Err(e) => return fatal(&e),
     };
-    let source = match NexudusClient::new(&config.nexudus, config.retry.clone()) {
-        Ok(s) => Arc::new(s),
-        Err(e) => return fatal(&e),
-    };
-    let target = match NevisClient::new(&config.nevis, config.retry.clone()) {
-        Ok(t) => Arc::new(t),
+    let Clients { source, target } = match clients(config, &Arc::new(Metrics::new())) {
+        Ok(c) => c,
         Err(e) => return fatal(&e),
     };
     let opts = RunOptions {
         dry_run: dry_run.then(stdout_plan_sink),
         allow_mass_disable,
+        shutdown: None,
     };
     match run_once(config, source, target, &store, &opts).await {
         Ok(report) => print_report(&report),

@@ -32,6 +32,13 @@ pub struct RunReport {
     pub failed: u64,
     pub invalid: u64,
     pub held_disables: u64,
+    /// Users that failed because an API stayed unavailable (retries exhausted), as opposed to
+    /// users nevisIDM refused: these make the run unhealthy for `/readyz`.
+    pub unavailable: u64,
+    /// The run was stopped by a shutdown before it finished.
+    pub interrupted: bool,
+    /// The fatal error that ended the run, if one did (the run then exits 2).
+    pub fatal: Option<String>,
     /// Every page fetched and the distinct Ids equal `TotalItems`: only then may disappearance
     /// disable anyone.
     pub listing_complete: bool,
@@ -52,11 +59,17 @@ fn as_secs<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> 
 impl RunReport {
     /// 0 when everything is in sync; 1 when the run finished but something was left undone.
     pub fn exit_code(&self) -> u8 {
-        let clean = self.failed == 0
+        let clean = !self.interrupted
+            && self.failed == 0
             && self.invalid == 0
             && self.held_disables == 0
             && self.listing_complete;
         if clean { 0 } else { 1 }
+    }
+
+    /// The run completed and both APIs answered: what `/readyz` counts as a success.
+    pub fn healthy(&self) -> bool {
+        !self.interrupted && self.unavailable == 0
     }
 
     /// The one-line summary printed at the end of every run.

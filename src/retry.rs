@@ -11,7 +11,10 @@ use std::time::Duration;
 use backon::{BackoffBuilder, ExponentialBuilder};
 use tokio::time::Instant;
 
+use std::sync::Arc;
+
 use crate::config::RetryConfig;
+use crate::metrics::Metrics;
 
 /// How a failed attempt should be treated.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -34,11 +37,16 @@ pub trait Classify {
 pub struct RetryPolicy {
     config: RetryConfig,
     api: &'static str,
+    metrics: Arc<Metrics>,
 }
 
 impl RetryPolicy {
-    pub fn new(api: &'static str, config: RetryConfig) -> Self {
-        RetryPolicy { config, api }
+    pub fn new(api: &'static str, config: RetryConfig, metrics: Arc<Metrics>) -> Self {
+        RetryPolicy {
+            config,
+            api,
+            metrics,
+        }
     }
 
     /// Runs `op` until it succeeds, fails finally, or the attempt/time budget is spent. The last
@@ -75,6 +83,7 @@ impl RetryPolicy {
                 tracing::warn!(api = self.api, what, attempt, error = %err, "giving up: retry time budget spent");
                 return Err(err);
             }
+            self.metrics.count_retry(self.api, err.label());
             tracing::info!(
                 api = self.api,
                 what,
@@ -119,6 +128,7 @@ mod tests {
                 max_delay: Duration::from_secs(2),
                 max_elapsed: Duration::from_secs(60),
             },
+            Arc::new(Metrics::new()),
         )
     }
 

@@ -1,10 +1,119 @@
-//! The daemon's schedule: six-field cron expressions (seconds first, UTC).
+//! The daemon loop and its schedule: six-field cron expressions (seconds first, UTC), driven by
+//! `tokio-cron-scheduler`. This is the only module that knows the cron crates, so the config check
+//! and the scheduler can never disagree about what a valid schedule is.
 //!
-//! This is the only module that knows the cron syntax, so the config check and the scheduler can
-//! never disagree about what a valid schedule is.
+//! The first run starts at once. Runs never overlap: a tick that finds a run in progress is
+//! skipped and counted. Each run is the same `run_once` that `--sync-now` calls.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
 use croner::Cron;
 use croner::parser::{CronParser, Seconds};
+use tokio::sync::mpsc;
+use tokio_cron_scheduler::{Job, JobScheduler};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Config;
+use crate::http::AppState;
+use crate::nevis::Target;
+use crate::nexudus::Source;
+use crate::sync::{RunOptions, run_once};
+
+#[derive(Debug, thiserror::Error)]
+#[error("scheduler: {0}")]
+pub struct ScheduleError(String);
+
+/// Runs syncs on the schedule until `shutdown` is cancelled; the run in flight then finishes its
+/// writes within `sync.shutdown_grace` and the store is flushed.
+pub async fn run_daemon<S: Source, T: Target>(
+    config: Arc<Config>,
+    source: Arc<S>,
+    target: Arc<T>,
+    state: Arc<AppState>,
+    shutdown: CancellationToken,
+) -> Result<(), ScheduleError> {
+    let err = |e: tokio_cron_scheduler::JobSchedulerError| ScheduleError(e.to_string());
+    let (ticks, mut tick_rx) = mpsc::channel::<()>(1);
+    let running = Arc::new(AtomicBool::new(false));
+    let mut scheduler = JobScheduler::new().await.map_err(err)?;
+    let job = {
+        let running = Arc::clone(&running);
+        let state = Arc::clone(&state);
+        Job::new_async(config.sync.schedule.as_str(), move |_id, _scheduler| {
+            let ticks = ticks.clone();
+            let running = Arc::clone(&running);
+            let state = Arc::clone(&state);
+            Box::pin(async move {
+                if running.load(Ordering::SeqCst) || ticks.try_send(()).is_err() {
+                    state.metrics.count_skipped_tick();
+                    tracing::info!("schedule tick skipped: a run is still in progress");
+                }
+            })
+        })
+        .map_err(err)?
+    };
+    scheduler.add(job).await.map_err(err)?;
+    scheduler.start().await.map_err(err)?;
+    tracing::info!(schedule = %config.sync.schedule, "daemon started; first run now");
+
+    let opts = RunOptions {
+        shutdown: Some(shutdown.clone()),
+        ..RunOptions::default()
+    };
+    let mut first = true;
+    loop {
+        if !first {
+            tokio::select! {
+                biased;
+                () = shutdown.cancelled() => break,
+                tick = tick_rx.recv() => if tick.is_none() { break },
+            }
+        }
+        first = false;
+        if shutdown.is_cancelled() {
+            break;
+        }
+        running.store(true, Ordering::SeqCst);
+        state.health().running = true;
+        let started = Instant::now();
+        let store = &state.store;
+        match run_once(
+            &config,
+            Arc::clone(&source),
+            Arc::clone(&target),
+            store,
+            &opts,
+        )
+        .await
+        {
+            Ok(report) => {
+                state.metrics.record_run(&report);
+                state.health().record(&report);
+            }
+            Err(e) => {
+                state.metrics.record_fatal(started.elapsed());
+                state.health().record_fatal(&e.to_string());
+            }
+        }
+        let failing = store.failures().map(|f| f.len()).unwrap_or(0);
+        state
+            .metrics
+            .set_store(store.size_on_disk().unwrap_or(0), failing);
+        state.health().running = false;
+        running.store(false, Ordering::SeqCst);
+    }
+    tracing::info!("daemon stopping");
+    if let Err(e) = scheduler.shutdown().await {
+        tracing::warn!(error = %e, "scheduler did not stop cleanly");
+    }
+    if let Err(e) = state.store.flush().await {
+        tracing::error!(error = %e, "final store flush failed");
+    }
+    Ok(())
+}
 
 /// Parses a cron expression the way `tokio-cron-scheduler` does (seconds required).
 pub fn parse(expr: &str) -> Result<Cron, String> {
@@ -22,6 +131,14 @@ pub fn parse(expr: &str) -> Result<Cron, String> {
         .map_err(|e| format!("{e}"))
 }
 
+/// The gap between the next two firings from now: the schedule's interval, for `/readyz`.
+pub fn interval(cron: &Cron) -> Option<Duration> {
+    let now = Utc::now();
+    let first = cron.find_next_occurrence(&now, false).ok()?;
+    let second = cron.find_next_occurrence(&first, false).ok()?;
+    (second - first).to_std().ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -33,5 +150,17 @@ mod tests {
         assert!(parse("*/15 * * * *").is_err(), "five fields");
         assert!(parse("0 61 * * * *").is_err());
         assert!(parse("every day").is_err());
+    }
+
+    #[test]
+    fn interval_is_the_gap_between_firings() {
+        assert_eq!(
+            interval(&parse("0 */15 * * * *").unwrap()),
+            Some(Duration::from_secs(900))
+        );
+        assert_eq!(
+            interval(&parse("*/2 * * * * *").unwrap()),
+            Some(Duration::from_secs(2))
+        );
     }
 }

@@ -5,6 +5,7 @@
 //! - `users`: Nexudus Id (u64, big-endian) -> 8-byte fingerprint (LE) + postcard(`DesiredUser`).
 //!   The fingerprint lets an unchanged user be recognised with one read and one hash, no decoding.
 //! - `failures`: Nexudus Id -> UTF-8 reason of the last failed or invalid attempt (cleared on success).
+//! - `meta`: `last_run` -> JSON report of the last run.
 //!
 //! A checkpoint is written only after nevisIDM confirmed the write; `flush` makes it durable.
 
@@ -42,6 +43,7 @@ pub struct Store {
     db: sled::Db,
     users: sled::Tree,
     failures: sled::Tree,
+    meta: sled::Tree,
 }
 
 impl std::fmt::Debug for Store {
@@ -86,6 +88,7 @@ impl Store {
         Ok(Store {
             users: db.open_tree("users")?,
             failures: db.open_tree("failures")?,
+            meta: db.open_tree("meta")?,
             db,
         })
     }
@@ -147,6 +150,26 @@ impl Store {
     pub fn clear_failure(&self, nexudus_id: u64) -> Result<(), StoreError> {
         self.failures.remove(nexudus_id.to_be_bytes())?;
         Ok(())
+    }
+
+    /// Drops recorded failures of users for whom `keep` says no.
+    pub fn retain_failures(&self, keep: impl Fn(u64) -> bool) -> Result<(), StoreError> {
+        for (id, _) in self.failures()? {
+            if !keep(id) {
+                self.failures.remove(id.to_be_bytes())?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Stores the last run's report (JSON) for `--status` and `/status`.
+    pub fn set_last_run(&self, json: &[u8]) -> Result<(), StoreError> {
+        self.meta.insert("last_run", json)?;
+        Ok(())
+    }
+
+    pub fn last_run(&self) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self.meta.get("last_run")?.map(|v| v.to_vec()))
     }
 
     /// Users whose last attempt failed or was invalid, with the reason.

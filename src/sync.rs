@@ -13,6 +13,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::config::Config;
@@ -31,6 +32,9 @@ pub struct RunOptions {
     pub dry_run: Option<PlanSink>,
     /// Let this run exceed the deletion-safety limits.
     pub allow_mass_disable: bool,
+    /// Cancelled on shutdown: no new work starts, writes in flight get `sync.shutdown_grace` to
+    /// finish and be checkpointed, and the run reports itself interrupted.
+    pub shutdown: Option<CancellationToken>,
 }
 
 /// Errors that end a run without a trustworthy result (exit code 2).
@@ -76,7 +80,18 @@ pub async fn run_once<S: Source, T: Target>(
     let _enter = span.enter();
     match &result {
         Ok(()) => tracing::info!(summary = %report.summary_line(), "run finished"),
-        Err(e) => tracing::error!(error = %e, "run failed"),
+        Err(e) => {
+            tracing::error!(error = %e, "run failed");
+            report.fatal = Some(e.to_string());
+        }
+    }
+    if opts.dry_run.is_none() {
+        let saved = serde_json::to_vec(&report)
+            .map_err(|e| StoreError::Io(e.to_string()))
+            .and_then(|json| store.set_last_run(&json));
+        if let Err(e) = saved {
+            tracing::warn!(error = %e, "cannot record the run report");
+        }
     }
     result.map(|()| report)
 }
@@ -133,7 +148,21 @@ async fn run_inner<S: Source, T: Target>(
     let mut finished = false;
     let mut source_error = None;
 
-    while let Some(msg) = rx.recv().await {
+    let cancel = opts.shutdown.clone().unwrap_or_default();
+    let mut interrupted = false;
+
+    'pages: loop {
+        let msg = tokio::select! {
+            biased;
+            () = cancel.cancelled() => {
+                interrupted = true;
+                break;
+            }
+            msg = rx.recv() => match msg {
+                Some(msg) => msg,
+                None => break,
+            },
+        };
         let page = match msg {
             Listed::Page(p) => p,
             Listed::Failed(e) => {
@@ -227,9 +256,16 @@ async fn run_inner<S: Source, T: Target>(
             };
             // A record that says Active=false is an explicit instruction from the source and
             // goes out at once, like any change: access must not outlive its revocation.
-            if let Err(e) = dispatcher.submit(op, report).await {
-                let _ = dispatcher.finish(report).await;
-                return Err(e.into());
+            match submit_unless_cancelled(&mut dispatcher, op, report, &cancel).await {
+                Ok(true) => {}
+                Ok(false) => {
+                    interrupted = true;
+                    break 'pages;
+                }
+                Err(e) => {
+                    let _ = dispatcher.finish(report).await;
+                    return Err(e.into());
+                }
             }
         }
         if !page.has_next_page {
@@ -239,6 +275,27 @@ async fn run_inner<S: Source, T: Target>(
         if pages >= limit {
             break;
         }
+    }
+
+    if interrupted {
+        // Let the writes in flight finish and be checkpointed, within the grace period; anything
+        // still running after that is abandoned unrecorded and redone by the next run.
+        tracing::warn!("shutdown requested: finishing the writes in flight");
+        report.interrupted = true;
+        report.incomplete_reason = Some("the run was interrupted by a shutdown".into());
+        let finished =
+            tokio::time::timeout(cfg.sync.shutdown_grace, dispatcher.finish(report)).await;
+        drop(dispatcher);
+        if finished.is_err() {
+            tracing::warn!(
+                grace = ?cfg.sync.shutdown_grace,
+                "shutdown grace over: abandoning unconfirmed writes"
+            );
+        }
+        if !dry_run {
+            store.flush().await?;
+        }
+        return Ok(());
     }
 
     if let Some(e) = source_error {
@@ -306,9 +363,27 @@ async fn run_inner<S: Source, T: Target>(
 
     dispatcher.finish(report).await?;
     if !dry_run {
+        if report.listing_complete {
+            // Failures of users Nexudus no longer lists are stale.
+            store.retain_failures(|id| seen.contains(&id))?;
+        }
         store.flush().await?;
     }
     Ok(())
+}
+
+/// Submits `op` unless a shutdown comes first; `Ok(false)` means the shutdown won.
+async fn submit_unless_cancelled<T: Target>(
+    dispatcher: &mut Dispatcher<T>,
+    op: Op,
+    report: &mut RunReport,
+    cancel: &CancellationToken,
+) -> Result<bool, DispatchError> {
+    tokio::select! {
+        biased;
+        () = cancel.cancelled() => Ok(false),
+        submitted = dispatcher.submit(op, report) => submitted.map(|()| true),
+    }
 }
 
 /// Why `count` disables exceed the deletion-safety limits, if they do.
@@ -488,6 +563,7 @@ mod tests {
         let opts = RunOptions {
             dry_run: None,
             allow_mass_disable: allow,
+            shutdown: None,
         };
         run_once(&cfg, Arc::clone(source), Arc::clone(target), store, &opts)
             .await

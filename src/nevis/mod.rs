@@ -14,9 +14,13 @@ use secrecy::{ExposeSecret, SecretString};
 use serde_json::Value;
 use url::Url;
 
+use std::sync::Arc;
+use std::time::Instant;
+
 use crate::config::{NevisConfig, RetryConfig};
 use crate::diff::{Changes, create_body};
 use crate::mapper::DesiredUser;
+use crate::metrics::Metrics;
 use crate::nexudus::{describe, join, retry_after};
 use crate::retry::{Classify, RetryPolicy, Verdict};
 
@@ -98,10 +102,15 @@ pub struct NevisClient {
     users_url: Url,
     token: SecretString,
     retry: RetryPolicy,
+    metrics: Arc<Metrics>,
 }
 
 impl NevisClient {
-    pub fn new(cfg: &NevisConfig, retry: RetryConfig) -> Result<NevisClient, TargetError> {
+    pub fn new(
+        cfg: &NevisConfig,
+        retry: RetryConfig,
+        metrics: Arc<Metrics>,
+    ) -> Result<NevisClient, TargetError> {
         let http = reqwest::Client::builder()
             .timeout(cfg.request_timeout)
             .connect_timeout(cfg.request_timeout.min(Duration::from_secs(10)))
@@ -120,7 +129,8 @@ impl NevisClient {
             http,
             users_url,
             token: cfg.token.clone(),
-            retry: RetryPolicy::new("nevis", retry),
+            retry: RetryPolicy::new("nevis", retry, Arc::clone(&metrics)),
+            metrics,
         })
     }
 
@@ -146,10 +156,12 @@ impl NevisClient {
         if let Some(body) = body {
             request = request.json(body);
         }
+        let started = Instant::now();
         let response = request.send().await.map_err(unavailable)?;
         let status = response.status();
         let retry_after = retry_after(response.headers());
         let bytes = response.bytes().await.map_err(unavailable)?;
+        self.metrics.observe_request("nevis", started.elapsed());
         if status.is_success() {
             // Bodies of writes are not needed; a GET body that is not JSON is a protocol error.
             return match call {

@@ -15,7 +15,11 @@ use reqwest::StatusCode;
 use secrecy::{ExposeSecret, SecretString};
 use url::Url;
 
+use std::sync::Arc;
+use std::time::Instant;
+
 use crate::config::{NexudusConfig, RetryConfig};
+use crate::metrics::Metrics;
 use crate::retry::{Classify, RetryPolicy, Verdict};
 pub use wire::{InvalidRecord, SourcePage};
 
@@ -121,10 +125,15 @@ pub struct NexudusClient {
     page_size: u32,
     retry: RetryPolicy,
     pacer: Pacer,
+    metrics: Arc<Metrics>,
 }
 
 impl NexudusClient {
-    pub fn new(cfg: &NexudusConfig, retry: RetryConfig) -> Result<NexudusClient, SourceError> {
+    pub fn new(
+        cfg: &NexudusConfig,
+        retry: RetryConfig,
+        metrics: Arc<Metrics>,
+    ) -> Result<NexudusClient, SourceError> {
         let http = reqwest::Client::builder()
             .timeout(cfg.request_timeout)
             .connect_timeout(cfg.request_timeout.min(Duration::from_secs(10)))
@@ -138,13 +147,15 @@ impl NexudusClient {
             username: cfg.username.clone(),
             password: cfg.password.clone(),
             page_size: cfg.page_size,
-            retry: RetryPolicy::new("nexudus", retry),
+            retry: RetryPolicy::new("nexudus", retry, Arc::clone(&metrics)),
             pacer: Pacer::new(cfg.min_request_interval, cfg.max_requests_per_minute),
+            metrics,
         })
     }
 
     async fn fetch_once(&self, page: u32) -> Result<SourcePage, SourceError> {
         self.pacer.wait().await;
+        let started = Instant::now();
         let response = self
             .http
             .get(self.users_url.clone())
@@ -163,6 +174,7 @@ impl NexudusClient {
             return Err(classify(status, retry_after, response).await);
         }
         let body = response.bytes().await.map_err(transport)?;
+        self.metrics.observe_request("nexudus", started.elapsed());
         wire::decode_page(&body).map_err(SourceError::Decode)
     }
 }

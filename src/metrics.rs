@@ -1,0 +1,243 @@
+//! Prometheus metrics (via `prometheus-client`), shared by the clients, the pipeline and the
+//! daemon's `/metrics` endpoint. A one-shot run records into a registry nobody scrapes, which
+//! keeps the code paths identical.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+use std::sync::atomic::AtomicU64;
+
+use crate::report::RunReport;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabel {
+    pub outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ApiLabel {
+    pub api: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RetryLabel {
+    pub api: &'static str,
+    pub status: String,
+}
+
+type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
+
+pub struct Metrics {
+    registry: Registry,
+    runs: Family<OutcomeLabel, Counter>,
+    skipped_ticks: Counter,
+    users: Family<OutcomeLabel, Counter>,
+    invalid_records: Counter,
+    held_disables: Counter,
+    retries: Family<RetryLabel, Counter>,
+    request_seconds: HistogramFamily<ApiLabel>,
+    last_success: Gauge<f64, AtomicU64>,
+    run_seconds: Histogram,
+    store_bytes: Gauge,
+    failing_users: Gauge,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics").finish_non_exhaustive()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+fn request_histogram() -> Histogram {
+    // 5 ms .. ~40 s
+    Histogram::new(exponential_buckets(0.005, 2.0, 14))
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("nexudus_nevis_sync");
+        let m = Metrics {
+            runs: Family::default(),
+            skipped_ticks: Counter::default(),
+            users: Family::default(),
+            invalid_records: Counter::default(),
+            held_disables: Counter::default(),
+            retries: Family::default(),
+            request_seconds: Family::new_with_constructor(request_histogram),
+            last_success: Gauge::default(),
+            run_seconds: Histogram::new(exponential_buckets(0.1, 2.0, 14)),
+            store_bytes: Gauge::default(),
+            failing_users: Gauge::default(),
+            registry: Registry::default(),
+        };
+        registry.register(
+            "runs",
+            "Sync runs by outcome (in_sync, problems, fatal, interrupted)",
+            m.runs.clone(),
+        );
+        registry.register(
+            "skipped_ticks",
+            "Schedule ticks skipped because a run was still in progress",
+            m.skipped_ticks.clone(),
+        );
+        registry.register(
+            "users",
+            "Users by outcome of their run (created, updated, disabled, unchanged, failed)",
+            m.users.clone(),
+        );
+        registry.register(
+            "invalid_records",
+            "Nexudus records skipped as invalid",
+            m.invalid_records.clone(),
+        );
+        registry.register(
+            "held_disables",
+            "Disables held back by the deletion safety",
+            m.held_disables.clone(),
+        );
+        registry.register(
+            "retries",
+            "Retried requests by API and status",
+            m.retries.clone(),
+        );
+        registry.register(
+            "request_duration_seconds",
+            "HTTP request latency by API",
+            m.request_seconds.clone(),
+        );
+        registry.register(
+            "last_success_timestamp_seconds",
+            "Unix time of the last run that completed without a fatal error",
+            m.last_success.clone(),
+        );
+        registry.register(
+            "run_duration_seconds",
+            "Duration of sync runs",
+            m.run_seconds.clone(),
+        );
+        registry.register(
+            "store_size_bytes",
+            "Size of the checkpoint store on disk",
+            m.store_bytes.clone(),
+        );
+        registry.register(
+            "failing_users",
+            "Users whose last attempt failed or was invalid",
+            m.failing_users.clone(),
+        );
+        Metrics { registry, ..m }
+    }
+
+    pub fn observe_request(&self, api: &'static str, elapsed: Duration) {
+        self.request_seconds
+            .get_or_create(&ApiLabel { api })
+            .observe(elapsed.as_secs_f64());
+    }
+
+    pub fn count_retry(&self, api: &'static str, status: String) {
+        self.retries
+            .get_or_create(&RetryLabel { api, status })
+            .inc();
+    }
+
+    pub fn count_skipped_tick(&self) {
+        self.skipped_ticks.inc();
+    }
+
+    /// Records a finished run.
+    pub fn record_run(&self, report: &RunReport) {
+        let outcome = if report.interrupted {
+            "interrupted"
+        } else if report.exit_code() == 0 {
+            "in_sync"
+        } else {
+            "problems"
+        };
+        self.runs.get_or_create(&OutcomeLabel { outcome }).inc();
+        for (outcome, n) in [
+            ("created", report.created),
+            ("updated", report.updated),
+            ("disabled", report.disabled),
+            ("unchanged", report.unchanged),
+            ("failed", report.failed),
+        ] {
+            self.users
+                .get_or_create(&OutcomeLabel { outcome })
+                .inc_by(n);
+        }
+        self.invalid_records.inc_by(report.invalid);
+        self.held_disables.inc_by(report.held_disables);
+        self.run_seconds.observe(report.duration.as_secs_f64());
+        if report.healthy() {
+            let now = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .unwrap_or_default();
+            self.last_success.set(now.as_secs_f64());
+        }
+    }
+
+    pub fn record_fatal(&self, duration: Duration) {
+        self.runs
+            .get_or_create(&OutcomeLabel { outcome: "fatal" })
+            .inc();
+        self.run_seconds.observe(duration.as_secs_f64());
+    }
+
+    pub fn set_store(&self, bytes: u64, failing_users: usize) {
+        self.store_bytes.set(bytes as i64);
+        self.failing_users.set(failing_users as i64);
+    }
+
+    /// The OpenMetrics text exposition (which Prometheus scrapes natively).
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)
+            .expect("writing metrics into a String cannot fail");
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn encodes_counters_after_a_run() {
+        let m = Metrics::new();
+        m.record_run(&RunReport {
+            created: 3,
+            listing_complete: true,
+            ..RunReport::default()
+        });
+        m.count_retry("nexudus", "409".into());
+        m.observe_request("nevis", Duration::from_millis(12));
+        let text = m.encode();
+        assert!(
+            text.contains("nexudus_nevis_sync_users_total{outcome=\"created\"} 3"),
+            "{text}"
+        );
+        assert!(
+            text.contains("nexudus_nevis_sync_runs_total{outcome=\"in_sync\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("nexudus_nevis_sync_retries_total{api=\"nexudus\",status=\"409\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("nexudus_nevis_sync_request_duration_seconds_count{api=\"nevis\"} 1"),
+            "{text}"
+        );
+    }
+}

@@ -1,0 +1,313 @@
+//! Daemon mode end to end: the real binary with a 1-second schedule against the sandbox fakes,
+//! its HTTP endpoints, graceful shutdown on SIGTERM and the single-writer store lock.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{Env, Run, quote, run_cmd};
+use nexudus_nevis_sync::sandbox::NexudusUserSpec;
+use serde_json::{Value, json};
+use tokio::process::Child;
+
+/// Upper bound for anything the tests wait on.
+const WAIT: Duration = Duration::from_secs(30);
+
+struct Daemon {
+    child: Child,
+    base: String,
+}
+
+impl Daemon {
+    async fn start(env: &Env) -> Daemon {
+        let port = free_port();
+        env.set("http.listen", &quote(&format!("127.0.0.1:{port}")));
+        env.set("sync.schedule", &quote("*/1 * * * * *"));
+        // The daemon's logs go to a file next to its config, so test output stays readable.
+        let log = std::fs::File::create(env.dir.path().join("daemon.log")).expect("log file");
+        let child = env
+            .command(&[])
+            .stderr(log)
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("start daemon");
+        let daemon = Daemon {
+            child,
+            base: format!("http://127.0.0.1:{port}"),
+        };
+        daemon
+            .wait_for("the daemon to listen", |d| async move {
+                d.get("/healthz").await.0 == 200
+            })
+            .await;
+        daemon
+    }
+
+    async fn get(&self, path: &str) -> (u16, String) {
+        let client = reqwest::Client::new();
+        match client
+            .get(format!("{}{path}", self.base))
+            .timeout(Duration::from_secs(5))
+            .send()
+            .await
+        {
+            Ok(r) => {
+                let status = r.status().as_u16();
+                (status, r.text().await.unwrap_or_default())
+            }
+            Err(_) => (0, String::new()),
+        }
+    }
+
+    /// Polls `check` every 50 ms until it holds; fails after `WAIT`.
+    async fn wait_for<'a, F, Fut>(&'a self, what: &str, check: F)
+    where
+        F: Fn(&'a Daemon) -> Fut,
+        Fut: std::future::Future<Output = bool>,
+    {
+        let deadline = Instant::now() + WAIT;
+        while Instant::now() < deadline {
+            if check(self).await {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("timed out waiting for {what}");
+    }
+
+    fn sigterm(&self) {
+        let pid = self.child.id().expect("daemon still running");
+        let ok = std::process::Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status()
+            .expect("run kill")
+            .success();
+        assert!(ok, "kill -TERM {pid}");
+    }
+
+    async fn exit_code(mut self, within: Duration) -> i32 {
+        let status = tokio::time::timeout(within, self.child.wait())
+            .await
+            .expect("daemon exited in time")
+            .expect("wait for daemon");
+        status.code().unwrap_or(-1)
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+fn metric(text: &str, name: &str, label: Option<(&str, &str)>) -> f64 {
+    let lines = text.lines().map(|l| Ok(l.to_string()));
+    let scrape = prometheus_parse::Scrape::parse(lines).expect("metrics parse as Prometheus text");
+    scrape
+        .samples
+        .iter()
+        .filter(|s| s.metric == name)
+        .filter(|s| label.is_none_or(|(k, v)| s.labels.get(k) == Some(v)))
+        .map(|s| match s.value {
+            prometheus_parse::Value::Counter(v)
+            | prometheus_parse::Value::Gauge(v)
+            | prometheus_parse::Value::Untyped(v) => v,
+            _ => 0.0,
+        })
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn daemon_imports_at_start_then_follows_changes_on_schedule() {
+    let env = Env::start().await;
+    let ids = env.seed(5);
+    let daemon = Daemon::start(&env).await;
+    daemon
+        .wait_for("the start-up import", |_| async {
+            env.nevis.user_count() == 5
+        })
+        .await;
+
+    env.nexudus.update_user(ids[0], |u| {
+        u.insert("FullName".into(), json!("Renamed Person"));
+    });
+    let added = env
+        .nexudus
+        .insert_user(NexudusUserSpec::new("New Comer", "new@example.com"));
+    let ext = format!("nexudus-{}", ids[0]);
+    daemon
+        .wait_for("the change to reach nevisIDM", |_| async {
+            env.nevis
+                .user(&ext)
+                .is_some_and(|u| u["name"]["familyName"] == "Person")
+                && env.nevis.user(&format!("nexudus-{added}")).is_some()
+        })
+        .await;
+
+    daemon.sigterm();
+    assert_eq!(daemon.exit_code(WAIT).await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_readiness_metrics_and_status_follow_the_runs() {
+    let env = Env::start().await;
+    env.set("retry.max_attempts", "2");
+    let ids = env.seed(4);
+    env.nevis.set_down(Some(503));
+    let daemon = Daemon::start(&env).await;
+
+    assert_eq!(daemon.get("/healthz").await.0, 200);
+    let (status, body) = daemon.get("/readyz").await;
+    assert_eq!(status, 503, "not ready before the first success: {body}");
+    let reason: Value = serde_json::from_str(&body).expect("readyz answers JSON");
+    assert_eq!(reason["ready"], false);
+
+    env.nevis.set_down(None);
+    daemon
+        .wait_for("readiness after a successful run", |d| async move {
+            d.get("/readyz").await.0 == 200
+        })
+        .await;
+    let (_, text) = daemon.get("/metrics").await;
+    assert!(
+        metric(
+            &text,
+            "nexudus_nevis_sync_users_total",
+            Some(("outcome", "created"))
+        ) >= 4.0,
+        "{text}"
+    );
+    assert!(
+        metric(
+            &text,
+            "nexudus_nevis_sync_runs_total",
+            Some(("outcome", "fatal"))
+        ) >= 1.0,
+        "{text}"
+    );
+    assert!(
+        metric(
+            &text,
+            "nexudus_nevis_sync_retries_total",
+            Some(("api", "nevis"))
+        ) >= 1.0,
+        "{text}"
+    );
+    assert!(
+        metric(
+            &text,
+            "nexudus_nevis_sync_last_success_timestamp_seconds",
+            None
+        ) > 0.0,
+        "{text}"
+    );
+    assert!(
+        text.contains("nexudus_nevis_sync_request_duration_seconds_bucket"),
+        "{text}"
+    );
+    let runs_before = metric(&text, "nexudus_nevis_sync_runs_total", None);
+
+    // nevisIDM starts failing while there is something to write: not ready any more.
+    env.nevis.set_down(Some(500));
+    env.nexudus.update_user(ids[1], |u| {
+        u.insert("Language".into(), json!(2));
+    });
+    daemon
+        .wait_for("unreadiness once nevisIDM fails", |d| async move {
+            d.get("/readyz").await.0 == 503
+        })
+        .await;
+    let (_, text) = daemon.get("/metrics").await;
+    assert!(
+        metric(&text, "nexudus_nevis_sync_runs_total", None) > runs_before,
+        "counters move"
+    );
+
+    // The failing user is visible in /status and through --status (which asks the daemon,
+    // since the daemon holds the store).
+    let (_, body) = daemon.get("/status").await;
+    let doc: Value = serde_json::from_str(&body).unwrap();
+    let failing = doc["failing_users"].as_array().unwrap();
+    assert!(
+        failing
+            .iter()
+            .any(|f| f["ext_id"] == json!(format!("nexudus-{}", ids[1]))),
+        "{doc}"
+    );
+    let run: Run = run_cmd(env.command(&["--status"])).await;
+    run.assert_code(1);
+    assert!(
+        run.stdout.contains(&format!("nexudus-{}", ids[1])),
+        "{}",
+        run.stdout
+    );
+
+    env.nevis.set_down(None);
+    daemon
+        .wait_for("readiness after nevisIDM recovers", |d| async move {
+            d.get("/readyz").await.0 == 200
+        })
+        .await;
+    daemon.sigterm();
+    assert_eq!(daemon.exit_code(WAIT).await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_during_a_slow_run_exits_0_and_keeps_every_confirmed_write() {
+    let env = Env::start().await;
+    env.set("sync.concurrency", "2");
+    env.set("sync.shutdown_grace", &quote("10s"));
+    env.nevis.set_latency(Duration::from_millis(250));
+    env.seed(40);
+    let daemon = Daemon::start(&env).await;
+    daemon
+        .wait_for("a few users written", |_| async {
+            env.nevis.user_count() >= 4
+        })
+        .await;
+    let asked = Instant::now();
+    daemon.sigterm();
+    assert_eq!(daemon.exit_code(Duration::from_secs(15)).await, 0);
+    assert!(
+        asked.elapsed() < Duration::from_secs(10),
+        "stopped within the grace period"
+    );
+    let written: Vec<String> = env
+        .nevis
+        .users()
+        .iter()
+        .map(|u| u["extId"].as_str().unwrap().to_string())
+        .collect();
+    assert!(written.len() < 40, "the run was interrupted");
+
+    env.nevis.set_latency(Duration::ZERO);
+    env.nevis.clear_request_log();
+    env.sync(&[]).await.assert_code(0);
+    let recreated: Vec<String> = env
+        .nevis
+        .request_log()
+        .into_iter()
+        .filter(|r| r.method == "POST")
+        .filter_map(|r| r.body.and_then(|b| b["extId"].as_str().map(String::from)))
+        .filter(|ext| written.contains(ext))
+        .collect();
+    assert!(
+        recreated.is_empty(),
+        "confirmed writes were checkpointed: {recreated:?}"
+    );
+    assert_eq!(env.nevis.user_count(), 40);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn second_process_on_a_daemon_store_exits_2_in_use() {
+    let env = Env::start().await;
+    env.seed(2);
+    let daemon = Daemon::start(&env).await;
+    let run = env.sync(&[]).await;
+    run.assert_code(2);
+    assert!(run.stderr.contains("in use"), "{}", run.stderr);
+    assert!(!run.stderr.contains("panicked"), "{}", run.stderr);
+    daemon.sigterm();
+    assert_eq!(daemon.exit_code(WAIT).await, 0);
+}
