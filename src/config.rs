@@ -90,6 +90,9 @@ struct RawSync {
     max_disable_percent: f64,
     #[serde(with = "humantime_serde")]
     shutdown_grace: Duration,
+    full_every: i64,
+    #[serde(with = "humantime_serde")]
+    incremental_overlap: Duration,
 }
 
 impl Default for RawSync {
@@ -100,6 +103,8 @@ impl Default for RawSync {
             max_disables: 50,
             max_disable_percent: 10.0,
             shutdown_grace: Duration::from_secs(30),
+            full_every: 12,
+            incremental_overlap: Duration::from_secs(600),
         }
     }
 }
@@ -252,6 +257,11 @@ pub struct SyncConfig {
     pub max_disable_percent: f64,
     /// How long a shutdown waits for the writes in flight.
     pub shutdown_grace: Duration,
+    /// The daemon lists every user on every `full_every`-th run (and at start-up); the runs in
+    /// between ask only for users changed since the watermark.
+    pub full_every: u32,
+    /// How far incremental listings reach back before the watermark.
+    pub incremental_overlap: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -385,6 +395,15 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
     if !(1..=256).contains(&sync.concurrency) {
         return Err(invalid("sync.concurrency", "must be between 1 and 256"));
     }
+    if !(1..=10_000).contains(&sync.full_every) {
+        return Err(invalid("sync.full_every", "must be between 1 and 10000"));
+    }
+    if sync.incremental_overlap < Duration::from_secs(60) {
+        return Err(invalid(
+            "sync.incremental_overlap",
+            "must be at least one minute (filters have minute precision)",
+        ));
+    }
     if sync.max_disables < 0 {
         return Err(invalid("sync.max_disables", "must not be negative"));
     }
@@ -449,6 +468,8 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
             max_disables: sync.max_disables as u64,
             max_disable_percent: sync.max_disable_percent,
             shutdown_grace: sync.shutdown_grace,
+            full_every: sync.full_every as u32,
+            incremental_overlap: sync.incremental_overlap,
         },
         retry: RetryConfig {
             max_attempts: retry.max_attempts as usize,

@@ -49,6 +49,8 @@ pub struct Op {
     pub after: DesiredUser,
     /// `None` for a create; the changed fields for an update or disable.
     pub changes: Option<Changes>,
+    /// `UpdatedOn` of the source record, if any (a failure holds the watermark back to it).
+    pub updated_on: Option<String>,
 }
 
 impl Op {
@@ -199,6 +201,7 @@ impl<T: Target> Dispatcher<T> {
                 let reason = e.to_string();
                 self.store.record_failure(op.nexudus_id, &reason)?;
                 report.failed += 1;
+                report.watermark.problem(op.updated_on.as_deref());
                 report.failures.push(Failure {
                     nexudus_id: op.nexudus_id,
                     ext_id: ext_id.clone(),

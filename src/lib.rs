@@ -15,6 +15,7 @@
 //! - [`metrics`]  Prometheus metrics shared by the clients, the pipeline and `/metrics`
 //! - [`status`]   the status document behind `/status` and `--status`
 //! - [`sync`]     `run_once`: the pipeline wired together, shared by `--sync-now` and the daemon
+//! - [`watermark`] incremental polling: the `UpdatedOn` watermark and its overlap
 //! - [`report`]   what a run did: counts, failures, invalid records, the summary line
 //! - [`sandbox`]  stateful fakes of both APIs, used by `--demo`, the tests and the benchmark
 //! - [`demo`]     `--demo`: both fakes in-process, sample users, one real sync
@@ -35,3 +36,4 @@ pub mod schedule;
 pub mod status;
 pub mod store;
 pub mod sync;
+pub mod watermark;

@@ -44,6 +44,10 @@ struct Cli {
     /// the store).
     #[arg(long, conflicts_with_all = ["sync_now", "demo"])]
     status: bool,
+    /// With --sync-now: list only users changed since the last run's watermark (disappearances
+    /// wait for the next full listing). Without it, --sync-now lists everyone.
+    #[arg(long, requires = "sync_now")]
+    incremental: bool,
     /// Start built-in fakes of both APIs, seed sample users and run a real sync against them.
     #[arg(long, conflicts_with_all = ["sync_now", "config"])]
     demo: bool,
@@ -84,7 +88,13 @@ async fn run(cli: Cli) -> u8 {
     if !cli.sync_now {
         return daemon(config).await;
     }
-    sync_now(&config, cli.dry_run, cli.allow_mass_disable).await
+    let opts = RunOptions {
+        dry_run: cli.dry_run.then(stdout_plan_sink),
+        allow_mass_disable: cli.allow_mass_disable,
+        incremental: cli.incremental,
+        shutdown: None,
+    };
+    sync_now(&config, opts).await
 }
 
 struct Clients {
@@ -211,9 +221,9 @@ async fn daemon_status(config: &Config) -> Result<serde_json::Value, String> {
         .map_err(fail)
 }
 
-async fn sync_now(config: &Config, dry_run: bool, allow_mass_disable: bool) -> u8 {
+async fn sync_now(config: &Config, opts: RunOptions) -> u8 {
     // A dry run against a store that does not exist yet must not create it.
-    let store = if dry_run && !config.store.path.exists() {
+    let store = if opts.dry_run.is_some() && !config.store.path.exists() {
         Store::temporary()
     } else {
         Store::open(&config.store.path, config.store.cache_capacity_bytes)
@@ -225,11 +235,6 @@ async fn sync_now(config: &Config, dry_run: bool, allow_mass_disable: bool) -> u
     let Clients { source, target } = match clients(config, &Arc::new(Metrics::new())) {
         Ok(c) => c,
         Err(e) => return fatal(&e),
-    };
-    let opts = RunOptions {
-        dry_run: dry_run.then(stdout_plan_sink),
-        allow_mass_disable,
-        shutdown: None,
     };
     match run_once(config, source, target, &store, &opts).await {
         Ok(report) => print_report(&report),

@@ -50,6 +50,11 @@ pub struct RunReport {
     pub held: Vec<String>,
     #[serde(serialize_with = "as_secs")]
     pub duration: Duration,
+    /// The listing asked only for users changed since the watermark.
+    pub incremental: bool,
+    /// What the run saw of `UpdatedOn`, for the next watermark.
+    #[serde(skip)]
+    pub watermark: crate::watermark::Tracker,
 }
 
 fn as_secs<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
@@ -81,7 +86,12 @@ impl RunReport {
         });
         let _ = write!(
             s,
-            " created={} updated={} disabled={} unchanged={} failed={} invalid={} held_disables={} listing_complete={} duration={:.3}s",
+            " mode={} created={} updated={} disabled={} unchanged={} failed={} invalid={} held_disables={} listing_complete={} duration={:.3}s",
+            if self.incremental {
+                "incremental"
+            } else {
+                "full"
+            },
             self.created,
             self.updated,
             self.disabled,

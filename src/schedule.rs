@@ -59,11 +59,12 @@ pub async fn run_daemon<S: Source, T: Target>(
     scheduler.start().await.map_err(err)?;
     tracing::info!(schedule = %config.sync.schedule, "daemon started; first run now");
 
-    let opts = RunOptions {
+    let mut opts = RunOptions {
         shutdown: Some(shutdown.clone()),
         ..RunOptions::default()
     };
     let mut first = true;
+    let mut runs: u64 = 0;
     loop {
         if !first {
             tokio::select! {
@@ -78,6 +79,9 @@ pub async fn run_daemon<S: Source, T: Target>(
         }
         running.store(true, Ordering::SeqCst);
         state.health().running = true;
+        // Full listing at start-up and every `full_every`-th run; incremental in between.
+        opts.incremental = !runs.is_multiple_of(u64::from(config.sync.full_every));
+        runs += 1;
         let started = Instant::now();
         let store = &state.store;
         match run_once(

@@ -5,7 +5,7 @@
 //! - `users`: Nexudus Id (u64, big-endian) -> 8-byte fingerprint (LE) + postcard(`DesiredUser`).
 //!   The fingerprint lets an unchanged user be recognised with one read and one hash, no decoding.
 //! - `failures`: Nexudus Id -> UTF-8 reason of the last failed or invalid attempt (cleared on success).
-//! - `meta`: `last_run` -> JSON report of the last run.
+//! - `meta`: `last_run` -> JSON report of the last run; `watermark` -> incremental-polling mark.
 //!
 //! A checkpoint is written only after nevisIDM confirmed the write; `flush` makes it durable.
 
@@ -165,6 +165,19 @@ impl Store {
     /// Stores the last run's report (JSON) for `--status` and `/status`.
     pub fn set_last_run(&self, json: &[u8]) -> Result<(), StoreError> {
         self.meta.insert("last_run", json)?;
+        Ok(())
+    }
+
+    /// The incremental-polling watermark (`YYYY-MM-DDTHH:mm`, Nexudus time).
+    pub fn watermark(&self) -> Result<Option<String>, StoreError> {
+        Ok(self
+            .meta
+            .get("watermark")?
+            .map(|v| String::from_utf8_lossy(&v).into_owned()))
+    }
+
+    pub fn set_watermark(&self, mark: &str) -> Result<(), StoreError> {
+        self.meta.insert("watermark", mark.as_bytes())?;
         Ok(())
     }
 

@@ -24,6 +24,7 @@ use crate::nevis::Target;
 use crate::nexudus::{Source, SourceError, SourcePage};
 use crate::report::{Invalid, RunReport};
 use crate::store::{Lookup, Store, StoreError, fingerprint};
+use crate::watermark;
 
 /// Per-run choices made on the command line.
 #[derive(Clone, Default)]
@@ -32,6 +33,9 @@ pub struct RunOptions {
     pub dry_run: Option<PlanSink>,
     /// Let this run exceed the deletion-safety limits.
     pub allow_mass_disable: bool,
+    /// List only users changed since the stored watermark (minus the overlap), when there is one.
+    /// Disappearances are never decided by such a listing.
+    pub incremental: bool,
     /// Cancelled on shutdown: no new work starts, writes in flight get `sync.shutdown_grace` to
     /// finish and be checkpointed, and the run reports itself interrupted.
     pub shutdown: Option<CancellationToken>,
@@ -109,12 +113,23 @@ async fn run_inner<S: Source, T: Target>(
     let page_size = u64::from(cfg.nexudus.page_size);
 
     // The listing runs ahead by up to two pages while the current one is planned and written.
+    let since = if opts.incremental {
+        store
+            .watermark()?
+            .and_then(|mark| watermark::minus(&mark, cfg.sync.incremental_overlap))
+    } else {
+        None
+    };
+    report.incremental = since.is_some();
+    if let Some(since) = &since {
+        tracing::info!(from_updated_on = %since, "incremental listing");
+    }
     let (tx, mut rx) = mpsc::channel::<Listed>(2);
     let lister = tokio::spawn(
         async move {
             let mut page = 1u32;
             loop {
-                match source.fetch_page(page).await {
+                match source.fetch_page(page, since.as_deref()).await {
                     Ok(p) => {
                         let more = p.has_next_page;
                         if tx.send(Listed::Page(p)).await.is_err() || !more {
@@ -202,6 +217,8 @@ async fn run_inner<S: Source, T: Target>(
             let user = match record {
                 Ok(u) => u,
                 Err(bad) => {
+                    report.watermark.seen(bad.updated_on.as_deref());
+                    report.watermark.problem(bad.updated_on.as_deref());
                     match bad.id {
                         Some(id) => {
                             seen.insert(id);
@@ -220,9 +237,11 @@ async fn run_inner<S: Source, T: Target>(
                 tracing::debug!(nexudus_id = user.id, "listed twice; keeping the first");
                 continue;
             }
+            report.watermark.seen(user.updated_on.as_deref());
             let desired = match map_user(&user, &cfg.mapping) {
                 Ok(d) => d,
                 Err(reason) => {
+                    report.watermark.problem(user.updated_on.as_deref());
                     note_invalid(store, report, Some(user.id), reason.to_string(), dry_run)?;
                     continue;
                 }
@@ -242,6 +261,7 @@ async fn run_inner<S: Source, T: Target>(
                     kind: OpKind::Create,
                     after: desired,
                     changes: None,
+                    updated_on: user.updated_on,
                 },
                 Plan::Update(changes) => Op {
                     nexudus_id: user.id,
@@ -252,6 +272,7 @@ async fn run_inner<S: Source, T: Target>(
                     },
                     after: desired,
                     changes: Some(changes),
+                    updated_on: user.updated_on,
                 },
             };
             // A record that says Active=false is an explicit instruction from the source and
@@ -317,7 +338,8 @@ async fn run_inner<S: Source, T: Target>(
         ));
     }
 
-    if incomplete.is_none() {
+    // Only a full listing can tell who is gone.
+    if incomplete.is_none() && !report.incremental {
         for item in store.iter() {
             let (id, checkpoint) = item?;
             if seen.contains(&id) {
@@ -330,6 +352,7 @@ async fn run_inner<S: Source, T: Target>(
                     kind: OpKind::Disable,
                     after: changes.apply_to(&checkpoint),
                     changes: Some(changes),
+                    updated_on: None,
                 });
             }
         }
@@ -363,7 +386,10 @@ async fn run_inner<S: Source, T: Target>(
 
     dispatcher.finish(report).await?;
     if !dry_run {
-        if report.listing_complete {
+        if let Some(mark) = report.watermark.mark() {
+            store.set_watermark(&mark)?;
+        }
+        if report.listing_complete && !report.incremental {
             // Failures of users Nexudus no longer lists are stale.
             store.retain_failures(|id| seen.contains(&id))?;
         }
@@ -492,7 +518,11 @@ mod tests {
     }
 
     impl Source for MemSource {
-        async fn fetch_page(&self, page: u32) -> Result<SourcePage, SourceError> {
+        async fn fetch_page(
+            &self,
+            page: u32,
+            _since: Option<&str>,
+        ) -> Result<SourcePage, SourceError> {
             let users = self.users.lock().unwrap().clone();
             let size = 2usize;
             let start = (page as usize - 1) * size;
@@ -563,6 +593,7 @@ mod tests {
         let opts = RunOptions {
             dry_run: None,
             allow_mass_disable: allow,
+            incremental: false,
             shutdown: None,
         };
         run_once(&cfg, Arc::clone(source), Arc::clone(target), store, &opts)

@@ -25,9 +25,13 @@ pub use wire::{InvalidRecord, SourcePage};
 
 /// Anything that can list Nexudus users page by page (the HTTP client, or a fake in unit tests).
 pub trait Source: Send + Sync + 'static {
-    /// Fetches page `page` (from 1), with retries already applied.
-    fn fetch_page(&self, page: u32)
-    -> impl Future<Output = Result<SourcePage, SourceError>> + Send;
+    /// Fetches page `page` (from 1), with retries already applied. With `updated_since`
+    /// (`YYYY-MM-DDTHH:mm`, inclusive), only users changed since then are listed.
+    fn fetch_page(
+        &self,
+        page: u32,
+        updated_since: Option<&str>,
+    ) -> impl Future<Output = Result<SourcePage, SourceError>> + Send;
 }
 
 #[derive(Debug, Clone, thiserror::Error)]
@@ -153,18 +157,26 @@ impl NexudusClient {
         })
     }
 
-    async fn fetch_once(&self, page: u32) -> Result<SourcePage, SourceError> {
+    async fn fetch_once(
+        &self,
+        page: u32,
+        updated_since: Option<&str>,
+    ) -> Result<SourcePage, SourceError> {
         self.pacer.wait().await;
         let started = Instant::now();
+        let mut query = vec![
+            ("page", page.to_string()),
+            ("size", self.page_size.to_string()),
+            ("orderBy", "Id".to_string()),
+        ];
+        if let Some(since) = updated_since {
+            query.push(("from_User_UpdatedOn", since.to_string()));
+        }
         let response = self
             .http
             .get(self.users_url.clone())
             .basic_auth(&self.username, Some(self.password.expose_secret()))
-            .query(&[
-                ("page", page.to_string()),
-                ("size", self.page_size.to_string()),
-                ("orderBy", "Id".to_string()),
-            ])
+            .query(&query)
             .send()
             .await
             .map_err(transport)?;
@@ -180,9 +192,15 @@ impl NexudusClient {
 }
 
 impl Source for NexudusClient {
-    async fn fetch_page(&self, page: u32) -> Result<SourcePage, SourceError> {
+    async fn fetch_page(
+        &self,
+        page: u32,
+        updated_since: Option<&str>,
+    ) -> Result<SourcePage, SourceError> {
         let what = format!("users page {page}");
-        self.retry.run(&what, || self.fetch_once(page)).await
+        self.retry
+            .run(&what, || self.fetch_once(page, updated_since))
+            .await
     }
 }
 

@@ -12,6 +12,8 @@ use crate::mapper::{InvalidReason, SourceUser};
 pub struct InvalidRecord {
     pub id: Option<u64>,
     pub reason: InvalidReason,
+    /// `UpdatedOn` of the record, when readable (it keeps the incremental watermark behind it).
+    pub updated_on: Option<String>,
 }
 
 /// One page of `GET /api/sys/users`.
@@ -56,7 +58,12 @@ pub fn decode_page(body: &[u8]) -> Result<SourcePage, String> {
 /// Decodes one user record.
 pub fn decode_user(v: &Value) -> Result<SourceUser, InvalidRecord> {
     let id = v.get("Id").and_then(as_u64);
-    let bad = |reason| InvalidRecord { id, reason };
+    let updated_on = v.get("UpdatedOn").and_then(Value::as_str).map(String::from);
+    let bad = |reason| InvalidRecord {
+        id,
+        reason,
+        updated_on: updated_on.clone(),
+    };
     let Some(id) = id else {
         return Err(bad(InvalidReason::NoId));
     };
@@ -87,7 +94,7 @@ pub fn decode_user(v: &Value) -> Result<SourceUser, InvalidRecord> {
         email,
         language,
         active,
-        updated_on: v.get("UpdatedOn").and_then(Value::as_str).map(String::from),
+        updated_on,
     })
 }
 
