@@ -10,6 +10,8 @@
 //! A checkpoint is written only after nevisIDM confirmed the write; `flush` makes it durable.
 
 use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::mapper::DesiredUser;
 
@@ -44,6 +46,19 @@ pub struct Store {
     users: sled::Tree,
     failures: sled::Tree,
     meta: sled::Tree,
+    commits: Arc<GroupCommit>,
+}
+
+/// Group commit: callers that need their writes durable share one flush at a time. Concurrent
+/// `flush_async` calls can exhaust sled's I/O thread pool and deadlock (seen with 16 writers), so
+/// flushes are serialised here and run on tokio's blocking pool; a caller whose writes a flush
+/// already covered does not flush again.
+#[derive(Default)]
+struct GroupCommit {
+    /// Tickets handed out after writes.
+    issued: AtomicU64,
+    /// Every ticket up to this one is durable.
+    durable: tokio::sync::Mutex<u64>,
 }
 
 impl std::fmt::Debug for Store {
@@ -89,6 +104,7 @@ impl Store {
             users: db.open_tree("users")?,
             failures: db.open_tree("failures")?,
             meta: db.open_tree("meta")?,
+            commits: Arc::default(),
             db,
         })
     }
@@ -201,9 +217,20 @@ impl Store {
             .collect()
     }
 
-    /// Makes every write so far durable.
+    /// Makes every write made before this call durable.
     pub async fn flush(&self) -> Result<(), StoreError> {
-        self.db.flush_async().await?;
+        let ticket = self.commits.issued.fetch_add(1, Ordering::SeqCst) + 1;
+        let mut durable = self.commits.durable.lock().await;
+        if *durable >= ticket {
+            return Ok(());
+        }
+        // Everything ticketed so far was written before its ticket was taken.
+        let covered = self.commits.issued.load(Ordering::SeqCst);
+        let db = self.db.clone();
+        tokio::task::spawn_blocking(move || db.flush())
+            .await
+            .map_err(|e| StoreError::Io(format!("flush task failed: {e}")))??;
+        *durable = covered;
         Ok(())
     }
 
@@ -297,6 +324,32 @@ mod tests {
         );
         store.put(7, &user("A")).unwrap();
         assert!(store.failures().unwrap().is_empty());
+    }
+
+    /// Regression: 16 writers each awaiting `flush_async` deadlocked sled's I/O pool.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn many_concurrent_durable_writes_complete() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), 1 << 20).unwrap();
+        let mut tasks = tokio::task::JoinSet::new();
+        for id in 0..64u64 {
+            let store = store.clone();
+            tasks.spawn(async move {
+                for round in 0..5 {
+                    store.put(id, &user(&format!("n{round}"))).unwrap();
+                    store.flush().await.unwrap();
+                }
+            });
+        }
+        let all = async {
+            while let Some(done) = tasks.join_next().await {
+                done.unwrap();
+            }
+        };
+        tokio::time::timeout(std::time::Duration::from_secs(60), all)
+            .await
+            .expect("durable writes finished without deadlock");
+        assert_eq!(store.len(), 64);
     }
 
     #[test]
