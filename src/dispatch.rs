@@ -145,16 +145,17 @@ impl<T: Target> Dispatcher<T> {
         self.tasks.spawn(
             async move {
                 let result = apply(&*target, &op).await;
+                // The slot bounds nevisIDM writes in flight, not disk work: the next write may
+                // start while this checkpoint is made durable (flushes are group-committed, so a
+                // SIGKILL loses at most the checkpoints of writes confirmed within one flush).
+                drop(permit);
                 let recorded = match &result {
-                    // Durable before the slot is released: a SIGKILL can then lose at most the
-                    // checkpoints of the writes in flight, which the next run re-confirms.
                     Ok(_) => match store.put(op.nexudus_id, &op.after) {
                         Ok(()) => store.flush().await.map(|()| result),
                         Err(e) => Err(e),
                     },
                     Err(_) => Ok(result),
                 };
-                drop(permit);
                 (op, recorded)
             }
             .instrument(span),

@@ -3,7 +3,9 @@
 //! One bad record never spoils a page: each record is decoded on its own and either becomes a
 //! [`SourceUser`] or an [`InvalidRecord`] naming the field at fault. Unknown fields are ignored.
 
+use serde::Deserialize;
 use serde_json::Value;
+use serde_json::value::RawValue;
 
 use crate::mapper::{InvalidReason, SourceUser};
 
@@ -27,32 +29,106 @@ pub struct SourcePage {
     pub page_size: Option<u64>,
 }
 
+/// The envelope, with each record kept as raw JSON text borrowed from the body: records are
+/// decoded one by one, and no tree of the whole page (70-odd fields per user) is ever built.
+#[derive(Deserialize)]
+struct Envelope<'a> {
+    #[serde(rename = "Records", borrow, default)]
+    records: Option<Vec<&'a RawValue>>,
+    #[serde(rename = "HasNextPage", default)]
+    has_next_page: Option<Value>,
+    #[serde(rename = "CurrentPage", default)]
+    current_page: Option<Value>,
+    #[serde(rename = "TotalPages", default)]
+    total_pages: Option<Value>,
+    #[serde(rename = "TotalItems", default)]
+    total_items: Option<Value>,
+    #[serde(rename = "CurrentPageSize", default)]
+    current_page_size: Option<Value>,
+    #[serde(rename = "PageSize", default)]
+    page_size: Option<Value>,
+}
+
+/// The fields we read, in their documented types. Unknown fields are skipped without allocating.
+#[derive(Deserialize)]
+struct WireUser {
+    #[serde(rename = "Id")]
+    id: u64,
+    #[serde(rename = "FullName", default)]
+    full_name: Option<String>,
+    #[serde(rename = "Email", default)]
+    email: Option<String>,
+    #[serde(rename = "Language", default)]
+    language: Option<i64>,
+    #[serde(rename = "Active", default)]
+    active: Option<bool>,
+    #[serde(rename = "UpdatedOn", default)]
+    updated_on: Option<String>,
+}
+
 /// Decodes a page body. Fails only when the envelope itself is unusable.
 pub fn decode_page(body: &[u8]) -> Result<SourcePage, String> {
-    let doc: Value =
-        serde_json::from_slice(body).map_err(|e| format!("listing is not JSON: {e}"))?;
-    let Value::Object(env) = doc else {
+    if body
+        .iter()
+        .find(|b| !b.is_ascii_whitespace())
+        .is_none_or(|b| *b != b'{')
+    {
         return Err("listing is not a JSON object".into());
+    }
+    let env: Envelope<'_> = serde_json::from_slice(body)
+        .map_err(|e| format!("listing is not a usable envelope: {e}"))?;
+    let Some(raw_records) = env.records else {
+        return Err("listing has no Records array".into());
     };
-    let records = match env.get("Records") {
-        Some(Value::Array(items)) => items.iter().map(decode_user).collect(),
-        Some(Value::Null) | None => return Err("listing has no Records array".into()),
-        Some(_) => return Err("listing Records is not an array".into()),
-    };
-    let num = |k: &str| env.get(k).and_then(as_u64);
-    let has_next_page = match env.get("HasNextPage") {
-        Some(Value::Bool(b)) => *b,
-        _ => match (num("CurrentPage"), num("TotalPages")) {
+    let records = raw_records.iter().map(|raw| decode_raw_user(raw)).collect();
+    let num = |v: &Option<Value>| v.as_ref().and_then(as_u64);
+    let has_next_page = match env.has_next_page {
+        Some(Value::Bool(b)) => b,
+        _ => match (num(&env.current_page), num(&env.total_pages)) {
             (Some(cur), Some(total)) => cur < total,
             _ => return Err("listing says neither HasNextPage nor CurrentPage/TotalPages".into()),
         },
     };
     Ok(SourcePage {
         records,
-        total_items: num("TotalItems"),
+        total_items: num(&env.total_items),
         has_next_page,
-        page_size: num("CurrentPageSize").or_else(|| num("PageSize")),
+        page_size: num(&env.current_page_size).or_else(|| num(&env.page_size)),
     })
+}
+
+/// The fast path for a well-formed record; anything unusual goes through [`decode_user`], which
+/// names the field at fault.
+fn decode_raw_user(raw: &RawValue) -> Result<SourceUser, InvalidRecord> {
+    if let Ok(WireUser {
+        id,
+        full_name,
+        email,
+        language,
+        active: Some(active),
+        updated_on,
+    }) = serde_json::from_str::<WireUser>(raw.get())
+    {
+        return Ok(SourceUser {
+            id,
+            full_name,
+            email,
+            language,
+            active,
+            updated_on,
+        });
+    }
+    match serde_json::from_str::<Value>(raw.get()) {
+        Ok(v) => decode_user(&v),
+        Err(e) => Err(InvalidRecord {
+            id: None,
+            reason: InvalidReason::WrongType {
+                field: "record",
+                detail: e.to_string(),
+            },
+            updated_on: None,
+        }),
+    }
 }
 
 /// Decodes one user record.

@@ -122,7 +122,7 @@ type Shared = Arc<Mutex<Inner>>;
 struct Inner {
     cfg: NevisFakeConfig,
     base_url: String,
-    users: BTreeMap<String, Value>,
+    users: Users,
     /// Seeds the generated extIds.
     generated: u64,
     /// Errors forced by `reject_user`, by extId.
@@ -130,10 +130,71 @@ struct Inner {
     controls: Controls,
     stats: NevisStats,
     log: Vec<LoggedRequest>,
+    /// Off for long benchmark runs, where the log would only cost memory.
+    log_enabled: bool,
     /// Entries dropped by `clear_request_log`, so in-flight requests still find their entry.
     log_cleared: usize,
     in_flight: usize,
     max_in_flight: usize,
+}
+
+/// Users by extId, with a case-insensitive loginId index so that the uniqueness check stays
+/// cheap at benchmark sizes (a scan per create made the fake the bottleneck at 20,000 users).
+/// Reads go through `Deref`; every change goes through the methods, which keep the index.
+#[derive(Default)]
+struct Users {
+    by_ext_id: BTreeMap<String, Value>,
+    /// lower-cased loginId -> extId
+    logins: HashMap<String, String>,
+}
+
+fn login_key(user: &Value) -> Option<String> {
+    user.get("loginId")
+        .and_then(Value::as_str)
+        .map(str::to_lowercase)
+}
+
+impl std::ops::Deref for Users {
+    type Target = BTreeMap<String, Value>;
+    fn deref(&self) -> &Self::Target {
+        &self.by_ext_id
+    }
+}
+
+impl Users {
+    fn insert(&mut self, ext_id: String, user: Value) {
+        self.remove(&ext_id);
+        if let Some(login) = login_key(&user) {
+            self.logins.insert(login, ext_id.clone());
+        }
+        self.by_ext_id.insert(ext_id, user);
+    }
+
+    fn remove(&mut self, ext_id: &str) -> Option<Value> {
+        let user = self.by_ext_id.remove(ext_id)?;
+        if let Some(login) = login_key(&user)
+            && self.logins.get(&login).is_some_and(|owner| owner == ext_id)
+        {
+            self.logins.remove(&login);
+        }
+        Some(user)
+    }
+
+    /// Edits a user in place and keeps the index right.
+    fn edit<T>(&mut self, ext_id: &str, f: impl FnOnce(&mut Map<String, Value>) -> T) -> Option<T> {
+        let mut user = self.remove(ext_id)?;
+        let result = match &mut user {
+            Value::Object(map) => Some(f(map)),
+            _ => None,
+        };
+        self.insert(ext_id.to_string(), user);
+        result
+    }
+
+    /// The extId holding this loginId (case-insensitive), if any.
+    fn login_owner(&self, login: &str) -> Option<&String> {
+        self.logins.get(&login.to_lowercase())
+    }
 }
 
 fn lock(state: &Shared) -> MutexGuard<'_, Inner> {
@@ -150,12 +211,13 @@ impl FakeNevis {
         let state: Shared = Arc::new(Mutex::new(Inner {
             cfg,
             base_url: String::new(),
-            users: BTreeMap::new(),
+            users: Users::default(),
             generated: 0,
             rejections: HashMap::new(),
             controls: Controls::default(),
             stats: NevisStats::default(),
             log: Vec::new(),
+            log_enabled: true,
             log_cleared: 0,
             in_flight: 0,
             max_in_flight: 0,
@@ -251,13 +313,13 @@ impl FakeNevis {
     /// Edits a user by hand, as an administrator in the nevisIDM console would: bumps `version`
     /// and `lastModified`. Returns false when the extId is unknown.
     pub fn modify_user(&self, ext_id: &str, edit: impl FnOnce(&mut Map<String, Value>)) -> bool {
-        let mut inner = self.lock();
-        let Some(Value::Object(user)) = inner.users.get_mut(ext_id) else {
-            return false;
-        };
-        edit(user);
-        touch(user);
-        true
+        self.lock()
+            .users
+            .edit(ext_id, |user| {
+                edit(user);
+                touch(user);
+            })
+            .is_some()
     }
 
     pub fn remove_user(&self, ext_id: &str) -> bool {
@@ -289,6 +351,11 @@ impl FakeNevis {
     /// Every request so far, in arrival order.
     pub fn request_log(&self) -> Vec<LoggedRequest> {
         self.lock().log.clone()
+    }
+
+    /// Turns the request log on or off (on by default).
+    pub fn set_request_log(&self, enabled: bool) {
+        self.lock().log_enabled = enabled;
     }
 
     pub fn clear_request_log(&self) {
@@ -358,12 +425,14 @@ async fn gate(State(state): State<Shared>, request: Request, next: Next) -> Resp
         inner.max_in_flight = inner.max_in_flight.max(inner.in_flight);
         // Logged on arrival so the log keeps arrival order; the status is filled in below.
         let log_index = inner.log_cleared + inner.log.len();
-        inner.log.push(LoggedRequest {
-            method,
-            path,
-            body: logged_body,
-            status: 0,
-        });
+        if inner.log_enabled {
+            inner.log.push(LoggedRequest {
+                method,
+                path,
+                body: logged_body,
+                status: 0,
+            });
+        }
         (inner.controls.latency, log_index)
     };
     let _in_flight = InFlight(state.clone());
@@ -696,14 +765,10 @@ fn check_login_unique(
     let Some(login) = user.get("loginId").and_then(Value::as_str) else {
         return Ok(());
     };
-    let login = login.to_lowercase();
-    let taken = inner.users.iter().any(|(other, stored)| {
-        other != ext_id
-            && stored
-                .get("loginId")
-                .and_then(Value::as_str)
-                .is_some_and(|value| value.to_lowercase() == login)
-    });
+    let taken = inner
+        .users
+        .login_owner(login)
+        .is_some_and(|owner| owner != ext_id);
     if taken {
         return Err(error(
             422,
@@ -888,12 +953,13 @@ async fn archive_user(
 ) -> Result<Response, ApiError> {
     let mut inner = lock(&state);
     check_client(&inner, &client)?;
-    let Some(Value::Object(user)) = inner.users.get_mut(&ext_id) else {
-        return Err(no_user(&ext_id));
-    };
-    user.insert("userState".into(), json!("archived"));
-    touch(user);
-    Ok(json_response(200, &Value::Object(user.clone()), None))
+    let archived = inner.users.edit(&ext_id, |user| {
+        user.insert("userState".into(), json!("archived"));
+        touch(user);
+        Value::Object(user.clone())
+    });
+    let archived = archived.ok_or_else(|| no_user(&ext_id))?;
+    Ok(json_response(200, &archived, None))
 }
 
 async fn delete_user(
