@@ -2,6 +2,7 @@
 //!
 //! The pipeline, one module per stage:
 //!
+//! - [`client`]   what both HTTP clients share: construction, URL joining, `Retry-After`
 //! - [`config`]   raw TOML/env config -> validated [`config::Config`] (URLs parsed, cron checked, secrets wrapped)
 //! - [`nexudus`]  the source: paced, paged HTTP client for `GET /api/sys/users` and its wire types
 //! - [`mapper`]   pure: one Nexudus record -> the desired nevisIDM user, or the reason it is invalid
@@ -20,6 +21,7 @@
 //! - [`sandbox`]  stateful fakes of both APIs, used by `--demo`, the tests and the benchmark
 //! - [`demo`]     `--demo`: both fakes in-process, sample users, one real sync
 
+pub mod client;
 pub mod config;
 pub mod demo;
 pub mod diff;

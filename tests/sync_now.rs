@@ -580,8 +580,7 @@ async fn nexudus_unreachable_after_retries_is_fatal_and_disables_nobody() {
     let ids = env.seed(30);
     env.sync(&[]).await.assert_code(0);
     env.nexudus.remove_user(ids[0]);
-    // Page 1 is served, then Nexudus fails for good: nothing may be disabled.
-    env.nexudus.set_short_pages(false);
+    // Nexudus fails for good: nothing may be disabled.
     let before = env.writes();
     env.nexudus.set_down(Some(500));
     let run = env.sync(&[]).await;

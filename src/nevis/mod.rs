@@ -17,11 +17,11 @@ use url::Url;
 use std::sync::Arc;
 use std::time::Instant;
 
+use crate::client::{self, describe, join, retry_after};
 use crate::config::{NevisConfig, RetryConfig};
 use crate::diff::{Changes, create_body};
 use crate::mapper::DesiredUser;
 use crate::metrics::Metrics;
-use crate::nexudus::{describe, join, retry_after};
 use crate::retry::{Classify, RetryPolicy, Verdict};
 
 /// Anything that can hold nevisIDM users (the HTTP client, or a fake in unit tests).
@@ -111,16 +111,11 @@ impl NevisClient {
         retry: RetryConfig,
         metrics: Arc<Metrics>,
     ) -> Result<NevisClient, TargetError> {
-        let http = reqwest::Client::builder()
-            .timeout(cfg.request_timeout)
-            .connect_timeout(cfg.request_timeout.min(Duration::from_secs(10)))
-            .user_agent(concat!("nexudus-nevis-sync/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .map_err(|e| TargetError::Unavailable {
-                status: None,
-                detail: format!("cannot build HTTP client: {e}"),
-                retry_after: None,
-            })?;
+        let http = client::build(cfg.request_timeout).map_err(|e| TargetError::Unavailable {
+            status: None,
+            detail: format!("cannot build HTTP client: {e}"),
+            retry_after: None,
+        })?;
         let users_url = join(
             &cfg.base_url,
             &format!("nevisidm/api/core/v1/{}/users", cfg.client_ext_id),

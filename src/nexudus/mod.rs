@@ -18,6 +18,7 @@ use url::Url;
 use std::sync::Arc;
 use std::time::Instant;
 
+use crate::client::{self, describe, join, retry_after};
 use crate::config::{NexudusConfig, RetryConfig};
 use crate::metrics::Metrics;
 use crate::retry::{Classify, RetryPolicy, Verdict};
@@ -138,11 +139,7 @@ impl NexudusClient {
         retry: RetryConfig,
         metrics: Arc<Metrics>,
     ) -> Result<NexudusClient, SourceError> {
-        let http = reqwest::Client::builder()
-            .timeout(cfg.request_timeout)
-            .connect_timeout(cfg.request_timeout.min(Duration::from_secs(10)))
-            .user_agent(concat!("nexudus-nevis-sync/", env!("CARGO_PKG_VERSION")))
-            .build()
+        let http = client::build(cfg.request_timeout)
             .map_err(|e| SourceError::Transport(format!("cannot build HTTP client: {e}")))?;
         let users_url = join(&cfg.base_url, "api/sys/users");
         Ok(NexudusClient {
@@ -235,60 +232,9 @@ fn transport(e: reqwest::Error) -> SourceError {
     SourceError::Transport(describe(e))
 }
 
-/// A transport error with its causes ("error sending request: … Connection refused"), without the
-/// URL (query strings stay out of messages; reqwest never includes auth headers).
-pub(crate) fn describe(e: reqwest::Error) -> String {
-    let e = e.without_url();
-    let mut text = e.to_string();
-    let mut source = std::error::Error::source(&e);
-    while let Some(cause) = source {
-        let cause_text = cause.to_string();
-        if !text.contains(&cause_text) {
-            text.push_str(": ");
-            text.push_str(&cause_text);
-        }
-        source = cause.source();
-    }
-    text
-}
-
-/// Reads `Retry-After` given in seconds (the form both APIs use). HTTP dates are ignored.
-pub(crate) fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
-    headers
-        .get(reqwest::header::RETRY_AFTER)?
-        .to_str()
-        .ok()?
-        .trim()
-        .parse::<u64>()
-        .ok()
-        .map(Duration::from_secs)
-}
-
-/// Appends a path to a base URL, keeping any path prefix the base already has.
-pub(crate) fn join(base: &Url, path: &str) -> Url {
-    let mut url = base.clone();
-    let prefix = url.path().trim_end_matches('/').to_string();
-    url.set_path(&format!("{prefix}/{}", path.trim_start_matches('/')));
-    url
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn join_keeps_base_path_prefix() {
-        let base = Url::parse("https://proxy.example.com/nexudus/").unwrap();
-        assert_eq!(
-            join(&base, "api/sys/users").as_str(),
-            "https://proxy.example.com/nexudus/api/sys/users"
-        );
-        let base = Url::parse("https://spaces.nexudus.com").unwrap();
-        assert_eq!(
-            join(&base, "/api/sys/users").as_str(),
-            "https://spaces.nexudus.com/api/sys/users"
-        );
-    }
 
     #[test]
     fn throttling_and_server_errors_retry_auth_does_not() {
