@@ -51,6 +51,16 @@ struct RawConfig {
     mapping: RawMapping,
     #[serde(default)]
     log: RawLog,
+    #[serde(default)]
+    scope: RawScope,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+struct RawScope {
+    admins: Option<String>,
+    exclude_ids: Vec<u64>,
+    email_domains: Vec<String>,
 }
 
 #[derive(Deserialize)]
@@ -226,6 +236,45 @@ pub struct Config {
     pub http: HttpConfig,
     pub mapping: MappingConfig,
     pub log: LogConfig,
+    pub scope: ScopeConfig,
+}
+
+/// Which Nexudus users the sync manages. A user who leaves the scope is treated like one who
+/// disappeared: disabled by the next full listing, under the same deletion safety.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ScopeConfig {
+    pub admins: AdminScope,
+    pub exclude_ids: std::collections::BTreeSet<u64>,
+    /// Allowed email domains, lower-cased; empty means every domain.
+    pub email_domains: std::collections::BTreeSet<String>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum AdminScope {
+    #[default]
+    Include,
+    Exclude,
+    Only,
+}
+
+impl ScopeConfig {
+    /// Whether a user with this Id and admin flag is managed (the email is checked separately).
+    pub fn admits(&self, nexudus_id: u64, is_admin: bool) -> bool {
+        let admin_ok = match self.admins {
+            AdminScope::Include => true,
+            AdminScope::Exclude => !is_admin,
+            AdminScope::Only => is_admin,
+        };
+        admin_ok && !self.exclude_ids.contains(&nexudus_id)
+    }
+
+    /// Whether this (already validated) email's domain is allowed.
+    pub fn admits_email(&self, email: &str) -> bool {
+        self.email_domains.is_empty()
+            || email
+                .rsplit_once('@')
+                .is_some_and(|(_, domain)| self.email_domains.contains(&domain.to_lowercase()))
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -460,7 +509,39 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
         ));
     }
 
+    let scope = ScopeConfig {
+        admins: match raw.scope.admins.as_deref() {
+            None | Some("include") => AdminScope::Include,
+            Some("exclude") => AdminScope::Exclude,
+            Some("only") => AdminScope::Only,
+            Some(other) => {
+                return Err(invalid(
+                    "scope.admins",
+                    format!("must be \"include\", \"exclude\" or \"only\", not {other:?}"),
+                ));
+            }
+        },
+        exclude_ids: raw.scope.exclude_ids.into_iter().collect(),
+        email_domains: raw
+            .scope
+            .email_domains
+            .iter()
+            .map(|d| d.trim().trim_start_matches('@').to_lowercase())
+            .collect(),
+    };
+    if scope
+        .email_domains
+        .iter()
+        .any(|d| d.is_empty() || d.contains('@'))
+    {
+        return Err(invalid(
+            "scope.email_domains",
+            "entries must be domain names",
+        ));
+    }
+
     Ok(Config {
+        scope,
         nexudus: nexudus_cfg,
         nevis: nevis_cfg,
         sync: SyncConfig {
@@ -663,6 +744,19 @@ mod tests {
             "{MINIMAL}\n[mapping]\ndefault_language = \"English\"\n"
         ));
         assert!(e.contains("mapping.default_language"), "{e}");
+    }
+
+    #[test]
+    fn scope_is_validated() {
+        let c = Config::from_toml_str(&format!(
+            "{MINIMAL}\n[scope]\nadmins = \"only\"\nexclude_ids = [3]\nemail_domains = [\"@Example.COM\"]\n"
+        ))
+        .unwrap();
+        assert_eq!(c.scope.admins, AdminScope::Only);
+        assert!(c.scope.admits(1, true) && !c.scope.admits(1, false) && !c.scope.admits(3, true));
+        assert!(c.scope.admits_email("a@example.com") && !c.scope.admits_email("a@other.com"));
+        let e = err(&format!("{MINIMAL}\n[scope]\nadmins = \"some\"\n"));
+        assert!(e.contains("scope.admins"), "{e}");
     }
 
     #[test]

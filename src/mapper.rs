@@ -19,6 +19,7 @@ pub struct SourceUser {
     pub email: Option<String>,
     pub language: Option<i64>,
     pub active: bool,
+    pub is_admin: bool,
     pub updated_on: Option<String>,
 }
 
@@ -146,6 +147,7 @@ mod tests {
             email: email.map(String::from),
             language: Some(1),
             active: true,
+            is_admin: false,
             updated_on: None,
         }
     }

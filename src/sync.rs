@@ -155,7 +155,10 @@ async fn run_inner<S: Source, T: Target>(
         cfg.sync.concurrency,
         opts.dry_run.clone(),
     );
+    // Every Id listed (duplicates across pages, completeness) and the Ids in scope among them
+    // (a checkpointed user not in `managed` after a complete listing is disabled).
     let mut seen: HashSet<u64> = HashSet::new();
+    let mut managed: HashSet<u64> = HashSet::new();
     let mut disables: Vec<Op> = Vec::new(); // users who vanished
     let mut incomplete: Option<String> = None;
     let mut total_items: Option<u64> = None;
@@ -221,7 +224,9 @@ async fn run_inner<S: Source, T: Target>(
                     report.watermark.problem(bad.updated_on.as_deref());
                     match bad.id {
                         Some(id) => {
+                            // Scope unknown for an undecodable record: keep it, never disable it.
                             seen.insert(id);
+                            managed.insert(id);
                         }
                         None => {
                             incomplete.get_or_insert_with(|| {
@@ -238,9 +243,27 @@ async fn run_inner<S: Source, T: Target>(
                 continue;
             }
             report.watermark.seen(user.updated_on.as_deref());
+            if !cfg.scope.admits(user.id, user.is_admin) {
+                tracing::debug!(
+                    nexudus_id = user.id,
+                    "outside scope.admins / scope.exclude_ids"
+                );
+                continue;
+            }
             let desired = match map_user(&user, &cfg.mapping) {
-                Ok(d) => d,
+                Ok(d) if !cfg.scope.admits_email(&d.email) => {
+                    tracing::debug!(
+                        nexudus_id = user.id,
+                        "email domain outside scope.email_domains"
+                    );
+                    continue;
+                }
+                Ok(d) => {
+                    managed.insert(user.id);
+                    d
+                }
                 Err(reason) => {
+                    managed.insert(user.id);
                     report.watermark.problem(user.updated_on.as_deref());
                     note_invalid(store, report, Some(user.id), reason.to_string(), dry_run)?;
                     continue;
@@ -342,11 +365,11 @@ async fn run_inner<S: Source, T: Target>(
     if incomplete.is_none() && !report.incremental {
         for item in store.iter() {
             let (id, checkpoint) = item?;
-            if seen.contains(&id) {
+            if managed.contains(&id) {
                 continue;
             }
             if let Some(changes) = disappeared(&checkpoint) {
-                tracing::info!(extId = %checkpoint.ext_id, nexudus_id = id, "no longer listed by Nexudus; disabling");
+                tracing::info!(extId = %checkpoint.ext_id, nexudus_id = id, "no longer listed by Nexudus or out of scope; disabling");
                 disables.push(Op {
                     nexudus_id: id,
                     kind: OpKind::Disable,
@@ -391,7 +414,7 @@ async fn run_inner<S: Source, T: Target>(
         }
         if report.listing_complete && !report.incremental {
             // Failures of users Nexudus no longer lists are stale.
-            store.retain_failures(|id| seen.contains(&id))?;
+            store.retain_failures(|id| managed.contains(&id))?;
         }
         store.flush().await?;
     }
@@ -504,6 +527,7 @@ mod tests {
                     email: Some(format!("user{id}@example.com")),
                     language: Some(1),
                     active: true,
+                    is_admin: id % 2 == 0,
                     updated_on: None,
                 })
                 .collect();
@@ -589,7 +613,17 @@ mod tests {
         store: &Store,
         allow: bool,
     ) -> RunReport {
-        let cfg = Config::from_toml_str(CONFIG).unwrap();
+        run_with(source, target, store, allow, "").await
+    }
+
+    async fn run_with(
+        source: &Arc<MemSource>,
+        target: &Arc<MemTarget>,
+        store: &Store,
+        allow: bool,
+        extra: &str,
+    ) -> RunReport {
+        let cfg = Config::from_toml_str(&format!("{CONFIG}\n{extra}")).unwrap();
         let opts = RunOptions {
             dry_run: None,
             allow_mass_disable: allow,
@@ -706,6 +740,47 @@ mod tests {
         *target.reject.lock().unwrap() = None;
         let r = run(&source, &target, &store, false).await;
         assert_eq!((r.created, r.unchanged, r.exit_code()), (1, 2, 0));
+    }
+
+    #[tokio::test]
+    async fn scope_limits_who_is_created_and_leaving_it_disables_under_the_safety() {
+        let (source, target, store) = (
+            MemSource::new(6),
+            Arc::new(MemTarget::default()),
+            Store::temporary().unwrap(),
+        );
+        // Even Ids are admins in MemSource.
+        let r = run_with(
+            &source,
+            &target,
+            &store,
+            false,
+            "[scope]\nadmins = \"exclude\"\nexclude_ids = [5]",
+        )
+        .await;
+        assert_eq!((r.created, r.exit_code()), (2, 0), "only users 1 and 3");
+        let r = run_with(
+            &source,
+            &target,
+            &store,
+            false,
+            "[scope]\nadmins = \"include\"",
+        )
+        .await;
+        assert_eq!(r.created, 4);
+        // Narrowing the scope to one domain takes 5 users out: held by the safety first.
+        source.edit(|u| u[0].email = Some("keep@kept.example".into()));
+        let narrow = "[scope]\nemail_domains = [\"KEPT.example\"]";
+        let r = run_with(&source, &target, &store, false, narrow).await;
+        assert_eq!(
+            (r.disabled, r.held_disables, r.updated),
+            (0, 5, 1),
+            "the email change still goes out"
+        );
+        let r = run_with(&source, &target, &store, true, narrow).await;
+        assert_eq!((r.disabled, r.exit_code()), (5, 0));
+        assert_eq!(state(&target, "nexudus-1"), "active");
+        assert_eq!(state(&target, "nexudus-2"), "disabled");
     }
 
     #[tokio::test]

@@ -62,6 +62,8 @@ struct WireUser {
     language: Option<i64>,
     #[serde(rename = "Active", default)]
     active: Option<bool>,
+    #[serde(rename = "IsAdmin", default)]
+    is_admin: Option<bool>,
     #[serde(rename = "UpdatedOn", default)]
     updated_on: Option<String>,
 }
@@ -106,6 +108,7 @@ fn decode_raw_user(raw: &RawValue) -> Result<SourceUser, InvalidRecord> {
         email,
         language,
         active: Some(active),
+        is_admin,
         updated_on,
     }) = serde_json::from_str::<WireUser>(raw.get())
     {
@@ -115,6 +118,7 @@ fn decode_raw_user(raw: &RawValue) -> Result<SourceUser, InvalidRecord> {
             email,
             language,
             active,
+            is_admin: is_admin.unwrap_or(false),
             updated_on,
         });
     }
@@ -164,12 +168,15 @@ pub fn decode_user(v: &Value) -> Result<SourceUser, InvalidRecord> {
             }));
         }
     };
+    // IsAdmin only narrows the scope; missing or not a boolean reads as "not an admin".
+    let is_admin = v.get("IsAdmin").and_then(Value::as_bool).unwrap_or(false);
     Ok(SourceUser {
         id,
         full_name,
         email,
         language,
         active,
+        is_admin,
         updated_on,
     })
 }

@@ -1,0 +1,37 @@
+//! Scope options over real HTTP: admins excluded, and a user leaving the scope is disabled by the
+//! next full listing under the deletion safety.
+
+mod common;
+
+use common::{Env, quote};
+use nexudus_nevis_sync::sandbox::NexudusUserSpec;
+use serde_json::json;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn excluded_admins_are_not_synced_and_leaving_the_scope_disables() {
+    let env = Env::start().await;
+    env.set("scope.admins", &quote("exclude"));
+    env.set("sync.max_disable_percent", "50");
+    let ids = env.seed(4);
+    let admin = env.nexudus.insert_user(NexudusUserSpec {
+        is_admin: true,
+        ..NexudusUserSpec::new("Ada Admin", "ada@example.com")
+    });
+    let run = env.sync(&[]).await;
+    run.assert_code(0);
+    assert_eq!(run.count("created"), 4);
+    assert!(env.nevis.user(&format!("nexudus-{admin}")).is_none());
+
+    // Promoting a synced user to admin takes them out of scope: disabled, never deleted.
+    env.nexudus.update_user(ids[0], |u| {
+        u.insert("IsAdmin".into(), json!(true));
+    });
+    let run = env.sync(&[]).await;
+    run.assert_code(0);
+    assert_eq!(run.count("disabled"), 1);
+    assert_eq!(
+        env.nevis.user(&format!("nexudus-{}", ids[0])).unwrap()["userState"],
+        "disabled"
+    );
+    assert_eq!(env.nevis.stats().deletes, 0);
+}
