@@ -103,6 +103,7 @@ struct RawSync {
     full_every: i64,
     #[serde(with = "humantime_serde")]
     incremental_overlap: Duration,
+    missing_runs_before_disable: i64,
 }
 
 impl Default for RawSync {
@@ -115,6 +116,7 @@ impl Default for RawSync {
             shutdown_grace: Duration::from_secs(30),
             full_every: 12,
             incremental_overlap: Duration::from_secs(600),
+            missing_runs_before_disable: 1,
         }
     }
 }
@@ -313,6 +315,8 @@ pub struct SyncConfig {
     pub full_every: u32,
     /// How far incremental listings reach back before the watermark.
     pub incremental_overlap: Duration,
+    /// How many complete full listings a user must be missing from before it is disabled.
+    pub missing_runs_before_disable: u32,
 }
 
 #[derive(Debug, Clone)]
@@ -446,6 +450,12 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
     if !(1..=256).contains(&sync.concurrency) {
         return Err(invalid("sync.concurrency", "must be between 1 and 256"));
     }
+    if !(1..=1000).contains(&sync.missing_runs_before_disable) {
+        return Err(invalid(
+            "sync.missing_runs_before_disable",
+            "must be between 1 and 1000",
+        ));
+    }
     if !(1..=10_000).contains(&sync.full_every) {
         return Err(invalid("sync.full_every", "must be between 1 and 10000"));
     }
@@ -553,6 +563,7 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
             shutdown_grace: sync.shutdown_grace,
             full_every: sync.full_every as u32,
             incremental_overlap: sync.incremental_overlap,
+            missing_runs_before_disable: sync.missing_runs_before_disable as u32,
         },
         retry: RetryConfig {
             max_attempts: retry.max_attempts as usize,

@@ -5,6 +5,7 @@
 //! - `users`: Nexudus Id (u64, big-endian) -> 8-byte fingerprint (LE) + postcard(`DesiredUser`).
 //!   The fingerprint lets an unchanged user be recognised with one read and one hash, no decoding.
 //! - `failures`: Nexudus Id -> UTF-8 reason of the last failed or invalid attempt (cleared on success).
+//! - `missing`: Nexudus Id -> complete listings in a row (u32 LE) the user was missing from.
 //! - `meta`: `last_run` -> JSON report of the last run; `watermark` -> incremental-polling mark.
 //!
 //! A checkpoint is written only after nevisIDM confirmed the write; `flush` makes it durable.
@@ -46,6 +47,7 @@ pub struct Store {
     users: sled::Tree,
     failures: sled::Tree,
     meta: sled::Tree,
+    missing: sled::Tree,
     commits: Arc<GroupCommit>,
 }
 
@@ -104,6 +106,7 @@ impl Store {
             users: db.open_tree("users")?,
             failures: db.open_tree("failures")?,
             meta: db.open_tree("meta")?,
+            missing: db.open_tree("missing")?,
             commits: Arc::default(),
             db,
         })
@@ -173,6 +176,35 @@ impl Store {
         for (id, _) in self.failures()? {
             if !keep(id) {
                 self.failures.remove(id.to_be_bytes())?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Counts one more complete listing this user was missing from; returns the new count.
+    pub fn count_missing(&self, nexudus_id: u64) -> Result<u32, StoreError> {
+        let key = nexudus_id.to_be_bytes();
+        let before = self
+            .missing
+            .get(key)?
+            .and_then(|v| v.as_ref().try_into().ok().map(u32::from_le_bytes))
+            .unwrap_or(0);
+        let now = before.saturating_add(1);
+        self.missing.insert(key, &now.to_le_bytes())?;
+        Ok(now)
+    }
+
+    /// Forgets the missing counts of users for whom `keep` says no.
+    pub fn retain_missing(&self, keep: impl Fn(u64) -> bool) -> Result<(), StoreError> {
+        for item in self.missing.iter() {
+            let (k, _) = item?;
+            let id = k
+                .as_ref()
+                .try_into()
+                .map(u64::from_be_bytes)
+                .map_err(|_| StoreError::Corrupt("missing key is not 8 bytes".into()))?;
+            if !keep(id) {
+                self.missing.remove(k)?;
             }
         }
         Ok(())

@@ -369,6 +369,20 @@ async fn run_inner<S: Source, T: Target>(
                 continue;
             }
             if let Some(changes) = disappeared(&checkpoint) {
+                let threshold = cfg.sync.missing_runs_before_disable;
+                if threshold > 1 {
+                    // A dry run must not count: it would bring real disables forward.
+                    let missing = if dry_run { 1 } else { store.count_missing(id)? };
+                    if missing < threshold {
+                        tracing::info!(
+                            extId = %checkpoint.ext_id,
+                            missing,
+                            threshold,
+                            "missing from a complete listing; disabled once sync.missing_runs_before_disable is reached"
+                        );
+                        continue;
+                    }
+                }
                 tracing::info!(extId = %checkpoint.ext_id, nexudus_id = id, "no longer listed by Nexudus or out of scope; disabling");
                 disables.push(Op {
                     nexudus_id: id,
@@ -413,8 +427,10 @@ async fn run_inner<S: Source, T: Target>(
             store.set_watermark(&mark)?;
         }
         if report.listing_complete && !report.incremental {
-            // Failures of users Nexudus no longer lists are stale.
+            // Failures of users Nexudus no longer lists are stale; users listed again are no
+            // longer missing.
             store.retain_failures(|id| managed.contains(&id))?;
+            store.retain_missing(|id| !managed.contains(&id))?;
         }
         store.flush().await?;
     }
@@ -623,7 +639,12 @@ mod tests {
         allow: bool,
         extra: &str,
     ) -> RunReport {
-        let cfg = Config::from_toml_str(&format!("{CONFIG}\n{extra}")).unwrap();
+        // Keys for [sync] join the table CONFIG already has; other tables are appended.
+        let text = match extra.strip_prefix("[sync]\n") {
+            Some(keys) => CONFIG.replace("[sync]\n", &format!("[sync]\n{keys}\n")),
+            None => format!("{CONFIG}\n{extra}"),
+        };
+        let cfg = Config::from_toml_str(&text).unwrap();
         let opts = RunOptions {
             dry_run: None,
             allow_mass_disable: allow,
@@ -781,6 +802,34 @@ mod tests {
         assert_eq!((r.disabled, r.exit_code()), (5, 0));
         assert_eq!(state(&target, "nexudus-1"), "active");
         assert_eq!(state(&target, "nexudus-2"), "disabled");
+    }
+
+    #[tokio::test]
+    async fn vanished_user_is_disabled_only_after_the_configured_missing_runs() {
+        let (source, target, store) = (
+            MemSource::new(5),
+            Arc::new(MemTarget::default()),
+            Store::temporary().unwrap(),
+        );
+        let twice = "[sync]\nmissing_runs_before_disable = 2";
+        run_with(&source, &target, &store, false, twice).await;
+        let gone = source.users.lock().unwrap()[2].clone();
+        source.edit(|u| u.retain(|x| x.id != 3));
+        let r = run_with(&source, &target, &store, false, twice).await;
+        assert_eq!(
+            (r.disabled, r.exit_code()),
+            (0, 0),
+            "first miss only counts"
+        );
+        // Back in between: the count starts over.
+        source.edit(|u| u.push(gone));
+        run_with(&source, &target, &store, false, twice).await;
+        source.edit(|u| u.retain(|x| x.id != 3));
+        let r = run_with(&source, &target, &store, false, twice).await;
+        assert_eq!(r.disabled, 0);
+        let r = run_with(&source, &target, &store, false, twice).await;
+        assert_eq!(r.disabled, 1);
+        assert_eq!(state(&target, "nexudus-3"), "disabled");
     }
 
     #[tokio::test]
