@@ -139,3 +139,43 @@ async fn a_failing_user_keeps_being_retried_by_incremental_runs() {
     run.assert_code(0);
     assert_eq!(run.count("created"), 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nevis_user_listing_pages_with_continuation_and_filters() {
+    use nexudus_nevis_sync::config::Config;
+    use nexudus_nevis_sync::metrics::Metrics;
+    use nexudus_nevis_sync::nevis::NevisClient;
+    use std::sync::Arc;
+
+    let env = Env::start().await;
+    env.seed(250);
+    env.sync(&[]).await.assert_code(0);
+    let config = Config::load(&env.config).expect("config");
+    let client = NevisClient::new(
+        &config.nevis,
+        config.retry.clone(),
+        Arc::new(Metrics::new()),
+    )
+    .expect("client");
+    let (mut seen, mut token, mut pages) = (0, None::<String>, 0);
+    loop {
+        let page = client
+            .list_page(&[], 100, token.as_deref())
+            .await
+            .expect("page");
+        assert_eq!(page.total, Some(250));
+        seen += page.items.len();
+        pages += 1;
+        match page.continuation {
+            Some(t) if pages < 10 => token = Some(t),
+            _ => break,
+        }
+    }
+    assert_eq!((seen, pages), (250, 3));
+    let one = client
+        .list_page(&[("loginId", "USER.7@example.com")], 100, None)
+        .await
+        .expect("filtered");
+    assert_eq!(one.items.len(), 1);
+    assert_eq!(one.items[0]["loginId"], "user.7@example.com");
+}

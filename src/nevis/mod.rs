@@ -100,6 +100,8 @@ enum Call {
 pub struct NevisClient {
     http: reqwest::Client,
     users_url: Url,
+    /// `GET /nevisidm/api/core/v1/clients/{clientExtId}/users`: the paged, filterable listing.
+    list_url: Url,
     token: SecretString,
     retry: RetryPolicy,
     metrics: Arc<Metrics>,
@@ -120,9 +122,14 @@ impl NevisClient {
             &cfg.base_url,
             &format!("nevisidm/api/core/v1/{}/users", cfg.client_ext_id),
         );
+        let list_url = join(
+            &cfg.base_url,
+            &format!("nevisidm/api/core/v1/clients/{}/users", cfg.client_ext_id),
+        );
         Ok(NevisClient {
             http,
             users_url,
+            list_url,
             token: cfg.token.clone(),
             retry: RetryPolicy::new("nevis", retry, Arc::clone(&metrics)),
             metrics,
@@ -188,6 +195,65 @@ impl NevisClient {
                 self.send_once(call, method.clone(), url.clone(), body)
             })
             .await
+    }
+}
+
+/// One page of the nevisIDM user listing.
+#[derive(Debug, Clone, Default)]
+pub struct UserPage {
+    pub items: Vec<Value>,
+    /// Pass back to get the next page; `None` on the last page.
+    pub continuation: Option<String>,
+    pub total: Option<u64>,
+}
+
+impl NevisClient {
+    /// One page of the client's users, filtered by `filters` (e.g. `("loginId", "a@b.c")`),
+    /// `limit` at a time; start with `continuation = None`. Filters are sent on every page, as
+    /// the continuation token only carries the position.
+    pub async fn list_page(
+        &self,
+        filters: &[(&str, &str)],
+        limit: u32,
+        continuation: Option<&str>,
+    ) -> Result<UserPage, TargetError> {
+        let mut url = self.list_url.clone();
+        {
+            let mut query = url.query_pairs_mut();
+            for (k, v) in filters {
+                query.append_pair(k, v);
+            }
+            query.append_pair("limit", &limit.to_string());
+            if let Some(token) = continuation {
+                query.append_pair("continuationToken", token);
+            }
+        }
+        let doc = self
+            .send(Call::Get, Method::GET, url, None, "list users")
+            .await?
+            .unwrap_or(Value::Null);
+        let items = match doc.get("items") {
+            Some(Value::Array(items)) => items.clone(),
+            _ => {
+                return Err(TargetError::Unavailable {
+                    status: None,
+                    detail: "user listing has no items array".into(),
+                    retry_after: None,
+                });
+            }
+        };
+        let pagination = doc.get("_pagination");
+        Ok(UserPage {
+            items,
+            continuation: pagination
+                .and_then(|p| p.get("continuationToken"))
+                .and_then(Value::as_str)
+                .filter(|t| !t.is_empty())
+                .map(String::from),
+            total: pagination
+                .and_then(|p| p.get("totalResult"))
+                .and_then(Value::as_u64),
+        })
     }
 }
 
