@@ -2,7 +2,8 @@
 //! database. This is the only module that imports sled.
 //!
 //! Layout (tree -> key -> value):
-//! - `users`: Nexudus Id (u64, big-endian) -> 8-byte fingerprint (LE) + postcard(`DesiredUser`).
+//! - `users`: Nexudus Id (u64, big-endian) -> 8-byte fingerprint (LE) + format byte +
+//!   postcard(`DesiredUser`).
 //!   The fingerprint lets an unchanged user be recognised with one read and one hash, no decoding.
 //! - `failures`: Nexudus Id -> UTF-8 reason of the last failed or invalid attempt (cleared on success).
 //! - `missing`: Nexudus Id -> complete listings in a row (u32 LE) the user was missing from.
@@ -120,7 +121,16 @@ impl Store {
         if bytes.len() >= 8 && bytes[..8] == fingerprint.to_le_bytes() {
             return Ok(Lookup::Same);
         }
-        decode(&bytes).map(Lookup::Changed)
+        match decode(&bytes) {
+            Ok(old) => Ok(Lookup::Changed(old)),
+            // An unreadable checkpoint (another format version, a damaged value) is treated as
+            // unknown: the user is created again, which nevisIDM answers "already exists", and
+            // the convergence path rewrites the checkpoint. One bad value never stops a run.
+            Err(e) => {
+                tracing::warn!(nexudus_id, error = %e, "unreadable checkpoint; re-confirming the user");
+                Ok(Lookup::Missing)
+            }
+        }
     }
 
     pub fn get(&self, nexudus_id: u64) -> Result<Option<DesiredUser>, StoreError> {
@@ -278,19 +288,28 @@ pub fn fingerprint(user: &DesiredUser) -> u64 {
     xxhash_rust::xxh3::xxh3_64(&body)
 }
 
+/// Version of the checkpoint encoding; bump it when `DesiredUser` changes shape (postcard is not
+/// self-describing), so old values are recognised as such instead of misread.
+const CHECKPOINT_FORMAT: u8 = 1;
+
 fn encode(user: &DesiredUser) -> Vec<u8> {
     let body = postcard::to_allocvec(user).expect("encoding a DesiredUser into memory cannot fail");
-    let mut out = Vec::with_capacity(8 + body.len());
+    let mut out = Vec::with_capacity(9 + body.len());
     out.extend_from_slice(&xxhash_rust::xxh3::xxh3_64(&body).to_le_bytes());
+    out.push(CHECKPOINT_FORMAT);
     out.extend_from_slice(&body);
     out
 }
 
 fn decode(bytes: &[u8]) -> Result<DesiredUser, StoreError> {
-    let body = bytes
-        .get(8..)
-        .ok_or_else(|| StoreError::Corrupt("checkpoint shorter than its fingerprint".into()))?;
-    postcard::from_bytes(body).map_err(|e| StoreError::Corrupt(format!("checkpoint: {e}")))
+    match bytes.get(8) {
+        Some(&CHECKPOINT_FORMAT) => postcard::from_bytes(&bytes[9..])
+            .map_err(|e| StoreError::Corrupt(format!("checkpoint: {e}"))),
+        Some(other) => Err(StoreError::Corrupt(format!(
+            "checkpoint format {other} is not {CHECKPOINT_FORMAT}"
+        ))),
+        None => Err(StoreError::Corrupt("checkpoint too short".into())),
+    }
 }
 
 fn classify_open_error(path: &str, e: sled::Error) -> StoreError {
@@ -344,6 +363,20 @@ mod tests {
         }
         assert_eq!(store.len(), 1);
         assert_eq!(store.iter().next().unwrap().unwrap(), (7, user("A")));
+    }
+
+    #[test]
+    fn unreadable_checkpoint_is_treated_as_unknown_not_fatal() {
+        let store = Store::temporary().unwrap();
+        store
+            .users
+            .insert(9u64.to_be_bytes(), &[1u8, 2, 3, 4, 5, 6, 7, 8, 99, 0][..])
+            .unwrap();
+        assert!(matches!(store.lookup(9, 1).unwrap(), Lookup::Missing));
+        assert!(
+            store.iter().next().unwrap().is_err(),
+            "iteration still reports it"
+        );
     }
 
     #[test]

@@ -364,7 +364,15 @@ async fn run_inner<S: Source, T: Target>(
     // Only a full listing can tell who is gone.
     if incomplete.is_none() && !report.incremental {
         for item in store.iter() {
-            let (id, checkpoint) = item?;
+            let (id, checkpoint) = match item {
+                Ok(entry) => entry,
+                // What cannot be read cannot be judged missing: skip it, loudly.
+                Err(StoreError::Corrupt(e)) => {
+                    tracing::warn!(error = %e, "unreadable checkpoint skipped for disappearance");
+                    continue;
+                }
+                Err(e) => return Err(e.into()),
+            };
             if managed.contains(&id) {
                 continue;
             }
