@@ -104,6 +104,8 @@ struct RawSync {
     #[serde(with = "humantime_serde")]
     incremental_overlap: Duration,
     missing_runs_before_disable: i64,
+    #[serde(with = "humantime_serde")]
+    archive_after: Option<Duration>,
 }
 
 impl Default for RawSync {
@@ -117,6 +119,7 @@ impl Default for RawSync {
             full_every: 12,
             incremental_overlap: Duration::from_secs(600),
             missing_runs_before_disable: 1,
+            archive_after: None,
         }
     }
 }
@@ -317,6 +320,8 @@ pub struct SyncConfig {
     pub incremental_overlap: Duration,
     /// How many complete full listings a user must be missing from before it is disabled.
     pub missing_runs_before_disable: u32,
+    /// Archive users this tool disabled that long ago (archiving deletes credentials); off if None.
+    pub archive_after: Option<Duration>,
 }
 
 #[derive(Debug, Clone)]
@@ -564,6 +569,10 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
             full_every: sync.full_every as u32,
             incremental_overlap: sync.incremental_overlap,
             missing_runs_before_disable: sync.missing_runs_before_disable as u32,
+            archive_after: match sync.archive_after {
+                Some(d) => Some(positive("sync.archive_after", d)?),
+                None => None,
+            },
         },
         retry: RetryConfig {
             max_attempts: retry.max_attempts as usize,

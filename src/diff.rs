@@ -151,6 +151,9 @@ impl Observed {
 /// nevisIDM treats login ids that way and a case-only difference is not worth a write.
 pub fn changes_between(desired: &DesiredUser, seen: &Observed) -> Changes {
     let differs = |want: &str, have: &Option<String>| have.as_deref() != Some(want);
+    // An archived user is "more than disabled": a source that says inactive is satisfied by it.
+    let state_differs = differs(desired.state.as_str(), &seen.state)
+        && !(desired.state == UserState::Disabled && seen.state.as_deref() == Some("archived"));
     let login_differs = seen
         .login_id
         .as_deref()
@@ -163,13 +166,13 @@ pub fn changes_between(desired: &DesiredUser, seen: &Observed) -> Changes {
         email: differs(&desired.email, &seen.email).then(|| desired.email.clone()),
         language_code: differs(&desired.language_code, &seen.language_code)
             .then(|| desired.language_code.clone()),
-        state: differs(desired.state.as_str(), &seen.state).then_some(desired.state),
+        state: state_differs.then_some(desired.state),
     }
 }
 
-/// A user missing from a complete listing is disabled, unless already disabled.
+/// A user missing from a complete listing is disabled, unless already disabled or archived.
 pub fn disappeared(checkpoint: &DesiredUser) -> Option<Changes> {
-    (checkpoint.state != UserState::Disabled).then(|| Changes {
+    (checkpoint.state == UserState::Active).then(|| Changes {
         state: Some(UserState::Disabled),
         ..Changes::default()
     })
@@ -232,6 +235,20 @@ mod tests {
         let mut gone = user();
         gone.state = UserState::Disabled;
         assert_eq!(disappeared(&gone), None);
+    }
+
+    #[test]
+    fn archived_satisfies_disabled_and_returns_to_active() {
+        let mut archived = user();
+        archived.state = UserState::Archived;
+        let mut inactive = user();
+        inactive.state = UserState::Disabled;
+        assert_eq!(diff(&inactive, Some(&archived)), Plan::Unchanged);
+        assert_eq!(disappeared(&archived), None);
+        let Plan::Update(ch) = diff(&user(), Some(&archived)) else {
+            panic!("expected update")
+        };
+        assert_eq!(ch.to_json(), json!({"userState": "active"}));
     }
 
     #[test]

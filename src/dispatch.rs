@@ -28,6 +28,8 @@ pub enum OpKind {
     Create,
     Update,
     Disable,
+    /// `POST …/archive` after `sync.archive_after`; `changes` says `userState: archived`.
+    Archive,
 }
 
 impl OpKind {
@@ -36,6 +38,7 @@ impl OpKind {
             OpKind::Create => "create",
             OpKind::Update => "update",
             OpKind::Disable => "disable",
+            OpKind::Archive => "archive",
         }
     }
 }
@@ -229,11 +232,18 @@ fn count(op: &Op, applied: Applied, report: &mut RunReport) {
         (Applied::Written, OpKind::Create) => report.created += 1,
         (Applied::Written, OpKind::Update) => report.updated += 1,
         (Applied::Written, OpKind::Disable) => report.disabled += 1,
+        (Applied::Written, OpKind::Archive) => report.archived += 1,
     }
 }
 
 /// Makes one operation true in nevisIDM.
 async fn apply<T: Target>(target: &T, op: &Op) -> Result<Applied, TargetError> {
+    if op.kind == OpKind::Archive {
+        return target
+            .archive(&op.after.ext_id)
+            .await
+            .map(|()| Applied::Written);
+    }
     match &op.changes {
         None => match target.create(&op.after).await {
             Ok(()) => Ok(Applied::Written),

@@ -29,6 +29,9 @@ pub struct SourceUser {
 pub enum UserState {
     Active,
     Disabled,
+    /// Set only by this tool's archiving (`sync.archive_after`), never by the mapping. Keep new
+    /// variants at the end: checkpoints store the variant's position.
+    Archived,
 }
 
 impl UserState {
@@ -36,6 +39,7 @@ impl UserState {
         match self {
             UserState::Active => "active",
             UserState::Disabled => "disabled",
+            UserState::Archived => "archived",
         }
     }
 }

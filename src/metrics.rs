@@ -93,7 +93,7 @@ impl Metrics {
         );
         registry.register(
             "users",
-            "Users by outcome of their run (created, updated, disabled, unchanged, failed)",
+            "Users by outcome of their run (created, updated, disabled, archived, unchanged, failed)",
             m.users.clone(),
         );
         registry.register(
@@ -169,6 +169,7 @@ impl Metrics {
             ("created", report.created),
             ("updated", report.updated),
             ("disabled", report.disabled),
+            ("archived", report.archived),
             ("unchanged", report.unchanged),
             ("failed", report.failed),
         ] {

@@ -28,6 +28,7 @@ pub struct RunReport {
     pub created: u64,
     pub updated: u64,
     pub disabled: u64,
+    pub archived: u64,
     pub unchanged: u64,
     pub failed: u64,
     pub invalid: u64,
@@ -86,7 +87,7 @@ impl RunReport {
         });
         let _ = write!(
             s,
-            " mode={} created={} updated={} disabled={} unchanged={} failed={} invalid={} held_disables={} listing_complete={} duration={:.3}s",
+            " mode={} created={} updated={} disabled={} archived={} unchanged={} failed={} invalid={} held_disables={} listing_complete={} duration={:.3}s",
             if self.incremental {
                 "incremental"
             } else {
@@ -95,6 +96,7 @@ impl RunReport {
             self.created,
             self.updated,
             self.disabled,
+            self.archived,
             self.unchanged,
             self.failed,
             self.invalid,

@@ -7,6 +7,8 @@
 //!   The fingerprint lets an unchanged user be recognised with one read and one hash, no decoding.
 //! - `failures`: Nexudus Id -> UTF-8 reason of the last failed or invalid attempt (cleared on success).
 //! - `missing`: Nexudus Id -> complete listings in a row (u32 LE) the user was missing from.
+//! - `disabled_at`: Nexudus Id -> Unix seconds (u64 LE) since the checkpoint says disabled
+//!   (local clock: it is our own event), for `sync.archive_after`.
 //! - `meta`: `last_run` -> JSON report of the last run; `watermark` -> incremental-polling mark.
 //!
 //! A checkpoint is written only after nevisIDM confirmed the write; `flush` makes it durable.
@@ -15,7 +17,9 @@ use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use crate::mapper::DesiredUser;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use crate::mapper::{DesiredUser, UserState};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -49,6 +53,7 @@ pub struct Store {
     failures: sled::Tree,
     meta: sled::Tree,
     missing: sled::Tree,
+    disabled_at: sled::Tree,
     commits: Arc<GroupCommit>,
 }
 
@@ -108,6 +113,7 @@ impl Store {
             failures: db.open_tree("failures")?,
             meta: db.open_tree("meta")?,
             missing: db.open_tree("missing")?,
+            disabled_at: db.open_tree("disabled_at")?,
             commits: Arc::default(),
             db,
         })
@@ -145,7 +151,42 @@ impl Store {
         let key = nexudus_id.to_be_bytes();
         self.users.insert(key, encode(user))?;
         self.failures.remove(key)?;
+        if user.state == UserState::Disabled {
+            if !self.disabled_at.contains_key(key)? {
+                let now = SystemTime::now()
+                    .duration_since(UNIX_EPOCH)
+                    .map(|d| d.as_secs())
+                    .unwrap_or(0);
+                self.disabled_at.insert(key, &now.to_le_bytes())?;
+            }
+        } else {
+            self.disabled_at.remove(key)?;
+        }
         Ok(())
+    }
+
+    /// Users whose checkpoint has said `disabled` for longer than `age`.
+    pub fn disabled_longer_than(&self, age: Duration) -> Result<Vec<u64>, StoreError> {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        let mut out = Vec::new();
+        for item in self.disabled_at.iter() {
+            let (k, v) = item?;
+            let (Ok(k), Ok(v)) = (
+                <[u8; 8]>::try_from(k.as_ref()),
+                <[u8; 8]>::try_from(v.as_ref()),
+            ) else {
+                return Err(StoreError::Corrupt(
+                    "disabled_at entry is not 8+8 bytes".into(),
+                ));
+            };
+            if now.saturating_sub(u64::from_le_bytes(v)) >= age.as_secs() {
+                out.push(u64::from_be_bytes(k));
+            }
+        }
+        Ok(out)
     }
 
     /// Number of users with a checkpoint.

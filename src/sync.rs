@@ -17,9 +17,9 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::config::Config;
-use crate::diff::{Plan, diff, disappeared};
+use crate::diff::{Changes, Plan, diff, disappeared};
 use crate::dispatch::{DispatchError, Dispatcher, Op, OpKind, PlanSink};
-use crate::mapper::map_user;
+use crate::mapper::{UserState, map_user};
 use crate::nevis::Target;
 use crate::nexudus::{Source, SourceError, SourcePage};
 use crate::report::{Invalid, RunReport};
@@ -159,6 +159,8 @@ async fn run_inner<S: Source, T: Target>(
     // (a checkpointed user not in `managed` after a complete listing is disabled).
     let mut seen: HashSet<u64> = HashSet::new();
     let mut managed: HashSet<u64> = HashSet::new();
+    // Managed users the source wants active: never archived, even if disabled until now.
+    let mut wanted_active: HashSet<u64> = HashSet::new();
     let mut disables: Vec<Op> = Vec::new(); // users who vanished
     let mut incomplete: Option<String> = None;
     let mut total_items: Option<u64> = None;
@@ -260,6 +262,9 @@ async fn run_inner<S: Source, T: Target>(
                 }
                 Ok(d) => {
                     managed.insert(user.id);
+                    if d.state == UserState::Active {
+                        wanted_active.insert(user.id);
+                    }
                     d
                 }
                 Err(reason) => {
@@ -400,6 +405,36 @@ async fn run_inner<S: Source, T: Target>(
                     updated_on: None,
                 });
             }
+        }
+    }
+    // Archiving (off unless sync.archive_after is set) also needs a complete full listing, and
+    // goes under the same deletion safety as the disables.
+    if let Some(age) = cfg.sync.archive_after
+        && incomplete.is_none()
+        && !report.incremental
+    {
+        for id in store.disabled_longer_than(age)? {
+            if wanted_active.contains(&id) {
+                continue;
+            }
+            let Some(checkpoint) = store.get(id).ok().flatten() else {
+                continue;
+            };
+            if checkpoint.state != UserState::Disabled {
+                continue;
+            }
+            let changes = Changes {
+                state: Some(UserState::Archived),
+                ..Changes::default()
+            };
+            tracing::info!(extId = %checkpoint.ext_id, "disabled longer than sync.archive_after; archiving");
+            disables.push(Op {
+                nexudus_id: id,
+                kind: OpKind::Archive,
+                after: changes.apply_to(&checkpoint),
+                changes: Some(changes),
+                updated_on: None,
+            });
         }
     }
     report.listing_complete = incomplete.is_none();
@@ -629,6 +664,16 @@ mod tests {
         async fn get(&self, _ext_id: &str) -> Result<Option<Value>, TargetError> {
             Ok(None)
         }
+        async fn archive(&self, ext_id: &str) -> Result<(), TargetError> {
+            self.writes
+                .lock()
+                .unwrap()
+                .push(("archive".into(), ext_id.into()));
+            let mut users = self.users.lock().unwrap();
+            let user = users.get_mut(ext_id).ok_or(TargetError::NotFound)?;
+            user.state = UserState::Archived;
+            Ok(())
+        }
     }
 
     async fn run(
@@ -838,6 +883,39 @@ mod tests {
         let r = run_with(&source, &target, &store, false, twice).await;
         assert_eq!(r.disabled, 1);
         assert_eq!(state(&target, "nexudus-3"), "disabled");
+    }
+
+    #[tokio::test]
+    async fn users_disabled_longer_than_archive_after_are_archived_once() {
+        let (source, target, store) = (
+            MemSource::new(5),
+            Arc::new(MemTarget::default()),
+            Store::temporary().unwrap(),
+        );
+        let archive = "[sync]\narchive_after = \"1s\"";
+        run_with(&source, &target, &store, false, archive).await;
+        source.edit(|u| u.retain(|x| x.id != 3));
+        source.edit(|u| u[0].active = false); // user 1
+        let r = run_with(&source, &target, &store, false, archive).await;
+        assert_eq!((r.disabled, r.archived), (2, 0), "not yet: just disabled");
+        // Real time must pass for the age to be reached; bounded and not asserted on.
+        tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+        let r = run_with(&source, &target, &store, false, archive).await;
+        assert_eq!((r.archived, r.exit_code()), (2, 0));
+        assert_eq!(state(&target, "nexudus-3"), "archived");
+        assert_eq!(state(&target, "nexudus-1"), "archived");
+        let r = run_with(&source, &target, &store, false, archive).await;
+        assert_eq!(
+            (r.archived, r.updated, r.disabled),
+            (0, 0, 0),
+            "archived once, then left alone"
+        );
+        // Without archive_after nothing is ever archived.
+        source.edit(|u| u[1].active = false);
+        run(&source, &target, &store, false).await;
+        tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+        let r = run(&source, &target, &store, false).await;
+        assert_eq!(r.archived, 0);
     }
 
     #[tokio::test]

@@ -35,3 +35,27 @@ async fn excluded_admins_are_not_synced_and_leaving_the_scope_disables() {
     );
     assert_eq!(env.nevis.stats().deletes, 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn archive_after_archives_users_disabled_that_long_through_the_api() {
+    let env = Env::start().await;
+    env.set("sync.archive_after", &quote("1s"));
+    env.set("sync.max_disable_percent", "50");
+    let ids = env.seed(4);
+    env.sync(&[]).await.assert_code(0);
+    env.nexudus.remove_user(ids[0]);
+    let run = env.sync(&[]).await;
+    run.assert_code(0);
+    assert_eq!((run.count("disabled"), run.count("archived")), (1, 0));
+    // The age is real time; this bounded wait is not an assertion on speed.
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    let run = env.sync(&[]).await;
+    run.assert_code(0);
+    assert_eq!(run.count("archived"), 1);
+    assert_eq!(
+        env.nevis.user(&format!("nexudus-{}", ids[0])).unwrap()["userState"],
+        "archived"
+    );
+    assert_eq!(env.nevis.stats().archives, 1);
+    assert_eq!(env.nevis.stats().deletes, 0);
+}

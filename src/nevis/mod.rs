@@ -34,6 +34,8 @@ pub trait Target: Send + Sync + 'static {
         ext_id: &str,
         changes: &Changes,
     ) -> impl Future<Output = Result<(), TargetError>> + Send;
+    /// `POST …/users/{extId}/archive` (archives profiles and deletes credentials).
+    fn archive(&self, ext_id: &str) -> impl Future<Output = Result<(), TargetError>> + Send;
     /// `GET …/users/{extId}`; `None` when nevisIDM has no such user.
     fn get(&self, ext_id: &str) -> impl Future<Output = Result<Option<Value>, TargetError>> + Send;
 }
@@ -284,6 +286,17 @@ impl Target for NevisClient {
         )
         .await
         .map(drop)
+    }
+
+    async fn archive(&self, ext_id: &str) -> Result<(), TargetError> {
+        let mut url = self.user_url(ext_id);
+        url.path_segments_mut()
+            .expect("http(s) URLs have path segments")
+            .push("archive");
+        let what = format!("archive {ext_id}");
+        self.send(Call::Update, Method::POST, url, None, &what)
+            .await
+            .map(drop)
     }
 
     async fn get(&self, ext_id: &str) -> Result<Option<Value>, TargetError> {
