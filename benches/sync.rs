@@ -12,9 +12,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use nexudus_nevis_sync::sandbox::{
-    FakeNevis, FakeNexudus, NevisFakeConfig, NexudusFakeConfig, sample_users,
-};
+use nexudus_nevis_sync::sandbox::{NevisFakeConfig, NexudusFakeConfig, sample_users};
 
 struct Args {
     users: usize,
@@ -141,12 +139,9 @@ fn main() {
 }
 
 async fn bench(args: Args) {
-    let nexudus = FakeNexudus::start(NexudusFakeConfig::default())
+    let (nexudus, nevis) = nexudus_nevis_sync::sandbox::start_both()
         .await
-        .expect("fake Nexudus");
-    let nevis = FakeNevis::start(NevisFakeConfig::default())
-        .await
-        .expect("fake nevisIDM");
+        .expect("start the fakes");
     nevis.set_request_log(false);
     nevis.set_latency(Duration::from_millis(args.latency_ms));
     let seeding = Instant::now();

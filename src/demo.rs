@@ -61,12 +61,7 @@ path = {:?}
 
 /// Runs the demo with `users` sample users; returns the report of the first (import) run.
 pub async fn run(users: usize) -> Result<RunReport, DemoError> {
-    let nexudus = FakeNexudus::start(NexudusFakeConfig::default())
-        .await
-        .map_err(err)?;
-    let nevis = FakeNevis::start(NevisFakeConfig::default())
-        .await
-        .map_err(err)?;
+    let (nexudus, nevis) = crate::sandbox::start_both().await.map_err(err)?;
     for user in sample_users(users) {
         nexudus.insert_user(user);
     }

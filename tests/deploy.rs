@@ -20,7 +20,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use nexudus_nevis_sync::config::Config;
-use nexudus_nevis_sync::sandbox::{FakeNevis, FakeNexudus, NevisFakeConfig, NexudusFakeConfig};
+use nexudus_nevis_sync::sandbox::{NevisFakeConfig, NexudusFakeConfig};
 use serde_yaml_ng::Value;
 
 const BIN: &str = env!("CARGO_BIN_EXE_nexudus-nevis-sync");
@@ -460,12 +460,9 @@ fn systemd_units_agree_with_each_other_and_the_config() {
 /// the override names are real config keys and the config is complete without inline secrets.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn systemd_config_loads_with_the_environment_of_each_unit() {
-    let nexudus = FakeNexudus::start(NexudusFakeConfig::default())
+    let (nexudus, nevis) = nexudus_nevis_sync::sandbox::start_both()
         .await
-        .expect("start fake Nexudus");
-    let nevis = FakeNevis::start(NevisFakeConfig::default())
-        .await
-        .expect("start fake nevisIDM");
+        .expect("start the fakes");
     let (nx, nv) = (NexudusFakeConfig::default(), NevisFakeConfig::default());
     let secrets: BTreeMap<&str, String> = [
         ("nexudus-password", format!("{}\n", nx.password)),
@@ -1181,12 +1178,9 @@ async fn daemon_serves_the_deployments_probe_and_scrape_paths() {
     let pod = Pod::new("Deployment", at(template, &["spec"]));
     let files = check_pod(&pod, &base);
 
-    let nexudus = FakeNexudus::start(NexudusFakeConfig::default())
+    let (nexudus, nevis) = nexudus_nevis_sync::sandbox::start_both()
         .await
-        .expect("start fake Nexudus");
-    let nevis = FakeNevis::start(NevisFakeConfig::default())
-        .await
-        .expect("start fake nevisIDM");
+        .expect("start the fakes");
     let (nx, nv) = (NexudusFakeConfig::default(), NevisFakeConfig::default());
     // The Secret's keys carry the fakes' credentials: a key the config does not read, or a file
     // it reads that the Secret lacks, fails the start.

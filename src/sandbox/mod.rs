@@ -25,6 +25,14 @@ use axum::response::Response;
 use futures::StreamExt;
 use tokio::task::JoinHandle;
 
+/// Both fakes with their default settings (credentials of `NexudusFakeConfig::default()` and
+/// `NevisFakeConfig::default()`), as the demo, the tests and the benchmark use them.
+pub async fn start_both() -> std::io::Result<(FakeNexudus, FakeNevis)> {
+    let nexudus = FakeNexudus::start(NexudusFakeConfig::default()).await?;
+    let nevis = FakeNevis::start(NevisFakeConfig::default()).await?;
+    Ok((nexudus, nevis))
+}
+
 /// A fault injected into the next request(s) a fake receives (after auth is checked, before handling).
 #[derive(Clone, Debug, PartialEq)]
 pub enum Fault {

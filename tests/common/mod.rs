@@ -78,12 +78,9 @@ impl Run {
 impl Env {
     /// Fakes with default settings and a config that retries quickly.
     pub async fn start() -> Env {
-        let nexudus = FakeNexudus::start(NexudusFakeConfig::default())
+        let (nexudus, nevis) = nexudus_nevis_sync::sandbox::start_both()
             .await
-            .expect("start fake Nexudus");
-        let nevis = FakeNevis::start(NevisFakeConfig::default())
-            .await
-            .expect("start fake nevisIDM");
+            .expect("start the fakes");
         let dir = tempfile::tempdir().expect("temp dir");
         let config = dir.path().join("config.toml");
         let nx = NexudusFakeConfig::default();
