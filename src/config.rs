@@ -177,6 +177,9 @@ impl Default for RawHttp {
 struct RawMapping {
     languages: BTreeMap<String, String>,
     default_language: String,
+    name_split: String,
+    login_id: String,
+    ext_id_prefix: String,
 }
 
 impl Default for RawMapping {
@@ -187,6 +190,9 @@ impl Default for RawMapping {
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
             default_language: "en".into(),
+            name_split: "last_word".into(),
+            login_id: "email".into(),
+            ext_id_prefix: crate::mapper::EXT_ID_PREFIX.into(),
         }
     }
 }
@@ -350,6 +356,30 @@ pub struct MappingConfig {
     /// Nexudus `Language` (eLanguage) -> nevisIDM `languageCode`.
     pub languages: BTreeMap<i64, String>,
     pub default_language: String,
+    pub name_split: NameSplit,
+    pub login_id: LoginIdSource,
+    /// Prefix of the `extId` of users this tool creates (existing users keep theirs).
+    pub ext_id_prefix: String,
+}
+
+/// Which word of `FullName` is the family name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NameSplit {
+    /// "Anna Maria Smith" -> first "Anna Maria", family "Smith".
+    LastWord,
+    /// "Smith Anna Maria" -> family "Smith", first "Anna Maria".
+    FirstWord,
+}
+
+/// Where nevisIDM's `loginId` comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LoginIdSource {
+    /// The email, trimmed and lower-cased.
+    Email,
+    /// The `extId`.
+    ExtId,
+    /// Not sent: nevisIDM's login-ID generator chooses it, and the sync never changes it.
+    None,
 }
 
 impl Default for MappingConfig {
@@ -609,9 +639,44 @@ fn validate_mapping(raw: RawMapping) -> Result<MappingConfig, ConfigError> {
             .map_err(|_| invalid(&key, "keys must be Nexudus eLanguage numbers"))?;
         languages.insert(n, language_code(&key, &v)?);
     }
+    let name_split = match raw.name_split.as_str() {
+        "last_word" => NameSplit::LastWord,
+        "first_word" => NameSplit::FirstWord,
+        other => {
+            return Err(invalid(
+                "mapping.name_split",
+                format!("must be \"last_word\" or \"first_word\", not {other:?}"),
+            ));
+        }
+    };
+    let login_id = match raw.login_id.as_str() {
+        "email" => LoginIdSource::Email,
+        "ext_id" => LoginIdSource::ExtId,
+        "none" => LoginIdSource::None,
+        other => {
+            return Err(invalid(
+                "mapping.login_id",
+                format!("must be \"email\", \"ext_id\" or \"none\", not {other:?}"),
+            ));
+        }
+    };
+    let prefix = raw.ext_id_prefix;
+    if prefix.is_empty()
+        || !prefix
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+    {
+        return Err(invalid(
+            "mapping.ext_id_prefix",
+            "must be non-empty ASCII letters, digits, '-', '_' or '.'",
+        ));
+    }
     Ok(MappingConfig {
         languages,
         default_language: language_code("mapping.default_language", &raw.default_language)?,
+        name_split,
+        login_id,
+        ext_id_prefix: prefix,
     })
 }
 

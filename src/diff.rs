@@ -77,14 +77,18 @@ impl Changes {
 
 /// The nevisIDM `POST …/users` body for a new user.
 pub fn create_body(user: &DesiredUser) -> Value {
-    json!({
+    let mut body = json!({
         "extId": user.ext_id,
-        "loginId": user.login_id,
         "userState": user.state.as_str(),
         "languageCode": user.language_code,
         "name": { "firstName": user.first_name, "familyName": user.family_name },
         "contacts": { "email": user.email },
-    })
+    });
+    // An empty loginId is left to nevisIDM's login-ID generator (`mapping.login_id = "none"`).
+    if !user.login_id.is_empty() {
+        body["loginId"] = json!(user.login_id);
+    }
+    body
 }
 
 /// What to do for one user seen in the source.
@@ -154,10 +158,12 @@ pub fn changes_between(desired: &DesiredUser, seen: &Observed) -> Changes {
     // An archived user is "more than disabled": a source that says inactive is satisfied by it.
     let state_differs = differs(desired.state.as_str(), &seen.state)
         && !(desired.state == UserState::Disabled && seen.state.as_deref() == Some("archived"));
-    let login_differs = seen
-        .login_id
-        .as_deref()
-        .is_none_or(|have| !have.eq_ignore_ascii_case(&desired.login_id));
+    // An empty desired loginId means nevisIDM generated it: never ours to change.
+    let login_differs = !desired.login_id.is_empty()
+        && seen
+            .login_id
+            .as_deref()
+            .is_none_or(|have| !have.eq_ignore_ascii_case(&desired.login_id));
     Changes {
         login_id: login_differs.then(|| desired.login_id.clone()),
         name: (differs(&desired.first_name, &seen.first_name)

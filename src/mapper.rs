@@ -6,7 +6,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::MappingConfig;
+use crate::config::{LoginIdSource, MappingConfig, NameSplit};
 
 /// Prefix of every `extId` this tool creates.
 pub const EXT_ID_PREFIX: &str = "nexudus-";
@@ -77,22 +77,34 @@ pub enum InvalidReason {
     NoId,
 }
 
+/// The default `extId` of a Nexudus user (with the built-in prefix).
 pub fn ext_id(nexudus_id: u64) -> String {
-    format!("{EXT_ID_PREFIX}{nexudus_id}")
+    ext_id_with(EXT_ID_PREFIX, nexudus_id)
+}
+
+pub fn ext_id_with(prefix: &str, nexudus_id: u64) -> String {
+    format!("{prefix}{nexudus_id}")
 }
 
 /// Maps one source user. Deterministic: the same input and config always give the same output.
 pub fn map_user(user: &SourceUser, mapping: &MappingConfig) -> Result<DesiredUser, InvalidReason> {
     let email = normalise_email(user.email.as_deref())?;
-    let (first_name, family_name) = split_name(user.full_name.as_deref())?;
+    let (first_name, family_name) = split_name(user.full_name.as_deref(), mapping.name_split)?;
+    let ext_id = ext_id_with(&mapping.ext_id_prefix, user.id);
+    // An empty loginId means "not ours to set" (see `LoginIdSource::None`).
+    let login_id = match mapping.login_id {
+        LoginIdSource::Email => email.to_lowercase(),
+        LoginIdSource::ExtId => ext_id.clone(),
+        LoginIdSource::None => String::new(),
+    };
     let language_code = user
         .language
         .and_then(|l| mapping.languages.get(&l))
         .unwrap_or(&mapping.default_language)
         .clone();
     Ok(DesiredUser {
-        ext_id: ext_id(user.id),
-        login_id: email.to_lowercase(),
+        ext_id,
+        login_id,
         first_name,
         family_name,
         email,
@@ -125,18 +137,22 @@ fn normalise_email(raw: Option<&str>) -> Result<String, InvalidReason> {
     }
 }
 
-/// Splits a full name on its last word after trimming and collapsing whitespace.
+/// Splits a full name on its last (or first) word after trimming and collapsing whitespace.
 /// A one-word name fills both parts, because nevisIDM makes both mandatory by default.
-fn split_name(raw: Option<&str>) -> Result<(String, String), InvalidReason> {
+fn split_name(raw: Option<&str>, split: NameSplit) -> Result<(String, String), InvalidReason> {
     let raw = raw.unwrap_or_default();
     if raw.chars().any(|c| c.is_control() && !c.is_whitespace()) {
         return Err(InvalidReason::NameControlCharacters);
     }
     let words: Vec<&str> = raw.split_whitespace().collect();
-    match words.split_last() {
+    let parts = match split {
+        NameSplit::LastWord => words.split_last(),
+        NameSplit::FirstWord => words.split_first(),
+    };
+    match parts {
         None => Err(InvalidReason::NameMissing),
-        Some((last, [])) => Ok((last.to_string(), last.to_string())),
-        Some((last, rest)) => Ok((rest.join(" "), last.to_string())),
+        Some((one, [])) => Ok((one.to_string(), one.to_string())),
+        Some((family, rest)) => Ok((rest.join(" "), family.to_string())),
     }
 }
 
@@ -205,6 +221,46 @@ mod tests {
         assert_eq!(map_user(&u, &m).unwrap().language_code, "fr");
         u.language = Some(9);
         assert_eq!(map_user(&u, &m).unwrap().language_code, "de");
+    }
+
+    #[test]
+    fn mapping_options_change_split_login_and_prefix() {
+        let m = crate::config::Config::from_toml_str(
+            r#"
+            [nexudus]
+            base_url = "http://127.0.0.1:9"
+            username = "u"
+            password = "p"
+            [nevis]
+            base_url = "http://127.0.0.1:9"
+            client_ext_id = "c"
+            token = "t"
+            [store]
+            path = "/x"
+            [mapping]
+            name_split = "first_word"
+            login_id = "ext_id"
+            ext_id_prefix = "nx-"
+            "#,
+        )
+        .unwrap()
+        .mapping;
+        let d = map_user(&user(Some("Smith Anna Maria"), Some("a@b.c")), &m).unwrap();
+        assert_eq!(
+            (d.first_name.as_str(), d.family_name.as_str()),
+            ("Anna Maria", "Smith")
+        );
+        assert_eq!((d.ext_id.as_str(), d.login_id.as_str()), ("nx-42", "nx-42"));
+        let none = MappingConfig {
+            login_id: LoginIdSource::None,
+            ..MappingConfig::default()
+        };
+        assert_eq!(
+            map_user(&user(Some("A B"), Some("a@b.c")), &none)
+                .unwrap()
+                .login_id,
+            ""
+        );
     }
 
     #[test]

@@ -16,7 +16,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use crate::config::Config;
+use crate::config::{Config, LoginIdSource};
 use crate::diff::{Changes, Plan, diff, disappeared};
 use crate::dispatch::{DispatchError, Dispatcher, Op, OpKind, PlanSink};
 use crate::mapper::{UserState, map_user};
@@ -274,10 +274,21 @@ async fn run_inner<S: Source, T: Target>(
                     continue;
                 }
             };
+            let mut desired = desired;
             let plan = match store.lookup(user.id, fingerprint(&desired))? {
                 Lookup::Same => Plan::Unchanged,
                 Lookup::Missing => diff(&desired, None),
-                Lookup::Changed(old) => diff(&desired, Some(&old)),
+                Lookup::Changed(old) => {
+                    // extId is set once, at creation: a changed mapping.ext_id_prefix applies to
+                    // new users only, and a loginId derived from it follows the kept extId.
+                    if old.ext_id != desired.ext_id {
+                        if cfg.mapping.login_id == LoginIdSource::ExtId {
+                            desired.login_id = old.ext_id.clone();
+                        }
+                        desired.ext_id = old.ext_id.clone();
+                    }
+                    diff(&desired, Some(&old))
+                }
             };
             let op = match plan {
                 Plan::Unchanged => {
@@ -916,6 +927,52 @@ mod tests {
         tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
         let r = run(&source, &target, &store, false).await;
         assert_eq!(r.archived, 0);
+    }
+
+    #[tokio::test]
+    async fn mapping_changes_update_only_affected_users_and_keep_ext_ids() {
+        let (source, target, store) = (
+            MemSource::new(4),
+            Arc::new(MemTarget::default()),
+            Store::temporary().unwrap(),
+        );
+        run(&source, &target, &store, false).await;
+        // A new prefix and a new language default touch nobody whose mapped value is unchanged.
+        source.edit(|u| u[0].language = Some(9));
+        let r = run_with(
+            &source,
+            &target,
+            &store,
+            false,
+            "[mapping]\next_id_prefix = \"nx-\"\ndefault_language = \"de\"",
+        )
+        .await;
+        assert_eq!((r.updated, r.created, r.unchanged), (1, 0, 3));
+        assert_eq!(
+            target.users.lock().unwrap()["nexudus-1"].language_code,
+            "de"
+        );
+        // New users get the new prefix.
+        source.edit(|u| {
+            u.push(SourceUser {
+                id: 77,
+                ..u[1].clone()
+            })
+        });
+        source.edit(|u| u[4].email = Some("new@example.com".into()));
+        let r = run_with(
+            &source,
+            &target,
+            &store,
+            false,
+            "[mapping]\next_id_prefix = \"nx-\"\ndefault_language = \"de\"",
+        )
+        .await;
+        assert_eq!((r.created, r.updated, r.unchanged), (1, 0, 4));
+        assert!(target.users.lock().unwrap().contains_key("nx-77"));
+        // Splitting names the other way updates exactly the users whose names change.
+        let r = run_with(&source, &target, &store, false, "[mapping]\next_id_prefix = \"nx-\"\ndefault_language = \"de\"\nname_split = \"first_word\"").await;
+        assert_eq!((r.updated, r.created), (5, 0));
     }
 
     #[tokio::test]
