@@ -55,6 +55,10 @@ pub enum SyncError {
 /// Pages the listing may run past what `TotalItems` announced before it is declared inconsistent.
 const PAGE_SLACK: u64 = 2;
 
+/// Pages a listing may run when it never announced `TotalItems` (then it is incomplete anyway):
+/// a bound, so a listing that says `HasNextPage` forever cannot keep a run alive forever.
+const MAX_PAGES_WITHOUT_TOTAL: u64 = 10_000;
+
 enum Listed {
     Page(SourcePage),
     Failed(SourceError),
@@ -211,10 +215,12 @@ async fn run_inner<S: Source, T: Target>(
                 )
             });
         }
-        let limit = total_items.map_or(u64::MAX, |t| t.div_ceil(page_size) + PAGE_SLACK);
+        let limit = total_items.map_or(MAX_PAGES_WITHOUT_TOTAL, |t| {
+            t.div_ceil(page_size) + PAGE_SLACK
+        });
         if page.has_next_page && pages >= limit {
             incomplete.get_or_insert_with(|| {
-                format!("the listing ran past {pages} pages, beyond what TotalItems announced")
+                format!("the listing ran past {pages} pages, beyond what it announced")
             });
         }
 
@@ -973,6 +979,56 @@ mod tests {
         // Splitting names the other way updates exactly the users whose names change.
         let r = run_with(&source, &target, &store, false, "[mapping]\next_id_prefix = \"nx-\"\ndefault_language = \"de\"\nname_split = \"first_word\"").await;
         assert_eq!((r.updated, r.created), (5, 0));
+    }
+
+    /// Says "more pages" forever and never announces TotalItems.
+    struct EndlessSource;
+
+    impl Source for EndlessSource {
+        async fn fetch_page(
+            &self,
+            page: u32,
+            _since: Option<&str>,
+        ) -> Result<SourcePage, SourceError> {
+            let records = (0..2u64)
+                .map(|i| {
+                    Ok(SourceUser {
+                        id: u64::from(page) * 2 + i,
+                        full_name: Some("Endless User".into()),
+                        email: Some(format!("e{page}-{i}@example.com")),
+                        language: None,
+                        active: true,
+                        is_admin: false,
+                        updated_on: None,
+                    })
+                })
+                .collect();
+            Ok(SourcePage {
+                records,
+                total_items: None,
+                has_next_page: true,
+                page_size: Some(2),
+            })
+        }
+    }
+
+    #[tokio::test]
+    async fn a_listing_that_never_ends_is_cut_off_and_disables_nobody() {
+        let cfg = Config::from_toml_str(CONFIG).unwrap();
+        let (target, store) = (Arc::new(MemTarget::default()), Store::temporary().unwrap());
+        let opts = RunOptions::default();
+        let r = run_once(
+            &cfg,
+            Arc::new(EndlessSource),
+            Arc::clone(&target),
+            &store,
+            &opts,
+        )
+        .await
+        .unwrap();
+        assert!(!r.listing_complete);
+        assert_eq!(r.created, 2 * MAX_PAGES_WITHOUT_TOTAL);
+        assert_eq!((r.disabled, r.exit_code()), (0, 1));
     }
 
     #[tokio::test]
