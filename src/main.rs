@@ -88,11 +88,15 @@ async fn run(cli: Cli) -> u8 {
     if !cli.sync_now {
         return daemon(config).await;
     }
+    // SIGTERM (a CronJob pod being stopped) or SIGINT ends a one-shot run gracefully too: the
+    // writes in flight are confirmed and checkpointed, and the run reports itself interrupted.
+    let shutdown = CancellationToken::new();
+    tokio::spawn(stop_on_signal(shutdown.clone()));
     let opts = RunOptions {
         dry_run: cli.dry_run.then(stdout_plan_sink),
         allow_mass_disable: cli.allow_mass_disable,
         incremental: cli.incremental,
-        shutdown: None,
+        shutdown: Some(shutdown),
     };
     sync_now(&config, opts).await
 }

@@ -592,3 +592,47 @@ async fn nexudus_unreachable_after_retries_is_fatal_and_disables_nobody() {
         "active"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_ends_a_one_shot_run_gracefully_with_exit_1() {
+    let env = Env::start().await;
+    env.set("sync.concurrency", "2");
+    env.set("sync.shutdown_grace", &quote("10s"));
+    env.nevis.set_latency(Duration::from_millis(200));
+    env.seed(40);
+    let child = env
+        .command(&["--sync-now"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while env.nevis.user_count() < 4 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let pid = child.id().expect("running").to_string();
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let out = tokio::time::timeout(Duration::from_secs(20), child.wait_with_output())
+        .await
+        .expect("stopped in time")
+        .expect("output");
+    assert_eq!(out.status.code(), Some(1), "interrupted is not in sync");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("interrupted"), "{stdout}");
+    let written = env.nevis.user_count();
+    assert!(written < 40);
+
+    env.nevis.set_latency(Duration::ZERO);
+    let run = env.sync(&[]).await;
+    run.assert_code(0);
+    assert_eq!(
+        run.count("created"),
+        (40 - written) as u64,
+        "confirmed writes were checkpointed"
+    );
+}
