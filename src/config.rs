@@ -180,6 +180,8 @@ struct RawMapping {
     name_split: String,
     login_id: String,
     ext_id_prefix: String,
+    remarks: Option<String>,
+    modification_comment: Option<String>,
 }
 
 impl Default for RawMapping {
@@ -193,6 +195,8 @@ impl Default for RawMapping {
             name_split: "last_word".into(),
             login_id: "email".into(),
             ext_id_prefix: crate::mapper::EXT_ID_PREFIX.into(),
+            remarks: None,
+            modification_comment: None,
         }
     }
 }
@@ -360,6 +364,10 @@ pub struct MappingConfig {
     pub login_id: LoginIdSource,
     /// Prefix of the `extId` of users this tool creates (existing users keep theirs).
     pub ext_id_prefix: String,
+    /// `remarks` set on the users this tool creates (marks them as synced), if any.
+    pub remarks: Option<String>,
+    /// `modificationComment` sent with every create and update this tool makes, if any.
+    pub modification_comment: Option<String>,
 }
 
 /// Which word of `FullName` is the family name.
@@ -677,6 +685,8 @@ fn validate_mapping(raw: RawMapping) -> Result<MappingConfig, ConfigError> {
         name_split,
         login_id,
         ext_id_prefix: prefix,
+        remarks: raw.remarks.filter(|r| !r.trim().is_empty()),
+        modification_comment: raw.modification_comment.filter(|c| !c.trim().is_empty()),
     })
 }
 

@@ -109,8 +109,14 @@ struct Clients {
 fn clients(config: &Config, metrics: &Arc<Metrics>) -> Result<Clients, String> {
     let source = NexudusClient::new(&config.nexudus, config.retry.clone(), Arc::clone(metrics))
         .map_err(|e| e.to_string())?;
-    let target = NevisClient::new(&config.nevis, config.retry.clone(), Arc::clone(metrics))
-        .map_err(|e| e.to_string())?;
+    let target = NevisClient::with_marks(
+        &config.nevis,
+        config.retry.clone(),
+        Arc::clone(metrics),
+        config.mapping.remarks.clone(),
+        config.mapping.modification_comment.clone(),
+    )
+    .map_err(|e| e.to_string())?;
     Ok(Clients {
         source: Arc::new(source),
         target: Arc::new(target),

@@ -59,3 +59,39 @@ async fn archive_after_archives_users_disabled_that_long_through_the_api() {
     assert_eq!(env.nevis.stats().archives, 1);
     assert_eq!(env.nevis.stats().deletes, 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_carry_the_configured_marks_and_none_by_default() {
+    let env = Env::start().await;
+    let ids = env.seed(2);
+    env.sync(&[]).await.assert_code(0);
+    let plain = env.nevis.user(&format!("nexudus-{}", ids[0])).unwrap();
+    assert!(plain.get("remarks").is_none() && plain.get("modificationComment").is_none());
+
+    env.set("mapping.remarks", &quote("managed by nexudus-nevis-sync"));
+    env.set(
+        "mapping.modification_comment",
+        &quote("nexudus-nevis-sync run"),
+    );
+    let new = env
+        .nexudus
+        .insert_user(NexudusUserSpec::new("New Person", "new@example.com"));
+    env.nexudus.update_user(ids[1], |u| {
+        u.insert("FullName".into(), json!("Changed Name"));
+    });
+    env.sync(&[]).await.assert_code(0);
+    let created = env.nevis.user(&format!("nexudus-{new}")).unwrap();
+    assert_eq!(created["remarks"], "managed by nexudus-nevis-sync");
+    assert_eq!(created["modificationComment"], "nexudus-nevis-sync run");
+    let patch = env
+        .nevis
+        .request_log()
+        .into_iter()
+        .rfind(|r| r.method == "PATCH")
+        .and_then(|r| r.body)
+        .expect("a PATCH");
+    assert_eq!(
+        patch,
+        json!({"name": {"firstName": "Changed", "familyName": "Name"}, "modificationComment": "nexudus-nevis-sync run"})
+    );
+}

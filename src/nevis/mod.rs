@@ -107,6 +107,9 @@ pub struct NevisClient {
     token: SecretString,
     retry: RetryPolicy,
     metrics: Arc<Metrics>,
+    /// `remarks` for creates and `modificationComment` for every write (`[mapping]`).
+    remarks: Option<String>,
+    modification_comment: Option<String>,
 }
 
 impl NevisClient {
@@ -114,6 +117,18 @@ impl NevisClient {
         cfg: &NevisConfig,
         retry: RetryConfig,
         metrics: Arc<Metrics>,
+    ) -> Result<NevisClient, TargetError> {
+        Self::with_marks(cfg, retry, metrics, None, None)
+    }
+
+    /// A client that marks its writes: `remarks` on creates, `modification_comment` on every
+    /// create and update.
+    pub fn with_marks(
+        cfg: &NevisConfig,
+        retry: RetryConfig,
+        metrics: Arc<Metrics>,
+        remarks: Option<String>,
+        modification_comment: Option<String>,
     ) -> Result<NevisClient, TargetError> {
         let http = client::build(cfg.request_timeout).map_err(|e| TargetError::Unavailable {
             status: None,
@@ -135,6 +150,8 @@ impl NevisClient {
             token: cfg.token.clone(),
             retry: RetryPolicy::new("nevis", retry, Arc::clone(&metrics)),
             metrics,
+            remarks,
+            modification_comment,
         })
     }
 
@@ -261,7 +278,13 @@ impl NevisClient {
 
 impl Target for NevisClient {
     async fn create(&self, user: &DesiredUser) -> Result<(), TargetError> {
-        let body = create_body(user);
+        let mut body = create_body(user);
+        if let Some(remarks) = &self.remarks {
+            body["remarks"] = Value::from(remarks.as_str());
+        }
+        if let Some(comment) = &self.modification_comment {
+            body["modificationComment"] = Value::from(comment.as_str());
+        }
         let what = format!("create {}", user.ext_id);
         self.send(
             Call::Create,
@@ -275,7 +298,10 @@ impl Target for NevisClient {
     }
 
     async fn update(&self, ext_id: &str, changes: &Changes) -> Result<(), TargetError> {
-        let body = changes.to_json();
+        let mut body = changes.to_json();
+        if let Some(comment) = &self.modification_comment {
+            body["modificationComment"] = Value::from(comment.as_str());
+        }
         let what = format!("update {ext_id}");
         self.send(
             Call::Update,
