@@ -153,11 +153,7 @@ impl Store {
         self.failures.remove(key)?;
         if user.state == UserState::Disabled {
             if !self.disabled_at.contains_key(key)? {
-                let now = SystemTime::now()
-                    .duration_since(UNIX_EPOCH)
-                    .map(|d| d.as_secs())
-                    .unwrap_or(0);
-                self.disabled_at.insert(key, &now.to_le_bytes())?;
+                self.disabled_at.insert(key, &unix_now().to_le_bytes())?;
             }
         } else {
             self.disabled_at.remove(key)?;
@@ -167,23 +163,16 @@ impl Store {
 
     /// Users whose checkpoint has said `disabled` for longer than `age`.
     pub fn disabled_longer_than(&self, age: Duration) -> Result<Vec<u64>, StoreError> {
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0);
+        let now = unix_now();
         let mut out = Vec::new();
         for item in self.disabled_at.iter() {
             let (k, v) = item?;
-            let (Ok(k), Ok(v)) = (
-                <[u8; 8]>::try_from(k.as_ref()),
-                <[u8; 8]>::try_from(v.as_ref()),
-            ) else {
-                return Err(StoreError::Corrupt(
-                    "disabled_at entry is not 8+8 bytes".into(),
-                ));
-            };
-            if now.saturating_sub(u64::from_le_bytes(v)) >= age.as_secs() {
-                out.push(u64::from_be_bytes(k));
+            let id = id_of(&k, "disabled_at")?;
+            let since = <[u8; 8]>::try_from(v.as_ref())
+                .map(u64::from_le_bytes)
+                .map_err(|_| StoreError::Corrupt("disabled_at value is not 8 bytes".into()))?;
+            if now.saturating_sub(since) >= age.as_secs() {
+                out.push(id);
             }
         }
         Ok(out)
@@ -202,12 +191,7 @@ impl Store {
     pub fn iter(&self) -> impl Iterator<Item = Result<(u64, DesiredUser), StoreError>> + '_ {
         self.users.iter().map(|item| {
             let (k, v) = item?;
-            let id = u64::from_be_bytes(
-                k.as_ref()
-                    .try_into()
-                    .map_err(|_| StoreError::Corrupt("checkpoint key is not 8 bytes".into()))?,
-            );
-            Ok((id, decode(&v)?))
+            Ok((id_of(&k, "users")?, decode(&v)?))
         })
     }
 
@@ -249,12 +233,7 @@ impl Store {
     pub fn retain_missing(&self, keep: impl Fn(u64) -> bool) -> Result<(), StoreError> {
         for item in self.missing.iter() {
             let (k, _) = item?;
-            let id = k
-                .as_ref()
-                .try_into()
-                .map(u64::from_be_bytes)
-                .map_err(|_| StoreError::Corrupt("missing key is not 8 bytes".into()))?;
-            if !keep(id) {
+            if !keep(id_of(&k, "missing")?) {
                 self.missing.remove(k)?;
             }
         }
@@ -290,12 +269,10 @@ impl Store {
             .iter()
             .map(|item| {
                 let (k, v) = item?;
-                let id = k
-                    .as_ref()
-                    .try_into()
-                    .map(u64::from_be_bytes)
-                    .map_err(|_| StoreError::Corrupt("failure key is not 8 bytes".into()))?;
-                Ok((id, String::from_utf8_lossy(&v).into_owned()))
+                Ok((
+                    id_of(&k, "failures")?,
+                    String::from_utf8_lossy(&v).into_owned(),
+                ))
             })
             .collect()
     }
@@ -351,6 +328,20 @@ fn decode(bytes: &[u8]) -> Result<DesiredUser, StoreError> {
         ))),
         None => Err(StoreError::Corrupt("checkpoint too short".into())),
     }
+}
+
+/// A Nexudus Id key (u64, big-endian) of `tree`.
+fn id_of(key: &[u8], tree: &str) -> Result<u64, StoreError> {
+    <[u8; 8]>::try_from(key)
+        .map(u64::from_be_bytes)
+        .map_err(|_| StoreError::Corrupt(format!("{tree} key is not 8 bytes")))
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 fn classify_open_error(path: &str, e: sled::Error) -> StoreError {
