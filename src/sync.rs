@@ -726,17 +726,22 @@ mod tests {
             .unwrap()
     }
 
+    /// A source of `n` users, an empty target and an empty store.
+    fn fresh(n: u64) -> (Arc<MemSource>, Arc<MemTarget>, Store) {
+        (
+            MemSource::new(n),
+            Arc::new(MemTarget::default()),
+            Store::temporary().unwrap(),
+        )
+    }
+
     fn state(target: &MemTarget, ext_id: &str) -> &'static str {
         target.users.lock().unwrap()[ext_id].state.as_str()
     }
 
     #[tokio::test]
     async fn import_then_rerun_writes_nothing() {
-        let (source, target, store) = (
-            MemSource::new(5),
-            Arc::new(MemTarget::default()),
-            Store::temporary().unwrap(),
-        );
+        let (source, target, store) = fresh(5);
         let r = run(&source, &target, &store, false).await;
         assert_eq!((r.created, r.exit_code()), (5, 0));
         let r = run(&source, &target, &store, false).await;
@@ -746,11 +751,7 @@ mod tests {
 
     #[tokio::test]
     async fn disappeared_user_is_disabled_and_comes_back_active() {
-        let (source, target, store) = (
-            MemSource::new(5),
-            Arc::new(MemTarget::default()),
-            Store::temporary().unwrap(),
-        );
+        let (source, target, store) = fresh(5);
         run(&source, &target, &store, false).await;
         let gone = source.users.lock().unwrap()[2].clone();
         source.edit(|u| u.retain(|x| x.id != 3));
@@ -765,11 +766,7 @@ mod tests {
 
     #[tokio::test]
     async fn mass_disable_is_held_unless_allowed() {
-        let (source, target, store) = (
-            MemSource::new(10),
-            Arc::new(MemTarget::default()),
-            Store::temporary().unwrap(),
-        );
+        let (source, target, store) = fresh(10);
         run(&source, &target, &store, false).await;
         source.edit(|u| u.truncate(6)); // 4 gone > max_disables = 3
         let r = run(&source, &target, &store, false).await;
@@ -781,11 +778,7 @@ mod tests {
 
     #[tokio::test]
     async fn explicit_deactivations_are_applied_at_once_whatever_their_number() {
-        let (source, target, store) = (
-            MemSource::new(4),
-            Arc::new(MemTarget::default()),
-            Store::temporary().unwrap(),
-        );
+        let (source, target, store) = fresh(4);
         run(&source, &target, &store, false).await;
         source.edit(|u| u.iter_mut().take(3).for_each(|x| x.active = false)); // 75% > 50%
         let r = run(&source, &target, &store, false).await;
@@ -795,11 +788,7 @@ mod tests {
 
     #[tokio::test]
     async fn inconsistent_total_disables_nobody() {
-        let (source, target, store) = (
-            MemSource::new(5),
-            Arc::new(MemTarget::default()),
-            Store::temporary().unwrap(),
-        );
+        let (source, target, store) = fresh(5);
         run(&source, &target, &store, false).await;
         source.edit(|u| u.retain(|x| x.id != 2));
         *source.total_skew.lock().unwrap() = 1; // claims 5 while listing 4
@@ -811,11 +800,7 @@ mod tests {
 
     #[tokio::test]
     async fn rejected_user_is_reported_and_retried_next_run() {
-        let (source, target, store) = (
-            MemSource::new(3),
-            Arc::new(MemTarget::default()),
-            Store::temporary().unwrap(),
-        );
+        let (source, target, store) = fresh(3);
         *target.reject.lock().unwrap() = Some("nexudus-2".into());
         let r = run(&source, &target, &store, false).await;
         assert_eq!((r.created, r.failed, r.exit_code()), (2, 1, 1));
@@ -835,11 +820,7 @@ mod tests {
 
     #[tokio::test]
     async fn scope_limits_who_is_created_and_leaving_it_disables_under_the_safety() {
-        let (source, target, store) = (
-            MemSource::new(6),
-            Arc::new(MemTarget::default()),
-            Store::temporary().unwrap(),
-        );
+        let (source, target, store) = fresh(6);
         // Even Ids are admins in MemSource.
         let r = run_with(
             &source,
@@ -876,11 +857,7 @@ mod tests {
 
     #[tokio::test]
     async fn vanished_user_is_disabled_only_after_the_configured_missing_runs() {
-        let (source, target, store) = (
-            MemSource::new(5),
-            Arc::new(MemTarget::default()),
-            Store::temporary().unwrap(),
-        );
+        let (source, target, store) = fresh(5);
         let twice = "[sync]\nmissing_runs_before_disable = 2";
         run_with(&source, &target, &store, false, twice).await;
         let gone = source.users.lock().unwrap()[2].clone();
@@ -904,11 +881,7 @@ mod tests {
 
     #[tokio::test]
     async fn users_disabled_longer_than_archive_after_are_archived_once() {
-        let (source, target, store) = (
-            MemSource::new(5),
-            Arc::new(MemTarget::default()),
-            Store::temporary().unwrap(),
-        );
+        let (source, target, store) = fresh(5);
         let archive = "[sync]\narchive_after = \"1s\"";
         run_with(&source, &target, &store, false, archive).await;
         source.edit(|u| u.retain(|x| x.id != 3));
@@ -937,11 +910,7 @@ mod tests {
 
     #[tokio::test]
     async fn mapping_changes_update_only_affected_users_and_keep_ext_ids() {
-        let (source, target, store) = (
-            MemSource::new(4),
-            Arc::new(MemTarget::default()),
-            Store::temporary().unwrap(),
-        );
+        let (source, target, store) = fresh(4);
         run(&source, &target, &store, false).await;
         // A new prefix and a new language default touch nobody whose mapped value is unchanged.
         source.edit(|u| u[0].language = Some(9));
@@ -1033,11 +1002,7 @@ mod tests {
 
     #[tokio::test]
     async fn invalid_records_are_reported_and_not_disabled() {
-        let (source, target, store) = (
-            MemSource::new(4),
-            Arc::new(MemTarget::default()),
-            Store::temporary().unwrap(),
-        );
+        let (source, target, store) = fresh(4);
         run(&source, &target, &store, false).await;
         source.edit(|u| u[1].email = Some("broken".into()));
         let r = run(&source, &target, &store, false).await;
