@@ -106,6 +106,9 @@ struct RawSync {
     missing_runs_before_disable: i64,
     #[serde(with = "humantime_serde")]
     archive_after: Option<Duration>,
+    adopt: String,
+    reenable_on_reconcile: bool,
+    reconcile_schedule: String,
 }
 
 impl Default for RawSync {
@@ -120,6 +123,10 @@ impl Default for RawSync {
             incremental_overlap: Duration::from_secs(600),
             missing_runs_before_disable: 1,
             archive_after: None,
+            adopt: "off".into(),
+            reenable_on_reconcile: false,
+            // Daily at 03:30 (seconds minutes hours day-of-month month day-of-week).
+            reconcile_schedule: "0 30 3 * * *".into(),
         }
     }
 }
@@ -182,6 +189,7 @@ struct RawMapping {
     ext_id_prefix: String,
     remarks: Option<String>,
     modification_comment: Option<String>,
+    properties: BTreeMap<String, String>,
 }
 
 impl Default for RawMapping {
@@ -197,6 +205,7 @@ impl Default for RawMapping {
             ext_id_prefix: crate::mapper::EXT_ID_PREFIX.into(),
             remarks: None,
             modification_comment: None,
+            properties: BTreeMap::new(),
         }
     }
 }
@@ -332,6 +341,23 @@ pub struct SyncConfig {
     pub missing_runs_before_disable: u32,
     /// Archive users this tool disabled that long ago (archiving deletes credentials); off if None.
     pub archive_after: Option<Duration>,
+    /// Whether a Nexudus user whose create would collide with an existing nevisIDM user may take
+    /// that user over (`email`) or not (`off`).
+    pub adopt: AdoptMode,
+    /// A reconcile re-enables users disabled by hand in nevisIDM while active in Nexudus (off:
+    /// they are reported and left disabled).
+    pub reenable_on_reconcile: bool,
+    /// When the daemon runs a reconcile instead of an ordinary run; `None` when set to `"off"`.
+    pub reconcile_schedule: Option<String>,
+}
+
+/// `sync.adopt`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AdoptMode {
+    /// Never take over a user this tool did not create.
+    Off,
+    /// Take over the one nevisIDM user whose loginId or email matches, if it is unique and unlinked.
+    Email,
 }
 
 #[derive(Debug, Clone)]
@@ -368,6 +394,8 @@ pub struct MappingConfig {
     pub remarks: Option<String>,
     /// `modificationComment` sent with every create and update this tool makes, if any.
     pub modification_comment: Option<String>,
+    /// Static custom `properties` set on every synced user (diffed like any mapped field).
+    pub properties: BTreeMap<String, String>,
 }
 
 /// Which word of `FullName` is the family name.
@@ -508,6 +536,26 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
             "must be at least one minute (filters have minute precision)",
         ));
     }
+    let adopt = match sync.adopt.as_str() {
+        "off" => AdoptMode::Off,
+        "email" => AdoptMode::Email,
+        other => {
+            return Err(invalid(
+                "sync.adopt",
+                format!("must be \"off\" or \"email\", not {other:?}"),
+            ));
+        }
+    };
+    let reconcile_schedule = match sync.reconcile_schedule.trim() {
+        "" | "off" => None,
+        expr => {
+            let cron =
+                crate::schedule::parse(expr).map_err(|e| invalid("sync.reconcile_schedule", e))?;
+            crate::schedule::interval(&cron)
+                .ok_or_else(|| invalid("sync.reconcile_schedule", "never fires"))?;
+            Some(expr.to_string())
+        }
+    };
     if sync.max_disables < 0 {
         return Err(invalid("sync.max_disables", "must not be negative"));
     }
@@ -611,6 +659,9 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
                 Some(d) => Some(positive("sync.archive_after", d)?),
                 None => None,
             },
+            adopt,
+            reenable_on_reconcile: sync.reenable_on_reconcile,
+            reconcile_schedule,
         },
         retry: RetryConfig {
             max_attempts: retry.max_attempts as usize,
@@ -685,9 +736,29 @@ fn validate_mapping(raw: RawMapping) -> Result<MappingConfig, ConfigError> {
         name_split,
         login_id,
         ext_id_prefix: prefix,
+        properties: validate_properties(raw.properties)?,
         remarks: raw.remarks.filter(|r| !r.trim().is_empty()),
         modification_comment: raw.modification_comment.filter(|c| !c.trim().is_empty()),
     })
+}
+
+fn validate_properties(
+    raw: BTreeMap<String, String>,
+) -> Result<BTreeMap<String, String>, ConfigError> {
+    for name in raw.keys() {
+        let ok = !name.is_empty()
+            && name.len() <= 255
+            && name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+        if !ok {
+            return Err(invalid(
+                &format!("mapping.properties.{name}"),
+                "property names must be ASCII letters, digits, '-', '_' or '.'",
+            ));
+        }
+    }
+    Ok(raw)
 }
 
 fn language_code(key: &str, value: &str) -> Result<String, ConfigError> {

@@ -2,6 +2,8 @@
 //! nevisIDM really holds, giving the operation to send: create, update only the changed fields,
 //! disable, or nothing.
 
+use std::collections::BTreeMap;
+
 use serde_json::{Map, Value, json};
 
 use crate::mapper::{DesiredUser, UserState};
@@ -16,6 +18,8 @@ pub struct Changes {
     pub email: Option<String>,
     pub language_code: Option<String>,
     pub state: Option<UserState>,
+    /// Custom properties to set (`Some`) or remove (`None`, sent as `null`); only changed ones.
+    pub properties: BTreeMap<String, Option<String>>,
 }
 
 impl Changes {
@@ -49,6 +53,9 @@ impl Changes {
         if let Some(state) = self.state {
             body.insert("userState".into(), json!(state.as_str()));
         }
+        if !self.properties.is_empty() {
+            body.insert("properties".into(), json!(self.properties));
+        }
         Value::Object(body)
     }
 
@@ -71,6 +78,12 @@ impl Changes {
         if let Some(state) = self.state {
             after.state = state;
         }
+        for (name, value) in &self.properties {
+            match value {
+                Some(v) => after.properties.insert(name.clone(), v.clone()),
+                None => after.properties.remove(name),
+            };
+        }
         after
     }
 }
@@ -87,6 +100,9 @@ pub fn create_body(user: &DesiredUser) -> Value {
     // An empty loginId is left to nevisIDM's login-ID generator (`mapping.login_id = "none"`).
     if !user.login_id.is_empty() {
         body["loginId"] = json!(user.login_id);
+    }
+    if !user.properties.is_empty() {
+        body["properties"] = json!(user.properties);
     }
     body
 }
@@ -121,6 +137,10 @@ pub struct Observed {
     pub email: Option<String>,
     pub language_code: Option<String>,
     pub state: Option<String>,
+    pub properties: BTreeMap<String, String>,
+    /// True when `properties` is everything the user has (a checkpoint): a property missing
+    /// from the desired user is then removed. Read remotely, properties we never set are not ours.
+    pub properties_complete: bool,
 }
 
 impl From<&DesiredUser> for Observed {
@@ -132,6 +152,8 @@ impl From<&DesiredUser> for Observed {
             email: Some(u.email.clone()),
             language_code: Some(u.language_code.clone()),
             state: Some(u.state.as_str().to_string()),
+            properties: u.properties.clone(),
+            properties_complete: true,
         }
     }
 }
@@ -147,6 +169,16 @@ impl Observed {
             email: s("/contacts/email"),
             language_code: s("/languageCode"),
             state: s("/userState"),
+            properties: v
+                .get("properties")
+                .and_then(Value::as_object)
+                .map(|p| {
+                    p.iter()
+                        .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_string())))
+                        .collect()
+                })
+                .unwrap_or_default(),
+            properties_complete: false,
         }
     }
 }
@@ -173,7 +205,25 @@ pub fn changes_between(desired: &DesiredUser, seen: &Observed) -> Changes {
         language_code: differs(&desired.language_code, &seen.language_code)
             .then(|| desired.language_code.clone()),
         state: state_differs.then_some(desired.state),
+        properties: property_changes(desired, seen),
     }
+}
+
+fn property_changes(desired: &DesiredUser, seen: &Observed) -> BTreeMap<String, Option<String>> {
+    let mut out: BTreeMap<String, Option<String>> = desired
+        .properties
+        .iter()
+        .filter(|(k, v)| seen.properties.get(*k) != Some(*v))
+        .map(|(k, v)| (k.clone(), Some(v.clone())))
+        .collect();
+    if seen.properties_complete {
+        for k in seen.properties.keys() {
+            if !desired.properties.contains_key(k) {
+                out.insert(k.clone(), None);
+            }
+        }
+    }
+    out
 }
 
 /// A user missing from a complete listing is disabled, unless already disabled or archived.
@@ -197,6 +247,7 @@ mod tests {
             email: "Ann@example.com".into(),
             language_code: "en".into(),
             state: UserState::Active,
+            properties: Default::default(),
         }
     }
 

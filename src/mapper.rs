@@ -4,6 +4,8 @@
 //! `loginId` = email trimmed and lower-cased, `FullName` split on its last word, `Language` through
 //! the configured table, `Active` -> `userState`.
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 
 use crate::config::{LoginIdSource, MappingConfig, NameSplit};
@@ -54,6 +56,8 @@ pub struct DesiredUser {
     pub email: String,
     pub language_code: String,
     pub state: UserState,
+    /// Static custom properties (`mapping.properties`); empty unless configured.
+    pub properties: BTreeMap<String, String>,
 }
 
 /// Why a Nexudus record cannot be mapped. Reported with the record's Id; never sent.
@@ -114,6 +118,7 @@ pub fn map_user(user: &SourceUser, mapping: &MappingConfig) -> Result<DesiredUse
         } else {
             UserState::Disabled
         },
+        properties: mapping.properties.clone(),
     })
 }
 

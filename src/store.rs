@@ -10,6 +10,10 @@
 //! - `disabled_at`: Nexudus Id -> Unix seconds (u64 LE) since the checkpoint says disabled
 //!   (local clock: it is our own event), for `sync.archive_after`.
 //! - `meta`: `last_run` -> JSON report of the last run; `watermark` -> incremental-polling mark.
+//! - `links`: Nexudus Id -> extId of a pre-existing nevisIDM user adopted for it (`sync.adopt`),
+//!   and `link_owners`: that extId -> Nexudus Id (one nevisIDM user is never linked twice).
+//! - `hand_disabled`: Nexudus Id -> empty: disabled by hand in nevisIDM while active in Nexudus,
+//!   found by a reconcile and left disabled (`sync.reenable_on_reconcile = false`).
 //!
 //! A checkpoint is written only after nevisIDM confirmed the write; `flush` makes it durable.
 
@@ -28,9 +32,16 @@ pub enum StoreError {
          stop the other process or point store.path elsewhere"
     )]
     InUse { path: String },
-    #[error("store {path} cannot be opened: {detail}")]
+    #[error(
+        "store {path} cannot be opened: {detail}; if it is damaged, rebuild it from nevisIDM and \
+         Nexudus with `nexudus-nevis-sync --sync-now --rebuild-store` (the damaged copy is kept \
+         beside it)"
+    )]
     Open { path: String, detail: String },
-    #[error("store is corrupt: {0}")]
+    #[error(
+        "store is corrupt: {0}; rebuild it from nevisIDM and Nexudus with \
+         `nexudus-nevis-sync --sync-now --rebuild-store`"
+    )]
     Corrupt(String),
     #[error("store I/O failed: {0}")]
     Io(String),
@@ -54,6 +65,9 @@ pub struct Store {
     meta: sled::Tree,
     missing: sled::Tree,
     disabled_at: sled::Tree,
+    links: sled::Tree,
+    link_owners: sled::Tree,
+    hand_disabled: sled::Tree,
     commits: Arc<GroupCommit>,
 }
 
@@ -89,13 +103,47 @@ impl Store {
     /// Opens (creating if needed) the store at `path`, taking sled's exclusive file lock.
     pub fn open(path: &Path, cache_capacity_bytes: u64) -> Result<Store, StoreError> {
         let shown = path.display().to_string();
-        let db = sled::Config::new()
+        let config = sled::Config::new()
             .path(path)
             .cache_capacity(cache_capacity_bytes)
-            .mode(sled::Mode::LowSpace)
-            .open()
-            .map_err(|e| classify_open_error(&shown, e))?;
+            .mode(sled::Mode::LowSpace);
+        // sled panics on some damaged files instead of answering an error: that is a damaged
+        // store too, and must end in a message that says how to rebuild it.
+        let opened = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| config.open()))
+            .map_err(|panic| StoreError::Open {
+                path: shown.clone(),
+                detail: format!("sled failed reading it: {}", panic_text(&panic)),
+            })?;
+        let db = opened.map_err(|e| classify_open_error(&shown, e))?;
         Self::from_db(db)
+    }
+
+    /// `--rebuild-store`: opens the store at `path` emptied of checkpoints (adoption links kept),
+    /// or, when it cannot be opened (damaged), moves it aside to `<path>.damaged-<unix time>` and
+    /// starts a new one there. A store in use by another process is never touched.
+    pub fn open_for_rebuild(path: &Path, cache_capacity_bytes: u64) -> Result<Store, StoreError> {
+        match Self::open(path, cache_capacity_bytes) {
+            Ok(store) => {
+                store.clear_for_rebuild()?;
+                Ok(store)
+            }
+            Err(e @ StoreError::InUse { .. }) => Err(e),
+            Err(e) => {
+                let mut aside = path.as_os_str().to_owned();
+                aside.push(format!(".damaged-{}", unix_now()));
+                let aside = std::path::PathBuf::from(aside);
+                tracing::warn!(
+                    error = %e,
+                    moved_to = %aside.display(),
+                    "store cannot be opened; moving it aside and rebuilding"
+                );
+                std::fs::rename(path, &aside).map_err(|io| StoreError::Open {
+                    path: path.display().to_string(),
+                    detail: format!("cannot move the damaged store aside: {io}"),
+                })?;
+                Self::open(path, cache_capacity_bytes)
+            }
+        }
     }
 
     /// An empty throw-away store (the demo, and dry runs against a store that does not exist yet).
@@ -114,6 +162,9 @@ impl Store {
             meta: db.open_tree("meta")?,
             missing: db.open_tree("missing")?,
             disabled_at: db.open_tree("disabled_at")?,
+            links: db.open_tree("links")?,
+            link_owners: db.open_tree("link_owners")?,
+            hand_disabled: db.open_tree("hand_disabled")?,
             commits: Arc::default(),
             db,
         })
@@ -148,8 +199,20 @@ impl Store {
 
     /// Records what nevisIDM confirmed for this user and clears any recorded failure.
     pub fn put(&self, nexudus_id: u64, user: &DesiredUser) -> Result<(), StoreError> {
+        self.put_as(nexudus_id, user, fingerprint(user))
+    }
+
+    /// Like [`Store::put`], filed under `fingerprint`: the fingerprint of the user as mapped,
+    /// when what was confirmed differs from it only by kept identifiers (an extId set at creation
+    /// or adoption), so that the next unchanged run recognises the user without decoding it.
+    pub fn put_as(
+        &self,
+        nexudus_id: u64,
+        user: &DesiredUser,
+        fingerprint: u64,
+    ) -> Result<(), StoreError> {
         let key = nexudus_id.to_be_bytes();
-        self.users.insert(key, encode(user))?;
+        self.users.insert(key, encode(user, fingerprint))?;
         self.failures.remove(key)?;
         if user.state == UserState::Disabled {
             if !self.disabled_at.contains_key(key)? {
@@ -294,6 +357,77 @@ impl Store {
         Ok(())
     }
 
+    /// The extId of the nevisIDM user adopted for this Nexudus user, if any.
+    pub fn link(&self, nexudus_id: u64) -> Result<Option<String>, StoreError> {
+        Ok(self
+            .links
+            .get(nexudus_id.to_be_bytes())?
+            .map(|v| String::from_utf8_lossy(&v).into_owned()))
+    }
+
+    /// The Nexudus user an adopted extId is linked to, if any.
+    pub fn link_owner(&self, ext_id: &str) -> Result<Option<u64>, StoreError> {
+        self.link_owners
+            .get(ext_id.as_bytes())?
+            .map(|v| id_of(&v, "link_owners"))
+            .transpose()
+    }
+
+    /// Records that `ext_id` (a user this tool did not create) now belongs to `nexudus_id`.
+    pub fn set_link(&self, nexudus_id: u64, ext_id: &str) -> Result<(), StoreError> {
+        self.links
+            .insert(nexudus_id.to_be_bytes(), ext_id.as_bytes())?;
+        self.link_owners
+            .insert(ext_id.as_bytes(), &nexudus_id.to_be_bytes())?;
+        Ok(())
+    }
+
+    /// Every adopted extId with its Nexudus Id.
+    pub fn links(&self) -> Result<Vec<(u64, String)>, StoreError> {
+        self.links
+            .iter()
+            .map(|item| {
+                let (k, v) = item?;
+                Ok((
+                    id_of(&k, "links")?,
+                    String::from_utf8_lossy(&v).into_owned(),
+                ))
+            })
+            .collect()
+    }
+
+    /// Whether a reconcile found this user disabled by hand and left it so.
+    pub fn is_hand_disabled(&self, nexudus_id: u64) -> Result<bool, StoreError> {
+        Ok(self.hand_disabled.contains_key(nexudus_id.to_be_bytes())?)
+    }
+
+    pub fn set_hand_disabled(&self, nexudus_id: u64, on: bool) -> Result<(), StoreError> {
+        let key = nexudus_id.to_be_bytes();
+        if on {
+            self.hand_disabled.insert(key, &[])?;
+        } else {
+            self.hand_disabled.remove(key)?;
+        }
+        Ok(())
+    }
+
+    /// `--rebuild-store` on a readable store: forgets every checkpoint and run-time record, so
+    /// that nevisIDM's real state and a full listing decide everything again. Adoption links are
+    /// kept: they cannot be recovered from either system.
+    pub fn clear_for_rebuild(&self) -> Result<(), StoreError> {
+        for tree in [
+            &self.users,
+            &self.failures,
+            &self.missing,
+            &self.disabled_at,
+            &self.hand_disabled,
+            &self.meta,
+        ] {
+            tree.clear()?;
+        }
+        Ok(())
+    }
+
     /// Bytes the store occupies on disk.
     pub fn size_on_disk(&self) -> Result<u64, StoreError> {
         Ok(self.db.size_on_disk()?)
@@ -307,13 +441,41 @@ pub fn fingerprint(user: &DesiredUser) -> u64 {
 }
 
 /// Version of the checkpoint encoding; bump it when `DesiredUser` changes shape (postcard is not
-/// self-describing), so old values are recognised as such instead of misread.
-const CHECKPOINT_FORMAT: u8 = 1;
+/// self-describing), so old values are recognised as such instead of misread. Older formats are
+/// still read (below), so an upgrade does not send every user through re-confirmation.
+const CHECKPOINT_FORMAT: u8 = 2;
 
-fn encode(user: &DesiredUser) -> Vec<u8> {
+/// Format 1: `DesiredUser` before `properties` existed.
+#[derive(serde::Deserialize)]
+struct DesiredUserV1 {
+    ext_id: String,
+    login_id: String,
+    first_name: String,
+    family_name: String,
+    email: String,
+    language_code: String,
+    state: UserState,
+}
+
+impl From<DesiredUserV1> for DesiredUser {
+    fn from(v: DesiredUserV1) -> Self {
+        DesiredUser {
+            ext_id: v.ext_id,
+            login_id: v.login_id,
+            first_name: v.first_name,
+            family_name: v.family_name,
+            email: v.email,
+            language_code: v.language_code,
+            state: v.state,
+            properties: Default::default(),
+        }
+    }
+}
+
+fn encode(user: &DesiredUser, fingerprint: u64) -> Vec<u8> {
     let body = postcard::to_allocvec(user).expect("encoding a DesiredUser into memory cannot fail");
     let mut out = Vec::with_capacity(9 + body.len());
-    out.extend_from_slice(&xxhash_rust::xxh3::xxh3_64(&body).to_le_bytes());
+    out.extend_from_slice(&fingerprint.to_le_bytes());
     out.push(CHECKPOINT_FORMAT);
     out.extend_from_slice(&body);
     out
@@ -323,11 +485,22 @@ fn decode(bytes: &[u8]) -> Result<DesiredUser, StoreError> {
     match bytes.get(8) {
         Some(&CHECKPOINT_FORMAT) => postcard::from_bytes(&bytes[9..])
             .map_err(|e| StoreError::Corrupt(format!("checkpoint: {e}"))),
+        Some(1) => postcard::from_bytes::<DesiredUserV1>(&bytes[9..])
+            .map(DesiredUser::from)
+            .map_err(|e| StoreError::Corrupt(format!("checkpoint (format 1): {e}"))),
         Some(other) => Err(StoreError::Corrupt(format!(
             "checkpoint format {other} is not {CHECKPOINT_FORMAT}"
         ))),
         None => Err(StoreError::Corrupt("checkpoint too short".into())),
     }
+}
+
+fn panic_text(panic: &Box<dyn std::any::Any + Send>) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "panic".into())
 }
 
 /// A Nexudus Id key (u64, big-endian) of `tree`.
@@ -377,6 +550,7 @@ mod tests {
             email: "a@b.c".into(),
             language_code: "en".into(),
             state: UserState::Active,
+            properties: Default::default(),
         }
     }
 
@@ -459,5 +633,96 @@ mod tests {
             "{second:?}"
         );
         drop(first);
+    }
+}
+
+#[cfg(test)]
+mod damage {
+    use super::*;
+
+    fn user() -> DesiredUser {
+        DesiredUser {
+            ext_id: "nexudus-1".into(),
+            login_id: "a@b.c".into(),
+            first_name: "A".into(),
+            family_name: "B".into(),
+            email: "a@b.c".into(),
+            language_code: "en".into(),
+            state: UserState::Active,
+            properties: Default::default(),
+        }
+    }
+
+    async fn filled(path: &Path) {
+        let s = Store::open(path, 1 << 20).unwrap();
+        for i in 0..50 {
+            s.put(i, &user()).unwrap();
+        }
+        s.set_link(7, "legacy-7").unwrap();
+        s.flush().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_damaged_store_says_how_to_rebuild_and_is_moved_aside_by_a_rebuild() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("store");
+        filled(&path).await;
+        for entry in std::fs::read_dir(&path).unwrap() {
+            let file = entry.unwrap().path();
+            if !file.is_file() {
+                continue;
+            }
+            let len = std::fs::metadata(&file).unwrap().len() as usize;
+            std::fs::write(&file, vec![0xA5u8; len.max(64)]).unwrap();
+        }
+        let err = Store::open(&path, 1 << 20).unwrap_err().to_string();
+        assert!(err.contains("--rebuild-store"), "{err}");
+        let store = Store::open_for_rebuild(&path, 1 << 20).unwrap();
+        assert!(store.is_empty());
+        let aside: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with("store.damaged-"))
+            .collect();
+        assert_eq!(aside.len(), 1, "the damaged copy is kept beside the store");
+    }
+
+    #[tokio::test]
+    async fn rebuilding_a_readable_store_forgets_checkpoints_but_keeps_links() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("store");
+        filled(&path).await;
+        let store = Store::open_for_rebuild(&path, 1 << 20).unwrap();
+        assert!(store.is_empty());
+        assert_eq!(store.link(7).unwrap().as_deref(), Some("legacy-7"));
+        assert_eq!(store.link_owner("legacy-7").unwrap(), Some(7));
+    }
+
+    #[test]
+    fn format_1_checkpoints_are_still_read() {
+        #[derive(serde::Serialize)]
+        struct V1<'a> {
+            ext_id: &'a str,
+            login_id: &'a str,
+            first_name: &'a str,
+            family_name: &'a str,
+            email: &'a str,
+            language_code: &'a str,
+            state: UserState,
+        }
+        let body = postcard::to_allocvec(&V1 {
+            ext_id: "nexudus-1",
+            login_id: "a@b.c",
+            first_name: "A",
+            family_name: "B",
+            email: "a@b.c",
+            language_code: "en",
+            state: UserState::Active,
+        })
+        .unwrap();
+        let mut bytes = 0u64.to_le_bytes().to_vec();
+        bytes.push(1);
+        bytes.extend_from_slice(&body);
+        assert_eq!(decode(&bytes).unwrap(), user());
     }
 }
