@@ -5,8 +5,14 @@
 //! A create answered "already exists" reads the user and brings it to the desired state; an update
 //! answered "not found" (the user was removed by hand) recreates it. In dry-run mode the operation
 //! is printed instead of sent, through the same path.
+//!
+//! With `sync.adopt = "email"`, a create first looks for a pre-existing nevisIDM user with the
+//! same loginId or email: exactly one, not linked to anyone else, is adopted (linked in the store
+//! and updated); zero goes on to create; several, or one already linked, is a conflict and nothing
+//! is written.
 
-use std::sync::Arc;
+use std::collections::{BTreeMap, HashSet};
+use std::sync::{Arc, Mutex};
 
 use serde_json::{Value, json};
 use tokio::sync::Semaphore;
@@ -15,9 +21,9 @@ use tracing::Instrument;
 
 use crate::diff::{Changes, Observed, changes_between, create_body};
 use crate::mapper::DesiredUser;
-use crate::nevis::{Target, TargetError};
-use crate::report::{Failure, RunReport};
-use crate::store::{Store, StoreError};
+use crate::nevis::{Target, TargetError, list_all};
+use crate::report::{Adoption, Conflict, Failure, RunReport};
+use crate::store::{Store, StoreError, fingerprint};
 
 /// After this many users in a row failed because nevisIDM was unavailable (retries exhausted),
 /// the run stops as fatal rather than grinding through every remaining user.
@@ -54,6 +60,11 @@ pub struct Op {
     pub changes: Option<Changes>,
     /// `UpdatedOn` of the source record, if any (a failure holds the watermark back to it).
     pub updated_on: Option<String>,
+    /// The checkpoint is filed under this fingerprint (the user as mapped) instead of that of
+    /// `after`, when the two differ only by kept identifiers (see [`Store::put_as`]).
+    pub fingerprint: Option<u64>,
+    /// A create that may adopt a pre-existing user (`sync.adopt = "email"`, no link yet).
+    pub adopt: bool,
 }
 
 impl Op {
@@ -69,6 +80,29 @@ impl Op {
 
 /// Receives dry-run plan lines.
 pub type PlanSink = Arc<dyn Fn(&Value) + Send + Sync>;
+
+/// How adoption recognises users (`sync.adopt = "email"`).
+#[derive(Debug, Clone)]
+pub struct AdoptRules {
+    /// extIds with this prefix and a numeric rest belong to that Nexudus Id.
+    pub ext_id_prefix: String,
+    /// `mapping.login_id = "ext_id"`: an adopted user's loginId follows its kept extId.
+    pub login_from_ext_id: bool,
+}
+
+/// What adoption decided for one create.
+enum Decision {
+    /// No other user matches: create (a duplicate then converges on our own extId).
+    Create,
+    Adopt {
+        ext_id: String,
+        changes: Changes,
+    },
+    Conflict {
+        reason: String,
+        candidates: Vec<String>,
+    },
+}
 
 /// Errors that end the run.
 #[derive(Debug, thiserror::Error)]
@@ -87,6 +121,10 @@ enum Applied {
     Written,
     /// nevisIDM already held exactly the desired user; only the checkpoint was refreshed.
     AlreadyRight,
+    /// A pre-existing user was linked (and updated, if `Written`).
+    Adopted {
+        wrote: bool,
+    },
 }
 
 type Outcome = (Op, Result<Result<Applied, TargetError>, StoreError>);
@@ -98,6 +136,9 @@ pub struct Dispatcher<T: Target> {
     tasks: JoinSet<Outcome>,
     dry_run: Option<PlanSink>,
     unavailable_streak: u32,
+    adopt: Option<Arc<AdoptRules>>,
+    /// extIds adopted (or being adopted) in this run: one nevisIDM user is never adopted twice.
+    claimed: Arc<Mutex<HashSet<String>>>,
 }
 
 impl<T: Target> Dispatcher<T> {
@@ -114,15 +155,22 @@ impl<T: Target> Dispatcher<T> {
             tasks: JoinSet::new(),
             dry_run,
             unavailable_streak: 0,
+            adopt: None,
+            claimed: Arc::default(),
         }
+    }
+
+    /// Enables adoption for creates marked `adopt`.
+    pub fn with_adoption(mut self, rules: AdoptRules) -> Self {
+        self.adopt = Some(Arc::new(rules));
+        self
     }
 
     /// Starts `op` once a slot is free, accounting for any operations that finished meanwhile.
     pub async fn submit(&mut self, op: Op, report: &mut RunReport) -> Result<(), DispatchError> {
         if let Some(sink) = &self.dry_run {
-            sink(&op.plan_json());
-            count(&op, Applied::Written, report);
-            return Ok(());
+            let sink = Arc::clone(sink);
+            return self.plan(op, &sink, report).await;
         }
         let permit = loop {
             // Settle whatever finished first, so a fatal outcome stops new work promptly.
@@ -144,25 +192,88 @@ impl<T: Target> Dispatcher<T> {
         };
         let target = Arc::clone(&self.target);
         let store = self.store.clone();
+        let adopt = self.adopt.clone().filter(|_| op.adopt);
+        let claimed = Arc::clone(&self.claimed);
         let span = tracing::info_span!("user", extId = %op.after.ext_id);
         self.tasks.spawn(
             async move {
-                let result = apply(&*target, &op).await;
+                let mut op = op;
+                let result = match adopt {
+                    Some(rules) => {
+                        adopt_or_create(&*target, &store, &rules, &claimed, &mut op).await
+                    }
+                    None => Ok(apply(&*target, &op).await),
+                };
                 // The slot bounds nevisIDM writes in flight, not disk work: the next write may
                 // start while this checkpoint is made durable (flushes are group-committed, so a
                 // SIGKILL loses at most the checkpoints of writes confirmed within one flush).
                 drop(permit);
-                let recorded = match &result {
-                    Ok(_) => match store.put(op.nexudus_id, &op.after) {
-                        Ok(()) => store.flush().await.map(|()| result),
-                        Err(e) => Err(e),
-                    },
-                    Err(_) => Ok(result),
+                let recorded = match result {
+                    Ok(Ok(applied)) => record(&store, &op, applied).await.map(|()| Ok(applied)),
+                    other => other,
                 };
                 (op, recorded)
             }
             .instrument(span),
         );
+        Ok(())
+    }
+
+    /// Dry run: decides as a real run would (adoption reads nevisIDM) and prints the decision.
+    async fn plan(
+        &mut self,
+        op: Op,
+        sink: &PlanSink,
+        report: &mut RunReport,
+    ) -> Result<(), DispatchError> {
+        let rules = self.adopt.clone().filter(|_| op.adopt);
+        let decision = match rules {
+            Some(rules) => {
+                match decide(&*self.target, &self.store, &rules, &self.claimed, &op).await {
+                    Ok(Ok(d)) => d,
+                    Ok(Err(e @ TargetError::Auth { .. })) => return Err(DispatchError::Auth(e)),
+                    Ok(Err(e)) => {
+                        let mut line = op.plan_json();
+                        line["op"] = json!("error");
+                        line["reason"] = json!(e.to_string());
+                        sink(&line);
+                        report.failed += 1;
+                        return Ok(());
+                    }
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            None => Decision::Create,
+        };
+        match decision {
+            Decision::Create => {
+                sink(&op.plan_json());
+                count(&op, Applied::Written, report);
+            }
+            Decision::Adopt { ext_id, changes } => {
+                sink(&json!({
+                    "op": "adopt",
+                    "extId": ext_id,
+                    "nexudusId": op.nexudus_id,
+                    "changes": changes.to_json(),
+                }));
+                report.adopted += 1;
+                report.adoptions.push(Adoption {
+                    nexudus_id: op.nexudus_id,
+                    ext_id,
+                });
+            }
+            Decision::Conflict { reason, candidates } => {
+                sink(&json!({
+                    "op": "conflict",
+                    "extId": op.after.ext_id,
+                    "nexudusId": op.nexudus_id,
+                    "candidates": candidates,
+                    "reason": reason,
+                }));
+                push_conflict(report, &op, reason, candidates);
+            }
+        }
         Ok(())
     }
 
@@ -197,9 +308,29 @@ impl<T: Target> Dispatcher<T> {
                 self.unavailable_streak = 0;
                 tracing::debug!(extId = %ext_id, op = op.kind.as_str(), "confirmed");
                 count(&op, applied, report);
+                if let Applied::Adopted { .. } = applied {
+                    report.adoptions.push(Adoption {
+                        nexudus_id: op.nexudus_id,
+                        ext_id: ext_id.clone(),
+                    });
+                }
                 Ok(())
             }
             Err(e @ TargetError::Auth { .. }) => Err(DispatchError::Auth(e)),
+            Err(TargetError::Conflict { reason, candidates }) => {
+                self.unavailable_streak = 0;
+                tracing::warn!(extId = %ext_id, %reason, ?candidates, "conflict: nothing written");
+                self.store.record_failure(
+                    op.nexudus_id,
+                    &format!(
+                        "conflict: {reason}; candidates: [{}]",
+                        candidates.join(", ")
+                    ),
+                )?;
+                report.watermark.problem(op.updated_on.as_deref());
+                push_conflict(report, &op, reason, candidates);
+                Ok(())
+            }
             Err(e) => {
                 tracing::warn!(extId = %ext_id, op = op.kind.as_str(), error = %e, "write failed; will retry next run");
                 let reason = e.to_string();
@@ -226,14 +357,156 @@ impl<T: Target> Dispatcher<T> {
     }
 }
 
+fn push_conflict(report: &mut RunReport, op: &Op, reason: String, candidates: Vec<String>) {
+    report.conflicts += 1;
+    report.conflict_records.push(Conflict {
+        nexudus_id: op.nexudus_id,
+        ext_id: op.after.ext_id.clone(),
+        reason,
+        candidates,
+    });
+}
+
+/// Checkpoints a confirmed operation (and the link of an adoption) and makes it durable.
+async fn record(store: &Store, op: &Op, applied: Applied) -> Result<(), StoreError> {
+    if let Applied::Adopted { .. } = applied {
+        store.set_link(op.nexudus_id, &op.after.ext_id)?;
+    }
+    let fp = op.fingerprint.unwrap_or_else(|| fingerprint(&op.after));
+    store.put_as(op.nexudus_id, &op.after, fp)?;
+    store.flush().await
+}
+
 fn count(op: &Op, applied: Applied, report: &mut RunReport) {
     match (applied, op.kind) {
+        (Applied::Adopted { .. }, _) => report.adopted += 1,
         (Applied::AlreadyRight, _) => report.unchanged += 1,
         (Applied::Written, OpKind::Create) => report.created += 1,
         (Applied::Written, OpKind::Update) => report.updated += 1,
         (Applied::Written, OpKind::Disable) => report.disabled += 1,
         (Applied::Written, OpKind::Archive) => report.archived += 1,
     }
+}
+
+/// Adoption reads at most this many matches per lookup (more is a conflict anyway).
+const ADOPT_LOOKUP_LIMIT: u32 = 10;
+
+/// Looks for pre-existing nevisIDM users with this user's loginId or email and decides.
+async fn decide<T: Target>(
+    target: &T,
+    store: &Store,
+    rules: &AdoptRules,
+    claimed: &Mutex<HashSet<String>>,
+    op: &Op,
+) -> Result<Result<Decision, TargetError>, StoreError> {
+    let desired = &op.after;
+    let mut found: BTreeMap<String, Value> = BTreeMap::new();
+    let mut lookups: Vec<(&str, &str)> = vec![("contacts.email", desired.email.as_str())];
+    if !desired.login_id.is_empty() {
+        lookups.insert(0, ("loginId", desired.login_id.as_str()));
+    }
+    for filter in lookups {
+        match list_all(target, &[filter], ADOPT_LOOKUP_LIMIT, 1).await {
+            Ok(items) => {
+                for item in items {
+                    if let Some(ext) = item.get("extId").and_then(Value::as_str) {
+                        found.insert(ext.to_string(), item.clone());
+                    }
+                }
+            }
+            // More than one page of matches: certainly ambiguous.
+            Err(TargetError::Unavailable { detail, .. }) if detail.contains("did not end") => {
+                return Ok(Ok(Decision::Conflict {
+                    reason: format!("more than {ADOPT_LOOKUP_LIMIT} nevisIDM users match"),
+                    candidates: found.into_keys().collect(),
+                }));
+            }
+            Err(e) => return Ok(Err(e)),
+        }
+    }
+    // Our own user (same extId) is not a candidate: creating it converges on it.
+    if found.remove(&desired.ext_id).is_some() || found.is_empty() {
+        return Ok(Ok(Decision::Create));
+    }
+    if found.len() > 1 {
+        return Ok(Ok(Decision::Conflict {
+            reason: format!(
+                "{} nevisIDM users match loginId {:?} or email {:?}",
+                found.len(),
+                desired.login_id,
+                desired.email
+            ),
+            candidates: found.into_keys().collect(),
+        }));
+    }
+    let (ext_id, existing) = found.into_iter().next().expect("exactly one candidate");
+    let owner = match store.link_owner(&ext_id)? {
+        Some(owner) => Some(owner),
+        None => ext_id
+            .strip_prefix(&rules.ext_id_prefix)
+            .and_then(|rest| rest.parse::<u64>().ok()),
+    };
+    if let Some(owner) = owner.filter(|o| *o != op.nexudus_id) {
+        return Ok(Ok(Decision::Conflict {
+            reason: format!("the matching nevisIDM user is already linked to Nexudus user {owner}"),
+            candidates: vec![ext_id],
+        }));
+    }
+    if !claimed
+        .lock()
+        .expect("claims lock is never poisoned")
+        .insert(ext_id.clone())
+    {
+        return Ok(Ok(Decision::Conflict {
+            reason: "the matching nevisIDM user is being adopted for another Nexudus user".into(),
+            candidates: vec![ext_id],
+        }));
+    }
+    let after = adopted_as(desired, &ext_id, rules);
+    let changes = changes_between(&after, &Observed::from_nevis_json(&existing));
+    Ok(Ok(Decision::Adopt { ext_id, changes }))
+}
+
+/// The desired user under an adopted extId.
+fn adopted_as(desired: &DesiredUser, ext_id: &str, rules: &AdoptRules) -> DesiredUser {
+    let mut after = desired.clone();
+    after.ext_id = ext_id.to_string();
+    if rules.login_from_ext_id {
+        after.login_id = ext_id.to_string();
+    }
+    after
+}
+
+/// A create under `sync.adopt = "email"`: adopt, create, or report a conflict.
+async fn adopt_or_create<T: Target>(
+    target: &T,
+    store: &Store,
+    rules: &AdoptRules,
+    claimed: &Mutex<HashSet<String>>,
+    op: &mut Op,
+) -> Result<Result<Applied, TargetError>, StoreError> {
+    let decision = match decide(target, store, rules, claimed, op).await? {
+        Ok(d) => d,
+        Err(e) => return Ok(Err(e)),
+    };
+    Ok(match decision {
+        Decision::Create => apply(target, op).await,
+        Decision::Conflict { reason, candidates } => {
+            Err(TargetError::Conflict { reason, candidates })
+        }
+        Decision::Adopt { ext_id, changes } => {
+            tracing::info!(adopted = %ext_id, nexudus_id = op.nexudus_id, "adopting the pre-existing nevisIDM user");
+            op.after = adopted_as(&op.after, &ext_id, rules);
+            if changes.is_empty() {
+                Ok(Applied::Adopted { wrote: false })
+            } else {
+                target
+                    .update(&ext_id, &changes)
+                    .await
+                    .map(|()| Applied::Adopted { wrote: true })
+            }
+        }
+    })
 }
 
 /// Makes one operation true in nevisIDM.

@@ -46,8 +46,16 @@ struct Cli {
     status: bool,
     /// With --sync-now: list only users changed since the last run's watermark (disappearances
     /// wait for the next full listing). Without it, --sync-now lists everyone.
-    #[arg(long, requires = "sync_now")]
+    #[arg(long, requires = "sync_now", conflicts_with = "reconcile")]
     incremental: bool,
+    /// With --sync-now: compare with nevisIDM's real users instead of the checkpoints, set back
+    /// what was changed by hand, and refresh every checkpoint.
+    #[arg(long, requires = "sync_now")]
+    reconcile: bool,
+    /// With --sync-now: rebuild a lost or damaged store from nevisIDM's users and one full
+    /// Nexudus listing (a reconcile on an emptied store; a damaged store is moved aside).
+    #[arg(long, requires = "sync_now", conflicts_with = "incremental")]
+    rebuild_store: bool,
     /// Start built-in fakes of both APIs, seed sample users and run a real sync against them.
     #[arg(long, conflicts_with_all = ["sync_now", "config"])]
     demo: bool,
@@ -97,8 +105,9 @@ async fn run(cli: Cli) -> u8 {
         allow_mass_disable: cli.allow_mass_disable,
         incremental: cli.incremental,
         shutdown: Some(shutdown),
+        reconcile: cli.reconcile || cli.rebuild_store,
     };
-    sync_now(&config, opts).await
+    sync_now(&config, opts, cli.rebuild_store).await
 }
 
 struct Clients {
@@ -231,10 +240,13 @@ async fn daemon_status(config: &Config) -> Result<serde_json::Value, String> {
         .map_err(fail)
 }
 
-async fn sync_now(config: &Config, opts: RunOptions) -> u8 {
-    // A dry run against a store that does not exist yet must not create it.
-    let store = if opts.dry_run.is_some() && !config.store.path.exists() {
+async fn sync_now(config: &Config, opts: RunOptions, rebuild: bool) -> u8 {
+    // A dry run against a store that does not exist yet must not create it; a dry rebuild plans
+    // against an empty throw-away store and leaves the real one alone.
+    let store = if opts.dry_run.is_some() && (rebuild || !config.store.path.exists()) {
         Store::temporary()
+    } else if rebuild {
+        Store::open_for_rebuild(&config.store.path, config.store.cache_capacity_bytes)
     } else {
         Store::open(&config.store.path, config.store.cache_capacity_bytes)
     };

@@ -21,6 +21,24 @@ pub struct Invalid {
     pub reason: String,
 }
 
+/// A user adoption could not settle (`sync.adopt`), or Nexudus users sharing one email: nothing
+/// was written for it; an operator has to decide.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Conflict {
+    pub nexudus_id: u64,
+    pub ext_id: String,
+    pub reason: String,
+    /// extIds of the nevisIDM users (or Nexudus Ids, for shared emails) in question.
+    pub candidates: Vec<String>,
+}
+
+/// A pre-existing nevisIDM user taken over for a Nexudus user (`sync.adopt = "email"`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Adoption {
+    pub nexudus_id: u64,
+    pub ext_id: String,
+}
+
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct RunReport {
     pub run_id: String,
@@ -33,6 +51,17 @@ pub struct RunReport {
     pub failed: u64,
     pub invalid: u64,
     pub held_disables: u64,
+    /// Users adopted, and users left unwritten because of a conflict (see [`Conflict`]).
+    pub adopted: u64,
+    pub conflicts: u64,
+    /// Users whose nevisIDM state differed from Nexudus (reconcile); the updates setting them back
+    /// are counted in `updated`.
+    pub drift: u64,
+    /// Users disabled by hand in nevisIDM while active in Nexudus, left disabled
+    /// (`sync.reenable_on_reconcile = false`).
+    pub hand_disabled: u64,
+    /// The run compared with nevisIDM's real state (`--reconcile`, `--rebuild-store`).
+    pub reconcile: bool,
     /// Users that failed because an API stayed unavailable (retries exhausted), as opposed to
     /// users nevisIDM refused: these make the run unhealthy for `/readyz`.
     pub unavailable: u64,
@@ -47,6 +76,10 @@ pub struct RunReport {
     pub incomplete_reason: Option<String>,
     pub failures: Vec<Failure>,
     pub invalid_records: Vec<Invalid>,
+    pub conflict_records: Vec<Conflict>,
+    pub adoptions: Vec<Adoption>,
+    /// extIds of the hand-disabled users found by this reconcile.
+    pub hand_disabled_users: Vec<String>,
     /// extIds whose disable was held back by the deletion safety.
     pub held: Vec<String>,
     #[serde(serialize_with = "as_secs")]
@@ -69,6 +102,7 @@ impl RunReport {
             && self.failed == 0
             && self.invalid == 0
             && self.held_disables == 0
+            && self.conflicts == 0
             && self.listing_complete;
         if clean { 0 } else { 1 }
     }
@@ -87,8 +121,10 @@ impl RunReport {
         });
         let _ = write!(
             s,
-            " mode={} created={} updated={} disabled={} archived={} unchanged={} failed={} invalid={} held_disables={} listing_complete={} duration={:.3}s",
-            if self.incremental {
+            " mode={} created={} updated={} disabled={} archived={} unchanged={} failed={} invalid={} held_disables={} adopted={} conflicts={} drift={} hand_disabled={} listing_complete={} duration={:.3}s",
+            if self.reconcile {
+                "reconcile"
+            } else if self.incremental {
                 "incremental"
             } else {
                 "full"
@@ -101,6 +137,10 @@ impl RunReport {
             self.failed,
             self.invalid,
             self.held_disables,
+            self.adopted,
+            self.conflicts,
+            self.drift,
+            self.hand_disabled,
             self.listing_complete,
             self.duration.as_secs_f64()
         );
@@ -120,6 +160,26 @@ impl RunReport {
             lines.push(format!(
                 "failed: nexudus_id={} extId={} reason=\"{}\"",
                 f.nexudus_id, f.ext_id, f.reason
+            ));
+        }
+        for c in &self.conflict_records {
+            lines.push(format!(
+                "conflict: nexudus_id={} extId={} candidates=[{}] reason=\"{}\"",
+                c.nexudus_id,
+                c.ext_id,
+                c.candidates.join(","),
+                c.reason
+            ));
+        }
+        for a in &self.adoptions {
+            lines.push(format!(
+                "adopted: nexudus_id={} extId={}",
+                a.nexudus_id, a.ext_id
+            ));
+        }
+        for ext_id in &self.hand_disabled_users {
+            lines.push(format!(
+                "hand-disabled: extId={ext_id} is disabled in nevisIDM but active in Nexudus; left disabled (set sync.reenable_on_reconcile = true to re-enable)"
             ));
         }
         if !self.held.is_empty() {
@@ -160,6 +220,10 @@ mod tests {
             },
             RunReport {
                 held_disables: 1,
+                ..clean.clone()
+            },
+            RunReport {
+                conflicts: 1,
                 ..clean.clone()
             },
             RunReport {

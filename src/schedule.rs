@@ -3,7 +3,9 @@
 //! and the scheduler can never disagree about what a valid schedule is.
 //!
 //! The first run starts at once. Runs never overlap: a tick that finds a run in progress is
-//! skipped and counted. Each run is the same `run_once` that `--sync-now` calls.
+//! skipped and counted. Each run is the same `run_once` that `--sync-now` calls. A second job on
+//! `sync.reconcile_schedule` marks the next run as a reconcile (compared with nevisIDM's real
+//! state); a reconcile tick that finds a run in progress is not lost, the next run reconciles.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -40,6 +42,7 @@ pub async fn run_daemon<S: Source, T: Target>(
     let running = Arc::new(AtomicBool::new(false));
     let mut scheduler = JobScheduler::new().await.map_err(err)?;
     let job = {
+        let ticks = ticks.clone();
         let running = Arc::clone(&running);
         let state = Arc::clone(&state);
         Job::new_async(config.sync.schedule.as_str(), move |_id, _scheduler| {
@@ -56,6 +59,19 @@ pub async fn run_daemon<S: Source, T: Target>(
         .map_err(err)?
     };
     scheduler.add(job).await.map_err(err)?;
+    let reconcile_due = Arc::new(AtomicBool::new(false));
+    if let Some(expr) = &config.sync.reconcile_schedule {
+        let due = Arc::clone(&reconcile_due);
+        let ticks = ticks.clone();
+        let job = Job::new_async(expr.as_str(), move |_id, _scheduler| {
+            due.store(true, Ordering::SeqCst);
+            let _ = ticks.try_send(());
+            Box::pin(async {})
+        })
+        .map_err(err)?;
+        scheduler.add(job).await.map_err(err)?;
+        tracing::info!(reconcile_schedule = %expr, "reconciles scheduled");
+    }
     scheduler.start().await.map_err(err)?;
     tracing::info!(schedule = %config.sync.schedule, "daemon started; first run now");
 
@@ -79,8 +95,11 @@ pub async fn run_daemon<S: Source, T: Target>(
         }
         running.store(true, Ordering::SeqCst);
         state.health().running = true;
-        // Full listing at start-up and every `full_every`-th run; incremental in between.
-        opts.incremental = !runs.is_multiple_of(u64::from(config.sync.full_every));
+        // Full listing at start-up and every `full_every`-th run; incremental in between. A due
+        // reconcile is always a full listing.
+        opts.reconcile = reconcile_due.swap(false, Ordering::SeqCst);
+        opts.incremental =
+            !opts.reconcile && !runs.is_multiple_of(u64::from(config.sync.full_every));
         runs += 1;
         let started = Instant::now();
         let store = &state.store;

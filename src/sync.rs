@@ -8,21 +8,23 @@
 //! - more than `sync.max_disables`, or more than `sync.max_disable_percent` of the known users,
 //!   disables nobody unless the operator allowed it for this run (`--allow-mass-disable`).
 
-use std::collections::HashSet;
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Instant;
+
+use serde_json::json;
 
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use crate::config::{Config, LoginIdSource};
-use crate::diff::{Changes, Plan, diff, disappeared};
-use crate::dispatch::{DispatchError, Dispatcher, Op, OpKind, PlanSink};
-use crate::mapper::{UserState, map_user};
-use crate::nevis::Target;
+use crate::config::{AdoptMode, Config, LoginIdSource};
+use crate::diff::{Changes, Observed, Plan, changes_between, diff, disappeared};
+use crate::dispatch::{AdoptRules, DispatchError, Dispatcher, Op, OpKind, PlanSink};
+use crate::mapper::{DesiredUser, SourceUser, UserState, map_user};
+use crate::nevis::{Target, TargetError};
 use crate::nexudus::{Source, SourceError, SourcePage};
-use crate::report::{Invalid, RunReport};
+use crate::report::{Conflict, Invalid, RunReport};
 use crate::store::{Lookup, Store, StoreError, fingerprint};
 use crate::watermark;
 
@@ -39,6 +41,9 @@ pub struct RunOptions {
     /// Cancelled on shutdown: no new work starts, writes in flight get `sync.shutdown_grace` to
     /// finish and be checkpointed, and the run reports itself interrupted.
     pub shutdown: Option<CancellationToken>,
+    /// Compare with nevisIDM's real state instead of the checkpoints: repair drift, refresh every
+    /// checkpoint (`--reconcile`, and `--rebuild-store` on an emptied store).
+    pub reconcile: bool,
 }
 
 /// Errors that end a run without a trustworthy result (exit code 2).
@@ -50,6 +55,50 @@ pub enum SyncError {
     Target(#[from] DispatchError),
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error("cannot read nevisIDM's users for the reconcile: {0}")]
+    Reconcile(TargetError),
+}
+
+/// Page size and page bound of the reconcile's nevisIDM listing.
+const REMOTE_PAGE_LIMIT: u32 = 500;
+const REMOTE_MAX_PAGES: u32 = 20_000;
+
+/// nevisIDM's real state, read at the start of a reconcile: extId -> the fields we own.
+struct Remote {
+    users: HashMap<String, Observed>,
+}
+
+impl Remote {
+    async fn read<T: Target>(target: &T) -> Result<Remote, TargetError> {
+        let mut users = HashMap::new();
+        let mut token: Option<String> = None;
+        for _ in 0..REMOTE_MAX_PAGES {
+            let page = target
+                .list_page(&[], REMOTE_PAGE_LIMIT, token.as_deref())
+                .await?;
+            for item in &page.items {
+                if let Some(ext_id) = item.get("extId").and_then(serde_json::Value::as_str) {
+                    users.insert(ext_id.to_string(), Observed::from_nevis_json(item));
+                }
+            }
+            match page.continuation {
+                Some(next) if Some(&next) != token.as_ref() => token = Some(next),
+                Some(_) => {
+                    return Err(TargetError::Unavailable {
+                        status: None,
+                        detail: "the user listing repeated its continuationToken".into(),
+                        retry_after: None,
+                    });
+                }
+                None => return Ok(Remote { users }),
+            }
+        }
+        Err(TargetError::Unavailable {
+            status: None,
+            detail: format!("the user listing did not end within {REMOTE_MAX_PAGES} pages"),
+            retry_after: None,
+        })
+    }
 }
 
 /// Pages the listing may run past what `TotalItems` announced before it is declared inconsistent.
@@ -128,7 +177,28 @@ async fn run_inner<S: Source, T: Target>(
     if let Some(since) = &since {
         tracing::info!(from_updated_on = %since, "incremental listing");
     }
-    let (tx, mut rx) = mpsc::channel::<Listed>(2);
+    report.reconcile = opts.reconcile;
+    let remote = if opts.reconcile {
+        let remote = Remote::read(&*target).await.map_err(|e| match e {
+            e @ TargetError::Auth { .. } => SyncError::Target(DispatchError::Auth(e)),
+            e => SyncError::Reconcile(e),
+        })?;
+        tracing::info!(
+            users = remote.users.len(),
+            "reconcile: read nevisIDM's users"
+        );
+        Some(remote)
+    } else {
+        if known_before == 0 {
+            tracing::info!(
+                "the store holds no checkpoints: a first import (if the store was lost, \
+                 --sync-now --rebuild-store rebuilds it without rewriting correct users)"
+            );
+        }
+        None
+    };
+    let (tx, rx) = mpsc::channel::<Listed>(2);
+    let mut rx = rx;
     let lister = tokio::spawn(
         async move {
             let mut page = 1u32;
@@ -159,6 +229,12 @@ async fn run_inner<S: Source, T: Target>(
         cfg.sync.concurrency,
         opts.dry_run.clone(),
     );
+    if cfg.sync.adopt == AdoptMode::Email {
+        dispatcher = dispatcher.with_adoption(AdoptRules {
+            ext_id_prefix: cfg.mapping.ext_id_prefix.clone(),
+            login_from_ext_id: cfg.mapping.login_id == LoginIdSource::ExtId,
+        });
+    }
     // Every Id listed (duplicates across pages, completeness) and the Ids in scope among them
     // (a checkpointed user not in `managed` after a complete listing is disabled).
     let mut seen: HashSet<u64> = HashSet::new();
@@ -174,6 +250,31 @@ async fn run_inner<S: Source, T: Target>(
 
     let cancel = opts.shutdown.clone().unwrap_or_default();
     let mut interrupted = false;
+
+    // With adoption on, Nexudus users sharing an email must be known before anything is written
+    // (adopting one nevisIDM user for the wrong person is the worst outcome): the listing is read
+    // whole first, then replayed. Costs memory in proportion to the listing; adoption only.
+    let mut shared_email: HashMap<u64, Vec<u64>> = HashMap::new();
+    if cfg.sync.adopt == AdoptMode::Email {
+        let mut buffered = Vec::new();
+        loop {
+            let msg = tokio::select! {
+                biased;
+                () = cancel.cancelled() => break,
+                msg = rx.recv() => msg,
+            };
+            match msg {
+                Some(msg) => buffered.push(msg),
+                None => break,
+            }
+        }
+        shared_email = shared_emails(&buffered, &cfg.mapping);
+        let (replay_tx, replay_rx) = mpsc::channel(buffered.len().max(1));
+        for msg in buffered {
+            let _ = replay_tx.try_send(msg);
+        }
+        rx = replay_rx;
+    }
 
     'pages: loop {
         let msg = tokio::select! {
@@ -280,45 +381,37 @@ async fn run_inner<S: Source, T: Target>(
                     continue;
                 }
             };
-            let mut desired = desired;
-            let plan = match store.lookup(user.id, fingerprint(&desired))? {
-                Lookup::Same => Plan::Unchanged,
-                Lookup::Missing => diff(&desired, None),
-                Lookup::Changed(old) => {
-                    // extId is set once, at creation: a changed mapping.ext_id_prefix applies to
-                    // new users only, and a loginId derived from it follows the kept extId.
-                    if old.ext_id != desired.ext_id {
-                        if cfg.mapping.login_id == LoginIdSource::ExtId {
-                            desired.login_id = old.ext_id.clone();
-                        }
-                        desired.ext_id = old.ext_id.clone();
-                    }
-                    diff(&desired, Some(&old))
-                }
+            if let Some(others) = shared_email.get(&user.id) {
+                // Two Nexudus users with one email: neither is written (adoption could pick the
+                // wrong person), both are reported, and neither is ever disabled for it.
+                let reason = format!(
+                    "email {:?} is shared with Nexudus user(s) {}",
+                    desired.email,
+                    others
+                        .iter()
+                        .map(u64::to_string)
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                );
+                report.watermark.problem(user.updated_on.as_deref());
+                note_conflict(
+                    store,
+                    report,
+                    opts.dry_run.as_ref(),
+                    user.id,
+                    &desired.ext_id,
+                    reason,
+                    others.iter().map(|id| format!("nexudus:{id}")).collect(),
+                )?;
+                continue;
+            }
+            let op = match &remote {
+                None => plan_from_checkpoint(cfg, store, desired, &user, dry_run, report)?,
+                Some(remote) => plan_from_remote(cfg, store, remote, desired, &user, opts, report)?,
             };
-            let op = match plan {
-                Plan::Unchanged => {
-                    report.unchanged += 1;
-                    continue;
-                }
-                Plan::Create => Op {
-                    nexudus_id: user.id,
-                    kind: OpKind::Create,
-                    after: desired,
-                    changes: None,
-                    updated_on: user.updated_on,
-                },
-                Plan::Update(changes) => Op {
-                    nexudus_id: user.id,
-                    kind: if changes.disables() {
-                        OpKind::Disable
-                    } else {
-                        OpKind::Update
-                    },
-                    after: desired,
-                    changes: Some(changes),
-                    updated_on: user.updated_on,
-                },
+            let Some(op) = op else {
+                report.unchanged += 1;
+                continue;
             };
             // A record that says Active=false is an explicit instruction from the source and
             // goes out at once, like any change: access must not outlive its revocation.
@@ -384,20 +477,17 @@ async fn run_inner<S: Source, T: Target>(
     }
 
     // Only a full listing can tell who is gone.
+    let mut known = known_before;
     if incomplete.is_none() && !report.incremental {
-        for item in store.iter() {
-            let (id, checkpoint) = match item {
-                Ok(entry) => entry,
-                // What cannot be read cannot be judged missing: skip it, loudly.
-                Err(StoreError::Corrupt(e)) => {
-                    tracing::warn!(error = %e, "unreadable checkpoint skipped for disappearance");
-                    continue;
-                }
-                Err(e) => return Err(e.into()),
-            };
-            if managed.contains(&id) {
-                continue;
+        let gone = match &remote {
+            None => vanished_from_checkpoints(store, &managed)?,
+            Some(remote) => {
+                let (gone, owned) = vanished_from_remote(cfg, store, remote, &managed)?;
+                known = known.max(owned);
+                gone
             }
+        };
+        for (id, checkpoint) in gone {
             if let Some(changes) = disappeared(&checkpoint) {
                 let threshold = cfg.sync.missing_runs_before_disable;
                 if threshold > 1 {
@@ -420,6 +510,8 @@ async fn run_inner<S: Source, T: Target>(
                     after: changes.apply_to(&checkpoint),
                     changes: Some(changes),
                     updated_on: None,
+                    fingerprint: None,
+                    adopt: false,
                 });
             }
         }
@@ -451,6 +543,8 @@ async fn run_inner<S: Source, T: Target>(
                 after: changes.apply_to(&checkpoint),
                 changes: Some(changes),
                 updated_on: None,
+                fingerprint: None,
+                adopt: false,
             });
         }
     }
@@ -460,8 +554,7 @@ async fn run_inner<S: Source, T: Target>(
         tracing::warn!(%reason, "listing incomplete: no user is disabled in this run");
         (!disables.is_empty()).then(|| format!("listing incomplete ({reason})"))
     } else {
-        mass_disable_reason(cfg, disables.len() as u64, known_before)
-            .filter(|_| !opts.allow_mass_disable)
+        mass_disable_reason(cfg, disables.len() as u64, known).filter(|_| !opts.allow_mass_disable)
     };
     report.incomplete_reason = incomplete;
     if let Some(reason) = held_reason {
@@ -494,6 +587,320 @@ async fn run_inner<S: Source, T: Target>(
         }
         store.flush().await?;
     }
+    Ok(())
+}
+
+/// Checkpointed users not listed (in scope) by a complete listing, with their checkpoint.
+fn vanished_from_checkpoints(
+    store: &Store,
+    managed: &HashSet<u64>,
+) -> Result<Vec<(u64, DesiredUser)>, StoreError> {
+    let mut gone = Vec::new();
+    for item in store.iter() {
+        let (id, checkpoint) = match item {
+            Ok(entry) => entry,
+            // What cannot be read cannot be judged missing: skip it, loudly.
+            Err(StoreError::Corrupt(e)) => {
+                tracing::warn!(error = %e, "unreadable checkpoint skipped for disappearance");
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
+        if !managed.contains(&id) {
+            gone.push((id, checkpoint));
+        }
+    }
+    Ok(gone)
+}
+
+/// Reconcile: the nevisIDM users this tool owns whose Nexudus user a complete listing did not
+/// list (in scope) and that nevisIDM shows active, whatever the checkpoint says; and how many
+/// users this tool owns in nevisIDM (the base of `sync.max_disable_percent`).
+///
+/// Owned means: the extId is the configured prefix and a Nexudus Id, or is linked in the store
+/// (adopted), or is the extId of a checkpoint (created under an earlier prefix). Nothing else in
+/// nevisIDM is ever touched.
+fn vanished_from_remote(
+    cfg: &Config,
+    store: &Store,
+    remote: &Remote,
+    managed: &HashSet<u64>,
+) -> Result<(Vec<(u64, DesiredUser)>, u64), StoreError> {
+    let mut checkpoints: HashMap<String, (u64, DesiredUser)> = HashMap::new();
+    for item in store.iter() {
+        match item {
+            Ok((id, c)) => {
+                checkpoints.insert(c.ext_id.clone(), (id, c));
+            }
+            Err(StoreError::Corrupt(e)) => {
+                tracing::warn!(error = %e, "unreadable checkpoint skipped for disappearance");
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    let mut gone = Vec::new();
+    let mut owned = 0u64;
+    for (ext_id, seen) in &remote.users {
+        let checkpoint = checkpoints.remove(ext_id);
+        let id = match &checkpoint {
+            Some((id, _)) => Some(*id),
+            None => match store.link_owner(ext_id)? {
+                Some(id) => Some(id),
+                None => ext_id
+                    .strip_prefix(&cfg.mapping.ext_id_prefix)
+                    .and_then(|rest| rest.parse::<u64>().ok()),
+            },
+        };
+        let Some(id) = id else { continue };
+        owned += 1;
+        if managed.contains(&id) || seen.state.as_deref() != Some("active") {
+            continue;
+        }
+        // What nevisIDM holds now, active (the checkpoint may say otherwise: drift).
+        let mut current = match checkpoint {
+            Some((_, c)) => c,
+            None => observed_user(ext_id, seen),
+        };
+        current.state = UserState::Active;
+        gone.push((id, current));
+    }
+    Ok((gone, owned))
+}
+
+/// A user as read from nevisIDM, for checkpointing what a disable leaves behind.
+fn observed_user(ext_id: &str, seen: &Observed) -> DesiredUser {
+    let text = |v: &Option<String>| v.clone().unwrap_or_default();
+    DesiredUser {
+        ext_id: ext_id.to_string(),
+        login_id: text(&seen.login_id),
+        first_name: text(&seen.first_name),
+        family_name: text(&seen.family_name),
+        email: text(&seen.email),
+        language_code: text(&seen.language_code),
+        state: UserState::Active,
+        properties: seen.properties.clone(),
+    }
+}
+
+/// Nexudus users that share one (normalised) email with another, each with the others' Ids.
+fn shared_emails(
+    listing: &[Listed],
+    mapping: &crate::config::MappingConfig,
+) -> HashMap<u64, Vec<u64>> {
+    let mut by_email: HashMap<String, BTreeSet<u64>> = HashMap::new();
+    for msg in listing {
+        let Listed::Page(page) = msg else { continue };
+        for user in page.records.iter().flatten() {
+            if let Ok(mapped) = map_user(user, mapping) {
+                by_email
+                    .entry(mapped.email.to_lowercase())
+                    .or_default()
+                    .insert(user.id);
+            }
+        }
+    }
+    let mut shared = HashMap::new();
+    for ids in by_email.into_values().filter(|ids| ids.len() > 1) {
+        for id in &ids {
+            shared.insert(*id, ids.iter().copied().filter(|o| o != id).collect());
+        }
+    }
+    shared
+}
+
+/// Sets the extId kept from creation or adoption; a loginId derived from the extId follows it.
+fn keep_ext_id(desired: &mut DesiredUser, ext_id: &str, cfg: &Config) {
+    if desired.ext_id != ext_id {
+        if cfg.mapping.login_id == LoginIdSource::ExtId {
+            desired.login_id = ext_id.to_string();
+        }
+        desired.ext_id = ext_id.to_string();
+    }
+}
+
+fn write_op(user: &SourceUser, after: DesiredUser, changes: Option<Changes>, fp: u64) -> Op {
+    let kind = match &changes {
+        None => OpKind::Create,
+        Some(c) if c.disables() => OpKind::Disable,
+        Some(_) => OpKind::Update,
+    };
+    Op {
+        nexudus_id: user.id,
+        kind,
+        after,
+        changes,
+        updated_on: user.updated_on.clone(),
+        fingerprint: Some(fp),
+        adopt: false,
+    }
+}
+
+/// An ordinary run: the mapped user against its checkpoint. `None` when nothing is to be written.
+fn plan_from_checkpoint(
+    cfg: &Config,
+    store: &Store,
+    mut desired: DesiredUser,
+    user: &SourceUser,
+    dry_run: bool,
+    report: &mut RunReport,
+) -> Result<Option<Op>, StoreError> {
+    // A reconcile found this user disabled by hand and left it so: ordinary runs keep it so.
+    if desired.state == UserState::Active && store.is_hand_disabled(user.id)? {
+        desired.state = UserState::Disabled;
+        report.hand_disabled += 1;
+    }
+    let fp = fingerprint(&desired);
+    match store.lookup(user.id, fp)? {
+        Lookup::Same => Ok(None),
+        Lookup::Missing => {
+            let link = store.link(user.id)?;
+            if let Some(linked) = &link {
+                keep_ext_id(&mut desired, linked, cfg);
+            }
+            let mut op = write_op(user, desired, None, fp);
+            op.adopt = cfg.sync.adopt == AdoptMode::Email && link.is_none();
+            Ok(Some(op))
+        }
+        Lookup::Changed(old) => {
+            // extId is set once, at creation (or adoption): a changed mapping.ext_id_prefix
+            // applies to new users only.
+            keep_ext_id(&mut desired, &old.ext_id, cfg);
+            match diff(&desired, Some(&old)) {
+                Plan::Unchanged => {
+                    // Same user, older encoding or fingerprint: refile it so the next run
+                    // recognises it without decoding.
+                    if !dry_run {
+                        store.put_as(user.id, &desired, fp)?;
+                    }
+                    Ok(None)
+                }
+                Plan::Update(changes) => Ok(Some(write_op(user, desired, Some(changes), fp))),
+                Plan::Create => Ok(Some(write_op(user, desired, None, fp))),
+            }
+        }
+    }
+}
+
+/// A reconcile: the mapped user against what nevisIDM really holds. Every user found right gets
+/// its checkpoint refreshed without a write.
+fn plan_from_remote(
+    cfg: &Config,
+    store: &Store,
+    remote: &Remote,
+    mut desired: DesiredUser,
+    user: &SourceUser,
+    opts: &RunOptions,
+    report: &mut RunReport,
+) -> Result<Option<Op>, StoreError> {
+    let dry_run = opts.dry_run.is_some();
+    let checkpoint = match store.get(user.id) {
+        Ok(c) => c,
+        Err(StoreError::Corrupt(e)) => {
+            tracing::warn!(nexudus_id = user.id, error = %e, "unreadable checkpoint; going by nevisIDM");
+            None
+        }
+        Err(e) => return Err(e),
+    };
+    let link = store.link(user.id)?;
+    let kept = checkpoint
+        .as_ref()
+        .map(|c| c.ext_id.clone())
+        .or_else(|| link.clone());
+    let ext_id = kept.clone().unwrap_or_else(|| desired.ext_id.clone());
+    let Some(seen) = remote.users.get(&ext_id) else {
+        // Not in nevisIDM: new, or removed by hand. Create it (a stale hand marker is moot).
+        if !dry_run {
+            store.set_hand_disabled(user.id, false)?;
+        }
+        let fp = fingerprint(&desired);
+        if let Some(kept) = &kept {
+            keep_ext_id(&mut desired, kept, cfg);
+        }
+        let mut op = write_op(user, desired, None, fp);
+        op.adopt = cfg.sync.adopt == AdoptMode::Email && link.is_none() && checkpoint.is_none();
+        return Ok(Some(op));
+    };
+    let inactive_there = matches!(seen.state.as_deref(), Some("disabled" | "archived"));
+    let marked = store.is_hand_disabled(user.id)?;
+    // Disabled by us: the checkpoint says so (and not because of a hand marker).
+    let disabled_by_us = !marked
+        && checkpoint
+            .as_ref()
+            .is_some_and(|c| c.state != UserState::Active);
+    if desired.state == UserState::Active && inactive_there && !disabled_by_us {
+        if cfg.sync.reenable_on_reconcile {
+            tracing::info!(extId = %ext_id, "disabled by hand in nevisIDM while active in Nexudus; re-enabling (sync.reenable_on_reconcile)");
+            if !dry_run {
+                store.set_hand_disabled(user.id, false)?;
+            }
+        } else {
+            tracing::warn!(extId = %ext_id, "disabled by hand in nevisIDM while active in Nexudus; left disabled (sync.reenable_on_reconcile = false)");
+            desired.state = UserState::Disabled;
+            report.hand_disabled += 1;
+            report.hand_disabled_users.push(ext_id.clone());
+            match &opts.dry_run {
+                Some(sink) => sink(&json!({
+                    "op": "keep-disabled",
+                    "extId": ext_id,
+                    "nexudusId": user.id,
+                    "reason": "disabled by hand in nevisIDM while active in Nexudus",
+                })),
+                None => store.set_hand_disabled(user.id, true)?,
+            }
+        }
+    } else if marked && !inactive_there && !dry_run {
+        // Someone enabled it again by hand: nothing to respect any more.
+        store.set_hand_disabled(user.id, false)?;
+    }
+    let fp = fingerprint(&desired);
+    if let Some(kept) = &kept {
+        keep_ext_id(&mut desired, kept, cfg);
+    }
+    let changes = changes_between(&desired, seen);
+    if changes.is_empty() {
+        if !dry_run {
+            store.put_as(user.id, &desired, fp)?;
+        }
+        return Ok(None);
+    }
+    tracing::info!(extId = %ext_id, changes = %changes.to_json(), "drift: nevisIDM differs from Nexudus; setting it back");
+    report.drift += 1;
+    Ok(Some(write_op(user, desired, Some(changes), fp)))
+}
+
+fn note_conflict(
+    store: &Store,
+    report: &mut RunReport,
+    sink: Option<&PlanSink>,
+    nexudus_id: u64,
+    ext_id: &str,
+    reason: String,
+    candidates: Vec<String>,
+) -> Result<(), StoreError> {
+    tracing::warn!(nexudus_id, extId = %ext_id, %reason, ?candidates, "conflict: nothing written");
+    match sink {
+        Some(sink) => sink(&json!({
+            "op": "conflict",
+            "extId": ext_id,
+            "nexudusId": nexudus_id,
+            "candidates": candidates,
+            "reason": reason,
+        })),
+        None => store.record_failure(
+            nexudus_id,
+            &format!(
+                "conflict: {reason}; candidates: [{}]",
+                candidates.join(", ")
+            ),
+        )?,
+    }
+    report.conflicts += 1;
+    report.conflict_records.push(Conflict {
+        nexudus_id,
+        ext_id: ext_id.to_string(),
+        reason,
+        candidates,
+    });
     Ok(())
 }
 
@@ -678,8 +1085,37 @@ mod tests {
             *user = changes.apply_to(user);
             Ok(())
         }
-        async fn get(&self, _ext_id: &str) -> Result<Option<Value>, TargetError> {
-            Ok(None)
+        async fn get(&self, ext_id: &str) -> Result<Option<Value>, TargetError> {
+            Ok(self.users.lock().unwrap().get(ext_id).map(nevis_json))
+        }
+        async fn list_page(
+            &self,
+            filters: &[(&str, &str)],
+            limit: u32,
+            continuation: Option<&str>,
+        ) -> Result<crate::nevis::UserPage, TargetError> {
+            let offset: usize = continuation.map_or(0, |t| t.parse().unwrap());
+            let all: Vec<Value> = self
+                .users
+                .lock()
+                .unwrap()
+                .values()
+                .map(nevis_json)
+                .filter(|u| {
+                    filters.iter().all(|(k, v)| {
+                        let ptr = format!("/{}", k.replace('.', "/"));
+                        u.pointer(&ptr)
+                            .and_then(Value::as_str)
+                            .is_some_and(|have| have.eq_ignore_ascii_case(v))
+                    })
+                })
+                .collect();
+            let end = (offset + limit as usize).min(all.len());
+            Ok(crate::nevis::UserPage {
+                items: all[offset..end].to_vec(),
+                continuation: (end < all.len()).then(|| end.to_string()),
+                total: Some(all.len() as u64),
+            })
         }
         async fn archive(&self, ext_id: &str) -> Result<(), TargetError> {
             self.writes
@@ -720,10 +1156,15 @@ mod tests {
             allow_mass_disable: allow,
             incremental: false,
             shutdown: None,
+            reconcile: extra.contains("# reconcile"),
         };
         run_once(&cfg, Arc::clone(source), Arc::clone(target), store, &opts)
             .await
             .unwrap()
+    }
+
+    fn nevis_json(user: &DesiredUser) -> Value {
+        crate::diff::create_body(user)
     }
 
     /// A source of `n` users, an empty target and an empty store.
@@ -1009,5 +1450,229 @@ mod tests {
         assert_eq!((r.invalid, r.disabled, r.exit_code()), (1, 0, 1));
         assert_eq!(r.invalid_records[0].nexudus_id, Some(2));
         assert_eq!(state(&target, "nexudus-2"), "active");
+    }
+
+    const RECONCILE: &str = "# reconcile\n";
+
+    fn edit_target(target: &MemTarget, ext_id: &str, f: impl FnOnce(&mut DesiredUser)) {
+        f(target.users.lock().unwrap().get_mut(ext_id).unwrap())
+    }
+
+    fn writes(target: &MemTarget) -> usize {
+        target.writes.lock().unwrap().len()
+    }
+
+    #[tokio::test]
+    async fn reconcile_sets_back_hand_edits_that_checkpoints_cannot_see() {
+        let (source, target, store) = fresh(4);
+        run(&source, &target, &store, false).await;
+        edit_target(&target, "nexudus-2", |u| u.family_name = "Edited".into());
+        // An ordinary run trusts its checkpoints: nothing to do.
+        let r = run(&source, &target, &store, false).await;
+        assert_eq!(r.updated, 0);
+        let r = run_with(&source, &target, &store, false, RECONCILE).await;
+        assert_eq!(
+            (r.drift, r.updated, r.unchanged, r.exit_code()),
+            (1, 1, 3, 0)
+        );
+        assert_eq!(
+            target.users.lock().unwrap()["nexudus-2"].family_name,
+            "Number2"
+        );
+    }
+
+    #[tokio::test]
+    async fn hand_disabled_user_is_reported_and_left_disabled_by_every_later_run() {
+        let (source, target, store) = fresh(4);
+        run(&source, &target, &store, false).await;
+        edit_target(&target, "nexudus-3", |u| u.state = UserState::Disabled);
+        let before = writes(&target);
+        let r = run_with(&source, &target, &store, false, RECONCILE).await;
+        assert_eq!((r.hand_disabled, r.updated), (1, 0));
+        assert_eq!(r.hand_disabled_users, vec!["nexudus-3".to_string()]);
+        assert_eq!(state(&target, "nexudus-3"), "disabled");
+        // Ordinary runs do not undo it through the checkpoint either.
+        let r = run(&source, &target, &store, false).await;
+        assert_eq!((r.updated, r.exit_code()), (0, 0));
+        assert_eq!(writes(&target), before);
+        assert_eq!(state(&target, "nexudus-3"), "disabled");
+        // Opting in re-enables it.
+        let r = run_with(
+            &source,
+            &target,
+            &store,
+            false,
+            "[sync]\nreenable_on_reconcile = true\n# reconcile",
+        )
+        .await;
+        assert_eq!((r.updated, r.hand_disabled), (1, 0));
+        assert_eq!(state(&target, "nexudus-3"), "active");
+        let r = run(&source, &target, &store, false).await;
+        assert_eq!(r.updated + r.disabled, 0);
+    }
+
+    #[tokio::test]
+    async fn rebuild_from_nevis_writes_nothing_for_correct_users() {
+        let (source, target, _) = fresh(5);
+        let store = Store::temporary().unwrap();
+        run(&source, &target, &store, false).await;
+        edit_target(&target, "nexudus-4", |u| u.first_name = "Wrong".into());
+        let before = writes(&target);
+        let rebuilt = Store::temporary().unwrap();
+        let r = run_with(&source, &target, &rebuilt, false, RECONCILE).await;
+        assert_eq!((r.unchanged, r.updated, r.created), (4, 1, 0));
+        assert_eq!(writes(&target), before + 1);
+        assert_eq!(rebuilt.len(), 5);
+        let r = run(&source, &target, &rebuilt, false).await;
+        assert_eq!((r.unchanged, writes(&target)), (5, before + 1));
+    }
+
+    #[tokio::test]
+    async fn reconcile_disables_owned_active_users_missing_from_nexudus_only() {
+        let (source, target, store) = fresh(6);
+        run(&source, &target, &store, false).await;
+        let mut stranger = target.users.lock().unwrap()["nexudus-1"].clone();
+        stranger.ext_id = "hr-42".into();
+        target
+            .users
+            .lock()
+            .unwrap()
+            .insert("hr-42".into(), stranger);
+        let mut orphan = target.users.lock().unwrap()["nexudus-1"].clone();
+        orphan.ext_id = "nexudus-99".into();
+        target
+            .users
+            .lock()
+            .unwrap()
+            .insert("nexudus-99".into(), orphan);
+        let r = run_with(
+            &source,
+            &target,
+            &Store::temporary().unwrap(),
+            false,
+            RECONCILE,
+        )
+        .await;
+        assert_eq!((r.disabled, r.unchanged), (1, 6));
+        assert_eq!(state(&target, "nexudus-99"), "disabled");
+        assert_eq!(state(&target, "hr-42"), "active", "not ours: never touched");
+    }
+
+    fn legacy(target: &MemTarget, ext_id: &str, email: &str) {
+        let user = DesiredUser {
+            ext_id: ext_id.into(),
+            login_id: email.into(),
+            first_name: "Old".into(),
+            family_name: "Account".into(),
+            email: email.into(),
+            language_code: "de".into(),
+            state: UserState::Active,
+            properties: Default::default(),
+        };
+        target.users.lock().unwrap().insert(ext_id.into(), user);
+    }
+
+    const ADOPT: &str = "[sync]\nadopt = \"email\"\n";
+
+    #[tokio::test]
+    async fn adopts_a_unique_match_and_keeps_it_linked() {
+        let (source, target, store) = fresh(2);
+        legacy(&target, "legacy-1", "USER1@example.com");
+        let r = run_with(&source, &target, &store, false, ADOPT).await;
+        assert_eq!((r.adopted, r.created, r.exit_code()), (1, 1, 0));
+        assert_eq!(store.link(1).unwrap().as_deref(), Some("legacy-1"));
+        let users = target.users.lock().unwrap().clone();
+        assert!(!users.contains_key("nexudus-1"));
+        assert_eq!(users["legacy-1"].family_name, "Number1");
+        // loginIds compare case-insensitively: no write for case alone.
+        assert_eq!(users["legacy-1"].login_id, "USER1@example.com");
+        drop(users);
+        let r = run_with(&source, &target, &store, false, ADOPT).await;
+        assert_eq!((r.unchanged, r.adopted, r.exit_code()), (2, 0, 0));
+        source.edit(|u| u[0].full_name = Some("User Renamed".into()));
+        let r = run_with(&source, &target, &store, false, ADOPT).await;
+        assert_eq!(r.updated, 1);
+        assert_eq!(
+            target.users.lock().unwrap()["legacy-1"].family_name,
+            "Renamed"
+        );
+    }
+
+    #[tokio::test]
+    async fn ambiguous_or_already_linked_matches_are_conflicts_with_nothing_written() {
+        let (source, target, store) = fresh(2);
+        legacy(&target, "legacy-a", "user1@example.com");
+        legacy(&target, "legacy-b", "someone@else.org");
+        edit_target(&target, "legacy-b", |u| {
+            u.login_id = "user1@example.com".into()
+        });
+        // user 2's email belongs to a user this tool created for Nexudus user 7.
+        legacy(&target, "nexudus-7", "user2@example.com");
+        let before = writes(&target);
+        let r = run_with(&source, &target, &store, false, ADOPT).await;
+        assert_eq!(
+            (r.conflicts, r.adopted, r.created, r.exit_code()),
+            (2, 0, 0, 1)
+        );
+        assert_eq!(writes(&target), before);
+        let c1 = r
+            .conflict_records
+            .iter()
+            .find(|c| c.nexudus_id == 1)
+            .unwrap();
+        assert_eq!(c1.candidates, vec!["legacy-a", "legacy-b"]);
+        let c2 = r
+            .conflict_records
+            .iter()
+            .find(|c| c.nexudus_id == 2)
+            .unwrap();
+        assert_eq!(c2.candidates, vec!["nexudus-7"]);
+        assert!(store.link(1).unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn nexudus_users_sharing_an_email_are_conflicts_before_any_write() {
+        let (source, target, store) = fresh(4);
+        source.edit(|u| u[3].email = Some("USER1@example.com".into()));
+        let r = run_with(&source, &target, &store, false, ADOPT).await;
+        assert_eq!((r.conflicts, r.created, r.exit_code()), (2, 2, 1));
+        let users = target.users.lock().unwrap();
+        assert!(!users.contains_key("nexudus-1") && !users.contains_key("nexudus-4"));
+    }
+
+    #[tokio::test]
+    async fn changing_static_properties_updates_exactly_the_property() {
+        let (source, target, store) = fresh(3);
+        run(&source, &target, &store, false).await;
+        let r = run_with(
+            &source,
+            &target,
+            &store,
+            false,
+            "[mapping.properties]\nsource = \"nexudus\"\n",
+        )
+        .await;
+        assert_eq!(r.updated, 3);
+        assert_eq!(
+            target.users.lock().unwrap()["nexudus-1"].properties["source"],
+            "nexudus"
+        );
+        let r = run_with(
+            &source,
+            &target,
+            &store,
+            false,
+            "[mapping.properties]\nsource = \"nexudus\"\n",
+        )
+        .await;
+        assert_eq!((r.updated, r.unchanged), (0, 3));
+        // Dropping the option removes what this tool set.
+        let r = run(&source, &target, &store, false).await;
+        assert_eq!(r.updated, 3);
+        assert!(
+            target.users.lock().unwrap()["nexudus-1"]
+                .properties
+                .is_empty()
+        );
     }
 }

@@ -144,7 +144,7 @@ async fn a_failing_user_keeps_being_retried_by_incremental_runs() {
 async fn nevis_user_listing_pages_with_continuation_and_filters() {
     use nexudus_nevis_sync::config::Config;
     use nexudus_nevis_sync::metrics::Metrics;
-    use nexudus_nevis_sync::nevis::NevisClient;
+    use nexudus_nevis_sync::nevis::{NevisClient, Target};
     use std::sync::Arc;
 
     let env = Env::start().await;

@@ -38,6 +38,46 @@ pub trait Target: Send + Sync + 'static {
     fn archive(&self, ext_id: &str) -> impl Future<Output = Result<(), TargetError>> + Send;
     /// `GET …/users/{extId}`; `None` when nevisIDM has no such user.
     fn get(&self, ext_id: &str) -> impl Future<Output = Result<Option<Value>, TargetError>> + Send;
+    /// One page of `GET …/clients/{clientExtId}/users`, filtered by `filters` (e.g.
+    /// `("loginId", "a@b.c")`), `limit` at a time; start with `continuation = None`.
+    fn list_page(
+        &self,
+        filters: &[(&str, &str)],
+        limit: u32,
+        continuation: Option<&str>,
+    ) -> impl Future<Output = Result<UserPage, TargetError>> + Send;
+}
+
+/// Every user of the client matching `filters`, following continuation tokens. Bounded: a
+/// listing that keeps handing out tokens beyond `max_pages` is an error, not a hang.
+pub async fn list_all<T: Target>(
+    target: &T,
+    filters: &[(&str, &str)],
+    limit: u32,
+    max_pages: u32,
+) -> Result<Vec<Value>, TargetError> {
+    let mut out = Vec::new();
+    let mut token: Option<String> = None;
+    for _ in 0..max_pages {
+        let page = target.list_page(filters, limit, token.as_deref()).await?;
+        out.extend(page.items);
+        match page.continuation {
+            Some(next) if Some(&next) != token.as_ref() => token = Some(next),
+            Some(_) => {
+                return Err(TargetError::Unavailable {
+                    status: None,
+                    detail: "user listing handed out the same continuationToken twice".into(),
+                    retry_after: None,
+                });
+            }
+            None => return Ok(out),
+        }
+    }
+    Err(TargetError::Unavailable {
+        status: None,
+        detail: format!("user listing did not end within {max_pages} pages"),
+        retry_after: None,
+    })
 }
 
 #[derive(Debug, Clone, thiserror::Error)]
@@ -59,6 +99,12 @@ pub enum TargetError {
         status: u16,
         code: String,
         message: String,
+    },
+    /// Adoption could not pick one nevisIDM user: nothing was written (`sync.adopt`).
+    #[error("conflict: {reason}; candidates: [{}]", candidates.join(", "))]
+    Conflict {
+        reason: String,
+        candidates: Vec<String>,
     },
     #[error("nevisIDM unavailable: {detail}")]
     Unavailable {
@@ -84,6 +130,7 @@ impl Classify for TargetError {
             | TargetError::Duplicate { status, .. }
             | TargetError::Rejected { status, .. } => status.to_string(),
             TargetError::NotFound => "404".into(),
+            TargetError::Conflict { .. } => "conflict".into(),
             TargetError::Unavailable { status, .. } => {
                 status.map_or_else(|| "transport".into(), |s| s.to_string())
             }
@@ -227,10 +274,8 @@ pub struct UserPage {
 }
 
 impl NevisClient {
-    /// One page of the client's users, filtered by `filters` (e.g. `("loginId", "a@b.c")`),
-    /// `limit` at a time; start with `continuation = None`. Filters are sent on every page, as
-    /// the continuation token only carries the position.
-    pub async fn list_page(
+    /// Filters are sent on every page, as the continuation token only carries the position.
+    async fn list_page_http(
         &self,
         filters: &[(&str, &str)],
         limit: u32,
@@ -323,6 +368,15 @@ impl Target for NevisClient {
         self.send(Call::Update, Method::POST, url, None, &what)
             .await
             .map(drop)
+    }
+
+    async fn list_page(
+        &self,
+        filters: &[(&str, &str)],
+        limit: u32,
+        continuation: Option<&str>,
+    ) -> Result<UserPage, TargetError> {
+        self.list_page_http(filters, limit, continuation).await
     }
 
     async fn get(&self, ext_id: &str) -> Result<Option<Value>, TargetError> {
