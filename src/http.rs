@@ -78,6 +78,8 @@ pub struct AppState {
     pub health: Mutex<Health>,
     pub store: Store,
     pub ready_max_age: Duration,
+    /// `mapping.ext_id_prefix`, for naming failing users never created.
+    pub ext_id_prefix: String,
 }
 
 impl AppState {
@@ -143,7 +145,7 @@ async fn status(State(state): State<Arc<AppState>>) -> Response {
             "ready": h.readiness(state.ready_max_age).is_ok(),
         })
     };
-    match crate::status::document(&state.store, Some(live)) {
+    match crate::status::document(&state.store, &state.ext_id_prefix, Some(live)) {
         Ok(doc) => axum::Json(doc).into_response(),
         Err(e) => (
             StatusCode::INTERNAL_SERVER_ERROR,

@@ -156,6 +156,7 @@ async fn daemon(config: Config) -> u8 {
         health: Default::default(),
         store,
         ready_max_age: config.http.ready_max_age,
+        ext_id_prefix: config.mapping.ext_id_prefix.clone(),
     });
     let shutdown = CancellationToken::new();
     tokio::spawn(stop_on_signal(shutdown.clone()));
@@ -200,7 +201,11 @@ async fn status(config: &Config) -> u8 {
         serde_json::json!({ "last_run": null, "failing_users": [] })
     } else {
         match Store::open(&config.store.path, config.store.cache_capacity_bytes) {
-            Ok(store) => match nexudus_nevis_sync::status::document(&store, None) {
+            Ok(store) => match nexudus_nevis_sync::status::document(
+                &store,
+                &config.mapping.ext_id_prefix,
+                None,
+            ) {
                 Ok(doc) => doc,
                 Err(e) => return fatal(&e),
             },
@@ -281,8 +286,14 @@ fn print_report(report: &RunReport) -> u8 {
     report.exit_code()
 }
 
+/// Set when logs are JSON: a fatal error is then also a log record, for log pipelines.
+static JSON_LOGS: std::sync::OnceLock<()> = std::sync::OnceLock::new();
+
+/// Reports a fatal error once on stderr (plus a JSON log record when logs are JSON).
 fn fatal(e: &dyn std::fmt::Display) -> u8 {
-    tracing::error!(error = %e, "fatal");
+    if JSON_LOGS.get().is_some() {
+        tracing::error!(error = %e, "fatal");
+    }
     eprintln!("error: {e}");
     EXIT_FATAL
 }
@@ -297,6 +308,9 @@ fn init_logging(format: LogFormat, level: &str) {
         .with_ansi(std::io::stderr().is_terminal());
     let _ = match format {
         LogFormat::Pretty => builder.try_init(),
-        LogFormat::Json => builder.json().try_init(),
+        LogFormat::Json => {
+            let _ = JSON_LOGS.set(());
+            builder.json().try_init()
+        }
     };
 }

@@ -4,11 +4,17 @@
 
 use serde_json::{Value, json};
 
-use crate::mapper::ext_id;
+use crate::mapper::ext_id_with;
 use crate::store::{Store, StoreError};
 
-/// The status document from the store, plus live fields when a daemon supplies them.
-pub fn document(store: &Store, live: Option<Value>) -> Result<Value, StoreError> {
+/// The status document from the store, plus live fields when a daemon supplies them. A failing
+/// user's extId is the one it has (checkpoint or adoption link), else the one it would get under
+/// `ext_id_prefix`.
+pub fn document(
+    store: &Store,
+    ext_id_prefix: &str,
+    live: Option<Value>,
+) -> Result<Value, StoreError> {
     let last_run = match store.last_run()? {
         Some(bytes) => serde_json::from_slice(&bytes).unwrap_or(Value::Null),
         None => Value::Null,
@@ -16,7 +22,17 @@ pub fn document(store: &Store, live: Option<Value>) -> Result<Value, StoreError>
     let failing: Vec<Value> = store
         .failures()?
         .into_iter()
-        .map(|(id, reason)| json!({ "nexudus_id": id, "ext_id": ext_id(id), "reason": reason }))
+        .map(|(id, reason)| {
+            let ext_id = match store.get(id).ok().flatten() {
+                Some(checkpoint) => checkpoint.ext_id,
+                None => store
+                    .link(id)
+                    .ok()
+                    .flatten()
+                    .unwrap_or_else(|| ext_id_with(ext_id_prefix, id)),
+            };
+            json!({ "nexudus_id": id, "ext_id": ext_id, "reason": reason })
+        })
         .collect();
     let mut doc = json!({ "last_run": last_run, "failing_users": failing });
     if let (Some(Value::Object(live)), Value::Object(doc)) = (live, &mut doc) {
@@ -93,16 +109,19 @@ mod tests {
         store
             .set_last_run(br#"{"run_id":"abc","created":2,"failed":1,"listing_complete":true,"duration":1.5}"#)
             .unwrap();
-        let doc = document(&store, Some(json!({"running": false}))).unwrap();
-        assert_eq!(failing_count(&doc), 1);
+        store.set_link(8, "hr-8").unwrap();
+        store.record_failure(8, "conflict").unwrap();
+        let doc = document(&store, "acme-", Some(json!({"running": false}))).unwrap();
+        assert_eq!(failing_count(&doc), 2);
         let text = render(&doc);
         assert!(text.contains("last run abc: created=2"), "{text}");
         assert!(
             text.contains(
-                "nexudus_id=7 extId=nexudus-7 reason=\"invalid: email is missing or blank\""
+                "nexudus_id=7 extId=acme-7 reason=\"invalid: email is missing or blank\""
             ),
             "{text}"
         );
+        assert!(text.contains("nexudus_id=8 extId=hr-8"), "{text}");
         assert!(text.contains("running a sync now: false"), "{text}");
     }
 }

@@ -150,6 +150,33 @@ async fn daemon_imports_at_start_then_follows_changes_on_schedule() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn daemon_reconciles_on_its_reconcile_schedule() {
+    let env = Env::start().await;
+    let ids = env.seed(3);
+    // Ordinary runs every second would never see a hand edit; the reconcile job does.
+    env.set("sync.reconcile_schedule", &quote("*/2 * * * * *"));
+    let daemon = Daemon::start(&env).await;
+    daemon
+        .wait_for("the start-up import", |_| async {
+            env.nevis.user_count() == 3
+        })
+        .await;
+    let ext = format!("nexudus-{}", ids[1]);
+    env.nevis.modify_user(&ext, |u| {
+        u.insert("languageCode".into(), json!("it"));
+    });
+    daemon
+        .wait_for("a reconcile to set the edit back", |_| async {
+            env.nevis
+                .user(&ext)
+                .is_some_and(|u| u["languageCode"] == "en")
+        })
+        .await;
+    daemon.sigterm();
+    assert_eq!(daemon.exit_code(WAIT).await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn health_readiness_metrics_and_status_follow_the_runs() {
     let env = Env::start().await;
     env.set("retry.max_attempts", "2");
