@@ -400,30 +400,16 @@ async fn decide<T: Target>(
     op: &Op,
 ) -> Result<Result<Decision, TargetError>, StoreError> {
     let desired = &op.after;
-    let mut found: BTreeMap<String, Value> = BTreeMap::new();
-    let mut lookups: Vec<(&str, &str)> = vec![("contacts.email", desired.email.as_str())];
-    if !desired.login_id.is_empty() {
-        lookups.insert(0, ("loginId", desired.login_id.as_str()));
-    }
-    for filter in lookups {
-        match list_all(target, &[filter], ADOPT_LOOKUP_LIMIT, 1).await {
-            Ok(items) => {
-                for item in items {
-                    if let Some(ext) = item.get("extId").and_then(Value::as_str) {
-                        found.insert(ext.to_string(), item.clone());
-                    }
-                }
-            }
-            // More than one page of matches: certainly ambiguous.
-            Err(TargetError::Unavailable { detail, .. }) if detail.contains("did not end") => {
-                return Ok(Ok(Decision::Conflict {
-                    reason: format!("more than {ADOPT_LOOKUP_LIMIT} nevisIDM users match"),
-                    candidates: found.into_keys().collect(),
-                }));
-            }
-            Err(e) => return Ok(Err(e)),
+    let mut found = match candidates(target, desired).await {
+        Ok(Lookup::Found(found)) => found,
+        Ok(Lookup::TooMany(some)) => {
+            return Ok(Ok(Decision::Conflict {
+                reason: format!("more than {ADOPT_LOOKUP_LIMIT} nevisIDM users match"),
+                candidates: some,
+            }));
         }
-    }
+        Err(e) => return Ok(Err(e)),
+    };
     // Our own user (same extId) is not a candidate: creating it converges on it.
     if found.remove(&desired.ext_id).is_some() || found.is_empty() {
         return Ok(Ok(Decision::Create));
@@ -465,6 +451,38 @@ async fn decide<T: Target>(
     let after = adopted_as(desired, &ext_id, rules);
     let changes = changes_between(&after, &Observed::from_nevis_json(&existing));
     Ok(Ok(Decision::Adopt { ext_id, changes }))
+}
+
+enum Lookup {
+    Found(BTreeMap<String, Value>),
+    /// More matches than one page holds; some of their extIds.
+    TooMany(Vec<String>),
+}
+
+/// nevisIDM users whose loginId or email is this user's (case-insensitive), by extId.
+async fn candidates<T: Target>(target: &T, desired: &DesiredUser) -> Result<Lookup, TargetError> {
+    let mut found: BTreeMap<String, Value> = BTreeMap::new();
+    let mut lookups: Vec<(&str, &str)> = vec![("contacts.email", desired.email.as_str())];
+    if !desired.login_id.is_empty() {
+        lookups.insert(0, ("loginId", desired.login_id.as_str()));
+    }
+    for filter in lookups {
+        match list_all(target, &[filter], ADOPT_LOOKUP_LIMIT, 1).await {
+            Ok(items) => {
+                for item in items {
+                    if let Some(ext) = item.get("extId").and_then(Value::as_str) {
+                        found.insert(ext.to_string(), item.clone());
+                    }
+                }
+            }
+            // More than one page of matches: certainly ambiguous.
+            Err(TargetError::Unavailable { detail, .. }) if detail.contains("did not end") => {
+                return Ok(Lookup::TooMany(found.into_keys().collect()));
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(Lookup::Found(found))
 }
 
 /// The desired user under an adopted extId.
@@ -550,21 +568,18 @@ async fn converge_existing<T: Target>(
     duplicate: TargetError,
 ) -> Result<Applied, TargetError> {
     let Some(existing) = target.get(&desired.ext_id).await? else {
-        let TargetError::Duplicate {
-            status,
-            code,
-            message,
-        } = duplicate
-        else {
-            return Err(duplicate);
+        // The loginId or email belongs to a user this tool does not own: a conflict for an
+        // operator (or for `sync.adopt`), reported with whoever holds it.
+        let held_by = match candidates(target, desired).await? {
+            Lookup::Found(found) => found.into_keys().collect(),
+            Lookup::TooMany(some) => some,
         };
-        return Err(TargetError::Rejected {
-            status,
-            code,
-            message: format!(
-                "{message} (no nevisIDM user has extId {}: the loginId or email belongs to another user)",
+        return Err(TargetError::Conflict {
+            reason: format!(
+                "creating extId {} collided with a user this tool does not own ({duplicate})",
                 desired.ext_id
             ),
+            candidates: held_by,
         });
     };
     let changes = changes_between(desired, &Observed::from_nevis_json(&existing));

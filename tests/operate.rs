@@ -369,3 +369,33 @@ async fn static_properties_are_set_once_and_a_change_updates_only_them() {
         json!("nexudus")
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_adoption_a_collision_with_a_foreign_account_is_a_conflict_naming_it() {
+    let env = Env::start().await;
+    let ids = env.seed(2);
+    env.nevis
+        .insert_user(legacy("hr-9", "USER.0@example.com", "other@corp.example"));
+    let run = env.sync(&[]).await;
+    run.assert_code(1);
+    assert_eq!(
+        (
+            run.count("conflicts"),
+            run.count("created"),
+            run.count("adopted")
+        ),
+        (1, 1, 0)
+    );
+    assert!(
+        run.stdout.contains(&format!(
+            "conflict: nexudus_id={} extId={} candidates=[hr-9]",
+            ids[0],
+            ext(ids[0])
+        )),
+        "{}",
+        run.stdout
+    );
+    let foreign = env.nevis.user("hr-9").unwrap();
+    assert_eq!(foreign["name"]["familyName"], "Account", "never touched");
+    assert!(env.nevis.user(&ext(ids[0])).is_none());
+}
