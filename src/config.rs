@@ -78,6 +78,11 @@ struct RawNexudus {
     min_request_interval: Duration,
     #[serde(default = "default_per_minute")]
     max_requests_per_minute: i64,
+    #[serde(default = "default_auth")]
+    auth: String,
+    totp: Option<String>,
+    totp_file: Option<PathBuf>,
+    client_id: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -89,6 +94,11 @@ struct RawNevis {
     token_file: Option<PathBuf>,
     #[serde(default = "default_timeout", with = "humantime_serde")]
     request_timeout: Duration,
+    client_cert: Option<PathBuf>,
+    client_key: Option<PathBuf>,
+    ca_cert: Option<PathBuf>,
+    #[serde(default)]
+    insecure_skip_verify: bool,
 }
 
 #[derive(Deserialize)]
@@ -226,6 +236,9 @@ impl Default for RawLog {
     }
 }
 
+fn default_auth() -> String {
+    "basic".into()
+}
 fn default_page_size() -> i64 {
     1000
 }
@@ -261,6 +274,8 @@ pub struct Config {
     pub mapping: MappingConfig,
     pub log: LogConfig,
     pub scope: ScopeConfig,
+    /// Problems worth a warning at start-up that do not stop it (logged by `main`).
+    pub warnings: Vec<String>,
 }
 
 /// Which Nexudus users the sync manages. A user who leaves the scope is treated like one who
@@ -312,14 +327,43 @@ pub struct NexudusConfig {
     pub min_request_interval: Duration,
     /// Requests allowed in any sliding minute.
     pub max_requests_per_minute: u32,
+    pub auth: NexudusAuth,
+    /// One-time code sent with the password grant (`auth = "token"`, accounts with 2FA).
+    pub totp: Option<SecretString>,
+    /// `client_id` header of the token grants (Nexudus wants the same one on refresh); defaults to
+    /// the username, as Nexudus does.
+    pub client_id: String,
+}
+
+/// `nexudus.auth`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NexudusAuth {
+    /// HTTP Basic with username and password on every request.
+    Basic,
+    /// Bearer tokens from `POST /api/token`, renewed with the rotating refresh token.
+    Token,
 }
 
 #[derive(Debug, Clone)]
 pub struct NevisConfig {
     pub base_url: Url,
     pub client_ext_id: String,
-    pub token: SecretString,
+    /// Bearer token; optional when a client certificate authenticates instead.
+    pub token: Option<SecretString>,
     pub request_timeout: Duration,
+    pub tls: NevisTls,
+}
+
+/// TLS towards nevisIDM: a client certificate (mTLS) and a private CA, all PEM.
+#[derive(Debug, Clone, Default)]
+pub struct NevisTls {
+    /// Client certificate chain (PEM) and its private key (PEM, a secret).
+    pub client_cert: Option<String>,
+    pub client_key: Option<SecretString>,
+    /// Extra trusted root (PEM): the CA of a private nevisIDM deployment.
+    pub ca_cert: Option<String>,
+    /// Accept any server certificate. Dangerous; logged loudly at every start.
+    pub insecure_skip_verify: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -446,7 +490,11 @@ impl Config {
             )));
         }
         let source = config::File::from(path).format(config::FileFormat::Toml);
-        Self::build(config::Config::builder().add_source(source))
+        let mut config = Self::build(config::Config::builder().add_source(source))?;
+        if let Some(warning) = exposed_secrets(path) {
+            config.warnings.push(warning);
+        }
+        Ok(config)
     }
 
     /// Parses a TOML string with environment overrides (tests and the demo use this).
@@ -492,11 +540,26 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
             nexudus.password,
             nexudus.password_file.as_deref(),
         )?,
-        username: nexudus.username,
+        username: nexudus.username.clone(),
         page_size: page_size as u32,
         request_timeout: positive("nexudus.request_timeout", nexudus.request_timeout)?,
         min_request_interval: nexudus.min_request_interval,
         max_requests_per_minute: nexudus.max_requests_per_minute as u32,
+        auth: match nexudus.auth.as_str() {
+            "basic" => NexudusAuth::Basic,
+            "token" => NexudusAuth::Token,
+            other => {
+                return Err(invalid(
+                    "nexudus.auth",
+                    format!("must be \"basic\" or \"token\", not {other:?}"),
+                ));
+            }
+        },
+        totp: optional_secret("nexudus.totp", nexudus.totp, nexudus.totp_file.as_deref())?,
+        client_id: nexudus
+            .client_id
+            .filter(|c| !c.trim().is_empty())
+            .unwrap_or_else(|| nexudus.username.clone()),
     };
 
     let nevis = raw.nevis;
@@ -507,11 +570,44 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
             "must be a non-empty external id without '/'",
         ));
     }
+    let tls = NevisTls {
+        client_cert: nevis
+            .client_cert
+            .as_deref()
+            .map(|p| read_pem("nevis.client_cert", p))
+            .transpose()?,
+        client_key: nevis
+            .client_key
+            .as_deref()
+            .map(|p| read_pem("nevis.client_key", p).map(SecretString::from))
+            .transpose()?,
+        ca_cert: nevis
+            .ca_cert
+            .as_deref()
+            .map(|p| read_pem("nevis.ca_cert", p))
+            .transpose()?,
+        insecure_skip_verify: nevis.insecure_skip_verify,
+    };
+    if tls.client_cert.is_some() != tls.client_key.is_some() {
+        return Err(invalid(
+            "nevis.client_cert",
+            "set nevis.client_cert and nevis.client_key together",
+        ));
+    }
+    let token = optional_secret("nevis.token", nevis.token, nevis.token_file.as_deref())?;
+    if token.is_none() && tls.client_cert.is_none() {
+        return Err(invalid(
+            "nevis.token",
+            "missing: set nevis.token or nevis.token_file, or a client certificate \
+             (nevis.client_cert and nevis.client_key)",
+        ));
+    }
     let nevis_cfg = NevisConfig {
         base_url: parse_url("nevis.base_url", &nevis.base_url)?,
         client_ext_id: client.to_string(),
-        token: secret("nevis.token", nevis.token, nevis.token_file.as_deref())?,
+        token,
         request_timeout: positive("nevis.request_timeout", nevis.request_timeout)?,
+        tls,
     };
 
     let sync = raw.sync;
@@ -641,7 +737,17 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
         ));
     }
 
+    let mut warnings = Vec::new();
+    if nevis_cfg.tls.insecure_skip_verify {
+        warnings.push(
+            "nevis.insecure_skip_verify = true: nevisIDM's TLS certificate is NOT verified; \
+             anyone on the network path can impersonate nevisIDM and read what is sent to it. \
+             Use nevis.ca_cert for a private CA instead."
+                .to_string(),
+        );
+    }
     Ok(Config {
+        warnings,
         scope,
         nexudus: nexudus_cfg,
         nevis: nevis_cfg,
@@ -799,6 +905,99 @@ fn positive(key: &str, d: Duration) -> Result<Duration, ConfigError> {
 }
 
 /// Reads a secret given inline (`key`) or from a file (`key_file`), never both.
+/// Secrets written inline in the file itself (not `*_file`, not the environment).
+#[derive(Deserialize, Default)]
+struct SecretProbe {
+    #[serde(default)]
+    nexudus: SecretProbeSection,
+    #[serde(default)]
+    nevis: SecretProbeSection,
+}
+
+#[derive(Deserialize, Default)]
+struct SecretProbeSection {
+    password: Option<toml_value::Ignored>,
+    totp: Option<toml_value::Ignored>,
+    token: Option<toml_value::Ignored>,
+}
+
+mod toml_value {
+    /// Any value: only its presence matters.
+    pub struct Ignored;
+    impl<'de> serde::Deserialize<'de> for Ignored {
+        fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            serde::de::IgnoredAny::deserialize(d).map(|_| Ignored)
+        }
+    }
+}
+
+/// A warning naming the config file when others may read it and it holds a secret inline.
+#[cfg(unix)]
+fn exposed_secrets(path: &Path) -> Option<String> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(path).ok()?.permissions().mode();
+    if mode & 0o004 == 0 {
+        return None;
+    }
+    let probe: SecretProbe = config::Config::builder()
+        .add_source(config::File::from(path).format(config::FileFormat::Toml))
+        .build()
+        .and_then(|c| c.try_deserialize())
+        .unwrap_or_default();
+    let mut inline = Vec::new();
+    for (section, s) in [("nexudus", &probe.nexudus), ("nevis", &probe.nevis)] {
+        for (key, present) in [
+            ("password", s.password.is_some()),
+            ("totp", s.totp.is_some()),
+            ("token", s.token.is_some()),
+        ] {
+            if present {
+                inline.push(format!("{section}.{key}"));
+            }
+        }
+    }
+    if inline.is_empty() {
+        return None;
+    }
+    Some(format!(
+        "config file {} is readable by every user (mode {:o}) and holds {} inline: \
+         chmod 600 it, or move the secret to a *_file (systemd credentials, Kubernetes secrets)",
+        path.display(),
+        mode & 0o777,
+        inline.join(", ")
+    ))
+}
+
+#[cfg(not(unix))]
+fn exposed_secrets(_path: &Path) -> Option<String> {
+    None
+}
+
+/// A PEM file's text; checked to hold a PEM block, so a wrong path fails at start-up.
+fn read_pem(key: &str, path: &Path) -> Result<String, ConfigError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| invalid(key, format!("cannot read {}: {e}", path.display())))?;
+    if !text.contains("-----BEGIN ") {
+        return Err(invalid(
+            key,
+            format!("{} holds no PEM block", path.display()),
+        ));
+    }
+    Ok(text)
+}
+
+/// Like [`secret`], but absent is allowed.
+fn optional_secret(
+    key: &str,
+    inline: Option<String>,
+    file: Option<&Path>,
+) -> Result<Option<SecretString>, ConfigError> {
+    if inline.is_none() && file.is_none() {
+        return Ok(None);
+    }
+    secret(key, inline, file).map(Some)
+}
+
 fn secret(
     key: &str,
     inline: Option<String>,
@@ -868,7 +1067,10 @@ mod tests {
         assert_eq!(c.http.listen.to_string(), "127.0.0.1:9464");
         assert_eq!(c.mapping.languages.get(&2).map(String::as_str), Some("es"));
         assert_eq!(c.mapping.default_language, "en");
-        assert_eq!(c.nevis.token.expose_secret(), "tok-secret-nevis");
+        assert_eq!(
+            c.nevis.token.as_ref().unwrap().expose_secret(),
+            "tok-secret-nevis"
+        );
     }
 
     #[test]
@@ -935,7 +1137,103 @@ mod tests {
             &format!("token_file = {:?}", file.display().to_string()),
         );
         let c = Config::from_toml_str(&toml).unwrap();
-        assert_eq!(c.nevis.token.expose_secret(), "from-file-token");
+        assert_eq!(
+            c.nevis.token.as_ref().unwrap().expose_secret(),
+            "from-file-token"
+        );
+    }
+
+    #[test]
+    fn token_auth_tls_files_and_their_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let pem = |name: &str| {
+            let p = dir.path().join(name);
+            std::fs::write(
+                &p,
+                "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n",
+            )
+            .unwrap();
+            p.display().to_string()
+        };
+        let (cert, key, ca) = (pem("c.pem"), pem("k.pem"), pem("ca.pem"));
+        let toml = MINIMAL
+            .replace(
+                "token = \"tok-secret-nevis\"",
+                &format!("client_cert = {cert:?}\nclient_key = {key:?}\nca_cert = {ca:?}"),
+            )
+            .replace(
+                "password = \"hunter2-nexudus\"",
+                "password = \"pw\"\nauth = \"token\"\ntotp = \"123456\"",
+            );
+        let c = Config::from_toml_str(&toml).unwrap();
+        assert!(c.nevis.token.is_none());
+        assert!(c.nevis.tls.client_cert.is_some() && c.nevis.tls.ca_cert.is_some());
+        assert_eq!(c.nexudus.auth, NexudusAuth::Token);
+        assert_eq!(c.nexudus.client_id, "sync@example.com");
+        assert_eq!(c.nexudus.totp.as_ref().unwrap().expose_secret(), "123456");
+        assert!(c.warnings.is_empty());
+
+        let no_auth = MINIMAL.replace("token = \"tok-secret-nevis\"", "");
+        assert!(err(&no_auth).contains("nevis.token"), "{}", err(&no_auth));
+        let half = MINIMAL.replace(
+            "token = \"tok-secret-nevis\"",
+            &format!("client_cert = {cert:?}"),
+        );
+        assert!(err(&half).contains("client_key"));
+        let bad = dir.path().join("bad.pem");
+        std::fs::write(&bad, "not pem").unwrap();
+        let bad = MINIMAL.replace(
+            "token = \"tok-secret-nevis\"",
+            &format!("token = \"t\"\nca_cert = {:?}", bad.display().to_string()),
+        );
+        assert!(err(&bad).contains("no PEM block"));
+        let auth = MINIMAL.replace(
+            "password = \"hunter2-nexudus\"",
+            "password = \"p\"\nauth = \"oauth\"",
+        );
+        assert!(err(&auth).contains("nexudus.auth"));
+        let insecure = MINIMAL.replace(
+            "token = \"tok-secret-nevis\"",
+            "token = \"t\"\ninsecure_skip_verify = true",
+        );
+        let c = Config::from_toml_str(&insecure).unwrap();
+        assert!(c.warnings[0].contains("NOT verified"));
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn world_readable_config_with_an_inline_secret_is_named_in_a_warning() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sync.toml");
+        std::fs::write(&path, MINIMAL).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let c = Config::load(&path).unwrap();
+        assert_eq!(c.warnings.len(), 1, "{:?}", c.warnings);
+        let w = &c.warnings[0];
+        assert!(w.contains(&path.display().to_string()), "{w}");
+        assert!(
+            w.contains("nexudus.password") && w.contains("nevis.token"),
+            "{w}"
+        );
+        assert!(!w.contains("hunter2") && !w.contains("tok-secret"), "{w}");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        assert!(Config::load(&path).unwrap().warnings.is_empty());
+        // World-readable but every secret in a file: nothing to warn about.
+        let secret = dir.path().join("pw");
+        std::fs::write(&secret, "x").unwrap();
+        let text = MINIMAL
+            .replace(
+                "password = \"hunter2-nexudus\"",
+                &format!("password_file = {:?}", secret.display().to_string()),
+            )
+            .replace(
+                "token = \"tok-secret-nevis\"",
+                &format!("token_file = {:?}", secret.display().to_string()),
+            );
+        std::fs::write(&path, text).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        assert!(Config::load(&path).unwrap().warnings.is_empty());
     }
 }
 

@@ -71,8 +71,13 @@ pub async fn run(users: usize) -> Result<RunReport, DemoError> {
     let store = Store::open(&config.store.path, config.store.cache_capacity_bytes).map_err(err)?;
     let metrics = Arc::new(Metrics::new());
     let source = Arc::new(
-        NexudusClient::new(&config.nexudus, config.retry.clone(), Arc::clone(&metrics))
-            .map_err(err)?,
+        NexudusClient::new(
+            &config.nexudus,
+            config.retry.clone(),
+            Arc::clone(&metrics),
+            None,
+        )
+        .map_err(err)?,
     );
     let target =
         Arc::new(NevisClient::new(&config.nevis, config.retry.clone(), metrics).map_err(err)?);

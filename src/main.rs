@@ -90,6 +90,9 @@ async fn run(cli: Cli) -> u8 {
         Err(e) => return fatal(&e),
     };
     init_logging(config.log.format, &config.log.level);
+    for warning in &config.warnings {
+        tracing::warn!("{warning}");
+    }
     if cli.status {
         return status(&config).await;
     }
@@ -115,9 +118,14 @@ struct Clients {
     target: Arc<NevisClient>,
 }
 
-fn clients(config: &Config, metrics: &Arc<Metrics>) -> Result<Clients, String> {
-    let source = NexudusClient::new(&config.nexudus, config.retry.clone(), Arc::clone(metrics))
-        .map_err(|e| e.to_string())?;
+fn clients(config: &Config, metrics: &Arc<Metrics>, store: &Store) -> Result<Clients, String> {
+    let source = NexudusClient::new(
+        &config.nexudus,
+        config.retry.clone(),
+        Arc::clone(metrics),
+        Some(store.clone()),
+    )
+    .map_err(|e| e.to_string())?;
     let target = NevisClient::with_marks(
         &config.nevis,
         config.retry.clone(),
@@ -138,7 +146,7 @@ async fn daemon(config: Config) -> u8 {
         Err(e) => return fatal(&e),
     };
     let metrics = Arc::new(Metrics::new());
-    let Clients { source, target } = match clients(&config, &metrics) {
+    let Clients { source, target } = match clients(&config, &metrics, &store) {
         Ok(c) => c,
         Err(e) => return fatal(&e),
     };
@@ -259,7 +267,7 @@ async fn sync_now(config: &Config, opts: RunOptions, rebuild: bool) -> u8 {
         Ok(s) => s,
         Err(e) => return fatal(&e),
     };
-    let Clients { source, target } = match clients(config, &Arc::new(Metrics::new())) {
+    let Clients { source, target } = match clients(config, &Arc::new(Metrics::new()), &store) {
         Ok(c) => c,
         Err(e) => return fatal(&e),
     };

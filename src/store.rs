@@ -10,13 +10,15 @@
 //! - `disabled_at`: Nexudus Id -> Unix seconds (u64 LE) since the checkpoint says disabled
 //!   (local clock: it is our own event), for `sync.archive_after`.
 //! - `meta`: `last_run` -> JSON report of the last run; `watermark` -> incremental-polling mark.
-//! - `links`: Nexudus Id -> extId of a pre-existing nevisIDM user adopted for it (`sync.adopt`),
-//!   and `link_owners`: that extId -> Nexudus Id (one nevisIDM user is never linked twice).
-//! - `hand_disabled`: Nexudus Id -> empty: disabled by hand in nevisIDM while active in Nexudus,
-//!   found by a reconcile and left disabled (`sync.reenable_on_reconcile = false`).
+//! - `operator`: what operators' decisions left behind, by key prefix (one small tree, since every
+//!   sled tree costs memory): `L` + Nexudus Id -> extId of a pre-existing nevisIDM user adopted for
+//!   it (`sync.adopt`); `O` + extId -> its Nexudus Id (one nevisIDM user is never linked twice);
+//!   `H` + Nexudus Id -> empty: disabled by hand in nevisIDM while active in Nexudus, found by a
+//!   reconcile and left disabled (`sync.reenable_on_reconcile = false`).
 //!
 //! A checkpoint is written only after nevisIDM confirmed the write; `flush` makes it durable.
 
+use std::collections::HashSet;
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -65,9 +67,7 @@ pub struct Store {
     meta: sled::Tree,
     missing: sled::Tree,
     disabled_at: sled::Tree,
-    links: sled::Tree,
-    link_owners: sled::Tree,
-    hand_disabled: sled::Tree,
+    operator: sled::Tree,
     commits: Arc<GroupCommit>,
 }
 
@@ -115,6 +115,7 @@ impl Store {
                 detail: format!("sled failed reading it: {}", panic_text(&panic)),
             })?;
         let db = opened.map_err(|e| classify_open_error(&shown, e))?;
+        restrict_to_owner(path);
         Self::from_db(db)
     }
 
@@ -162,9 +163,7 @@ impl Store {
             meta: db.open_tree("meta")?,
             missing: db.open_tree("missing")?,
             disabled_at: db.open_tree("disabled_at")?,
-            links: db.open_tree("links")?,
-            link_owners: db.open_tree("link_owners")?,
-            hand_disabled: db.open_tree("hand_disabled")?,
+            operator: db.open_tree("operator")?,
             commits: Arc::default(),
             db,
         })
@@ -322,6 +321,20 @@ impl Store {
         Ok(())
     }
 
+    /// A credential kept across restarts (the Nexudus refresh token). The store directory is
+    /// private to its owner (mode 0700).
+    pub fn secret(&self, key: &str) -> Result<Option<String>, StoreError> {
+        Ok(self
+            .meta
+            .get(key)?
+            .map(|v| String::from_utf8_lossy(&v).into_owned()))
+    }
+
+    pub fn set_secret(&self, key: &str, value: &str) -> Result<(), StoreError> {
+        self.meta.insert(key, value.as_bytes())?;
+        Ok(())
+    }
+
     pub fn last_run(&self) -> Result<Option<Vec<u8>>, StoreError> {
         Ok(self.meta.get("last_run")?.map(|v| v.to_vec()))
     }
@@ -360,53 +373,45 @@ impl Store {
     /// The extId of the nevisIDM user adopted for this Nexudus user, if any.
     pub fn link(&self, nexudus_id: u64) -> Result<Option<String>, StoreError> {
         Ok(self
-            .links
-            .get(nexudus_id.to_be_bytes())?
+            .operator
+            .get(op_key(LINK, &nexudus_id.to_be_bytes()))?
             .map(|v| String::from_utf8_lossy(&v).into_owned()))
     }
 
     /// The Nexudus user an adopted extId is linked to, if any.
     pub fn link_owner(&self, ext_id: &str) -> Result<Option<u64>, StoreError> {
-        self.link_owners
-            .get(ext_id.as_bytes())?
-            .map(|v| id_of(&v, "link_owners"))
+        self.operator
+            .get(op_key(OWNER, ext_id.as_bytes()))?
+            .map(|v| id_of(&v, "link owner"))
             .transpose()
     }
 
     /// Records that `ext_id` (a user this tool did not create) now belongs to `nexudus_id`.
     pub fn set_link(&self, nexudus_id: u64, ext_id: &str) -> Result<(), StoreError> {
-        self.links
-            .insert(nexudus_id.to_be_bytes(), ext_id.as_bytes())?;
-        self.link_owners
-            .insert(ext_id.as_bytes(), &nexudus_id.to_be_bytes())?;
+        let id = nexudus_id.to_be_bytes();
+        self.operator.insert(op_key(LINK, &id), ext_id.as_bytes())?;
+        self.operator
+            .insert(op_key(OWNER, ext_id.as_bytes()), &id)?;
         Ok(())
     }
 
-    /// Every adopted extId with its Nexudus Id.
-    pub fn links(&self) -> Result<Vec<(u64, String)>, StoreError> {
-        self.links
-            .iter()
+    /// Nexudus Ids a reconcile found disabled by hand and left so (read once per run).
+    pub fn hand_disabled_ids(&self) -> Result<HashSet<u64>, StoreError> {
+        self.operator
+            .scan_prefix([HAND_DISABLED])
             .map(|item| {
-                let (k, v) = item?;
-                Ok((
-                    id_of(&k, "links")?,
-                    String::from_utf8_lossy(&v).into_owned(),
-                ))
+                let (k, _) = item?;
+                id_of(&k[1..], "hand-disabled mark")
             })
             .collect()
     }
 
-    /// Whether a reconcile found this user disabled by hand and left it so.
-    pub fn is_hand_disabled(&self, nexudus_id: u64) -> Result<bool, StoreError> {
-        Ok(self.hand_disabled.contains_key(nexudus_id.to_be_bytes())?)
-    }
-
     pub fn set_hand_disabled(&self, nexudus_id: u64, on: bool) -> Result<(), StoreError> {
-        let key = nexudus_id.to_be_bytes();
+        let key = op_key(HAND_DISABLED, &nexudus_id.to_be_bytes());
         if on {
-            self.hand_disabled.insert(key, &[])?;
+            self.operator.insert(key, &[])?;
         } else {
-            self.hand_disabled.remove(key)?;
+            self.operator.remove(key)?;
         }
         Ok(())
     }
@@ -420,11 +425,15 @@ impl Store {
             &self.failures,
             &self.missing,
             &self.disabled_at,
-            &self.hand_disabled,
-            &self.meta,
         ] {
             tree.clear()?;
         }
+        for key in self.operator.scan_prefix([HAND_DISABLED]).keys() {
+            self.operator.remove(key?)?;
+        }
+        // The refresh token in `meta` stays: it is a credential, not a checkpoint.
+        self.meta.remove("last_run")?;
+        self.meta.remove("watermark")?;
         Ok(())
     }
 
@@ -495,12 +504,36 @@ fn decode(bytes: &[u8]) -> Result<DesiredUser, StoreError> {
     }
 }
 
+/// The store holds a refresh token: only its owner may read it.
+#[cfg(unix)]
+fn restrict_to_owner(path: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    if let Err(e) = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o700)) {
+        tracing::warn!(path = %path.display(), error = %e, "cannot make the store directory private (0700)");
+    }
+}
+
+#[cfg(not(unix))]
+fn restrict_to_owner(_path: &Path) {}
+
 fn panic_text(panic: &Box<dyn std::any::Any + Send>) -> String {
     panic
         .downcast_ref::<&str>()
         .map(|s| s.to_string())
         .or_else(|| panic.downcast_ref::<String>().cloned())
         .unwrap_or_else(|| "panic".into())
+}
+
+/// Key prefixes of the `operator` tree.
+const LINK: u8 = b'L';
+const OWNER: u8 = b'O';
+const HAND_DISABLED: u8 = b'H';
+
+fn op_key(prefix: u8, rest: &[u8]) -> Vec<u8> {
+    let mut key = Vec::with_capacity(1 + rest.len());
+    key.push(prefix);
+    key.extend_from_slice(rest);
+    key
 }
 
 /// A Nexudus Id key (u64, big-endian) of `tree`.

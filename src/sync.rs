@@ -250,6 +250,12 @@ async fn run_inner<S: Source, T: Target>(
 
     let cancel = opts.shutdown.clone().unwrap_or_default();
     let mut interrupted = false;
+    let ctx = Ctx {
+        cfg,
+        store,
+        opts,
+        hand_disabled: store.hand_disabled_ids()?,
+    };
 
     // With adoption on, Nexudus users sharing an email must be known before anything is written
     // (adopting one nevisIDM user for the wrong person is the worst outcome): the listing is read
@@ -406,8 +412,8 @@ async fn run_inner<S: Source, T: Target>(
                 continue;
             }
             let op = match &remote {
-                None => plan_from_checkpoint(cfg, store, desired, &user, dry_run, report)?,
-                Some(remote) => plan_from_remote(cfg, store, remote, desired, &user, opts, report)?,
+                None => plan_from_checkpoint(&ctx, desired, &user, report)?,
+                Some(remote) => plan_from_remote(&ctx, remote, desired, &user, report)?,
             };
             let Some(op) = op else {
                 report.unchanged += 1;
@@ -735,17 +741,25 @@ fn write_op(user: &SourceUser, after: DesiredUser, changes: Option<Changes>, fp:
     }
 }
 
+/// What planning one user needs besides the user.
+struct Ctx<'a> {
+    cfg: &'a Config,
+    store: &'a Store,
+    opts: &'a RunOptions,
+    /// Users a reconcile found disabled by hand and left so, read once at the start of the run.
+    hand_disabled: HashSet<u64>,
+}
+
 /// An ordinary run: the mapped user against its checkpoint. `None` when nothing is to be written.
 fn plan_from_checkpoint(
-    cfg: &Config,
-    store: &Store,
+    ctx: &Ctx<'_>,
     mut desired: DesiredUser,
     user: &SourceUser,
-    dry_run: bool,
     report: &mut RunReport,
 ) -> Result<Option<Op>, StoreError> {
+    let (cfg, store, dry_run) = (ctx.cfg, ctx.store, ctx.opts.dry_run.is_some());
     // A reconcile found this user disabled by hand and left it so: ordinary runs keep it so.
-    if desired.state == UserState::Active && store.is_hand_disabled(user.id)? {
+    if desired.state == UserState::Active && ctx.hand_disabled.contains(&user.id) {
         desired.state = UserState::Disabled;
         report.hand_disabled += 1;
     }
@@ -784,14 +798,13 @@ fn plan_from_checkpoint(
 /// A reconcile: the mapped user against what nevisIDM really holds. Every user found right gets
 /// its checkpoint refreshed without a write.
 fn plan_from_remote(
-    cfg: &Config,
-    store: &Store,
+    ctx: &Ctx<'_>,
     remote: &Remote,
     mut desired: DesiredUser,
     user: &SourceUser,
-    opts: &RunOptions,
     report: &mut RunReport,
 ) -> Result<Option<Op>, StoreError> {
+    let (cfg, store, opts) = (ctx.cfg, ctx.store, ctx.opts);
     let dry_run = opts.dry_run.is_some();
     let checkpoint = match store.get(user.id) {
         Ok(c) => c,
@@ -821,7 +834,7 @@ fn plan_from_remote(
         return Ok(Some(op));
     };
     let inactive_there = matches!(seen.state.as_deref(), Some("disabled" | "archived"));
-    let marked = store.is_hand_disabled(user.id)?;
+    let marked = ctx.hand_disabled.contains(&user.id);
     // Disabled by us: the checkpoint says so (and not because of a hand marker).
     let disabled_by_us = !marked
         && checkpoint

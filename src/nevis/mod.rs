@@ -151,7 +151,7 @@ pub struct NevisClient {
     users_url: Url,
     /// `GET /nevisidm/api/core/v1/clients/{clientExtId}/users`: the paged, filterable listing.
     list_url: Url,
-    token: SecretString,
+    token: Option<SecretString>,
     retry: RetryPolicy,
     metrics: Arc<Metrics>,
     /// `remarks` for creates and `modificationComment` for every write (`[mapping]`).
@@ -217,10 +217,10 @@ impl NevisClient {
         url: Url,
         body: Option<&Value>,
     ) -> Result<Option<Value>, TargetError> {
-        let mut request = self
-            .http
-            .request(method, url)
-            .bearer_auth(self.token.expose_secret());
+        let mut request = self.http.request(method, url);
+        if let Some(token) = &self.token {
+            request = request.bearer_auth(token.expose_secret());
+        }
         if let Some(body) = body {
             request = request.json(body);
         }

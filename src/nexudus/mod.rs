@@ -4,6 +4,7 @@
 //! minute) so that a full listing draws no throttling, classifies every answer once (Nexudus
 //! throttles with 409 + `Retry-After`), and leaves the retry timing to [`crate::retry`].
 
+pub mod auth;
 pub mod wire;
 
 use std::future::Future;
@@ -19,9 +20,11 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use crate::client::{self, describe, join, retry_after};
-use crate::config::{NexudusConfig, RetryConfig};
+use crate::config::{NexudusAuth, NexudusConfig, RetryConfig};
 use crate::metrics::Metrics;
 use crate::retry::{Classify, RetryPolicy, Verdict};
+use crate::store::Store;
+use auth::{Grant, GrantError, TokenAuth};
 pub use wire::{InvalidRecord, SourcePage};
 
 /// Anything that can list Nexudus users page by page (the HTTP client, or a fake in unit tests).
@@ -57,12 +60,19 @@ pub enum SourceError {
     Unexpected { status: u16, detail: String },
     #[error("Nexudus listing could not be decoded: {0}")]
     Decode(String),
+    #[error(
+        "Nexudus refused the sign-in at /api/token (HTTP {status} {error}); check \
+         nexudus.username, nexudus.password and nexudus.totp"
+    )]
+    SignIn { status: u16, error: String },
+    #[error("cannot keep the Nexudus refresh token in the store: {0}")]
+    TokenStore(String),
 }
 
 impl SourceError {
     /// Authentication refusals end the run at once.
     pub fn is_auth(&self) -> bool {
-        matches!(self, SourceError::Auth { .. })
+        matches!(self, SourceError::Auth { .. } | SourceError::SignIn { .. })
     }
 }
 
@@ -74,20 +84,24 @@ impl Classify for SourceError {
                 after: *retry_after,
             },
             SourceError::Transport(_) => Verdict::Retry { after: None },
-            SourceError::Auth { .. } | SourceError::Unexpected { .. } | SourceError::Decode(_) => {
-                Verdict::Final
-            }
+            SourceError::Auth { .. }
+            | SourceError::Unexpected { .. }
+            | SourceError::Decode(_)
+            | SourceError::SignIn { .. }
+            | SourceError::TokenStore(_) => Verdict::Final,
         }
     }
 
     fn label(&self) -> String {
         match self {
             SourceError::Auth { status }
+            | SourceError::SignIn { status, .. }
             | SourceError::Throttled { status, .. }
             | SourceError::Server { status, .. }
             | SourceError::Unexpected { status, .. } => status.to_string(),
             SourceError::Transport(_) => "transport".into(),
             SourceError::Decode(_) => "decode".into(),
+            SourceError::TokenStore(_) => "store".into(),
         }
     }
 }
@@ -121,12 +135,21 @@ impl Pacer {
     }
 }
 
-/// The Nexudus HTTP client (Basic auth on every request).
+/// How requests are authenticated (`nexudus.auth`).
+enum Auth {
+    Basic {
+        username: String,
+        password: SecretString,
+    },
+    Token(Box<TokenAuth>),
+}
+
+/// The Nexudus HTTP client.
 pub struct NexudusClient {
     http: reqwest::Client,
     users_url: Url,
-    username: String,
-    password: SecretString,
+    token_url: Url,
+    auth: Auth,
     page_size: u32,
     retry: RetryPolicy,
     pacer: Pacer,
@@ -134,19 +157,35 @@ pub struct NexudusClient {
 }
 
 impl NexudusClient {
+    /// A client; with `nexudus.auth = "token"`, `store` keeps the rotating refresh token across
+    /// restarts (without one, every start signs in with the password).
     pub fn new(
         cfg: &NexudusConfig,
         retry: RetryConfig,
         metrics: Arc<Metrics>,
+        store: Option<Store>,
     ) -> Result<NexudusClient, SourceError> {
         let http = client::build(cfg.request_timeout)
             .map_err(|e| SourceError::Transport(format!("cannot build HTTP client: {e}")))?;
         let users_url = join(&cfg.base_url, "api/sys/users");
+        let auth = match cfg.auth {
+            NexudusAuth::Basic => Auth::Basic {
+                username: cfg.username.clone(),
+                password: cfg.password.clone(),
+            },
+            NexudusAuth::Token => Auth::Token(Box::new(TokenAuth::new(
+                cfg.username.clone(),
+                cfg.password.clone(),
+                cfg.totp.clone(),
+                cfg.client_id.clone(),
+                store,
+            ))),
+        };
         Ok(NexudusClient {
             http,
             users_url,
-            username: cfg.username.clone(),
-            password: cfg.password.clone(),
+            token_url: join(&cfg.base_url, "api/token"),
+            auth,
             page_size: cfg.page_size,
             retry: RetryPolicy::new("nexudus", retry, Arc::clone(&metrics)),
             pacer: Pacer::new(cfg.min_request_interval, cfg.max_requests_per_minute),
@@ -169,14 +208,37 @@ impl NexudusClient {
         if let Some(since) = updated_since {
             query.push(("from_User_UpdatedOn", since.to_string()));
         }
-        let response = self
-            .http
-            .get(self.users_url.clone())
-            .basic_auth(&self.username, Some(self.password.expose_secret()))
-            .query(&query)
-            .send()
-            .await
-            .map_err(transport)?;
+        let request = self.http.get(self.users_url.clone()).query(&query);
+        let response = match &self.auth {
+            Auth::Basic { username, password } => request
+                .basic_auth(username, Some(password.expose_secret()))
+                .send()
+                .await
+                .map_err(transport)?,
+            Auth::Token(auth) => {
+                let token = self.bearer(auth, None).await?;
+                let response = request
+                    .try_clone()
+                    .expect("a GET without a body can be cloned")
+                    .bearer_auth(token.expose_secret())
+                    .send()
+                    .await
+                    .map_err(transport)?;
+                if response.status() == StatusCode::UNAUTHORIZED {
+                    // Expired or revoked before its time: renew once and ask again.
+                    tracing::info!("Nexudus answered 401 to the access token; renewing it");
+                    let token = self.bearer(auth, Some(&token)).await?;
+                    self.pacer.wait().await;
+                    request
+                        .bearer_auth(token.expose_secret())
+                        .send()
+                        .await
+                        .map_err(transport)?
+                } else {
+                    response
+                }
+            }
+        };
         let status = response.status();
         let retry_after = retry_after(response.headers());
         if !status.is_success() {
@@ -185,6 +247,79 @@ impl NexudusClient {
         let body = response.bytes().await.map_err(transport)?;
         self.metrics.observe_request("nexudus", started.elapsed());
         wire::decode_page(&body).map_err(SourceError::Decode)
+    }
+
+    /// An access token from `auth`, signing in or refreshing as needed (with retries).
+    async fn bearer(
+        &self,
+        auth: &TokenAuth,
+        stale: Option<&SecretString>,
+    ) -> Result<SecretString, SourceError> {
+        auth.bearer(stale, |grant| async move {
+            let what = format!("token grant ({})", grant.name());
+            self.retry
+                .run(&what, || self.grant_once(auth, &grant))
+                .await
+        })
+        .await
+        .map_err(|e| match e {
+            GrantError::Refused { status, error } => SourceError::SignIn { status, error },
+            GrantError::Transient(e) => e,
+            GrantError::Store(e) => SourceError::TokenStore(e),
+        })
+    }
+
+    /// One `POST /api/token`, form-encoded, with the `client_id` header.
+    async fn grant_once(&self, auth: &TokenAuth, grant: &Grant) -> Result<Vec<u8>, GrantError> {
+        self.pacer.wait().await;
+        let response = self
+            .http
+            .post(self.token_url.clone())
+            .header("client_id", &auth.client_id)
+            .form(&auth.form(grant))
+            .send()
+            .await
+            .map_err(|e| GrantError::Transient(transport(e)))?;
+        let status = response.status();
+        let retry_after = retry_after(response.headers());
+        let body = response
+            .bytes()
+            .await
+            .map_err(|e| GrantError::Transient(transport(e)))?;
+        if status.is_success() {
+            return Ok(body.to_vec());
+        }
+        let code = status.as_u16();
+        match code {
+            400 | 401 | 403 => {
+                // `{"error":"invalid_grant","error_description":"…"}`; never the request echoed.
+                let doc: Option<serde_json::Value> = serde_json::from_slice(&body).ok();
+                let error = doc
+                    .as_ref()
+                    .and_then(|d| d.get("error"))
+                    .and_then(serde_json::Value::as_str)
+                    .unwrap_or("refused")
+                    .chars()
+                    .take(100)
+                    .collect();
+                Err(GrantError::Refused {
+                    status: code,
+                    error,
+                })
+            }
+            409 | 429 => Err(GrantError::Transient(SourceError::Throttled {
+                status: code,
+                retry_after,
+            })),
+            408 | 500..=599 => Err(GrantError::Transient(SourceError::Server {
+                status: code,
+                retry_after,
+            })),
+            _ => Err(GrantError::Transient(SourceError::Unexpected {
+                status: code,
+                detail: format!("token endpoint answered HTTP {code}"),
+            })),
+        }
     }
 }
 

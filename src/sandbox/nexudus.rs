@@ -1,12 +1,13 @@
 //! Fake Nexudus REST API: the user listing the sync reads, plus the writes the demo seeds with.
 //!
 //! Modelled on the seed pages (`GET/POST/PUT /api/sys/users`, `GET /api/sys/users/{id}`,
-//! `POST /api/security/userroles`) and the API notes: Basic auth (or a registered bearer token) on
-//! every request, throttling answered with **409** + `Retry-After` and an empty body, full user
+//! `POST /api/security/userroles`) and the API notes: Basic auth or a bearer token on every
+//! request, `POST /api/token` issuing expiring access tokens and rotating refresh tokens,
+//! throttling answered with **409** + `Retry-After` and an empty body, full user
 //! records with every documented field, hard deletes, and minute-precision `UpdatedOn` filters.
 //! Test hooks can skew `TotalItems` or shorten pages to imitate an inconsistent listing.
 
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -47,6 +48,10 @@ pub struct NexudusFakeConfig {
     pub per_minute_limit: Option<u32>,
     /// The `Retry-After` seconds sent with a throttled (409) answer.
     pub retry_after_secs: u64,
+    /// Lifetime of the access tokens `POST /api/token` issues (`expires_in`).
+    pub token_ttl: Duration,
+    /// When set, the password grant also needs this `totp` code.
+    pub totp: Option<String>,
 }
 
 /// The password stays out of logs, even a fake's.
@@ -58,6 +63,8 @@ impl std::fmt::Debug for NexudusFakeConfig {
             .field("per_second_limit", &self.per_second_limit)
             .field("per_minute_limit", &self.per_minute_limit)
             .field("retry_after_secs", &self.retry_after_secs)
+            .field("token_ttl", &self.token_ttl)
+            .field("totp", &self.totp.as_ref().map(|_| "<redacted>"))
             .finish()
     }
 }
@@ -70,6 +77,8 @@ impl Default for NexudusFakeConfig {
             per_second_limit: Some(10),
             per_minute_limit: Some(120),
             retry_after_secs: 1,
+            token_ttl: Duration::from_secs(7 * 24 * 3600),
+            totp: None,
         }
     }
 }
@@ -88,6 +97,11 @@ pub struct NexudusStats {
     pub unauthorized: u64,
     /// Requests that consumed a queued [`Fault`].
     pub faults_injected: u64,
+    /// Tokens issued by `POST /api/token`, per grant.
+    pub password_grants: u64,
+    pub refresh_grants: u64,
+    /// Token requests refused (400 `invalid_grant` / `unsupported_grant_type`).
+    pub refused_grants: u64,
 }
 
 /// The interesting part of a user record; everything else gets the defaults of the example response.
@@ -142,7 +156,15 @@ struct Inner {
     next_user_id: u64,
     user_roles: BTreeMap<u64, Value>,
     next_role_id: u64,
-    bearer_tokens: HashSet<String>,
+    /// Access tokens accepted, with their expiry (`None`: registered by a test, never expires).
+    bearer_tokens: HashMap<String, Option<Instant>>,
+    /// Live refresh tokens: the `client_id` they were issued to, and their expiry.
+    refresh_tokens: HashMap<String, (String, Instant)>,
+    /// Every refresh token ever issued, in order (tests inspect rotation).
+    issued_refresh_tokens: Vec<String>,
+    next_token: u64,
+    /// Revoke every access token once this many pages were served (tests of renewal on 401).
+    revoke_access_after_pages: Option<u64>,
     controls: Controls,
     clock: Option<DateTime<Utc>>,
     /// Arrival times of the requests the rate limiter let through in the last minute.
@@ -165,7 +187,11 @@ impl FakeNexudus {
             next_user_id: FIRST_USER_ID,
             user_roles: BTreeMap::new(),
             next_role_id: FIRST_ROLE_ID,
-            bearer_tokens: HashSet::new(),
+            bearer_tokens: HashMap::new(),
+            refresh_tokens: HashMap::new(),
+            issued_refresh_tokens: Vec::new(),
+            next_token: 1,
+            revoke_access_after_pages: None,
             controls: Controls::default(),
             clock: None,
             admitted: VecDeque::new(),
@@ -180,8 +206,7 @@ impl FakeNexudus {
             )
             .route("/api/sys/users/{id}", get(get_user))
             .route("/api/security/userroles", post(create_user_role))
-            // `POST /api/token` (form-encoded password and refresh_token grants) belongs here. Until
-            // it exists, tests register bearer tokens with `FakeNexudus::add_bearer_token`.
+            .route(TOKEN_PATH, post(token))
             .fallback(no_route)
             .method_not_allowed_fallback(method_not_allowed)
             .layer(middleware::from_fn_with_state(state.clone(), gate))
@@ -225,12 +250,33 @@ impl FakeNexudus {
 
     /// Accepts `Authorization: Bearer <token>` from now on, as if issued by `/api/token`.
     pub fn add_bearer_token(&self, token: &str) {
-        self.lock().bearer_tokens.insert(token.to_owned());
+        self.lock().bearer_tokens.insert(token.to_owned(), None);
     }
 
     /// Stops accepting `token` (an expired or revoked token); returns whether it was known.
     pub fn remove_bearer_token(&self, token: &str) -> bool {
-        self.lock().bearer_tokens.remove(token)
+        self.lock().bearer_tokens.remove(token).is_some()
+    }
+
+    /// Revokes every access token (as if all expired at once): the next request with one gets 401.
+    pub fn revoke_access_tokens(&self) {
+        self.lock().bearer_tokens.clear();
+    }
+
+    /// Revokes every access token right after the `pages`-th listing page (counted as
+    /// [`NexudusStats::list_requests`]) is served: the next page request meets a 401.
+    pub fn revoke_access_tokens_after_pages(&self, pages: Option<u64>) {
+        self.lock().revoke_access_after_pages = pages;
+    }
+
+    /// Revokes every refresh token: the next refresh grant is refused with `invalid_grant`.
+    pub fn revoke_refresh_tokens(&self) {
+        self.lock().refresh_tokens.clear();
+    }
+
+    /// Every refresh token issued so far, oldest first.
+    pub fn issued_refresh_tokens(&self) -> Vec<String> {
+        self.lock().issued_refresh_tokens.clone()
     }
 
     /// Pins the fake's clock (`CreatedOn`/`UpdatedOn` stamps); `None` follows real UTC time.
@@ -375,7 +421,10 @@ impl Inner {
                     })
                 })
         } else if scheme.eq_ignore_ascii_case("bearer") {
-            self.bearer_tokens.contains(credentials)
+            let now = Instant::now();
+            self.bearer_tokens
+                .get(credentials)
+                .is_some_and(|expiry| expiry.is_none_or(|at| now < at))
         } else {
             false
         }
@@ -427,7 +476,8 @@ async fn gate(State(state): State<Shared>, request: Request, next: Next) -> Resp
         if let Some(status) = inner.controls.down {
             return status_response(status, None);
         }
-        if !inner.authorized(request.headers()) {
+        // The token endpoint authenticates by its form, not by the Authorization header.
+        if request.uri().path() != TOKEN_PATH && !inner.authorized(request.headers()) {
             inner.stats.unauthorized += 1;
             return status_response(401, None);
         }
@@ -453,6 +503,108 @@ async fn gate(State(state): State<Shared>, request: Request, next: Next) -> Resp
         }
         Some(Fault::DropAfterApply) => cut_off(next.run(request).await).await,
     }
+}
+
+const TOKEN_PATH: &str = "/api/token";
+/// Refresh tokens live 15 days, as documented.
+const REFRESH_TTL: Duration = Duration::from_secs(15 * 24 * 3600);
+
+fn token_error(inner: &mut Inner, error: &str, description: &str) -> Response {
+    inner.stats.refused_grants += 1;
+    json_response(
+        400,
+        &json!({ "error": error, "error_description": description }),
+        None,
+    )
+}
+
+/// `POST /api/token`: the password and refresh_token grants, form-encoded only (JSON answers
+/// `unsupported_grant_type`, as the real endpoint does). Each refresh retires the refresh token
+/// used and issues a new one, bound to the same `client_id` header (the username when absent).
+async fn token(State(state): State<Shared>, headers: HeaderMap, body: Bytes) -> Response {
+    let mut guard = lock(&state);
+    let inner = &mut *guard;
+    let form_encoded = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/x-www-form-urlencoded"));
+    if !form_encoded {
+        return token_error(
+            inner,
+            "unsupported_grant_type",
+            "The grant type is not supported.",
+        );
+    }
+    let form: HashMap<String, String> = url::form_urlencoded::parse(&body).into_owned().collect();
+    let field = |name: &str| form.get(name).map(String::as_str).unwrap_or_default();
+    let client_id = headers
+        .get("client_id")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let now = Instant::now();
+    let bound_client = match field("grant_type") {
+        "password" => {
+            let good = field("username") == inner.cfg.username
+                && field("password") == inner.cfg.password
+                && inner
+                    .cfg
+                    .totp
+                    .as_deref()
+                    .is_none_or(|code| field("totp") == code);
+            if !good {
+                return token_error(
+                    inner,
+                    "invalid_grant",
+                    "The user name or password is incorrect.",
+                );
+            }
+            inner.stats.password_grants += 1;
+            client_id.unwrap_or_else(|| inner.cfg.username.clone())
+        }
+        "refresh_token" => {
+            let presented = field("refresh_token").to_owned();
+            let Some((bound, expiry)) = inner.refresh_tokens.remove(&presented) else {
+                return token_error(inner, "invalid_grant", "The refresh token is invalid.");
+            };
+            let asked = client_id.unwrap_or_else(|| inner.cfg.username.clone());
+            if expiry <= now || asked != bound {
+                return token_error(
+                    inner,
+                    "invalid_grant",
+                    "The refresh token was issued to another client or has expired.",
+                );
+            }
+            inner.stats.refresh_grants += 1;
+            bound
+        }
+        _ => {
+            return token_error(
+                inner,
+                "unsupported_grant_type",
+                "The grant type is not supported.",
+            );
+        }
+    };
+    let serial = inner.next_token;
+    inner.next_token += 1;
+    let access = format!("at-{serial}-{}", fake_uuid(serial));
+    let refresh = format!("rt-{serial}-{}", fake_uuid(serial + 1_000_000));
+    let ttl = inner.cfg.token_ttl;
+    inner.bearer_tokens.insert(access.clone(), Some(now + ttl));
+    inner
+        .refresh_tokens
+        .insert(refresh.clone(), (bound_client, now + REFRESH_TTL));
+    inner.issued_refresh_tokens.push(refresh.clone());
+    json_response(
+        200,
+        &json!({
+            "access_token": access,
+            "token_type": "bearer",
+            "expires_in": ttl.as_secs(),
+            "refresh_token": refresh,
+        }),
+        None,
+    )
 }
 
 /// An error status with the body Nexudus gives it.
@@ -642,6 +794,9 @@ async fn list_users(State(state): State<Shared>, uri: Uri) -> Response {
     };
     let mut inner = lock(&state);
     inner.stats.list_requests += 1;
+    if inner.revoke_access_after_pages == Some(inner.stats.list_requests) {
+        inner.bearer_tokens.clear();
+    }
     let matching: Vec<&Value> = inner
         .users
         .values()
@@ -1690,7 +1845,7 @@ mod tests {
     #[test]
     fn sample_population_is_varied_valid_and_unique() {
         let users = sample_users(200);
-        let emails: HashSet<String> = users
+        let emails: std::collections::HashSet<String> = users
             .iter()
             .filter_map(|user| user.email.as_deref())
             .map(str::to_lowercase)

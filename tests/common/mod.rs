@@ -81,6 +81,11 @@ impl Env {
         let (nexudus, nevis) = nexudus_nevis_sync::sandbox::start_both()
             .await
             .expect("start the fakes");
+        Env::with_fakes(nexudus, nevis).await
+    }
+
+    /// Like [`Env::start`], with fakes the test configured itself.
+    pub async fn with_fakes(nexudus: FakeNexudus, nevis: FakeNevis) -> Env {
         let dir = tempfile::tempdir().expect("temp dir");
         let config = dir.path().join("config.toml");
         let nx = NexudusFakeConfig::default();

@@ -1,0 +1,239 @@
+//! How the Nexudus client authenticates: HTTP Basic on every request, or bearer tokens from
+//! `POST /api/token` (`nexudus.auth = "token"`).
+//!
+//! Token flow, as the API notes describe it: the password grant (form-encoded
+//! `grant_type=password&username=…&password=…`, plus `totp=…` for 2FA accounts) answers an
+//! `access_token`, its `expires_in` and a `refresh_token`; the refresh grant
+//! (`grant_type=refresh_token&refresh_token=…`, with the same `client_id` header as at sign-in)
+//! answers new ones and retires the refresh token used. The access token is renewed before it
+//! expires (at 90 % of its lifetime, or one minute before, whichever is earlier) or when a request
+//! is answered 401. The rotating refresh token is kept in the store, so a restart does not need
+//! the password; when Nexudus refuses it, the client signs in with the password again.
+
+use std::time::{Duration, Instant};
+
+use secrecy::{ExposeSecret, SecretString};
+use serde::Deserialize;
+use tokio::sync::Mutex;
+
+use crate::retry::{Classify, Verdict};
+use crate::store::Store;
+
+/// Store key of the refresh token (meta tree).
+const REFRESH_TOKEN_KEY: &str = "nexudus_refresh_token";
+
+/// What a token request came to.
+#[derive(Debug)]
+pub enum GrantError {
+    /// Nexudus refused the grant (400 `invalid_grant` and the like, 401): the credentials or the
+    /// refresh token are not accepted.
+    Refused { status: u16, error: String },
+    /// Anything transient (throttling, 5xx, transport): retried by the caller's policy.
+    Transient(super::SourceError),
+    /// The store could not keep the rotated refresh token.
+    Store(String),
+}
+
+impl std::fmt::Display for GrantError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            GrantError::Refused { status, error } => {
+                write!(f, "Nexudus refused the token grant (HTTP {status} {error})")
+            }
+            GrantError::Transient(e) => write!(f, "{e}"),
+            GrantError::Store(e) => write!(f, "cannot keep the refresh token: {e}"),
+        }
+    }
+}
+
+impl Classify for GrantError {
+    fn verdict(&self) -> Verdict {
+        match self {
+            GrantError::Transient(e) => e.verdict(),
+            GrantError::Refused { .. } | GrantError::Store(_) => Verdict::Final,
+        }
+    }
+
+    fn label(&self) -> String {
+        match self {
+            GrantError::Refused { status, .. } => status.to_string(),
+            GrantError::Transient(e) => e.label(),
+            GrantError::Store(_) => "store".into(),
+        }
+    }
+}
+
+/// A token answer.
+#[derive(Deserialize)]
+struct TokenAnswer {
+    access_token: String,
+    #[serde(default)]
+    expires_in: Option<u64>,
+    #[serde(default)]
+    refresh_token: Option<String>,
+}
+
+/// An access token in use, with when to renew it.
+#[derive(Clone)]
+pub struct Access {
+    pub token: SecretString,
+    renew_at: Instant,
+}
+
+impl Access {
+    fn fresh(&self) -> bool {
+        Instant::now() < self.renew_at
+    }
+}
+
+/// The token half of the client's state: the current access token and the refresh token.
+pub struct TokenAuth {
+    pub(super) username: String,
+    pub(super) password: SecretString,
+    pub(super) totp: Option<SecretString>,
+    pub(super) client_id: String,
+    store: Option<Store>,
+    state: Mutex<TokenState>,
+}
+
+#[derive(Default)]
+struct TokenState {
+    access: Option<Access>,
+    /// The refresh token in memory (also in the store, when there is one).
+    refresh: Option<SecretString>,
+    loaded: bool,
+}
+
+/// Which grant to ask for.
+pub enum Grant {
+    Password,
+    Refresh(SecretString),
+}
+
+impl Grant {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Grant::Password => "password",
+            Grant::Refresh(_) => "refresh_token",
+        }
+    }
+}
+
+impl TokenAuth {
+    pub fn new(
+        username: String,
+        password: SecretString,
+        totp: Option<SecretString>,
+        client_id: String,
+        store: Option<Store>,
+    ) -> TokenAuth {
+        TokenAuth {
+            username,
+            password,
+            totp,
+            client_id,
+            store,
+            state: Mutex::new(TokenState::default()),
+        }
+    }
+
+    /// The form fields of `grant` (secrets exposed only into the request body).
+    pub fn form(&self, grant: &Grant) -> Vec<(&'static str, String)> {
+        match grant {
+            Grant::Password => {
+                let mut form = vec![
+                    ("grant_type", "password".to_string()),
+                    ("username", self.username.clone()),
+                    ("password", self.password.expose_secret().to_string()),
+                ];
+                if let Some(totp) = &self.totp {
+                    form.push(("totp", totp.expose_secret().to_string()));
+                }
+                form
+            }
+            Grant::Refresh(token) => vec![
+                ("grant_type", "refresh_token".to_string()),
+                ("refresh_token", token.expose_secret().to_string()),
+            ],
+        }
+    }
+
+    /// A usable access token, renewing it through `request` (one token request, with the
+    /// caller's retries) when there is none or it is due. `stale` is a token the server just
+    /// answered 401 to: it is not handed out again.
+    pub async fn bearer<F, Fut>(
+        &self,
+        stale: Option<&SecretString>,
+        request: F,
+    ) -> Result<SecretString, GrantError>
+    where
+        F: Fn(Grant) -> Fut,
+        Fut: std::future::Future<Output = Result<Vec<u8>, GrantError>>,
+    {
+        let mut state = self.state.lock().await;
+        if !state.loaded {
+            state.loaded = true;
+            if state.refresh.is_none()
+                && let Some(store) = &self.store
+            {
+                state.refresh = store
+                    .secret(REFRESH_TOKEN_KEY)
+                    .map_err(|e| GrantError::Store(e.to_string()))?
+                    .map(SecretString::from);
+            }
+        }
+        if let Some(access) = &state.access {
+            let same_as_stale =
+                stale.is_some_and(|s| s.expose_secret() == access.token.expose_secret());
+            if access.fresh() && !same_as_stale {
+                return Ok(access.token.clone());
+            }
+        }
+        state.access = None;
+        let answer = match state.refresh.clone() {
+            Some(refresh) => match request(Grant::Refresh(refresh)).await {
+                Ok(body) => body,
+                Err(GrantError::Refused { status, error }) => {
+                    tracing::warn!(
+                        status,
+                        %error,
+                        "Nexudus refused the stored refresh token; signing in with the password"
+                    );
+                    state.refresh = None;
+                    request(Grant::Password).await?
+                }
+                Err(e) => return Err(e),
+            },
+            None => request(Grant::Password).await?,
+        };
+        let answer: TokenAnswer = serde_json::from_slice(&answer).map_err(|e| {
+            GrantError::Transient(super::SourceError::Decode(format!(
+                "token answer is not the documented JSON: {e}"
+            )))
+        })?;
+        let lifetime = Duration::from_secs(answer.expires_in.unwrap_or(3600));
+        let early = (lifetime / 10).min(Duration::from_secs(60));
+        let access = Access {
+            token: SecretString::from(answer.access_token),
+            renew_at: Instant::now() + lifetime.saturating_sub(early),
+        };
+        if let Some(refresh) = answer.refresh_token.filter(|r| !r.is_empty()) {
+            if let Some(store) = &self.store {
+                store
+                    .set_secret(REFRESH_TOKEN_KEY, &refresh)
+                    .map_err(|e| GrantError::Store(e.to_string()))?;
+                store
+                    .flush()
+                    .await
+                    .map_err(|e| GrantError::Store(e.to_string()))?;
+            }
+            state.refresh = Some(SecretString::from(refresh));
+        }
+        tracing::debug!(
+            expires_in = lifetime.as_secs(),
+            "Nexudus access token obtained"
+        );
+        state.access = Some(access.clone());
+        Ok(access.token)
+    }
+}

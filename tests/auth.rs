@@ -1,0 +1,124 @@
+//! Nexudus bearer tokens (`nexudus.auth = "token"`) against the fake's `POST /api/token`:
+//! sign-in with the password grant, renewal on 401, the rotating refresh token kept in the store
+//! across restarts, and the fallback to the password when the refresh token is refused.
+
+mod common;
+
+use common::{Env, quote};
+use nexudus_nevis_sync::sandbox::{FakeNevis, FakeNexudus, NevisFakeConfig, NexudusFakeConfig};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn token_auth_signs_in_once_then_refreshes_with_the_stored_rotating_token() {
+    let env = Env::start().await;
+    env.set("nexudus.auth", &quote("token"));
+    env.seed(3);
+    let run = env.sync(&[]).await;
+    run.assert_code(0);
+    assert_eq!(run.count("created"), 3);
+    let stats = env.nexudus.stats();
+    assert_eq!((stats.password_grants, stats.refresh_grants), (1, 0));
+
+    // A restart: the access token is gone with the process; the refresh token is in the store.
+    env.nexudus.reset_stats();
+    env.sync(&[]).await.assert_code(0);
+    let stats = env.nexudus.stats();
+    assert_eq!(
+        (
+            stats.password_grants,
+            stats.refresh_grants,
+            stats.unauthorized
+        ),
+        (0, 1, 0),
+        "a restart refreshes instead of sending the password"
+    );
+    // The refresh token rotated: the next run presents the newest one (the old one is retired
+    // by the fake, so an old one presented would be refused and fall back to the password).
+    env.nexudus.reset_stats();
+    env.sync(&[]).await.assert_code(0);
+    assert_eq!(env.nexudus.stats().refresh_grants, 1);
+    assert_eq!(env.nexudus.stats().password_grants, 0);
+    assert_eq!(env.nexudus.issued_refresh_tokens().len(), 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_refresh_token_falls_back_to_the_password_grant() {
+    let env = Env::start().await;
+    env.set("nexudus.auth", &quote("token"));
+    env.seed(2);
+    env.sync(&[]).await.assert_code(0);
+    env.nexudus.revoke_refresh_tokens();
+    env.nexudus.reset_stats();
+    let run = env.sync(&[]).await;
+    run.assert_code(0);
+    let stats = env.nexudus.stats();
+    assert_eq!(
+        (stats.refused_grants, stats.password_grants),
+        (1, 1),
+        "refresh refused once, then the password"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_access_token_revoked_mid_run_is_renewed_on_401() {
+    let env = Env::start().await;
+    env.set("nexudus.auth", &quote("token"));
+    env.set("nexudus.page_size", "2");
+    env.seed(6);
+    // Every access token is revoked right after the first page: page 2 meets a 401.
+    env.nexudus.revoke_access_tokens_after_pages(Some(1));
+    let run = env.sync(&[]).await;
+    run.assert_code(0);
+    assert_eq!(run.count("created"), 6);
+    let stats = env.nexudus.stats();
+    assert_eq!(stats.unauthorized, 1, "the revoked token was refused once");
+    assert_eq!(stats.list_requests, 3, "every page served once");
+    assert_eq!(
+        stats.password_grants + stats.refresh_grants,
+        2,
+        "one sign-in and one renewal"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_password_with_token_auth_is_fatal_and_names_the_sign_in() {
+    let env = Env::start().await;
+    env.set("nexudus.auth", &quote("token"));
+    env.set("nexudus.password", &quote("wrong-password-xyz"));
+    env.seed(2);
+    let run = env.sync(&[]).await;
+    run.assert_code(2);
+    assert!(run.stderr.contains("/api/token"), "{}", run.stderr);
+    assert!(!run.stderr.contains("wrong-password-xyz"));
+    assert!(!run.stdout.contains("wrong-password-xyz"));
+    assert_eq!(env.nevis.user_count(), 0);
+    // Refused at once, not retried.
+    assert_eq!(env.nexudus.stats().refused_grants, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn totp_is_sent_with_the_password_grant_and_client_id_binds_the_refresh() {
+    let nexudus = FakeNexudus::start(NexudusFakeConfig {
+        totp: Some("424242".into()),
+        ..NexudusFakeConfig::default()
+    })
+    .await
+    .unwrap();
+    let nevis = FakeNevis::start(NevisFakeConfig::default()).await.unwrap();
+    let env = Env::with_fakes(nexudus, nevis).await;
+    env.set("nexudus.auth", &quote("token"));
+    env.seed(1);
+    // Without the code the sign-in is refused.
+    env.sync(&[]).await.assert_code(2);
+    env.set("nexudus.totp", &quote("424242"));
+    env.set("nexudus.client_id", &quote("sync-daemon-1"));
+    env.sync(&[]).await.assert_code(0);
+    env.nexudus.reset_stats();
+    env.sync(&[]).await.assert_code(0);
+    assert_eq!(env.nexudus.stats().refresh_grants, 1);
+    // A different client_id may not use that refresh token: refused, then the password.
+    env.set("nexudus.client_id", &quote("someone-else"));
+    env.nexudus.reset_stats();
+    env.sync(&[]).await.assert_code(0);
+    let stats = env.nexudus.stats();
+    assert_eq!((stats.refused_grants, stats.password_grants), (1, 1));
+}
