@@ -239,8 +239,10 @@ async fn run_inner<S: Source, T: Target>(
     // (a checkpointed user not in `managed` after a complete listing is disabled).
     let mut seen: HashSet<u64> = HashSet::new();
     let mut managed: HashSet<u64> = HashSet::new();
-    // Managed users the source wants active: never archived, even if disabled until now.
+    // Managed users the source wants active: never archived, even if disabled until now. Only
+    // kept when archiving is on (it costs memory in proportion to the listing).
     let mut wanted_active: HashSet<u64> = HashSet::new();
+    let archiving = cfg.sync.archive_after.is_some();
     let mut disables: Vec<Op> = Vec::new(); // users who vanished
     let mut incomplete: Option<String> = None;
     let mut total_items: Option<u64> = None;
@@ -375,7 +377,7 @@ async fn run_inner<S: Source, T: Target>(
                 }
                 Ok(d) => {
                     managed.insert(user.id);
-                    if d.state == UserState::Active {
+                    if archiving && d.state == UserState::Active {
                         wanted_active.insert(user.id);
                     }
                     d
