@@ -65,14 +65,20 @@ pub struct DesiredUser {
 pub enum InvalidReason {
     #[error("email is missing or blank")]
     EmailMissing,
-    #[error("email {0:?} has no single '@' between a local part and a domain")]
+    #[error("email {} has no single '@' between a local part and a domain", shown(.0))]
     EmailMalformed(String),
-    #[error("email {0:?} contains whitespace or control characters")]
+    #[error("email {} contains whitespace, control or invisible formatting characters", shown(.0))]
     EmailWhitespace(String),
+    #[error("email is {0} characters long; at most {MAX_EMAIL_CHARS} are accepted")]
+    EmailTooLong(usize),
     #[error("full name is missing or blank")]
     NameMissing,
-    #[error("full name contains control characters")]
+    #[error("full name contains control or bidirectional-override characters")]
     NameControlCharacters,
+    #[error(
+        "a part of the full name is {0} characters long; at most {MAX_NAME_CHARS} are accepted"
+    )]
+    NameTooLong(usize),
     #[error("field {field} has the wrong type: {detail}")]
     WrongType { field: &'static str, detail: String },
     #[error("field {0} is missing or null")]
@@ -122,14 +128,58 @@ pub fn map_user(user: &SourceUser, mapping: &MappingConfig) -> Result<DesiredUse
     })
 }
 
+/// Longest first or family name sent (characters). nevisIDM's limits are not documented; names
+/// longer than a database column commonly holds are reported instead of sent to be refused.
+pub const MAX_NAME_CHARS: usize = 255;
+/// Longest email accepted (RFC 5321 allows 254 in a path).
+pub const MAX_EMAIL_CHARS: usize = 254;
+
+/// A value as shown in a report: at most 80 characters, escaped (control and formatting
+/// characters, such as a right-to-left override, print as `\u{…}` and cannot reorder the line).
+fn shown(value: &str) -> String {
+    const MAX: usize = 80;
+    let mut out: String = value
+        .chars()
+        .take(MAX)
+        .collect::<String>()
+        .escape_debug()
+        .collect();
+    if value.chars().nth(MAX).is_some() {
+        out.push('…');
+    }
+    format!("\"{out}\"")
+}
+
+/// Invisible formatting characters (Unicode Cf) that have no place in an email address:
+/// zero-width spaces and joiners, direction marks, embeddings, overrides and isolates, BOM.
+fn is_invisible_format(c: char) -> bool {
+    matches!(c,
+        '\u{00AD}' | '\u{061C}' | '\u{180E}' | '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}'
+        | '\u{2060}'..='\u{2064}' | '\u{2066}'..='\u{206F}' | '\u{FEFF}')
+}
+
+/// Bidirectional embeddings, overrides and isolates: they can make a name display as something
+/// else (spoofing), so a name carrying them is reported, not synced. Plain direction marks
+/// (U+200E, U+200F), which right-to-left names may legitimately carry, are kept.
+fn is_bidi_control(c: char) -> bool {
+    matches!(c, '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}')
+}
+
 /// Trims the email and checks it is usable as a login: one `@`, both sides non-empty, no
-/// whitespace or control characters inside. Case is kept (it is the contact address).
+/// whitespace, control or invisible characters inside. Case is kept (it is the contact address).
 fn normalise_email(raw: Option<&str>) -> Result<String, InvalidReason> {
     let email = raw.map(str::trim).unwrap_or_default();
     if email.is_empty() {
         return Err(InvalidReason::EmailMissing);
     }
-    if email.chars().any(|c| c.is_whitespace() || c.is_control()) {
+    let length = email.chars().count();
+    if length > MAX_EMAIL_CHARS {
+        return Err(InvalidReason::EmailTooLong(length));
+    }
+    if email
+        .chars()
+        .any(|c| c.is_whitespace() || c.is_control() || is_invisible_format(c))
+    {
         return Err(InvalidReason::EmailWhitespace(email.to_string()));
     }
     match email.split_once('@') {
@@ -146,7 +196,10 @@ fn normalise_email(raw: Option<&str>) -> Result<String, InvalidReason> {
 /// A one-word name fills both parts, because nevisIDM makes both mandatory by default.
 fn split_name(raw: Option<&str>, split: NameSplit) -> Result<(String, String), InvalidReason> {
     let raw = raw.unwrap_or_default();
-    if raw.chars().any(|c| c.is_control() && !c.is_whitespace()) {
+    if raw
+        .chars()
+        .any(|c| (c.is_control() && !c.is_whitespace()) || is_bidi_control(c))
+    {
         return Err(InvalidReason::NameControlCharacters);
     }
     let words: Vec<&str> = raw.split_whitespace().collect();
@@ -154,11 +207,16 @@ fn split_name(raw: Option<&str>, split: NameSplit) -> Result<(String, String), I
         NameSplit::LastWord => words.split_last(),
         NameSplit::FirstWord => words.split_first(),
     };
-    match parts {
-        None => Err(InvalidReason::NameMissing),
-        Some((one, [])) => Ok((one.to_string(), one.to_string())),
-        Some((family, rest)) => Ok((rest.join(" "), family.to_string())),
+    let (first, family) = match parts {
+        None => return Err(InvalidReason::NameMissing),
+        Some((one, [])) => (one.to_string(), one.to_string()),
+        Some((family, rest)) => (rest.join(" "), family.to_string()),
+    };
+    let longest = first.chars().count().max(family.chars().count());
+    if longest > MAX_NAME_CHARS {
+        return Err(InvalidReason::NameTooLong(longest));
     }
+    Ok((first, family))
 }
 
 #[cfg(test)]
@@ -309,5 +367,34 @@ mod tests {
         for (u, want) in cases {
             assert_eq!(map(&u).unwrap_err(), want, "{u:?}");
         }
+    }
+
+    #[test]
+    fn hostile_names_and_emails_are_reported_with_a_bounded_escaped_value() {
+        // 100,000 characters: reported, never sent.
+        let long = "x".repeat(100_000);
+        let r = map(&user(Some(&format!("Ann {long}")), Some("a@example.com")));
+        assert_eq!(r.unwrap_err(), InvalidReason::NameTooLong(100_000));
+        let ok = "y".repeat(MAX_NAME_CHARS);
+        assert!(map(&user(Some(&format!("Ann {ok}")), Some("a@example.com"))).is_ok());
+        let r = map(&user(
+            Some("Ann Long"),
+            Some(&format!("{long}@example.com")),
+        ));
+        assert_eq!(r.unwrap_err(), InvalidReason::EmailTooLong(100_012));
+        // A right-to-left override could make the name display as something else.
+        let r = map(&user(Some("Ann \u{202E}nimda"), Some("a@example.com")));
+        assert_eq!(r.unwrap_err(), InvalidReason::NameControlCharacters);
+        // Direction marks alone are legitimate in right-to-left names.
+        let d = map(&user(Some("\u{200F}שרה כהן"), Some("s@example.com"))).unwrap();
+        assert_eq!(d.family_name, "כהן");
+        // Invisible characters in an email are refused, and the report line escapes them.
+        let err = map(&user(Some("Ann"), Some("ann\u{200B}@example.com"))).unwrap_err();
+        let text = err.to_string();
+        assert!(text.contains("\\u{200b}"), "{text}");
+        let err = map(&user(Some("Ann"), Some(&format!("{long}\u{202E}@x")))).unwrap_err();
+        assert!(err.to_string().chars().count() < 200, "bounded: {err}");
+        let err = map(&user(Some("Ann"), Some(&format!("{}@@x", "a".repeat(100))))).unwrap_err();
+        assert!(err.to_string().contains('…'), "{err}");
     }
 }
