@@ -231,7 +231,9 @@ impl<T: Target> Dispatcher<T> {
             Some(rules) => {
                 match decide(&*self.target, &self.store, &rules, &self.claimed, &op).await {
                     Ok(Ok(d)) => d,
-                    Ok(Err(e @ TargetError::Auth { .. })) => return Err(DispatchError::Auth(e)),
+                    Ok(Err(e @ (TargetError::Auth { .. } | TargetError::Tls { .. }))) => {
+                        return Err(DispatchError::Auth(e));
+                    }
                     Ok(Err(e)) => {
                         let mut line = op.plan_json();
                         line["op"] = json!("error");
@@ -316,7 +318,9 @@ impl<T: Target> Dispatcher<T> {
                 }
                 Ok(())
             }
-            Err(e @ TargetError::Auth { .. }) => Err(DispatchError::Auth(e)),
+            Err(e @ (TargetError::Auth { .. } | TargetError::Tls { .. })) => {
+                Err(DispatchError::Auth(e))
+            }
             Err(TargetError::Conflict { reason, candidates }) => {
                 self.unavailable_streak = 0;
                 tracing::warn!(extId = %ext_id, %reason, ?candidates, "conflict: nothing written");

@@ -106,6 +106,14 @@ pub enum TargetError {
         reason: String,
         candidates: Vec<String>,
     },
+    /// The TLS handshake failed: the server's certificate does not verify, or the server refused
+    /// our client certificate. Not retried: it will not heal by itself.
+    #[error(
+        "TLS handshake with nevisIDM failed: {detail}; check nevis.ca_cert (the CA that signed \
+         nevisIDM's certificate) and nevis.client_cert / nevis.client_key (the client certificate \
+         nevisIDM expects)"
+    )]
+    Tls { detail: String },
     #[error("nevisIDM unavailable: {detail}")]
     Unavailable {
         status: Option<u16>,
@@ -131,6 +139,7 @@ impl Classify for TargetError {
             | TargetError::Rejected { status, .. } => status.to_string(),
             TargetError::NotFound => "404".into(),
             TargetError::Conflict { .. } => "conflict".into(),
+            TargetError::Tls { .. } => "tls".into(),
             TargetError::Unavailable { status, .. } => {
                 status.map_or_else(|| "transport".into(), |s| s.to_string())
             }
@@ -177,11 +186,8 @@ impl NevisClient {
         remarks: Option<String>,
         modification_comment: Option<String>,
     ) -> Result<NevisClient, TargetError> {
-        let http = client::build(cfg.request_timeout).map_err(|e| TargetError::Unavailable {
-            status: None,
-            detail: format!("cannot build HTTP client: {e}"),
-            retry_after: None,
-        })?;
+        let http = client::build_tls(cfg.request_timeout, &cfg.tls)
+            .map_err(|detail| TargetError::Tls { detail })?;
         let users_url = join(
             &cfg.base_url,
             &format!("nevisidm/api/core/v1/{}/users", cfg.client_ext_id),
@@ -450,6 +456,9 @@ fn classify(
 }
 
 fn unavailable(e: reqwest::Error) -> TargetError {
+    if let Some(detail) = client::tls_failure(&e) {
+        return TargetError::Tls { detail };
+    }
     TargetError::Unavailable {
         status: None,
         detail: describe(e),

@@ -128,6 +128,9 @@ struct Inner {
     /// Errors forced by `reject_user`, by extId.
     rejections: HashMap<String, ApiError>,
     controls: Controls,
+    /// False when the caller is authenticated before the fake (a TLS-terminating proxy that
+    /// checked a client certificate): requests without a bearer token are then accepted.
+    token_required: bool,
     stats: NevisStats,
     log: Vec<LoggedRequest>,
     /// Off for long benchmark runs, where the log would only cost memory.
@@ -215,6 +218,7 @@ impl FakeNevis {
             generated: 0,
             rejections: HashMap::new(),
             controls: Controls::default(),
+            token_required: true,
             stats: NevisStats::default(),
             log: Vec::new(),
             log_enabled: true,
@@ -271,6 +275,12 @@ impl FakeNevis {
     /// While `Some(status)`, every request (authorised or not) is answered with that status.
     pub fn set_down(&self, status: Option<u16>) {
         self.lock().controls.down = status;
+    }
+
+    /// Whether requests need the bearer token. Off models a nevisIDM published behind a proxy
+    /// that authenticates callers by client certificate; a wrong token is still refused.
+    pub fn set_token_required(&self, required: bool) {
+        self.lock().token_required = required;
     }
 
     pub fn user(&self, ext_id: &str) -> Option<Value> {
@@ -469,11 +479,14 @@ async fn admit(state: &Shared, request: Request, next: Next) -> Response {
             return status_response(status, None);
         }
         let expected = format!("Bearer {}", inner.cfg.token);
-        let authorized = request
+        let presented = request
             .headers()
             .get(header::AUTHORIZATION)
-            .and_then(|value| value.to_str().ok())
-            .is_some_and(|value| value.trim() == expected);
+            .map(|value| value.to_str().unwrap_or_default().trim().to_owned());
+        let authorized = match presented {
+            Some(value) => value == expected,
+            None => !inner.token_required,
+        };
         if !authorized {
             inner.stats.unauthorized += 1;
             return status_response(401, None);

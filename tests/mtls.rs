@@ -1,0 +1,263 @@
+//! nevisIDM over TLS with client certificates: certificates are generated here (`rcgen`), and a
+//! TLS-terminating proxy on 127.0.0.1 (rustls, optionally demanding a client certificate from our
+//! CA) forwards to the plain sandbox fake. The real binary must: authenticate with a good client
+//! certificate alone, fail fast and clearly without one, refuse an untrusted server certificate,
+//! and accept it only with the explicit, loudly logged `insecure_skip_verify`.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::{Env, Run, quote};
+use rcgen::{
+    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::TlsAcceptor;
+use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+use tokio_rustls::rustls::server::WebPkiClientVerifier;
+use tokio_rustls::rustls::{RootCertStore, ServerConfig, crypto};
+
+/// A CA able to sign server and client certificates.
+struct Ca {
+    issuer: Issuer<'static, KeyPair>,
+    pem: String,
+    der: CertificateDer<'static>,
+}
+
+impl Ca {
+    fn new(name: &str) -> Ca {
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.distinguished_name.push(DnType::CommonName, name);
+        let cert = params.self_signed(&key).unwrap();
+        Ca {
+            pem: cert.pem(),
+            der: cert.der().clone(),
+            issuer: Issuer::new(params, key),
+        }
+    }
+
+    /// A leaf certificate and its key (PEM, and DER for the server side).
+    fn leaf(&self, names: &[&str], purpose: ExtendedKeyUsagePurpose) -> Leaf {
+        let key = KeyPair::generate().unwrap();
+        let mut params =
+            CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
+                .unwrap();
+        params.distinguished_name.push(DnType::CommonName, names[0]);
+        params.extended_key_usages = vec![purpose];
+        let cert = params.signed_by(&key, &self.issuer).unwrap();
+        Leaf {
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+            cert_der: cert.der().clone(),
+            key_der: key.serialize_der(),
+        }
+    }
+}
+
+struct Leaf {
+    cert_pem: String,
+    key_pem: String,
+    cert_der: CertificateDer<'static>,
+    key_der: Vec<u8>,
+}
+
+/// Serves TLS on 127.0.0.1 with `server`'s certificate and forwards the decrypted bytes to
+/// `backend`. With `client_ca`, a client certificate signed by it is required.
+async fn tls_proxy(server: &Leaf, client_ca: Option<&Ca>, backend: SocketAddr) -> SocketAddr {
+    let provider = Arc::new(crypto::aws_lc_rs::default_provider());
+    let builder = ServerConfig::builder_with_provider(Arc::clone(&provider))
+        .with_safe_default_protocol_versions()
+        .unwrap();
+    let builder = match client_ca {
+        Some(ca) => {
+            let mut roots = RootCertStore::empty();
+            roots.add(ca.der.clone()).unwrap();
+            let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
+                .build()
+                .unwrap();
+            builder.with_client_cert_verifier(verifier)
+        }
+        None => builder.with_no_client_auth(),
+    };
+    let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(server.key_der.clone()));
+    let config = builder
+        .with_single_cert(vec![server.cert_der.clone()], key)
+        .unwrap();
+    let acceptor = TlsAcceptor::from(Arc::new(config));
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else {
+                return;
+            };
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                // A failed handshake just closes the connection, as a real server would.
+                let Ok(mut tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let Ok(mut upstream) = TcpStream::connect(backend).await else {
+                    return;
+                };
+                let _ = tokio::io::copy_bidirectional(&mut tls, &mut upstream).await;
+            });
+        }
+    });
+    addr
+}
+
+/// Writes `text` to a file in the test's directory and returns its path as a TOML string.
+fn file(env: &Env, name: &str, text: &str) -> String {
+    let path = env.dir.path().join(name);
+    std::fs::write(&path, text).unwrap();
+    quote(&path.display().to_string())
+}
+
+struct Setup {
+    env: Env,
+    ca: Ca,
+    client: Leaf,
+}
+
+/// Fakes, a CA, a server certificate for 127.0.0.1 and a client certificate, and nevis.base_url
+/// pointing at a TLS proxy that requires (or not) a client certificate from the CA.
+async fn setup(require_client_cert: bool, server_ca: Option<&Ca>) -> Setup {
+    let env = Env::start().await;
+    env.seed(3);
+    let ca = Ca::new("Test nevisIDM CA");
+    let signer = server_ca.unwrap_or(&ca);
+    let server = signer.leaf(
+        &["127.0.0.1", "localhost"],
+        ExtendedKeyUsagePurpose::ServerAuth,
+    );
+    let client = ca.leaf(&["nexudus-nevis-sync"], ExtendedKeyUsagePurpose::ClientAuth);
+    let proxy = tls_proxy(
+        &server,
+        require_client_cert.then_some(&ca),
+        env.nevis.addr(),
+    )
+    .await;
+    env.set(
+        "nevis.base_url",
+        &quote(&format!("https://127.0.0.1:{}", proxy.port())),
+    );
+    Setup { env, ca, client }
+}
+
+fn use_client_cert(s: &Setup) {
+    s.env.set(
+        "nevis.client_cert",
+        &file(&s.env, "client.pem", &s.client.cert_pem),
+    );
+    s.env.set(
+        "nevis.client_key",
+        &file(&s.env, "client-key.pem", &s.client.key_pem),
+    );
+}
+
+fn trust_ca(s: &Setup) {
+    s.env
+        .set("nevis.ca_cert", &file(&s.env, "ca.pem", &s.ca.pem));
+}
+
+fn assert_fatal_tls(run: &Run, started: Instant) {
+    run.assert_code(2);
+    assert!(run.stderr.contains("TLS"), "{}", run.stderr);
+    // Not retried for minutes as if nevisIDM were down.
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "a TLS refusal is final, not retried"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_good_client_certificate_alone_authenticates() {
+    let s = setup(true, None).await;
+    trust_ca(&s);
+    use_client_cert(&s);
+    // mTLS only: no bearer token at all (the proxy in front of nevisIDM authenticates).
+    s.env.nevis.set_token_required(false);
+    let text = std::fs::read_to_string(&s.env.config).unwrap();
+    std::fs::write(
+        &s.env.config,
+        text.lines()
+            .filter(|l| !l.starts_with("token = "))
+            .collect::<Vec<_>>()
+            .join("\n"),
+    )
+    .unwrap();
+    let run = s.env.sync(&[]).await;
+    assert_eq!(
+        run.code, 0,
+        "stdout:\n{}\nstderr:\n{}",
+        run.stdout, run.stderr
+    );
+    assert_eq!(run.count("created"), 3);
+    assert_eq!(s.env.nevis.user_count(), 3);
+    assert!(!run.stderr.contains("BEGIN"), "no PEM in the output");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_client_certificate_is_a_fast_clear_fatal_error() {
+    let s = setup(true, None).await;
+    trust_ca(&s);
+    let started = Instant::now();
+    let run = s.env.sync(&[]).await;
+    assert_fatal_tls(&run, started);
+    assert!(run.stderr.contains("client_cert"), "{}", run.stderr);
+    assert_eq!(s.env.nevis.user_count(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_untrusted_server_certificate_is_refused() {
+    let other = Ca::new("Some other CA");
+    let s = setup(false, Some(&other)).await;
+    // Without nevis.ca_cert (platform roots only), and with our CA that did not sign it.
+    let started = Instant::now();
+    let run = s.env.sync(&[]).await;
+    assert_fatal_tls(&run, started);
+    assert!(run.stderr.contains("ca_cert"), "{}", run.stderr);
+    trust_ca(&s);
+    let run = s.env.sync(&[]).await;
+    run.assert_code(2);
+    assert!(run.stderr.contains("TLS"), "{}", run.stderr);
+    assert_eq!(s.env.nevis.user_count(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn insecure_skip_verify_works_only_with_a_loud_warning() {
+    let other = Ca::new("Some other CA");
+    let s = setup(false, Some(&other)).await;
+    s.env.set("nevis.insecure_skip_verify", "true");
+    let run = s.env.sync(&[]).await;
+    run.assert_code(0);
+    assert_eq!(run.count("created"), 3);
+    assert!(run.stderr.contains("NOT verified"), "{}", run.stderr);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_client_key_file_is_a_start_up_error_naming_the_keys() {
+    let s = setup(true, None).await;
+    trust_ca(&s);
+    s.env.set(
+        "nevis.client_cert",
+        &file(&s.env, "client.pem", &s.client.cert_pem),
+    );
+    let broken = "-----BEGIN PRIVATE KEY-----\nbm90IGEga2V5\n-----END PRIVATE KEY-----\n";
+    s.env
+        .set("nevis.client_key", &file(&s.env, "client-key.pem", broken));
+    let run = s.env.sync(&[]).await;
+    run.assert_code(2);
+    assert!(run.stderr.contains("nevis.client_cert"), "{}", run.stderr);
+    assert!(
+        !run.stderr.contains("bm90IGEga2V5"),
+        "the key is not echoed"
+    );
+    assert!(!run.stderr.contains("panicked"), "{}", run.stderr);
+}
