@@ -171,6 +171,10 @@ struct Inner {
     admitted: VecDeque<Instant>,
     total_items_skew: i64,
     short_pages: bool,
+    /// Added to `TotalItems` once per page after the first (a total that moves mid-listing).
+    total_items_drift: i64,
+    /// Pages after the first start one record early: a record inserted ahead of the reader.
+    page_shift: bool,
     stats: NexudusStats,
 }
 
@@ -197,6 +201,8 @@ impl FakeNexudus {
             admitted: VecDeque::new(),
             total_items_skew: 0,
             short_pages: false,
+            total_items_drift: 0,
+            page_shift: false,
             stats: NexudusStats::default(),
         }));
         let router = Router::new()
@@ -287,6 +293,19 @@ impl FakeNexudus {
     /// Adds `skew` to every reported `TotalItems`, leaving the records and paging untouched.
     pub fn set_total_items_skew(&self, skew: i64) {
         self.lock().total_items_skew = skew;
+    }
+
+    /// Adds `drift` to `TotalItems` for every page after the first, so the total a listing sees
+    /// changes between its pages.
+    pub fn set_total_items_drift(&self, drift: i64) {
+        self.lock().total_items_drift = drift;
+    }
+
+    /// When true, every page after the first starts one record early, as if a user had been
+    /// inserted ahead of the reader: that page repeats the previous page's last Id, and the last
+    /// user of the listing is never served.
+    pub fn set_page_shift(&self, shift: bool) {
+        self.lock().page_shift = shift;
     }
 
     /// When true, each non-empty page leaves out its last record while its envelope still
@@ -804,7 +823,10 @@ async fn list_users(State(state): State<Shared>, uri: Uri) -> Response {
         .collect();
     let total = matching.len() as u64;
     let total_pages = total.div_ceil(query.size);
-    let start = (query.page - 1).saturating_mul(query.size);
+    let mut start = (query.page - 1).saturating_mul(query.size);
+    if inner.page_shift && query.page > 1 {
+        start -= 1;
+    }
     let mut records: Vec<Value> = matching
         .into_iter()
         .skip(usize::try_from(start).unwrap_or(usize::MAX))
@@ -821,6 +843,11 @@ async fn list_users(State(state): State<Shared>, uri: Uri) -> Response {
     let reported_total = i64::try_from(total)
         .unwrap_or(i64::MAX)
         .saturating_add(inner.total_items_skew)
+        .saturating_add(
+            inner
+                .total_items_drift
+                .saturating_mul(i64::try_from(query.page).unwrap_or(i64::MAX) - 1),
+        )
         .max(0);
     let body = json!({
         "Records": records,
