@@ -13,7 +13,7 @@ fn ext(id: u64) -> String {
     format!("nexudus-{id}")
 }
 
-fn invalid_line<'a>(run: &'a Run, id: u64) -> &'a str {
+fn invalid_line(run: &Run, id: u64) -> &str {
     let prefix = format!("invalid: nexudus_id={id} ");
     run.stdout
         .lines()
@@ -32,7 +32,8 @@ async fn imported(env: &Env, n: usize) -> Vec<u64> {
 async fn nulls_missing_fields_and_wrong_types_are_named_and_skipped() {
     let env = Env::start().await;
     let good = env.seed(3);
-    let spoil = |name: &str, edit: Box<dyn FnOnce(&mut serde_json::Map<String, Value>)>| {
+    type Edit = Box<dyn FnOnce(&mut serde_json::Map<String, Value>)>;
+    let spoil = |name: &str, edit: Edit| {
         let id = env.nexudus.insert_user(NexudusUserSpec::new(
             name,
             format!("{}@example.com", name.replace(' ', ".")),
