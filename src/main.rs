@@ -273,6 +273,10 @@ async fn sync_now(config: &Config, opts: RunOptions, rebuild: bool) -> u8 {
     };
     match run_once(config, source, target, &store, &opts).await {
         Ok(report) => print_report(&report),
+        Err(e) if e.is_store() => fatal(&format!(
+            "{e} (store.path = {}; check free space and that the directory is writable)",
+            config.store.path.display()
+        )),
         Err(e) => fatal(&e),
     }
 }

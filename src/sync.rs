@@ -59,6 +59,16 @@ pub enum SyncError {
     Reconcile(TargetError),
 }
 
+impl SyncError {
+    /// The store failed (disk full, read-only, damaged): the operator must look at store.path.
+    pub fn is_store(&self) -> bool {
+        matches!(
+            self,
+            SyncError::Store(_) | SyncError::Target(DispatchError::Store(_))
+        )
+    }
+}
+
 /// Page size and page bound of the reconcile's nevisIDM listing.
 const REMOTE_PAGE_LIMIT: u32 = 500;
 const REMOTE_MAX_PAGES: u32 = 20_000;

@@ -47,6 +47,9 @@ pub enum Fault {
     Drop,
     /// Apply the request (the write happens), then abort mid-body: the answer is lost.
     DropAfterApply,
+    /// Slow loris: send 200 headers and one byte of body, then nothing for this long (longer
+    /// than the client's request timeout), then end. The request is NOT applied.
+    Stall(Duration),
 }
 
 /// The knobs both fakes share: queued faults, added latency and a simulated outage.
@@ -120,6 +123,25 @@ async fn cut_off(response: Response) -> Response {
     );
     parts.headers.remove(header::CONTENT_LENGTH);
     Response::from_parts(parts, Body::from_stream(stream))
+}
+
+/// 200 headers, one byte of body, then silence for `pause` before the body ends (unfinished).
+fn stalled(pause: Duration) -> Response {
+    let stream =
+        futures::stream::once(async { Ok::<Bytes, std::io::Error>(Bytes::from_static(b"{")) })
+            .chain(futures::stream::once(async move {
+                tokio::time::sleep(pause).await;
+                Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "sandbox fault: stalled body",
+                ))
+            }));
+    let mut response = Response::new(Body::from_stream(stream));
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("application/json"),
+    );
+    response
 }
 
 /// A response with a JSON body; `retry_after` adds a `Retry-After` header in seconds.

@@ -24,7 +24,7 @@ use base64::Engine as _;
 use chrono::{DateTime, NaiveDate, NaiveDateTime, SecondsFormat, Utc};
 use serde_json::{Map, Value, json};
 
-use super::{Controls, Fault, Server, cut_off, empty_response, fake_uuid, json_response};
+use super::{Controls, Fault, Server, cut_off, empty_response, fake_uuid, json_response, stalled};
 
 /// Route templates; the gate classifies requests by the one the router matched.
 const CREATE_ROUTE: &str = "/nevisidm/api/core/v1/{client}/users";
@@ -265,6 +265,11 @@ impl FakeNevis {
     /// Queues `n` copies of `fault`; each request consumes at most one.
     pub fn push_faults(&self, n: usize, fault: Fault) {
         self.lock().controls.push_faults(n, fault);
+    }
+
+    /// Drops every queued fault.
+    pub fn clear_faults(&self) {
+        self.lock().controls.faults.clear();
     }
 
     /// Delays every answer by `latency` (zero for none).
@@ -508,6 +513,7 @@ async fn admit(state: &Shared, request: Request, next: Next) -> Response {
             cut_off(json_response(200, &partial, None)).await
         }
         Some(Fault::DropAfterApply) => cut_off(next.run(request).await).await,
+        Some(Fault::Stall(pause)) => stalled(pause),
     }
 }
 

@@ -24,7 +24,7 @@ use chrono::{DateTime, NaiveDateTime, Utc};
 use serde_json::{Map, Value, json};
 use tokio::time::Instant;
 
-use super::{Controls, Fault, Server, cut_off, empty_response, fake_uuid, json_response};
+use super::{Controls, Fault, Server, cut_off, empty_response, fake_uuid, json_response, stalled};
 
 const DENIED: &str = "Authorization has been denied for this request.";
 /// Ids of users created by the fake start here, so they never look like list positions.
@@ -242,6 +242,11 @@ impl FakeNexudus {
     /// Queues `n` copies of `fault`; each request consumes at most one.
     pub fn push_faults(&self, n: usize, fault: Fault) {
         self.lock().controls.push_faults(n, fault);
+    }
+
+    /// Drops every queued fault.
+    pub fn clear_faults(&self) {
+        self.lock().controls.faults.clear();
     }
 
     /// Delays every answer by `latency` (zero for none).
@@ -521,6 +526,7 @@ async fn gate(State(state): State<Shared>, request: Request, next: Next) -> Resp
             cut_off(json_response(200, &partial, None)).await
         }
         Some(Fault::DropAfterApply) => cut_off(next.run(request).await).await,
+        Some(Fault::Stall(pause)) => stalled(pause),
     }
 }
 
