@@ -22,7 +22,7 @@ use crate::config::{AdoptMode, Config, LoginIdSource};
 use crate::diff::{Changes, Observed, Plan, changes_between, diff, disappeared};
 use crate::dispatch::{AdoptRules, DispatchError, Dispatcher, Op, OpKind, PlanSink};
 use crate::mapper::{DesiredUser, SourceUser, UserState, map_user};
-use crate::nevis::{Target, TargetError};
+use crate::nevis::{Target, TargetError, for_each_page};
 use crate::nexudus::{Source, SourceError, SourcePage};
 use crate::report::{Conflict, Invalid, RunReport};
 use crate::store::{Lookup, Store, StoreError, fingerprint};
@@ -81,33 +81,15 @@ struct Remote {
 impl Remote {
     async fn read<T: Target>(target: &T) -> Result<Remote, TargetError> {
         let mut users = HashMap::new();
-        let mut token: Option<String> = None;
-        for _ in 0..REMOTE_MAX_PAGES {
-            let page = target
-                .list_page(&[], REMOTE_PAGE_LIMIT, token.as_deref())
-                .await?;
-            for item in &page.items {
+        for_each_page(target, &[], REMOTE_PAGE_LIMIT, REMOTE_MAX_PAGES, |items| {
+            for item in &items {
                 if let Some(ext_id) = item.get("extId").and_then(serde_json::Value::as_str) {
                     users.insert(ext_id.to_string(), Observed::from_nevis_json(item));
                 }
             }
-            match page.continuation {
-                Some(next) if Some(&next) != token.as_ref() => token = Some(next),
-                Some(_) => {
-                    return Err(TargetError::Unavailable {
-                        status: None,
-                        detail: "the user listing repeated its continuationToken".into(),
-                        retry_after: None,
-                    });
-                }
-                None => return Ok(Remote { users }),
-            }
-        }
-        Err(TargetError::Unavailable {
-            status: None,
-            detail: format!("the user listing did not end within {REMOTE_MAX_PAGES} pages"),
-            retry_after: None,
         })
+        .await?;
+        Ok(Remote { users })
     }
 }
 
@@ -1001,7 +983,7 @@ mod tests {
     use super::*;
     use crate::diff::Changes;
     use crate::mapper::{DesiredUser, SourceUser};
-    use crate::nevis::TargetError;
+    use crate::nevis::{PageCursor, TargetError};
     use serde_json::Value;
     use std::collections::BTreeMap;
     use std::sync::Mutex;
@@ -1119,9 +1101,13 @@ mod tests {
             &self,
             filters: &[(&str, &str)],
             limit: u32,
-            continuation: Option<&str>,
+            cursor: &PageCursor,
         ) -> Result<crate::nevis::UserPage, TargetError> {
-            let offset: usize = continuation.map_or(0, |t| t.parse().unwrap());
+            let offset: usize = match cursor {
+                PageCursor::Start => 0,
+                PageCursor::Token(t) => t.parse().unwrap(),
+                PageCursor::Offset(o) => usize::try_from(*o).unwrap(),
+            };
             let all: Vec<Value> = self
                 .users
                 .lock()

@@ -144,7 +144,7 @@ async fn a_failing_user_keeps_being_retried_by_incremental_runs() {
 async fn nevis_user_listing_pages_with_continuation_and_filters() {
     use nexudus_nevis_sync::config::Config;
     use nexudus_nevis_sync::metrics::Metrics;
-    use nexudus_nevis_sync::nevis::{NevisClient, Target};
+    use nexudus_nevis_sync::nevis::{NevisClient, PageCursor, Target, list_all};
     use std::sync::Arc;
 
     let env = Env::start().await;
@@ -157,25 +157,44 @@ async fn nevis_user_listing_pages_with_continuation_and_filters() {
         Arc::new(Metrics::new()),
     )
     .expect("client");
-    let (mut seen, mut token, mut pages) = (0, None::<String>, 0);
+    let (mut seen, mut cursor, mut pages) = (0, PageCursor::Start, 0);
     loop {
-        let page = client
-            .list_page(&[], 100, token.as_deref())
-            .await
-            .expect("page");
+        let page = client.list_page(&[], 100, &cursor).await.expect("page");
         assert_eq!(page.total, Some(250));
         seen += page.items.len();
         pages += 1;
         match page.continuation {
-            Some(t) if pages < 10 => token = Some(t),
+            Some(t) if pages < 10 => cursor = PageCursor::Token(t),
             _ => break,
         }
     }
     assert_eq!((seen, pages), (250, 3));
     let one = client
-        .list_page(&[("loginId", "USER.7@example.com")], 100, None)
+        .list_page(
+            &[("loginId", "USER.7@example.com")],
+            100,
+            &PageCursor::Start,
+        )
         .await
         .expect("filtered");
     assert_eq!(one.items.len(), 1);
     assert_eq!(one.items[0]["loginId"], "user.7@example.com");
+
+    // A server that pages only by offset/limit: the client falls back to `offset` while
+    // totalResult says more users follow, and reads every user exactly once.
+    let every = list_all(&client, &[], 100, 10).await.expect("token paging");
+    env.nevis.set_offset_paging_only(true);
+    let by_offset = list_all(&client, &[], 100, 10)
+        .await
+        .expect("offset paging");
+    let ids = |items: &[serde_json::Value]| {
+        let mut ids: Vec<String> = items.iter().map(|u| u["extId"].to_string()).collect();
+        ids.sort();
+        ids
+    };
+    assert_eq!(by_offset.len(), 250);
+    assert_eq!(ids(&by_offset), ids(&every));
+    let mut unique = ids(&by_offset);
+    unique.dedup();
+    assert_eq!(unique.len(), 250, "no user read twice");
 }

@@ -39,38 +39,68 @@ pub trait Target: Send + Sync + 'static {
     /// `GET …/users/{extId}`; `None` when nevisIDM has no such user.
     fn get(&self, ext_id: &str) -> impl Future<Output = Result<Option<Value>, TargetError>> + Send;
     /// One page of `GET …/clients/{clientExtId}/users`, filtered by `filters` (e.g.
-    /// `("loginId", "a@b.c")`), `limit` at a time; start with `continuation = None`.
+    /// `("loginId", "a@b.c")`), `limit` at a time, from `cursor` (`PageCursor::Start` first).
     fn list_page(
         &self,
         filters: &[(&str, &str)],
         limit: u32,
-        continuation: Option<&str>,
+        cursor: &PageCursor,
     ) -> impl Future<Output = Result<UserPage, TargetError>> + Send;
 }
 
-/// Every user of the client matching `filters`, following continuation tokens. Bounded: a
-/// listing that keeps handing out tokens beyond `max_pages` is an error, not a hang.
-pub async fn list_all<T: Target>(
+/// Where a page of the user listing starts. nevisIDM pages by `continuationToken` or by
+/// `offset`/`limit`; the token is followed when the server hands one out, and `offset` is the
+/// fallback when it does not but `totalResult` says more users follow.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PageCursor {
+    Start,
+    Token(String),
+    Offset(u64),
+}
+
+impl PageCursor {
+    /// The cursor of the page after `page`, which was read from `self`, with `received` items
+    /// read so far (this page included); `None` when the listing is complete.
+    pub fn next(&self, page: &UserPage, received: u64) -> Result<Option<PageCursor>, TargetError> {
+        match &page.continuation {
+            Some(token) if *self == PageCursor::Token(token.clone()) => {
+                Err(TargetError::Unavailable {
+                    status: None,
+                    detail: "user listing handed out the same continuationToken twice".into(),
+                    retry_after: None,
+                })
+            }
+            Some(token) => Ok(Some(PageCursor::Token(token.clone()))),
+            None => match page.total {
+                Some(total) if received < total && !page.items.is_empty() => {
+                    Ok(Some(PageCursor::Offset(received)))
+                }
+                _ => Ok(None),
+            },
+        }
+    }
+}
+
+/// Hands every page of the client's users matching `filters` to `each`, following the
+/// continuation token (or `offset`). Bounded: a listing that goes on beyond `max_pages` is an
+/// error, not a hang.
+pub async fn for_each_page<T: Target>(
     target: &T,
     filters: &[(&str, &str)],
     limit: u32,
     max_pages: u32,
-) -> Result<Vec<Value>, TargetError> {
-    let mut out = Vec::new();
-    let mut token: Option<String> = None;
+    mut each: impl FnMut(Vec<Value>),
+) -> Result<(), TargetError> {
+    let mut cursor = PageCursor::Start;
+    let mut received = 0u64;
     for _ in 0..max_pages {
-        let page = target.list_page(filters, limit, token.as_deref()).await?;
-        out.extend(page.items);
-        match page.continuation {
-            Some(next) if Some(&next) != token.as_ref() => token = Some(next),
-            Some(_) => {
-                return Err(TargetError::Unavailable {
-                    status: None,
-                    detail: "user listing handed out the same continuationToken twice".into(),
-                    retry_after: None,
-                });
-            }
-            None => return Ok(out),
+        let mut page = target.list_page(filters, limit, &cursor).await?;
+        received += page.items.len() as u64;
+        let next = cursor.next(&page, received)?;
+        each(std::mem::take(&mut page.items));
+        match next {
+            Some(next) => cursor = next,
+            None => return Ok(()),
         }
     }
     Err(TargetError::Unavailable {
@@ -78,6 +108,18 @@ pub async fn list_all<T: Target>(
         detail: format!("user listing did not end within {max_pages} pages"),
         retry_after: None,
     })
+}
+
+/// Every user of the client matching `filters` (see `for_each_page`).
+pub async fn list_all<T: Target>(
+    target: &T,
+    filters: &[(&str, &str)],
+    limit: u32,
+    max_pages: u32,
+) -> Result<Vec<Value>, TargetError> {
+    let mut out = Vec::new();
+    for_each_page(target, filters, limit, max_pages, |items| out.extend(items)).await?;
+    Ok(out)
 }
 
 #[derive(Debug, Clone, thiserror::Error)]
@@ -285,7 +327,7 @@ impl NevisClient {
         &self,
         filters: &[(&str, &str)],
         limit: u32,
-        continuation: Option<&str>,
+        cursor: &PageCursor,
     ) -> Result<UserPage, TargetError> {
         let mut url = self.list_url.clone();
         {
@@ -294,8 +336,14 @@ impl NevisClient {
                 query.append_pair(k, v);
             }
             query.append_pair("limit", &limit.to_string());
-            if let Some(token) = continuation {
-                query.append_pair("continuationToken", token);
+            match cursor {
+                PageCursor::Start => {}
+                PageCursor::Token(token) => {
+                    query.append_pair("continuationToken", token);
+                }
+                PageCursor::Offset(offset) => {
+                    query.append_pair("offset", &offset.to_string());
+                }
             }
         }
         let doc = self
@@ -380,9 +428,9 @@ impl Target for NevisClient {
         &self,
         filters: &[(&str, &str)],
         limit: u32,
-        continuation: Option<&str>,
+        cursor: &PageCursor,
     ) -> Result<UserPage, TargetError> {
-        self.list_page_http(filters, limit, continuation).await
+        self.list_page_http(filters, limit, cursor).await
     }
 
     async fn get(&self, ext_id: &str) -> Result<Option<Value>, TargetError> {
@@ -469,6 +517,38 @@ fn unavailable(e: reqwest::Error) -> TargetError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn page(items: usize, continuation: Option<&str>, total: Option<u64>) -> UserPage {
+        UserPage {
+            items: vec![Value::Null; items],
+            continuation: continuation.map(String::from),
+            total,
+        }
+    }
+
+    #[test]
+    fn listing_follows_the_token_falls_back_to_offset_and_stops_when_done() {
+        let start = PageCursor::Start;
+        // A token is followed, whatever totalResult says.
+        assert_eq!(
+            start.next(&page(100, Some("t1"), Some(250)), 100).unwrap(),
+            Some(PageCursor::Token("t1".into()))
+        );
+        // No token but more to come: offset paging from what was received.
+        assert_eq!(
+            start.next(&page(100, None, Some(250)), 100).unwrap(),
+            Some(PageCursor::Offset(100))
+        );
+        // Done when everything was received, when an empty page arrives (a shrinking listing
+        // must not loop), or when the server says nothing about the total.
+        let offset = PageCursor::Offset(200);
+        assert_eq!(offset.next(&page(50, None, Some(250)), 250).unwrap(), None);
+        assert_eq!(offset.next(&page(0, None, Some(250)), 200).unwrap(), None);
+        assert_eq!(start.next(&page(100, None, None), 100).unwrap(), None);
+        // The same token twice is an error, not a loop.
+        let token = PageCursor::Token("t1".into());
+        assert!(token.next(&page(100, Some("t1"), Some(250)), 200).is_err());
+    }
 
     fn body(code: &str) -> Vec<u8> {
         format!(r#"{{"errors":[{{"code":"{code}","message":"m"}}]}}"#).into_bytes()

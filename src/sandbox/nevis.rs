@@ -131,6 +131,7 @@ struct Inner {
     /// False when the caller is authenticated before the fake (a TLS-terminating proxy that
     /// checked a client certificate): requests without a bearer token are then accepted.
     token_required: bool,
+    offset_paging_only: bool,
     stats: NevisStats,
     log: Vec<LoggedRequest>,
     /// Off for long benchmark runs, where the log would only cost memory.
@@ -219,6 +220,7 @@ impl FakeNevis {
             rejections: HashMap::new(),
             controls: Controls::default(),
             token_required: true,
+            offset_paging_only: false,
             stats: NevisStats::default(),
             log: Vec::new(),
             log_enabled: true,
@@ -286,6 +288,12 @@ impl FakeNevis {
     /// that authenticates callers by client certificate; a wrong token is still refused.
     pub fn set_token_required(&self, required: bool) {
         self.lock().token_required = required;
+    }
+
+    /// Whether the user listing leaves out `continuationToken` (a server that pages only by
+    /// `offset`/`limit`, as the API also allows).
+    pub fn set_offset_paging_only(&self, only: bool) {
+        self.lock().offset_paging_only = only;
     }
 
     pub fn user(&self, ext_id: &str) -> Option<Value> {
@@ -1076,7 +1084,7 @@ async fn list_users(
         .collect();
     let next = offset.saturating_add(limit);
     let mut pagination = json!({ "limit": limit, "totalResult": total });
-    if next < total {
+    if next < total && !inner.offset_paging_only {
         pagination["continuationToken"] = json!(encode_token(next));
     }
     let body = json!({ "items": items, "_pagination": pagination });
