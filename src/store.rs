@@ -41,6 +41,12 @@ pub enum StoreError {
     )]
     Open { path: String, detail: String },
     #[error(
+        "store {path} cannot be opened for writing: {detail}; check that the directory is \
+         writable by this user and its file system has free space (the store is not damaged: \
+         --rebuild-store would not help)"
+    )]
+    Unwritable { path: String, detail: String },
+    #[error(
         "store is corrupt: {0}; rebuild it from nevisIDM and Nexudus with \
          `nexudus-nevis-sync --sync-now --rebuild-store`"
     )]
@@ -128,7 +134,7 @@ impl Store {
                 store.clear_for_rebuild()?;
                 Ok(store)
             }
-            Err(e @ StoreError::InUse { .. }) => Err(e),
+            Err(e @ (StoreError::InUse { .. } | StoreError::Unwritable { .. })) => Err(e),
             Err(e) => {
                 let mut aside = path.as_os_str().to_owned();
                 aside.push(format!(".damaged-{}", unix_now()));
@@ -562,6 +568,24 @@ fn classify_open_error(path: &str, e: sled::Error) -> StoreError {
             }
         }
         sled::Error::Corruption { .. } => StoreError::Corrupt(format!("{path}: {e}")),
+        // The location refuses writes: nothing is wrong with the store itself, and moving it
+        // aside for a rebuild would throw a good store away.
+        sled::Error::Io(io)
+            if matches!(
+                io.kind(),
+                std::io::ErrorKind::PermissionDenied
+                    | std::io::ErrorKind::ReadOnlyFilesystem
+                    | std::io::ErrorKind::StorageFull
+                    | std::io::ErrorKind::QuotaExceeded
+                    | std::io::ErrorKind::FileTooLarge
+                    | std::io::ErrorKind::NotADirectory
+            ) =>
+        {
+            StoreError::Unwritable {
+                path: path.to_string(),
+                detail: e.to_string(),
+            }
+        }
         _ => StoreError::Open {
             path: path.to_string(),
             detail: e.to_string(),

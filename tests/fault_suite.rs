@@ -220,11 +220,7 @@ async fn a_full_disk_is_a_clear_fatal_error_and_claims_nothing() {
     let run = sync_with_file_size_limit(&env, 64 * 1024).await;
     run.assert_code(2);
     let path = env.store_path().display().to_string();
-    let error = run
-        .stderr
-        .lines()
-        .find(|l| l.starts_with("error:"))
-        .unwrap_or_default();
+    let error = error_line(&run);
     assert!(
         error.contains(&path) && error.contains("free space"),
         "the error names the store: {}",
@@ -259,4 +255,154 @@ async fn an_unwritable_store_location_is_a_clear_fatal_error_before_any_write() 
         0,
         "nothing sent before the store opened"
     );
+}
+
+/// Runs `--sync-now` with the store directory read-only: as root (where permissions do not stop
+/// writes) through a read-only bind mount in a private mount namespace of the child, otherwise by
+/// taking the write bits away. `None` when this machine allows neither (root without mount
+/// namespaces), said on stderr.
+async fn sync_with_read_only_store(env: &Env, args: &[&str]) -> Option<Run> {
+    use std::os::unix::fs::PermissionsExt;
+    let store = env.store_path();
+    let mut all = vec!["--sync-now"];
+    all.extend_from_slice(args);
+    let mut cmd = env.command(&all);
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    let mut made_read_only = Vec::new();
+    if root {
+        let path = std::ffi::CString::new(store.as_os_str().as_encoded_bytes()).unwrap();
+        let slash = std::ffi::CString::new("/").unwrap();
+        // SAFETY: only async-signal-safe system calls between fork and exec, on CStrings made
+        // before the fork.
+        unsafe {
+            cmd.pre_exec(move || {
+                let check = |rc: libc::c_int| {
+                    if rc == 0 {
+                        Ok(())
+                    } else {
+                        Err(std::io::Error::last_os_error())
+                    }
+                };
+                let none = std::ptr::null();
+                check(libc::unshare(libc::CLONE_NEWNS))?;
+                check(libc::mount(
+                    none,
+                    slash.as_ptr(),
+                    none,
+                    libc::MS_REC | libc::MS_PRIVATE,
+                    std::ptr::null(),
+                ))?;
+                check(libc::mount(
+                    path.as_ptr(),
+                    path.as_ptr(),
+                    none,
+                    libc::MS_BIND,
+                    std::ptr::null(),
+                ))?;
+                check(libc::mount(
+                    none,
+                    path.as_ptr(),
+                    none,
+                    libc::MS_REMOUNT | libc::MS_BIND | libc::MS_RDONLY,
+                    std::ptr::null(),
+                ))
+            });
+        }
+    } else {
+        for entry in walk(&store) {
+            let mode = std::fs::metadata(&entry).unwrap().permissions().mode();
+            std::fs::set_permissions(&entry, std::fs::Permissions::from_mode(mode & !0o222))
+                .unwrap();
+            made_read_only.push((entry, mode));
+        }
+    }
+    let out = tokio::time::timeout(Duration::from_secs(60), cmd.output())
+        .await
+        .expect("run finished within the limit");
+    for (entry, mode) in made_read_only {
+        std::fs::set_permissions(&entry, std::fs::Permissions::from_mode(mode)).unwrap();
+    }
+    match out {
+        Ok(out) => Some(Run::from(out)),
+        Err(e) if root => {
+            eprintln!("read-only store case not run: no private mount namespace here ({e})");
+            None
+        }
+        Err(e) => panic!("binary did not start: {e}"),
+    }
+}
+
+/// The fatal error line the binary printed on stderr (empty if none).
+fn error_line(run: &Run) -> &str {
+    run.stderr
+        .lines()
+        .find(|l| l.starts_with("error:"))
+        .unwrap_or_default()
+}
+
+/// `dir` and every file and directory below it.
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = vec![dir.to_path_buf()];
+    let mut i = 0;
+    while i < out.len() {
+        if out[i].is_dir() {
+            let children: Vec<_> = std::fs::read_dir(&out[i])
+                .unwrap()
+                .map(|e| e.unwrap().path())
+                .collect();
+            out.extend(children);
+        }
+        i += 1;
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_only_store_directory_is_a_clear_fatal_error_and_claims_nothing() {
+    let env = Env::start().await;
+    let mut ids = env.seed(5);
+    env.sync(&[]).await.assert_code(0);
+    ids.push(
+        env.nexudus
+            .insert_user(nexudus_nevis_sync::sandbox::NexudusUserSpec::new(
+                "New Person",
+                "new@example.com",
+            )),
+    );
+    env.nevis.reset_stats();
+    let path = env.store_path().display().to_string();
+    for args in [&[][..], &["--rebuild-store"][..]] {
+        let Some(run) = sync_with_read_only_store(&env, args).await else {
+            return;
+        };
+        run.assert_code(2);
+        let error = error_line(&run);
+        assert!(
+            error.contains(&path) && error.contains("writable") && !error.contains("damaged copy"),
+            "the error names the store and what to check, and does not call it damaged: {}",
+            run.stderr
+        );
+        assert!(!run.stderr.contains("panicked"), "{}", run.stderr);
+        assert_eq!(
+            env.writes(),
+            0,
+            "nothing written that could not be recorded"
+        );
+        // A store that is only unwritable is not damaged: a rebuild leaves it where it is.
+        let siblings: Vec<String> = std::fs::read_dir(env.dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert!(
+            !siblings.iter().any(|name| name.contains(".damaged-")),
+            "{siblings:?}"
+        );
+    }
+    // Writable again: the next run does the work, once.
+    let run = env.sync(&[]).await;
+    run.assert_code(0);
+    assert_eq!(run.count("created"), 1);
+    assert_each_once(&env, &ids);
+    assert_settled(&env).await;
 }
