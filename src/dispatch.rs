@@ -11,7 +11,7 @@
 //! and updated); zero goes on to create; several, or one already linked, is a conflict and nothing
 //! is written.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
 use serde_json::{Value, json};
@@ -82,12 +82,58 @@ impl Op {
 pub type PlanSink = Arc<dyn Fn(&Value) + Send + Sync>;
 
 /// How adoption recognises users (`sync.adopt = "email"`).
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct AdoptRules {
     /// extIds with this prefix and a numeric rest belong to that Nexudus Id.
     pub ext_id_prefix: String,
     /// `mapping.login_id = "ext_id"`: an adopted user's loginId follows its kept extId.
     pub login_from_ext_id: bool,
+    /// extId → Nexudus Id of every checkpoint, read from the store the first time a candidate
+    /// needs it: users created under an earlier prefix are owned although the prefix changed.
+    pub checkpoint_owners: Mutex<Option<HashMap<String, u64>>>,
+}
+
+impl AdoptRules {
+    pub fn new(ext_id_prefix: String, login_from_ext_id: bool) -> Self {
+        AdoptRules {
+            ext_id_prefix,
+            login_from_ext_id,
+            checkpoint_owners: Mutex::default(),
+        }
+    }
+
+    /// The Nexudus user that owns `ext_id`: linked by adoption, checkpointed (created by this
+    /// tool, under any prefix), or named by the configured prefix.
+    fn owner(&self, store: &Store, ext_id: &str) -> Result<Option<u64>, StoreError> {
+        if let Some(owner) = store.link_owner(ext_id)? {
+            return Ok(Some(owner));
+        }
+        let mut owners = self
+            .checkpoint_owners
+            .lock()
+            .expect("owners lock is never poisoned");
+        if owners.is_none() {
+            let mut map = HashMap::new();
+            for item in store.iter() {
+                match item {
+                    Ok((id, checkpoint)) => {
+                        map.insert(checkpoint.ext_id, id);
+                    }
+                    Err(StoreError::Corrupt(e)) => {
+                        tracing::warn!(error = %e, "unreadable checkpoint skipped for ownership");
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+            *owners = Some(map);
+        }
+        if let Some(owner) = owners.as_ref().and_then(|m| m.get(ext_id)) {
+            return Ok(Some(*owner));
+        }
+        Ok(ext_id
+            .strip_prefix(&self.ext_id_prefix)
+            .and_then(|rest| rest.parse::<u64>().ok()))
+    }
 }
 
 /// What adoption decided for one create.
@@ -430,13 +476,7 @@ async fn decide<T: Target>(
         }));
     }
     let (ext_id, existing) = found.into_iter().next().expect("exactly one candidate");
-    let owner = match store.link_owner(&ext_id)? {
-        Some(owner) => Some(owner),
-        None => ext_id
-            .strip_prefix(&rules.ext_id_prefix)
-            .and_then(|rest| rest.parse::<u64>().ok()),
-    };
-    if let Some(owner) = owner.filter(|o| *o != op.nexudus_id) {
+    if let Some(owner) = rules.owner(store, &ext_id)?.filter(|o| *o != op.nexudus_id) {
         return Ok(Ok(Decision::Conflict {
             reason: format!("the matching nevisIDM user is already linked to Nexudus user {owner}"),
             candidates: vec![ext_id],
@@ -464,26 +504,49 @@ enum Lookup {
 }
 
 /// nevisIDM users whose loginId or email is this user's (case-insensitive), by extId.
+///
+/// How nevisIDM compares filter values is not documented, so the lookup does not depend on it:
+/// each value is asked for normalised (trimmed, lower-case) and, when it differs, as spelled, and
+/// only answers that really match (case-insensitively) are kept: a server that matches by
+/// substring or prefix cannot produce false conflicts.
 async fn candidates<T: Target>(target: &T, desired: &DesiredUser) -> Result<Lookup, TargetError> {
     let mut found: BTreeMap<String, Value> = BTreeMap::new();
-    let mut lookups: Vec<(&str, &str)> = vec![("contacts.email", desired.email.as_str())];
+    let mut lookups: Vec<(&str, &str, &[&str])> = Vec::new();
     if !desired.login_id.is_empty() {
-        lookups.insert(0, ("loginId", desired.login_id.as_str()));
+        lookups.push(("loginId", desired.login_id.trim(), &["loginId"]));
     }
-    for filter in lookups {
-        match list_all(target, &[filter], ADOPT_LOOKUP_LIMIT, 1).await {
-            Ok(items) => {
-                for item in items {
-                    if let Some(ext) = item.get("extId").and_then(Value::as_str) {
-                        found.insert(ext.to_string(), item.clone());
-                    }
+    lookups.push((
+        "contacts.email",
+        desired.email.trim(),
+        &["contacts", "email"],
+    ));
+    for (filter, value, path) in lookups {
+        let normalised = value.to_lowercase();
+        let mut spellings = vec![normalised.as_str()];
+        if value != normalised {
+            spellings.push(value);
+        }
+        for spelling in spellings {
+            let items = match list_all(target, &[(filter, spelling)], ADOPT_LOOKUP_LIMIT, 1).await {
+                Ok(items) => items,
+                // More than one page of matches: certainly ambiguous.
+                Err(TargetError::Unavailable { detail, .. }) if detail.contains("did not end") => {
+                    return Ok(Lookup::TooMany(found.into_keys().collect()));
+                }
+                Err(e) => return Err(e),
+            };
+            for item in items {
+                let held = path
+                    .iter()
+                    .try_fold(&item, |v, key| v.get(*key))
+                    .and_then(Value::as_str);
+                if held.is_none_or(|h| h.trim().to_lowercase() != normalised) {
+                    continue;
+                }
+                if let Some(ext) = item.get("extId").and_then(Value::as_str) {
+                    found.insert(ext.to_string(), item.clone());
                 }
             }
-            // More than one page of matches: certainly ambiguous.
-            Err(TargetError::Unavailable { detail, .. }) if detail.contains("did not end") => {
-                return Ok(Lookup::TooMany(found.into_keys().collect()));
-            }
-            Err(e) => return Err(e),
         }
     }
     Ok(Lookup::Found(found))

@@ -286,15 +286,19 @@ impl Store {
 
     /// Counts one more complete listing this user was missing from; returns the new count.
     pub fn count_missing(&self, nexudus_id: u64) -> Result<u32, StoreError> {
-        let key = nexudus_id.to_be_bytes();
-        let before = self
-            .missing
-            .get(key)?
-            .and_then(|v| v.as_ref().try_into().ok().map(u32::from_le_bytes))
-            .unwrap_or(0);
-        let now = before.saturating_add(1);
-        self.missing.insert(key, &now.to_le_bytes())?;
+        let now = self.missing_count(nexudus_id)?.saturating_add(1);
+        self.missing
+            .insert(nexudus_id.to_be_bytes(), &now.to_le_bytes())?;
         Ok(now)
+    }
+
+    /// How many complete listings in a row this user has been missing from (read only).
+    pub fn missing_count(&self, nexudus_id: u64) -> Result<u32, StoreError> {
+        Ok(self
+            .missing
+            .get(nexudus_id.to_be_bytes())?
+            .and_then(|v| v.as_ref().try_into().ok().map(u32::from_le_bytes))
+            .unwrap_or(0))
     }
 
     /// Forgets the missing counts of users for whom `keep` says no.

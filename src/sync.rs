@@ -100,6 +100,22 @@ const PAGE_SLACK: u64 = 2;
 /// a bound, so a listing that says `HasNextPage` forever cannot keep a run alive forever.
 const MAX_PAGES_WITHOUT_TOTAL: u64 = 10_000;
 
+/// Users one listing may hold before it is cut off (it is read whole before the first write):
+/// a bound on memory, far above any coworking account.
+const MAX_LISTED_USERS: usize = 2_000_000;
+
+/// The page after which a listing that still says `HasNextPage` has run too long.
+fn page_limit(total_items: Option<u64>, served: u64) -> u64 {
+    total_items.map_or(MAX_PAGES_WITHOUT_TOTAL, |t| {
+        t.div_ceil(served.max(1)) + PAGE_SLACK
+    })
+}
+
+/// The size Nexudus says it served a page with (`CurrentPageSize`), else the size asked for.
+fn served_size(page: &SourcePage, asked: u64) -> u64 {
+    page.page_size.filter(|&s| s > 0).unwrap_or(asked)
+}
+
 enum Listed {
     Page(SourcePage),
     Failed(SourceError),
@@ -224,10 +240,10 @@ async fn run_inner<S: Source, T: Target>(
         opts.dry_run.clone(),
     );
     if cfg.sync.adopt == AdoptMode::Email {
-        dispatcher = dispatcher.with_adoption(AdoptRules {
-            ext_id_prefix: cfg.mapping.ext_id_prefix.clone(),
-            login_from_ext_id: cfg.mapping.login_id == LoginIdSource::ExtId,
-        });
+        dispatcher = dispatcher.with_adoption(AdoptRules::new(
+            cfg.mapping.ext_id_prefix.clone(),
+            cfg.mapping.login_id == LoginIdSource::ExtId,
+        ));
     }
     // Every Id listed (duplicates across pages, completeness) and the Ids in scope among them
     // (a checkpointed user not in `managed` after a complete listing is disabled).
@@ -255,22 +271,40 @@ async fn run_inner<S: Source, T: Target>(
 
     // With adoption on, Nexudus users sharing an email must be known before anything is written
     // (adopting one nevisIDM user for the wrong person is the worst outcome): the listing is read
-    // whole first, then replayed. Costs memory in proportion to the listing; adoption only.
+    // whole first, then replayed. Costs memory in proportion to the listing; adoption only
+    // (otherwise pages stream into writes). The page bound below applies while reading too, and
+    // a bound on users, so a listing that never ends cannot exhaust memory.
     let mut shared_email: HashMap<u64, Vec<u64>> = HashMap::new();
     if cfg.sync.adopt == AdoptMode::Email {
         let mut buffered = Vec::new();
+        let (mut read, mut users, mut first_total) = (0u64, 0usize, None);
         loop {
             let msg = tokio::select! {
                 biased;
                 () = cancel.cancelled() => break,
                 msg = rx.recv() => msg,
             };
-            match msg {
-                Some(msg) => buffered.push(msg),
-                None => break,
+            let Some(msg) = msg else { break };
+            let mut stop = false;
+            if let Listed::Page(page) = &msg {
+                read += 1;
+                users += page.records.len();
+                first_total = first_total.or(page.total_items);
+                let limit = page_limit(first_total, served_size(page, page_size));
+                stop = page.has_next_page && read >= limit;
+                if page.has_next_page && users >= MAX_LISTED_USERS {
+                    incomplete = Some(format!(
+                        "the listing went past {MAX_LISTED_USERS} users and was cut off there"
+                    ));
+                    stop = true;
+                }
+            }
+            buffered.push(msg);
+            if stop {
+                break;
             }
         }
-        shared_email = shared_emails(&buffered, &cfg.mapping);
+        shared_email = shared_emails(&buffered, cfg);
         let (replay_tx, replay_rx) = mpsc::channel(buffered.len().max(1));
         for msg in buffered {
             let _ = replay_tx.try_send(msg);
@@ -310,7 +344,10 @@ async fn run_inner<S: Source, T: Target>(
             }
             _ => {}
         }
-        if page.has_next_page && (page.records.len() as u64) < page_size {
+        // A page shorter than the size Nexudus says it served (CurrentPageSize, else the size
+        // asked for) while more pages follow: records went missing between pages.
+        let served = served_size(&page, page_size);
+        if page.has_next_page && (page.records.len() as u64) < served {
             incomplete.get_or_insert_with(|| {
                 format!(
                     "page {pages} held {} records but more pages followed",
@@ -318,9 +355,7 @@ async fn run_inner<S: Source, T: Target>(
                 )
             });
         }
-        let limit = total_items.map_or(MAX_PAGES_WITHOUT_TOTAL, |t| {
-            t.div_ceil(page_size) + PAGE_SLACK
-        });
+        let limit = page_limit(total_items, served);
         if page.has_next_page && pages >= limit {
             incomplete.get_or_insert_with(|| {
                 format!("the listing ran past {pages} pages, beyond what it announced")
@@ -336,7 +371,9 @@ async fn run_inner<S: Source, T: Target>(
                     match bad.id {
                         Some(id) => {
                             // Scope unknown for an undecodable record: keep it, never disable it.
-                            seen.insert(id);
+                            if !seen.insert(id) {
+                                incomplete.get_or_insert_with(|| listed_twice(id));
+                            }
                             managed.insert(id);
                         }
                         None => {
@@ -350,7 +387,13 @@ async fn run_inner<S: Source, T: Target>(
                 }
             };
             if !seen.insert(user.id) {
-                tracing::debug!(nexudus_id = user.id, "listed twice; keeping the first");
+                // Pages shifted under the listing (users added or removed meanwhile): someone
+                // else may have been skipped, so nobody can be judged gone from it.
+                tracing::warn!(
+                    nexudus_id = user.id,
+                    "listed twice; keeping the first and treating the listing as incomplete"
+                );
+                incomplete.get_or_insert_with(|| listed_twice(user.id));
                 continue;
             }
             report.watermark.seen(user.updated_on.as_deref());
@@ -493,8 +536,13 @@ async fn run_inner<S: Source, T: Target>(
             if let Some(changes) = disappeared(&checkpoint) {
                 let threshold = cfg.sync.missing_runs_before_disable;
                 if threshold > 1 {
-                    // A dry run must not count: it would bring real disables forward.
-                    let missing = if dry_run { 1 } else { store.count_missing(id)? };
+                    // A dry run must not count (it would bring real disables forward), but it
+                    // shows what the real run would decide: the count so far plus this listing.
+                    let missing = if dry_run {
+                        store.missing_count(id)?.saturating_add(1)
+                    } else {
+                        store.count_missing(id)?
+                    };
                     if missing < threshold {
                         tracing::info!(
                             extId = %checkpoint.ext_id,
@@ -684,16 +732,23 @@ fn observed_user(ext_id: &str, seen: &Observed) -> DesiredUser {
     }
 }
 
+fn listed_twice(id: u64) -> String {
+    format!("Nexudus user {id} was listed twice (pages shifted during the listing)")
+}
+
 /// Nexudus users that share one (normalised) email with another, each with the others' Ids.
-fn shared_emails(
-    listing: &[Listed],
-    mapping: &crate::config::MappingConfig,
-) -> HashMap<u64, Vec<u64>> {
+/// Only users in scope count: someone outside it is never written.
+fn shared_emails(listing: &[Listed], cfg: &Config) -> HashMap<u64, Vec<u64>> {
     let mut by_email: HashMap<String, BTreeSet<u64>> = HashMap::new();
     for msg in listing {
         let Listed::Page(page) = msg else { continue };
         for user in page.records.iter().flatten() {
-            if let Ok(mapped) = map_user(user, mapping) {
+            if !cfg.scope.admits(user.id, user.is_admin) {
+                continue;
+            }
+            if let Ok(mapped) = map_user(user, &cfg.mapping)
+                && cfg.scope.admits_email(&mapped.email)
+            {
                 by_email
                     .entry(mapped.email.to_lowercase())
                     .or_default()
@@ -778,7 +833,12 @@ fn plan_from_checkpoint(
             match diff(&desired, Some(&old)) {
                 Plan::Unchanged => {
                     // Same user, older encoding or fingerprint: refile it so the next run
-                    // recognises it without decoding.
+                    // recognises it without decoding. An archived user stays archived (it
+                    // satisfies "disabled"; refiling it as disabled would restart the
+                    // sync.archive_after clock and archive it again).
+                    if old.state == UserState::Archived && desired.state == UserState::Disabled {
+                        desired.state = UserState::Archived;
+                    }
                     if !dry_run {
                         store.put_as(user.id, &desired, fp)?;
                     }
@@ -865,8 +925,21 @@ fn plan_from_remote(
     if let Some(kept) = &kept {
         keep_ext_id(&mut desired, kept, cfg);
     }
-    let changes = changes_between(&desired, seen);
+    let mut changes = changes_between(&desired, seen);
+    // nevisIDM's properties include ones other tools set, so only the checkpoint can say which
+    // were ours: one this tool set that the config no longer has is removed.
+    if let Some(old) = &checkpoint {
+        for key in old.properties.keys() {
+            if !desired.properties.contains_key(key) && seen.properties.contains_key(key) {
+                changes.properties.insert(key.clone(), None);
+            }
+        }
+    }
     if changes.is_empty() {
+        // The checkpoint records what is there: an archived user stays archived.
+        if desired.state == UserState::Disabled && seen.state.as_deref() == Some("archived") {
+            desired.state = UserState::Archived;
+        }
         if !dry_run {
             store.put_as(user.id, &desired, fp)?;
         }
@@ -1354,6 +1427,23 @@ mod tests {
             (0, 0, 0),
             "archived once, then left alone"
         );
+        // Also once the period has passed again: an archived user's clock is not restarted,
+        // neither by an ordinary run nor by a reconcile.
+        assert_eq!(store.get(1).unwrap().unwrap().state, UserState::Archived);
+        let reconcile = format!("{archive}\n# reconcile");
+        let r = run_with(&source, &target, &store, false, &reconcile).await;
+        assert_eq!((r.archived, r.updated, r.disabled), (0, 0, 0));
+        assert_eq!(store.get(1).unwrap().unwrap().state, UserState::Archived);
+        tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+        let r = run_with(&source, &target, &store, false, archive).await;
+        assert_eq!(
+            (r.archived, r.updated, r.disabled),
+            (0, 0, 0),
+            "never archived twice"
+        );
+        let archives =
+            |w: &Vec<(String, String)>| w.iter().filter(|(op, _)| op == "archive").count();
+        assert_eq!(archives(&target.writes.lock().unwrap()), 2);
         // Without archive_after nothing is ever archived.
         source.edit(|u| u[1].active = false);
         run(&source, &target, &store, false).await;
@@ -1404,8 +1494,8 @@ mod tests {
         assert_eq!((r.updated, r.created), (5, 0));
     }
 
-    /// Says "more pages" forever and never announces TotalItems.
-    struct EndlessSource;
+    /// Says "more pages" forever, announcing this TotalItems (or none).
+    struct EndlessSource(Option<u64>);
 
     impl Source for EndlessSource {
         async fn fetch_page(
@@ -1428,7 +1518,7 @@ mod tests {
                 .collect();
             Ok(SourcePage {
                 records,
-                total_items: None,
+                total_items: self.0,
                 has_next_page: true,
                 page_size: Some(2),
             })
@@ -1437,21 +1527,30 @@ mod tests {
 
     #[tokio::test]
     async fn a_listing_that_never_ends_is_cut_off_and_disables_nobody() {
-        let cfg = Config::from_toml_str(CONFIG).unwrap();
-        let (target, store) = (Arc::new(MemTarget::default()), Store::temporary().unwrap());
-        let opts = RunOptions::default();
-        let r = run_once(
-            &cfg,
-            Arc::new(EndlessSource),
-            Arc::clone(&target),
-            &store,
-            &opts,
-        )
-        .await
-        .unwrap();
-        assert!(!r.listing_complete);
-        assert_eq!(r.created, 2 * MAX_PAGES_WITHOUT_TOTAL);
-        assert_eq!((r.disabled, r.exit_code()), (0, 1));
+        // Streaming, and with adoption (where the listing is read whole before writing); with
+        // TotalItems 6 the bound is 3 pages and 2 of slack.
+        for (adopt, total, created) in [
+            ("", None, 2 * MAX_PAGES_WITHOUT_TOTAL),
+            ("", Some(6), 10),
+            ("adopt = \"email\"\n", Some(6), 10),
+        ] {
+            let text = CONFIG.replace("[sync]\n", &format!("[sync]\n{adopt}"));
+            let cfg = Config::from_toml_str(&text).unwrap();
+            let (target, store) = (Arc::new(MemTarget::default()), Store::temporary().unwrap());
+            let opts = RunOptions::default();
+            let r = run_once(
+                &cfg,
+                Arc::new(EndlessSource(total)),
+                Arc::clone(&target),
+                &store,
+                &opts,
+            )
+            .await
+            .unwrap();
+            assert!(!r.listing_complete, "{adopt}");
+            assert_eq!(r.created, created, "{adopt}");
+            assert_eq!((r.disabled, r.exit_code()), (0, 1), "{adopt}");
+        }
     }
 
     #[tokio::test]

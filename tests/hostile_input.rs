@@ -182,7 +182,14 @@ async fn duplicate_ids_from_shifting_pages_make_the_listing_incomplete() {
     env.nexudus.set_page_shift(true);
     let run = env.sync(&[]).await;
     run.assert_code(1);
-    assert!(run.stdout.contains("incomplete listing"), "{}", run.stdout);
+    assert!(
+        run.stdout.contains(&format!(
+            "incomplete listing: Nexudus user {} was listed twice",
+            ids[3]
+        )),
+        "{}",
+        run.stdout
+    );
     assert_eq!(run.count("disabled"), 0);
     assert_eq!(env.nevis.user(&ext(ids[1])).unwrap()["userState"], "active");
     assert_eq!(
@@ -219,7 +226,12 @@ async fn short_pages_and_a_moving_total_make_the_listing_incomplete() {
     env.nexudus.set_short_pages(true);
     let run = env.sync(&[]).await;
     run.assert_code(1);
-    assert!(run.stdout.contains("incomplete listing"), "{}", run.stdout);
+    assert!(
+        run.stdout
+            .contains("incomplete listing: page 1 held 1 records but more pages followed"),
+        "{}",
+        run.stdout
+    );
     assert_eq!(run.count("disabled"), 0);
     assert_eq!(env.nevis.user(&ext(ids[5])).unwrap()["userState"], "active");
 }

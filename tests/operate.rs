@@ -221,6 +221,68 @@ async fn a_unique_pre_existing_account_is_adopted_linked_and_updated_from_then_o
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn accounts_linked_by_adoption_or_created_under_an_earlier_prefix_are_never_adopted_again() {
+    let env = Env::start().await;
+    env.set("sync.adopt", &quote("email"));
+    let ids = env.seed(2);
+    env.nevis
+        .insert_user(legacy("hr-0001", "jdoe", "user.0@example.com"));
+    let run = env.sync(&[]).await;
+    run.assert_code(0);
+    assert_eq!((run.count("adopted"), run.count("created")), (1, 1));
+    // The prefix changes; user 1 keeps the account created as nexudus-<id>.
+    env.set("mapping.ext_id_prefix", &quote("nx-"));
+    // By hand, both accounts get emails that two newcomers will use. An ordinary run goes by
+    // its checkpoints, so only the newcomers' adoption lookups see the edits.
+    env.nevis.modify_user("hr-0001", |u| {
+        u.insert("contacts".into(), json!({"email": "new.one@example.com"}));
+    });
+    env.nevis.modify_user(&ext(ids[1]), |u| {
+        u.insert("contacts".into(), json!({"email": "New.Two@Example.com"}));
+    });
+    let one = env
+        .nexudus
+        .insert_user(NexudusUserSpec::new("New One", "new.one@example.com"));
+    let two = env
+        .nexudus
+        .insert_user(NexudusUserSpec::new("New Two", "new.two@example.com"));
+    env.nevis.reset_stats();
+
+    let run = env.sync(&[]).await;
+    run.assert_code(1);
+    assert_eq!(
+        (
+            run.count("conflicts"),
+            run.count("adopted"),
+            run.count("created")
+        ),
+        (2, 0, 0),
+        "{}",
+        run.stdout
+    );
+    for (id, holder, owner) in [
+        (one, "hr-0001".to_string(), ids[0]),
+        (two, ext(ids[1]), ids[1]),
+    ] {
+        assert!(
+            run.stdout.contains(&format!(
+                "conflict: nexudus_id={id} extId=nx-{id} candidates=[{holder}]"
+            )),
+            "{}",
+            run.stdout
+        );
+        assert!(
+            run.stdout
+                .contains(&format!("already linked to Nexudus user {owner}")),
+            "{}",
+            run.stdout
+        );
+    }
+    assert_eq!(env.writes(), 0);
+    assert_eq!(env.nevis.user_count(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ambiguous_and_already_linked_matches_are_conflicts_and_nothing_is_written() {
     let env = Env::start().await;
     env.set("sync.adopt", &quote("email"));
@@ -278,21 +340,35 @@ async fn ambiguous_and_already_linked_matches_are_conflicts_and_nothing_is_writt
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nexudus_users_sharing_an_email_are_reported_before_any_write() {
-    let env = Env::start().await;
-    env.set("sync.adopt", &quote("email"));
-    let a = env
-        .nexudus
-        .insert_user(NexudusUserSpec::new("Ann One", "shared@example.com"));
-    let b = env
-        .nexudus
-        .insert_user(NexudusUserSpec::new("Ann Two", "Shared@Example.com"));
-    env.seed(2);
-    let run = env.sync(&[]).await;
-    run.assert_code(1);
-    assert_eq!((run.count("conflicts"), run.count("created")), (2, 2));
-    assert!(run.stdout.contains(&format!("candidates=[nexudus:{b}]")));
-    assert!(run.stdout.contains(&format!("candidates=[nexudus:{a}]")));
-    assert!(env.nevis.user(&ext(a)).is_none() && env.nevis.user(&ext(b)).is_none());
+    {
+        let adopt = "email";
+        let env = Env::start().await;
+        env.set("sync.adopt", &quote(adopt));
+        env.set("scope.exclude_ids", "[900001]");
+        let a = env
+            .nexudus
+            .insert_user(NexudusUserSpec::new("Ann One", "shared@example.com"));
+        let b = env
+            .nexudus
+            .insert_user(NexudusUserSpec::new("Ann Two", "Shared@Example.com"));
+        // Someone outside the scope sharing an email is never written, so it is no conflict.
+        let mut outside = NexudusUserSpec::new("Out Side", "user.0@example.com");
+        outside.id = Some(900001);
+        env.nexudus.insert_user(outside);
+        env.seed(2);
+        let run = env.sync(&[]).await;
+        run.assert_code(1);
+        assert_eq!(
+            (run.count("conflicts"), run.count("created")),
+            (2, 2),
+            "adopt={adopt}: {}",
+            run.stdout
+        );
+        assert!(run.stdout.contains(&format!("candidates=[nexudus:{b}]")));
+        assert!(run.stdout.contains(&format!("candidates=[nexudus:{a}]")));
+        assert!(env.nevis.user(&ext(a)).is_none() && env.nevis.user(&ext(b)).is_none());
+        assert_eq!(env.nevis.user_count(), 2, "adopt={adopt}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -368,6 +444,36 @@ async fn static_properties_are_set_once_and_a_change_updates_only_them() {
         env.nevis.users()[0]["properties"]["source"],
         json!("nexudus")
     );
+
+    // A property someone else set is never ours to remove; one we set and the config dropped
+    // is removed, also when a reconcile is the first run after the change.
+    let first = env.nevis.users()[0]["extId"].as_str().unwrap().to_string();
+    env.nevis.modify_user(&first, |u| {
+        u["properties"]["costCenter"] = json!("42");
+    });
+    env.set("mapping.properties", r#"{ site = "zurich" }"#);
+    env.nevis.reset_stats();
+    let run = env.sync(&["--reconcile"]).await;
+    run.assert_code(0);
+    assert_eq!(
+        (run.count("updated"), env.writes()),
+        (5, 5),
+        "{}",
+        run.stdout
+    );
+    for user in env.nevis.users() {
+        let props = &user["properties"];
+        assert_eq!(props["site"], "zurich");
+        assert!(props.get("source").is_none(), "{props}");
+    }
+    assert_eq!(
+        env.nevis.user(&first).unwrap()["properties"]["costCenter"],
+        "42"
+    );
+    env.nevis.reset_stats();
+    env.sync(&[]).await.assert_code(0);
+    env.sync(&["--reconcile"]).await.assert_code(0);
+    assert_eq!(env.writes(), 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -168,8 +168,19 @@ pub fn decode_user(v: &Value) -> Result<SourceUser, InvalidRecord> {
             }));
         }
     };
-    // IsAdmin only narrows the scope; missing or not a boolean reads as "not an admin".
-    let is_admin = v.get("IsAdmin").and_then(Value::as_bool).unwrap_or(false);
+    // IsAdmin decides the scope under scope.admins = "exclude" | "only": missing or null reads
+    // as "not an admin" (older projections omit it), but a value of the wrong type is a bad
+    // record, not a guess that could widen the scope.
+    let is_admin = match v.get("IsAdmin") {
+        Some(Value::Bool(b)) => *b,
+        None | Some(Value::Null) => false,
+        Some(other) => {
+            return Err(bad(InvalidReason::WrongType {
+                field: "IsAdmin",
+                detail: format!("expected a boolean, got {}", type_name(other)),
+            }));
+        }
+    };
     Ok(SourceUser {
         id,
         full_name,
@@ -275,6 +286,35 @@ mod tests {
         let p = decode_page(br#"{"Records": [], "CurrentPage": 1, "TotalPages": 3}"#).unwrap();
         assert!(p.has_next_page);
         assert_eq!(p.total_items, None);
+    }
+
+    #[test]
+    fn is_admin_of_the_wrong_type_is_a_bad_record_and_missing_is_not_an_admin() {
+        let body = json!({
+            "Records": [
+                {"Id": 1, "Active": true, "IsAdmin": "yes"},
+                {"Id": 2, "Active": true, "IsAdmin": null},
+                {"Id": 3, "Active": true},
+                {"Id": 4, "Active": true, "IsAdmin": true},
+            ],
+            "HasNextPage": false,
+        });
+        let page = decode_page(body.to_string().as_bytes()).unwrap();
+        let bad = page.records[0].as_ref().unwrap_err();
+        assert!(
+            matches!(
+                bad.reason,
+                InvalidReason::WrongType {
+                    field: "IsAdmin",
+                    ..
+                }
+            ),
+            "{:?}",
+            bad.reason
+        );
+        assert_eq!(bad.id, Some(1));
+        let admin = |i: usize| page.records[i].as_ref().unwrap().is_admin;
+        assert_eq!((admin(1), admin(2), admin(3)), (false, false, true));
     }
 
     #[test]
