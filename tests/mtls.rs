@@ -96,6 +96,14 @@ async fn a_good_client_certificate_alone_authenticates() {
     assert!(!run.stderr.contains("BEGIN"), "no PEM in the output");
 }
 
+/// The fatal line (`error: …`) of a failed run.
+fn fatal_line(run: &Run) -> &str {
+    run.stderr
+        .lines()
+        .find(|l| l.starts_with("error: "))
+        .unwrap_or_else(|| panic!("no fatal line in stderr:\n{}", run.stderr))
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_missing_client_certificate_is_a_fast_clear_fatal_error() {
     let s = setup(true, None).await;
@@ -103,7 +111,43 @@ async fn a_missing_client_certificate_is_a_fast_clear_fatal_error() {
     let started = Instant::now();
     let run = s.env.sync(&[]).await;
     assert_fatal_tls(&run, started);
-    assert!(run.stderr.contains("client_cert"), "{}", run.stderr);
+    // Told apart from an untrusted server certificate: the server's alert after we sent none.
+    let line = fatal_line(&run);
+    assert!(
+        line.contains("requires a client certificate and none is configured")
+            && line.contains("CertificateRequired")
+            && line.contains("set nevis.client_cert and nevis.client_key"),
+        "{line}"
+    );
+    assert!(!line.contains("server certificate"), "{line}");
+    assert!(!line.contains("ca_cert"), "{line}");
+    assert_eq!(s.env.nevis.user_count(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_certificate_from_another_ca_is_reported_as_refused() {
+    let s = setup(true, None).await;
+    trust_ca(&s);
+    let stranger = Ca::new("Not nevisIDM's client CA")
+        .leaf(&["nexudus-nevis-sync"], ExtendedKeyUsagePurpose::ClientAuth);
+    s.env.set(
+        "nevis.client_cert",
+        &file(&s.env, "client.pem", &stranger.cert_pem),
+    );
+    s.env.set(
+        "nevis.client_key",
+        &file(&s.env, "client-key.pem", &stranger.key_pem),
+    );
+    let started = Instant::now();
+    let run = s.env.sync(&[]).await;
+    assert_fatal_tls(&run, started);
+    let line = fatal_line(&run);
+    assert!(
+        line.contains("nevisIDM refused our client certificate") && line.contains("fatal alert"),
+        "{line}"
+    );
+    assert!(!line.contains("none is configured"), "{line}");
+    assert!(!line.contains("server certificate"), "{line}");
     assert_eq!(s.env.nevis.user_count(), 0);
 }
 
@@ -115,11 +159,23 @@ async fn an_untrusted_server_certificate_is_refused() {
     let started = Instant::now();
     let run = s.env.sync(&[]).await;
     assert_fatal_tls(&run, started);
-    assert!(run.stderr.contains("ca_cert"), "{}", run.stderr);
+    let untrusted = |run: &Run| {
+        let line = fatal_line(run).to_string();
+        assert!(
+            line.contains("server certificate is not trusted")
+                && line.contains("UnknownIssuer")
+                && line.contains("set nevis.ca_cert"),
+            "{line}"
+        );
+        // Not mistaken for a client-certificate problem.
+        assert!(!line.contains("client_cert"), "{line}");
+        assert!(!line.contains("client certificate"), "{line}");
+    };
+    untrusted(&run);
     trust_ca(&s);
     let run = s.env.sync(&[]).await;
     run.assert_code(2);
-    assert!(run.stderr.contains("TLS"), "{}", run.stderr);
+    untrusted(&run);
     assert_eq!(s.env.nevis.user_count(), 0);
 }
 
