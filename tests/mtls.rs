@@ -187,7 +187,29 @@ async fn insecure_skip_verify_works_only_with_a_loud_warning() {
     let run = s.env.sync(&[]).await;
     run.assert_code(0);
     assert_eq!(run.count("created"), 3);
-    assert!(run.stderr.contains("NOT verified"), "{}", run.stderr);
+    assert_eq!(
+        run.stderr.matches("NOT verified").count(),
+        1,
+        "warned once:\n{}",
+        run.stderr
+    );
+    // No logging setting silences it: not log.level, not RUST_LOG.
+    s.env.set("log.level", &quote("error"));
+    let mut cmd = s.env.command(&["--sync-now"]);
+    cmd.env("RUST_LOG", "off");
+    let run = common::run_cmd(cmd).await;
+    run.assert_code(0);
+    assert_eq!(
+        run.stderr.matches("NOT verified").count(),
+        1,
+        "warned once with logging off:\n{}",
+        run.stderr
+    );
+    assert!(
+        run.stderr.contains("warning: nevis.insecure_skip_verify"),
+        "{}",
+        run.stderr
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
