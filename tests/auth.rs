@@ -4,8 +4,18 @@
 
 mod common;
 
-use common::{Env, quote};
-use nexudus_nevis_sync::sandbox::{FakeNevis, FakeNexudus, NevisFakeConfig, NexudusFakeConfig};
+use common::{Env, Run, quote};
+use nexudus_nevis_sync::sandbox::{
+    FakeNevis, FakeNexudus, Fault, NevisFakeConfig, NexudusFakeConfig,
+};
+
+/// The fatal line (`error: …`) of a failed run.
+fn fatal_line(run: &Run) -> &str {
+    run.stderr
+        .lines()
+        .find(|l| l.starts_with("error: "))
+        .unwrap_or_else(|| panic!("no fatal line in stderr:\n{}", run.stderr))
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn token_auth_signs_in_once_then_refreshes_with_the_stored_rotating_token() {
@@ -121,4 +131,30 @@ async fn totp_is_sent_with_the_password_grant_and_client_id_binds_the_refresh() 
     env.sync(&[]).await.assert_code(0);
     let stats = env.nexudus.stats();
     assert_eq!((stats.refused_grants, stats.password_grants), (1, 1));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_token_endpoint_is_asked_at_most_max_attempts_times() {
+    let env = Env::start().await;
+    env.set("nexudus.auth", &quote("token"));
+    env.set("retry.max_attempts", "3");
+    env.seed(2);
+    // Every request fails, the first of them being the sign-in: no listing is ever reached.
+    env.nexudus.push_faults(
+        50,
+        Fault::Status {
+            status: 503,
+            retry_after: None,
+        },
+    );
+    let run = env.sync(&[]).await;
+    run.assert_code(2);
+    let stats = env.nexudus.stats();
+    assert_eq!(
+        (stats.requests, stats.faults_injected),
+        (3, 3),
+        "one retry budget for the page and its token: 3 requests, not 3 x 3"
+    );
+    assert_eq!(stats.password_grants + stats.list_requests, 0);
+    assert!(fatal_line(&run).contains("503"), "{}", run.stderr);
 }

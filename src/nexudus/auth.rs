@@ -9,6 +9,9 @@
 //! expires (at 90 % of its lifetime, or one minute before, whichever is earlier) or when a request
 //! is answered 401. The rotating refresh token is kept in the store, so a restart does not need
 //! the password; when Nexudus refuses it, the client signs in with the password again.
+//!
+//! Token requests are not retried here: a transient failure ends the caller's attempt, and the
+//! caller's one retry policy decides whether to try again (see `NexudusClient::bearer`).
 
 use std::time::{Duration, Instant};
 
@@ -158,8 +161,9 @@ impl TokenAuth {
         }
     }
 
-    /// A usable access token, renewing it through `request` (one token request, with the
-    /// caller's retries) when there is none or it is due. `stale` is a token the server just
+    /// A usable access token, renewing it through `request` when there is none or it is due.
+    /// `request` sends one token request and is not retried here: a transient failure is
+    /// returned, and the caller's retry policy decides. `stale` is a token the server just
     /// answered 401 to: it is not handed out again.
     pub async fn bearer<F, Fut>(
         &self,

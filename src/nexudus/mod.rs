@@ -249,17 +249,21 @@ impl NexudusClient {
         wire::decode_page(&body).map_err(SourceError::Decode)
     }
 
-    /// An access token from `auth`, signing in or refreshing as needed (with retries).
+    /// An access token from `auth`, signing in or refreshing as needed. Token requests have no
+    /// retries of their own: they are part of the listing attempt that needs the token, so one
+    /// retry budget (the page's) bounds them — a failing token endpoint is asked at most
+    /// `retry.max_attempts` times, not that number squared.
     async fn bearer(
         &self,
         auth: &TokenAuth,
         stale: Option<&SecretString>,
     ) -> Result<SecretString, SourceError> {
         auth.bearer(stale, |grant| async move {
-            let what = format!("token grant ({})", grant.name());
-            self.retry
-                .run(&what, || self.grant_once(auth, &grant))
-                .await
+            let result = self.grant_once(auth, &grant).await;
+            if let Err(e) = &result {
+                tracing::debug!(grant = grant.name(), error = %e, "token request failed");
+            }
+            result
         })
         .await
         .map_err(|e| match e {
