@@ -158,3 +158,37 @@ async fn a_failing_token_endpoint_is_asked_at_most_max_attempts_times() {
     assert_eq!(stats.password_grants + stats.list_requests, 0);
     assert!(fatal_line(&run).contains("503"), "{}", run.stderr);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_refresh_token_is_forgotten_in_the_store_too() {
+    let env = Env::start().await;
+    env.set("nexudus.auth", &quote("token"));
+    env.seed(2);
+    env.sync(&[]).await.assert_code(0);
+    // The refresh token is refused and, this time, the password too: the run is fatal.
+    env.nexudus.revoke_refresh_tokens();
+    let good_password = NexudusFakeConfig::default().password;
+    env.set("nexudus.password", &quote("wrong-password-7731"));
+    env.nexudus.reset_stats();
+    env.sync(&[]).await.assert_code(2);
+    let stats = env.nexudus.stats();
+    assert_eq!(
+        (stats.refused_grants, stats.refresh_grants),
+        (2, 0),
+        "refresh, then password"
+    );
+    // The next start goes straight to the password: the dead token is not presented again.
+    env.set("nexudus.password", &quote(&good_password));
+    env.nexudus.reset_stats();
+    env.sync(&[]).await.assert_code(0);
+    let stats = env.nexudus.stats();
+    assert_eq!(
+        (
+            stats.refused_grants,
+            stats.password_grants,
+            stats.refresh_grants
+        ),
+        (0, 1, 0),
+        "no refused refresh before the sign-in"
+    );
+}

@@ -8,7 +8,8 @@
 //! answers new ones and retires the refresh token used. The access token is renewed before it
 //! expires (at 90 % of its lifetime, or one minute before, whichever is earlier) or when a request
 //! is answered 401. The rotating refresh token is kept in the store, so a restart does not need
-//! the password; when Nexudus refuses it, the client signs in with the password again.
+//! the password; when Nexudus refuses it, it is forgotten (in the store too) and the client
+//! signs in with the password again.
 //!
 //! Token requests are not retried here: a transient failure ends the caller's attempt, and the
 //! caller's one retry policy decides whether to try again (see `NexudusClient::bearer`).
@@ -180,9 +181,11 @@ impl TokenAuth {
             if state.refresh.is_none()
                 && let Some(store) = &self.store
             {
+                // An empty value is a refresh token that was refused and forgotten.
                 state.refresh = store
                     .secret(REFRESH_TOKEN_KEY)
                     .map_err(|e| GrantError::Store(e.to_string()))?
+                    .filter(|token| !token.is_empty())
                     .map(SecretString::from);
             }
         }
@@ -203,7 +206,9 @@ impl TokenAuth {
                         %error,
                         "Nexudus refused the stored refresh token; signing in with the password"
                     );
+                    // Forgotten in the store too, so the next start does not present it again.
                     state.refresh = None;
+                    self.forget_refresh_token().await?;
                     request(Grant::Password).await?
                 }
                 Err(e) => return Err(e),
@@ -239,5 +244,20 @@ impl TokenAuth {
         );
         state.access = Some(access.clone());
         Ok(access.token)
+    }
+
+    /// Overwrites the stored refresh token with an empty value (read back as none). The store
+    /// has no delete for secrets; an empty refresh token is never a valid one anyway.
+    async fn forget_refresh_token(&self) -> Result<(), GrantError> {
+        let Some(store) = &self.store else {
+            return Ok(());
+        };
+        store
+            .set_secret(REFRESH_TOKEN_KEY, "")
+            .map_err(|e| GrantError::Store(e.to_string()))?;
+        store
+            .flush()
+            .await
+            .map_err(|e| GrantError::Store(e.to_string()))
     }
 }
