@@ -1,8 +1,12 @@
 //! Nexudus bearer tokens (`nexudus.auth = "token"`) against the fake's `POST /api/token`:
-//! sign-in with the password grant, renewal on 401, the rotating refresh token kept in the store
-//! across restarts, and the fallback to the password when the refresh token is refused.
+//! sign-in with the password grant, renewal before expiry and on 401, the rotating refresh token
+//! kept in the store across restarts, the fallback to the password when the refresh token is
+//! refused (which forgets it), one retry budget for token requests, and `totp` needed only for a
+//! sign-in.
 
 mod common;
+
+use std::time::Duration;
 
 use common::{Env, Run, quote};
 use nexudus_nevis_sync::sandbox::{
@@ -15,6 +19,21 @@ fn fatal_line(run: &Run) -> &str {
         .lines()
         .find(|l| l.starts_with("error: "))
         .unwrap_or_else(|| panic!("no fatal line in stderr:\n{}", run.stderr))
+}
+
+/// Fakes where Nexudus issues access tokens living `ttl` (and wants `totp`, when given).
+async fn env_with(ttl: Duration, totp: Option<&str>) -> Env {
+    let nexudus = FakeNexudus::start(NexudusFakeConfig {
+        token_ttl: ttl,
+        totp: totp.map(String::from),
+        ..NexudusFakeConfig::default()
+    })
+    .await
+    .unwrap();
+    let nevis = FakeNevis::start(NevisFakeConfig::default()).await.unwrap();
+    let env = Env::with_fakes(nexudus, nevis).await;
+    env.set("nexudus.auth", &quote("token"));
+    env
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -191,4 +210,36 @@ async fn a_refused_refresh_token_is_forgotten_in_the_store_too() {
         (0, 1, 0),
         "no refused refresh before the sign-in"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn totp_serves_the_sign_in_only_and_a_stale_one_asks_for_a_fresh_code() {
+    let env = env_with(NexudusFakeConfig::default().token_ttl, Some("111111")).await;
+    env.set("nexudus.totp", &quote("111111"));
+    env.seed(1);
+    env.sync(&[]).await.assert_code(0);
+    // The authenticator moves on; the config keeps the stale code, which nothing needs: the
+    // refresh token kept in the store carries on.
+    env.nexudus.set_totp(Some("222222"));
+    env.nexudus.reset_stats();
+    env.sync(&[]).await.assert_code(0);
+    let stats = env.nexudus.stats();
+    assert_eq!((stats.password_grants, stats.refresh_grants), (0, 1));
+    // The refresh token is refused: the password grant needs a code, and the config's is stale.
+    env.nexudus.revoke_refresh_tokens();
+    let run = env.sync(&[]).await;
+    run.assert_code(2);
+    let line = fatal_line(&run);
+    assert!(
+        line.contains("/api/token")
+            && line.contains("stored refresh token was refused")
+            && line.contains("put a fresh code in nexudus.totp"),
+        "{line}"
+    );
+    assert!(!run.stderr.contains("111111") && !run.stdout.contains("111111"));
+    // A fresh code signs in again.
+    env.set("nexudus.totp", &quote("222222"));
+    env.nexudus.reset_stats();
+    env.sync(&[]).await.assert_code(0);
+    assert_eq!(env.nexudus.stats().password_grants, 1);
 }

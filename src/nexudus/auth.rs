@@ -32,6 +32,13 @@ pub enum GrantError {
     /// Nexudus refused the grant (400 `invalid_grant` and the like, 401): the credentials or the
     /// refresh token are not accepted.
     Refused { status: u16, error: String },
+    /// The password grant was refused: the run cannot sign in. `hint` tells the operator what to
+    /// fix (a fresh `nexudus.totp` when one is configured).
+    SignIn {
+        status: u16,
+        error: String,
+        hint: String,
+    },
     /// Anything transient (throttling, 5xx, transport): retried by the caller's policy.
     Transient(super::SourceError),
     /// The store could not keep the rotated refresh token.
@@ -44,6 +51,14 @@ impl std::fmt::Display for GrantError {
             GrantError::Refused { status, error } => {
                 write!(f, "Nexudus refused the token grant (HTTP {status} {error})")
             }
+            GrantError::SignIn {
+                status,
+                error,
+                hint,
+            } => write!(
+                f,
+                "Nexudus refused the sign-in (HTTP {status} {error}); {hint}"
+            ),
             GrantError::Transient(e) => write!(f, "{e}"),
             GrantError::Store(e) => write!(f, "cannot keep the refresh token: {e}"),
         }
@@ -54,13 +69,17 @@ impl Classify for GrantError {
     fn verdict(&self) -> Verdict {
         match self {
             GrantError::Transient(e) => e.verdict(),
-            GrantError::Refused { .. } | GrantError::Store(_) => Verdict::Final,
+            GrantError::Refused { .. } | GrantError::SignIn { .. } | GrantError::Store(_) => {
+                Verdict::Final
+            }
         }
     }
 
     fn label(&self) -> String {
         match self {
-            GrantError::Refused { status, .. } => status.to_string(),
+            GrantError::Refused { status, .. } | GrantError::SignIn { status, .. } => {
+                status.to_string()
+            }
             GrantError::Transient(e) => e.label(),
             GrantError::Store(_) => "store".into(),
         }
@@ -197,9 +216,10 @@ impl TokenAuth {
             }
         }
         state.access = None;
+        let mut refresh_refused = false;
         let answer = match state.refresh.clone() {
             Some(refresh) => match request(Grant::Refresh(refresh)).await {
-                Ok(body) => body,
+                Ok(body) => Ok(body),
                 Err(GrantError::Refused { status, error }) => {
                     tracing::warn!(
                         status,
@@ -209,12 +229,21 @@ impl TokenAuth {
                     // Forgotten in the store too, so the next start does not present it again.
                     state.refresh = None;
                     self.forget_refresh_token().await?;
-                    request(Grant::Password).await?
+                    refresh_refused = true;
+                    request(Grant::Password).await
                 }
-                Err(e) => return Err(e),
+                Err(e) => Err(e),
             },
-            None => request(Grant::Password).await?,
+            None => request(Grant::Password).await,
         };
+        let answer = answer.map_err(|e| match e {
+            GrantError::Refused { status, error } => GrantError::SignIn {
+                status,
+                error,
+                hint: self.sign_in_hint(refresh_refused),
+            },
+            e => e,
+        })?;
         let answer: TokenAnswer = serde_json::from_slice(&answer).map_err(|e| {
             GrantError::Transient(super::SourceError::Decode(format!(
                 "token answer is not the documented JSON: {e}"
@@ -259,5 +288,51 @@ impl TokenAuth {
             .flush()
             .await
             .map_err(|e| GrantError::Store(e.to_string()))
+    }
+
+    /// What to tell the operator when the password grant is refused. A `nexudus.totp` in the
+    /// config is a one-time code that goes stale within a minute: it only serves the first sign-in,
+    /// and is needed again only when the stored refresh token is refused.
+    fn sign_in_hint(&self, refresh_refused: bool) -> String {
+        let why = if refresh_refused {
+            "the stored refresh token was refused (expired, revoked or issued to another \
+             nexudus.client_id), so the password grant was needed again and was refused too; "
+        } else {
+            ""
+        };
+        let what = if self.totp.is_some() {
+            "put a fresh code in nexudus.totp (a code is valid for about 30 seconds and is only \
+             needed for this sign-in: the refresh token kept in the store carries on after it), \
+             and check nexudus.username and nexudus.password"
+        } else {
+            "check nexudus.username and nexudus.password (and nexudus.totp if the account signs in \
+             with a second factor)"
+        };
+        format!("{why}{what}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_refused_sign_in_with_a_totp_asks_for_a_fresh_code() {
+        let auth = |totp: Option<&str>| {
+            TokenAuth::new(
+                "u@example.com".into(),
+                SecretString::from("pw"),
+                totp.map(SecretString::from),
+                "u@example.com".into(),
+                None,
+            )
+        };
+        let hint = auth(Some("123456")).sign_in_hint(true);
+        assert!(hint.contains("stored refresh token was refused"), "{hint}");
+        assert!(hint.contains("fresh code in nexudus.totp"), "{hint}");
+        assert!(!hint.contains("123456"), "{hint}");
+        let hint = auth(None).sign_in_hint(false);
+        assert!(!hint.contains("fresh code"), "{hint}");
+        assert!(hint.contains("nexudus.password"), "{hint}");
     }
 }

@@ -60,11 +60,13 @@ pub enum SourceError {
     Unexpected { status: u16, detail: String },
     #[error("Nexudus listing could not be decoded: {0}")]
     Decode(String),
-    #[error(
-        "Nexudus refused the sign-in at /api/token (HTTP {status} {error}); check \
-         nexudus.username, nexudus.password and nexudus.totp"
-    )]
-    SignIn { status: u16, error: String },
+    /// The password grant was refused; `hint` says what to fix (a fresh `nexudus.totp`, …).
+    #[error("Nexudus refused the sign-in at /api/token (HTTP {status} {error}); {hint}")]
+    SignIn {
+        status: u16,
+        error: String,
+        hint: String,
+    },
     #[error("cannot keep the Nexudus refresh token in the store: {0}")]
     TokenStore(String),
 }
@@ -267,7 +269,22 @@ impl NexudusClient {
         })
         .await
         .map_err(|e| match e {
-            GrantError::Refused { status, error } => SourceError::SignIn { status, error },
+            GrantError::SignIn {
+                status,
+                error,
+                hint,
+            } => SourceError::SignIn {
+                status,
+                error,
+                hint,
+            },
+            // A refused refresh grant falls back to the password inside `bearer`; should one
+            // escape, it is a refused sign-in all the same.
+            GrantError::Refused { status, error } => SourceError::SignIn {
+                status,
+                error,
+                hint: "check nexudus.username, nexudus.password and nexudus.totp".into(),
+            },
             GrantError::Transient(e) => e,
             GrantError::Store(e) => SourceError::TokenStore(e),
         })
