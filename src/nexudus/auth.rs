@@ -6,10 +6,10 @@
 //! `access_token`, its `expires_in` and a `refresh_token`; the refresh grant
 //! (`grant_type=refresh_token&refresh_token=…`, with the same `client_id` header as at sign-in)
 //! answers new ones and retires the refresh token used. The access token is renewed before it
-//! expires (at 90 % of its lifetime, or one minute before, whichever is earlier) or when a request
-//! is answered 401. The rotating refresh token is kept in the store, so a restart does not need
-//! the password; when Nexudus refuses it, it is forgotten (in the store too) and the client
-//! signs in with the password again.
+//! expires — one minute before, or at 90 % of its lifetime when that is later (tokens shorter
+//! than ten minutes), see [`renew_after`] — or when a request is answered 401. The rotating
+//! refresh token is kept in the store, so a restart does not need the password; when Nexudus
+//! refuses it, it is forgotten (in the store too) and the client signs in with the password again.
 //!
 //! Token requests are not retried here: a transient failure ends the caller's attempt, and the
 //! caller's one retry policy decides whether to try again (see `NexudusClient::bearer`).
@@ -250,10 +250,9 @@ impl TokenAuth {
             )))
         })?;
         let lifetime = Duration::from_secs(answer.expires_in.unwrap_or(3600));
-        let early = (lifetime / 10).min(Duration::from_secs(60));
         let access = Access {
             token: SecretString::from(answer.access_token),
-            renew_at: Instant::now() + lifetime.saturating_sub(early),
+            renew_at: Instant::now() + renew_after(lifetime),
         };
         if let Some(refresh) = answer.refresh_token.filter(|r| !r.is_empty()) {
             if let Some(store) = &self.store {
@@ -312,9 +311,36 @@ impl TokenAuth {
     }
 }
 
+/// How long after it was issued an access token of `lifetime` is renewed: one minute before it
+/// expires, or at 90 % of its lifetime when that is later. A week-long token is thus used for all
+/// but its last minute, and a token shorter than ten minutes is not renewed on every request.
+pub fn renew_after(lifetime: Duration) -> Duration {
+    let early = (lifetime / 10).min(Duration::from_secs(60));
+    lifetime.saturating_sub(early)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn renewal_is_one_minute_early_or_at_ninety_percent_whichever_is_later() {
+        let week = Duration::from_secs(7 * 24 * 3600);
+        assert_eq!(renew_after(week), week - Duration::from_secs(60));
+        assert_eq!(
+            renew_after(Duration::from_secs(600)),
+            Duration::from_secs(540)
+        );
+        assert_eq!(
+            renew_after(Duration::from_secs(100)),
+            Duration::from_secs(90)
+        );
+        assert_eq!(
+            renew_after(Duration::from_secs(2)),
+            Duration::from_millis(1800)
+        );
+        assert_eq!(renew_after(Duration::ZERO), Duration::ZERO);
+    }
 
     #[test]
     fn a_refused_sign_in_with_a_totp_asks_for_a_fresh_code() {
