@@ -6,7 +6,8 @@
 
 mod common;
 
-use std::time::Duration;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
 
 use common::{Env, Run, quote};
 use nexudus_nevis_sync::sandbox::{
@@ -150,6 +151,56 @@ async fn totp_is_sent_with_the_password_grant_and_client_id_binds_the_refresh() 
     env.sync(&[]).await.assert_code(0);
     let stats = env.nexudus.stats();
     assert_eq!((stats.refused_grants, stats.password_grants), (1, 1));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_access_token_is_renewed_before_it_expires_between_daemon_ticks() {
+    // Access tokens live 3 s and are renewed at 2.7 s; the daemon lists every second, so the
+    // token it holds reaches its renewal time within a few ticks. A client that renewed only on
+    // a 401 would present the expired token once and be refused: the fake counts that.
+    let env = env_with(Duration::from_secs(3), None).await;
+    env.seed(2);
+    env.set("sync.schedule", &quote("*/1 * * * * *"));
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    env.set("http.listen", &quote(&format!("127.0.0.1:{port}")));
+    let log_path = env.dir.path().join("daemon.log");
+    let mut daemon = env
+        .command(&[])
+        .stderr(std::fs::File::create(&log_path).unwrap())
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("start daemon");
+    let deadline = Instant::now() + Duration::from_secs(40);
+    while env.nexudus.stats().refresh_grants < 2 && Instant::now() < deadline {
+        if let Some(status) = daemon.try_wait().unwrap() {
+            panic!(
+                "daemon exited ({status}):\n{}",
+                std::fs::read_to_string(&log_path).unwrap_or_default()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    daemon.kill().await.unwrap();
+    let stats = env.nexudus.stats();
+    let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+    assert!(
+        stats.refresh_grants >= 2,
+        "two renewals within the deadline: {stats:?}\n{log}"
+    );
+    assert_eq!(stats.password_grants, 1, "signed in once: {stats:?}");
+    assert_eq!(
+        stats.unauthorized, 0,
+        "renewed before expiry, never by a 401: {stats:?}\n{log}"
+    );
+    assert!(!log.contains("answered 401"), "{log}");
+    assert!(
+        stats.list_requests >= 3,
+        "listed on several ticks: {stats:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
