@@ -52,18 +52,59 @@ pub(crate) fn build_tls(timeout: Duration, tls: &NevisTls) -> Result<reqwest::Cl
     if tls.insecure_skip_verify {
         builder = builder.tls_danger_accept_invalid_certs(true);
     }
-    builder
-        .build()
-        .map_err(|e| format!("cannot build the nevisIDM HTTP client: {}", describe(e)))
+    // A key that is PEM but not a usable key is only found out here.
+    let check = if tls.client_cert.is_some() {
+        "; check nevis.client_cert / nevis.client_key (a PEM certificate and its private key) \
+         and nevis.ca_cert"
+    } else {
+        "; check nevis.ca_cert"
+    };
+    builder.build().map_err(|e| {
+        format!(
+            "cannot build the nevisIDM HTTP client: {}{check}",
+            describe(e)
+        )
+    })
 }
 
-/// The TLS failure in a transport error's causes, if it is one: a certificate that does not
-/// verify, or a handshake the server refused (no or a wrong client certificate).
-pub(crate) fn tls_failure(e: &reqwest::Error) -> Option<String> {
-    let mut source = std::error::Error::source(e);
+/// A TLS failure found in a transport error's causes, sorted by whose certificate it is about,
+/// so the fatal message can name the one setting to fix.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum TlsFailure {
+    /// The server's certificate did not verify (unknown issuer, expired, wrong name, …).
+    ServerCertificate(String),
+    /// The server ended the handshake with an alert about our client certificate: it wanted one
+    /// and got none (`CertificateRequired`), or did not accept the one sent (`BadCertificate`,
+    /// `UnknownCA`, …).
+    ClientCertificate(String),
+    /// Any other refused handshake (`HandshakeFailure`, no common protocol version, …).
+    Other(String),
+}
+
+/// Alerts a server sends about the client's certificate (rustls's names for them).
+const CLIENT_CERTIFICATE_ALERTS: &[rustls::AlertDescription] = &[
+    rustls::AlertDescription::CertificateRequired,
+    rustls::AlertDescription::NoCertificate,
+    rustls::AlertDescription::BadCertificate,
+    rustls::AlertDescription::UnsupportedCertificate,
+    rustls::AlertDescription::CertificateRevoked,
+    rustls::AlertDescription::CertificateExpired,
+    rustls::AlertDescription::CertificateUnknown,
+    rustls::AlertDescription::UnknownCA,
+    rustls::AlertDescription::AccessDenied,
+];
+
+/// The TLS failure in a transport error's causes, if it is one.
+pub(crate) fn tls_failure(e: &reqwest::Error) -> Option<TlsFailure> {
+    std::error::Error::source(e).and_then(tls_failure_in)
+}
+
+/// Walks `error` and its causes for a TLS failure.
+fn tls_failure_in(error: &(dyn std::error::Error + 'static)) -> Option<TlsFailure> {
+    let mut source = Some(error);
     while let Some(cause) = source {
         if let Some(tls) = cause.downcast_ref::<rustls::Error>() {
-            return Some(tls.to_string());
+            return Some(from_rustls(tls));
         }
         // An io::Error hides the error it wraps from `source()`; look inside.
         if let Some(tls) = cause
@@ -71,17 +112,46 @@ pub(crate) fn tls_failure(e: &reqwest::Error) -> Option<String> {
             .and_then(|io| io.get_ref())
             .and_then(|inner| inner.downcast_ref::<rustls::Error>())
         {
-            return Some(tls.to_string());
+            return Some(from_rustls(tls));
         }
-        // The connector reports certificate failures as text in an io::Error of its own; these
-        // are rustls's own wordings for "the certificate did not verify".
-        let text = cause.to_string();
-        if text.contains("invalid peer certificate") || text.contains("received fatal alert") {
-            return Some(text);
+        // The connector may report the failure as text in an io::Error of its own; these are
+        // rustls's own wordings (its `Display` of the two errors above).
+        if let Some(failure) = from_text(&cause.to_string()) {
+            return Some(failure);
         }
         source = cause.source();
     }
     None
+}
+
+fn from_rustls(e: &rustls::Error) -> TlsFailure {
+    match e {
+        rustls::Error::InvalidCertificate(_) => TlsFailure::ServerCertificate(e.to_string()),
+        rustls::Error::AlertReceived(alert) if CLIENT_CERTIFICATE_ALERTS.contains(alert) => {
+            TlsFailure::ClientCertificate(e.to_string())
+        }
+        _ => TlsFailure::Other(e.to_string()),
+    }
+}
+
+fn from_text(text: &str) -> Option<TlsFailure> {
+    if let Some(at) = text.find("invalid peer certificate") {
+        return Some(TlsFailure::ServerCertificate(text[at..].to_string()));
+    }
+    let at = text.find("received fatal alert: ")?;
+    let message = &text[at..];
+    let alert = message["received fatal alert: ".len()..]
+        .split(|c: char| !c.is_ascii_alphanumeric())
+        .next()
+        .unwrap_or_default();
+    let about_client_certificate = CLIENT_CERTIFICATE_ALERTS
+        .iter()
+        .any(|a| format!("{a:?}") == alert);
+    Some(if about_client_certificate {
+        TlsFailure::ClientCertificate(message.to_string())
+    } else {
+        TlsFailure::Other(message.to_string())
+    })
 }
 
 /// A transport error with its causes ("error sending request: … Connection refused"), without the
@@ -124,6 +194,51 @@ pub(crate) fn join(base: &Url, path: &str) -> Url {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn in_io(e: rustls::Error) -> std::io::Error {
+        std::io::Error::other(e)
+    }
+
+    #[test]
+    fn tls_failures_are_told_apart_by_whose_certificate_failed() {
+        use rustls::{AlertDescription, CertificateError, Error};
+        let missing = in_io(Error::AlertReceived(AlertDescription::CertificateRequired));
+        assert_eq!(
+            tls_failure_in(&missing),
+            Some(TlsFailure::ClientCertificate(
+                "received fatal alert: CertificateRequired".into()
+            ))
+        );
+        let refused = Error::AlertReceived(AlertDescription::UnknownCA);
+        assert!(matches!(
+            tls_failure_in(&refused),
+            Some(TlsFailure::ClientCertificate(_))
+        ));
+        let untrusted = in_io(Error::InvalidCertificate(CertificateError::UnknownIssuer));
+        assert_eq!(
+            tls_failure_in(&untrusted),
+            Some(TlsFailure::ServerCertificate(
+                "invalid peer certificate: UnknownIssuer".into()
+            ))
+        );
+        let other = Error::AlertReceived(AlertDescription::HandshakeFailure);
+        assert!(matches!(tls_failure_in(&other), Some(TlsFailure::Other(_))));
+        // Reported as text by the connector, wrapped in an io::Error of its own.
+        let text = std::io::Error::other("tls: received fatal alert: BadCertificate");
+        assert_eq!(
+            tls_failure_in(&text),
+            Some(TlsFailure::ClientCertificate(
+                "received fatal alert: BadCertificate".into()
+            ))
+        );
+        let text = std::io::Error::other("invalid peer certificate: Expired");
+        assert!(matches!(
+            tls_failure_in(&text),
+            Some(TlsFailure::ServerCertificate(_))
+        ));
+        let refused = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
+        assert_eq!(tls_failure_in(&refused), None);
+    }
 
     #[test]
     fn join_keeps_base_path_prefix() {

@@ -110,7 +110,7 @@ async fn run(cli: Cli) -> u8 {
     };
     init_logging(config.log.format, &config.log.level);
     for warning in &config.warnings {
-        tracing::warn!("{warning}");
+        warn_loudly(warning);
     }
     if cli.status {
         return status(&config).await;
@@ -327,6 +327,16 @@ fn fatal(e: &dyn std::fmt::Display) -> u8 {
     }
     eprintln!("error: {e}");
     EXIT_FATAL
+}
+
+/// A warning about the configuration itself (certificate verification off, a secret in a file
+/// others can read): written straight to stderr, once at start, so no `log.level` or `RUST_LOG`
+/// can silence it (plus a JSON log record when logs are JSON, for log pipelines).
+fn warn_loudly(warning: &str) {
+    if JSON_LOGS.get().is_some() {
+        tracing::warn!("{warning}");
+    }
+    eprintln!("warning: {warning}");
 }
 
 fn init_logging(format: LogFormat, level: &str) {

@@ -64,7 +64,9 @@ impl SyncError {
     pub fn is_store(&self) -> bool {
         matches!(
             self,
-            SyncError::Store(_) | SyncError::Target(DispatchError::Store(_))
+            SyncError::Store(_)
+                | SyncError::Target(DispatchError::Store(_))
+                | SyncError::Source(SourceError::TokenStore(_))
         )
     }
 }

@@ -6,118 +6,11 @@
 
 mod common;
 
-use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use common::tls::{Ca, Leaf, file, tls_proxy};
 use common::{Env, Run, quote};
-use rcgen::{
-    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
-};
-use tokio::net::{TcpListener, TcpStream};
-use tokio_rustls::TlsAcceptor;
-use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
-use tokio_rustls::rustls::server::WebPkiClientVerifier;
-use tokio_rustls::rustls::{RootCertStore, ServerConfig, crypto};
-
-/// A CA able to sign server and client certificates.
-struct Ca {
-    issuer: Issuer<'static, KeyPair>,
-    pem: String,
-    der: CertificateDer<'static>,
-}
-
-impl Ca {
-    fn new(name: &str) -> Ca {
-        let key = KeyPair::generate().unwrap();
-        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params.distinguished_name.push(DnType::CommonName, name);
-        let cert = params.self_signed(&key).unwrap();
-        Ca {
-            pem: cert.pem(),
-            der: cert.der().clone(),
-            issuer: Issuer::new(params, key),
-        }
-    }
-
-    /// A leaf certificate and its key (PEM, and DER for the server side).
-    fn leaf(&self, names: &[&str], purpose: ExtendedKeyUsagePurpose) -> Leaf {
-        let key = KeyPair::generate().unwrap();
-        let mut params =
-            CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
-                .unwrap();
-        params.distinguished_name.push(DnType::CommonName, names[0]);
-        params.extended_key_usages = vec![purpose];
-        let cert = params.signed_by(&key, &self.issuer).unwrap();
-        Leaf {
-            cert_pem: cert.pem(),
-            key_pem: key.serialize_pem(),
-            cert_der: cert.der().clone(),
-            key_der: key.serialize_der(),
-        }
-    }
-}
-
-struct Leaf {
-    cert_pem: String,
-    key_pem: String,
-    cert_der: CertificateDer<'static>,
-    key_der: Vec<u8>,
-}
-
-/// Serves TLS on 127.0.0.1 with `server`'s certificate and forwards the decrypted bytes to
-/// `backend`. With `client_ca`, a client certificate signed by it is required.
-async fn tls_proxy(server: &Leaf, client_ca: Option<&Ca>, backend: SocketAddr) -> SocketAddr {
-    let provider = Arc::new(crypto::aws_lc_rs::default_provider());
-    let builder = ServerConfig::builder_with_provider(Arc::clone(&provider))
-        .with_safe_default_protocol_versions()
-        .unwrap();
-    let builder = match client_ca {
-        Some(ca) => {
-            let mut roots = RootCertStore::empty();
-            roots.add(ca.der.clone()).unwrap();
-            let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
-                .build()
-                .unwrap();
-            builder.with_client_cert_verifier(verifier)
-        }
-        None => builder.with_no_client_auth(),
-    };
-    let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(server.key_der.clone()));
-    let config = builder
-        .with_single_cert(vec![server.cert_der.clone()], key)
-        .unwrap();
-    let acceptor = TlsAcceptor::from(Arc::new(config));
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        loop {
-            let Ok((tcp, _)) = listener.accept().await else {
-                return;
-            };
-            let acceptor = acceptor.clone();
-            tokio::spawn(async move {
-                // A failed handshake just closes the connection, as a real server would.
-                let Ok(mut tls) = acceptor.accept(tcp).await else {
-                    return;
-                };
-                let Ok(mut upstream) = TcpStream::connect(backend).await else {
-                    return;
-                };
-                let _ = tokio::io::copy_bidirectional(&mut tls, &mut upstream).await;
-            });
-        }
-    });
-    addr
-}
-
-/// Writes `text` to a file in the test's directory and returns its path as a TOML string.
-fn file(env: &Env, name: &str, text: &str) -> String {
-    let path = env.dir.path().join(name);
-    std::fs::write(&path, text).unwrap();
-    quote(&path.display().to_string())
-}
+use rcgen::ExtendedKeyUsagePurpose;
 
 struct Setup {
     env: Env,
@@ -203,6 +96,14 @@ async fn a_good_client_certificate_alone_authenticates() {
     assert!(!run.stderr.contains("BEGIN"), "no PEM in the output");
 }
 
+/// The fatal line (`error: …`) of a failed run.
+fn fatal_line(run: &Run) -> &str {
+    run.stderr
+        .lines()
+        .find(|l| l.starts_with("error: "))
+        .unwrap_or_else(|| panic!("no fatal line in stderr:\n{}", run.stderr))
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_missing_client_certificate_is_a_fast_clear_fatal_error() {
     let s = setup(true, None).await;
@@ -210,7 +111,43 @@ async fn a_missing_client_certificate_is_a_fast_clear_fatal_error() {
     let started = Instant::now();
     let run = s.env.sync(&[]).await;
     assert_fatal_tls(&run, started);
-    assert!(run.stderr.contains("client_cert"), "{}", run.stderr);
+    // Told apart from an untrusted server certificate: the server's alert after we sent none.
+    let line = fatal_line(&run);
+    assert!(
+        line.contains("requires a client certificate and none is configured")
+            && line.contains("CertificateRequired")
+            && line.contains("set nevis.client_cert and nevis.client_key"),
+        "{line}"
+    );
+    assert!(!line.contains("server certificate"), "{line}");
+    assert!(!line.contains("ca_cert"), "{line}");
+    assert_eq!(s.env.nevis.user_count(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_certificate_from_another_ca_is_reported_as_refused() {
+    let s = setup(true, None).await;
+    trust_ca(&s);
+    let stranger = Ca::new("Not nevisIDM's client CA")
+        .leaf(&["nexudus-nevis-sync"], ExtendedKeyUsagePurpose::ClientAuth);
+    s.env.set(
+        "nevis.client_cert",
+        &file(&s.env, "client.pem", &stranger.cert_pem),
+    );
+    s.env.set(
+        "nevis.client_key",
+        &file(&s.env, "client-key.pem", &stranger.key_pem),
+    );
+    let started = Instant::now();
+    let run = s.env.sync(&[]).await;
+    assert_fatal_tls(&run, started);
+    let line = fatal_line(&run);
+    assert!(
+        line.contains("nevisIDM refused our client certificate") && line.contains("fatal alert"),
+        "{line}"
+    );
+    assert!(!line.contains("none is configured"), "{line}");
+    assert!(!line.contains("server certificate"), "{line}");
     assert_eq!(s.env.nevis.user_count(), 0);
 }
 
@@ -222,11 +159,23 @@ async fn an_untrusted_server_certificate_is_refused() {
     let started = Instant::now();
     let run = s.env.sync(&[]).await;
     assert_fatal_tls(&run, started);
-    assert!(run.stderr.contains("ca_cert"), "{}", run.stderr);
+    let untrusted = |run: &Run| {
+        let line = fatal_line(run).to_string();
+        assert!(
+            line.contains("server certificate is not trusted")
+                && line.contains("UnknownIssuer")
+                && line.contains("set nevis.ca_cert"),
+            "{line}"
+        );
+        // Not mistaken for a client-certificate problem.
+        assert!(!line.contains("client_cert"), "{line}");
+        assert!(!line.contains("client certificate"), "{line}");
+    };
+    untrusted(&run);
     trust_ca(&s);
     let run = s.env.sync(&[]).await;
     run.assert_code(2);
-    assert!(run.stderr.contains("TLS"), "{}", run.stderr);
+    untrusted(&run);
     assert_eq!(s.env.nevis.user_count(), 0);
 }
 
@@ -238,7 +187,29 @@ async fn insecure_skip_verify_works_only_with_a_loud_warning() {
     let run = s.env.sync(&[]).await;
     run.assert_code(0);
     assert_eq!(run.count("created"), 3);
-    assert!(run.stderr.contains("NOT verified"), "{}", run.stderr);
+    assert_eq!(
+        run.stderr.matches("NOT verified").count(),
+        1,
+        "warned once:\n{}",
+        run.stderr
+    );
+    // No logging setting silences it: not log.level, not RUST_LOG.
+    s.env.set("log.level", &quote("error"));
+    let mut cmd = s.env.command(&["--sync-now"]);
+    cmd.env("RUST_LOG", "off");
+    let run = common::run_cmd(cmd).await;
+    run.assert_code(0);
+    assert_eq!(
+        run.stderr.matches("NOT verified").count(),
+        1,
+        "warned once with logging off:\n{}",
+        run.stderr
+    );
+    assert!(
+        run.stderr.contains("warning: nevis.insecure_skip_verify"),
+        "{}",
+        run.stderr
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,12 +1,14 @@
 //! No secret in any output: runs that fail in the ways that tend to leak credentials (refused
-//! passwords, refused tokens, server errors, token grants) are run with the most verbose logging
-//! an operator would switch on, in both log formats, and every byte of stdout and stderr is
-//! searched for every secret the process held.
+//! passwords, refused tokens, server errors, token grants, failed TLS handshakes with a client
+//! key loaded) are run with the most verbose logging an operator would switch on, in both log
+//! formats, and every byte of stdout and stderr is searched for every secret the process held.
 
 mod common;
 
+use common::tls::{Ca, file, tls_proxy};
 use common::{Env, Run, quote};
 use nexudus_nevis_sync::sandbox::{Fault, NevisFakeConfig, NexudusFakeConfig};
+use rcgen::ExtendedKeyUsagePurpose;
 
 /// The most an operator would turn logging up to: everything at debug, this crate at trace.
 const VERBOSE: &str = "\"debug,nexudus_nevis_sync=trace\"";
@@ -98,5 +100,69 @@ async fn failing_runs_never_print_a_secret() {
         let run = env4.sync(&[]).await;
         run.assert_code(2);
         assert_clean(&run, &[&nexudus_password, &nevis_token], "Nexudus 503s");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_tls_handshakes_never_print_a_secret() {
+    let nexudus_password = NexudusFakeConfig::default().password;
+    let nevis_token = NevisFakeConfig::default().token;
+    for format in ["pretty", "json"] {
+        // nevisIDM's certificate from a CA we do not trust, and our client certificate from a CA
+        // nevisIDM does not trust: the handshake fails on our side, then on the server's.
+        for server_untrusted in [true, false] {
+            let what = if server_untrusted {
+                "untrusted server certificate"
+            } else {
+                "refused client certificate"
+            };
+            let env = verbose_env(format).await;
+            env.set("nexudus.auth", &quote("token"));
+            env.set("nexudus.totp", &quote("604418"));
+            let ca = Ca::new("nevisIDM CA");
+            let stranger = Ca::new("Some other CA");
+            let (server_ca, client_ca) = if server_untrusted {
+                (&stranger, &ca)
+            } else {
+                (&ca, &stranger)
+            };
+            let server = server_ca.leaf(
+                &["127.0.0.1", "localhost"],
+                ExtendedKeyUsagePurpose::ServerAuth,
+            );
+            let client =
+                client_ca.leaf(&["nexudus-nevis-sync"], ExtendedKeyUsagePurpose::ClientAuth);
+            let proxy = tls_proxy(&server, Some(&ca), env.nevis.addr()).await;
+            env.set(
+                "nevis.base_url",
+                &quote(&format!("https://127.0.0.1:{}", proxy.port())),
+            );
+            env.set("nevis.ca_cert", &file(&env, "ca.pem", &ca.pem));
+            env.set(
+                "nevis.client_cert",
+                &file(&env, "client.pem", &client.cert_pem),
+            );
+            env.set(
+                "nevis.client_key",
+                &file(&env, "client-key.pem", &client.key_pem),
+            );
+            let run = env.sync(&[]).await;
+            run.assert_code(2);
+            assert!(run.stderr.contains("TLS"), "{what}: {}", run.stderr);
+            let tokens = env.nexudus.issued_refresh_tokens();
+            assert!(!tokens.is_empty(), "{what}: the run signed in to Nexudus");
+            let mut secrets: Vec<&str> = vec![&nexudus_password, &nevis_token, "604418", "at-1-"];
+            secrets.extend(tokens.iter().map(String::as_str));
+            // The client key: whole, and each line of its base64 body.
+            secrets.push(client.key_pem.trim());
+            let body: Vec<&str> = client
+                .key_pem
+                .lines()
+                .filter(|l| !l.starts_with("-----") && !l.trim().is_empty())
+                .collect();
+            assert!(!body.is_empty());
+            secrets.extend(body);
+            assert_clean(&run, &secrets, what);
+        }
     }
 }

@@ -17,7 +17,7 @@ use url::Url;
 use std::sync::Arc;
 use std::time::Instant;
 
-use crate::client::{self, describe, join, retry_after};
+use crate::client::{self, TlsFailure, describe, join, retry_after};
 use crate::config::{NevisConfig, RetryConfig};
 use crate::diff::{Changes, create_body};
 use crate::mapper::DesiredUser;
@@ -148,13 +148,10 @@ pub enum TargetError {
         reason: String,
         candidates: Vec<String>,
     },
-    /// The TLS handshake failed: the server's certificate does not verify, or the server refused
-    /// our client certificate. Not retried: it will not heal by itself.
-    #[error(
-        "TLS handshake with nevisIDM failed: {detail}; check nevis.ca_cert (the CA that signed \
-         nevisIDM's certificate) and nevis.client_cert / nevis.client_key (the client certificate \
-         nevisIDM expects)"
-    )]
+    /// The TLS settings are not usable, or the handshake failed: the server's certificate does
+    /// not verify, or the server refused our client certificate (or its absence). Not retried:
+    /// it will not heal by itself. `detail` says which, and names the setting to check.
+    #[error("TLS with nevisIDM failed: {detail}")]
     Tls { detail: String },
     #[error("nevisIDM unavailable: {detail}")]
     Unavailable {
@@ -203,6 +200,9 @@ pub struct NevisClient {
     /// `GET /nevisidm/api/core/v1/clients/{clientExtId}/users`: the paged, filterable listing.
     list_url: Url,
     token: Option<SecretString>,
+    /// Whether a client certificate is configured: a server asking for one means different
+    /// things with and without.
+    client_cert: bool,
     retry: RetryPolicy,
     metrics: Arc<Metrics>,
     /// `remarks` for creates and `modificationComment` for every write (`[mapping]`).
@@ -243,6 +243,7 @@ impl NevisClient {
             users_url,
             list_url,
             token: cfg.token.clone(),
+            client_cert: cfg.tls.client_cert.is_some(),
             retry: RetryPolicy::new("nevis", retry, Arc::clone(&metrics)),
             metrics,
             remarks,
@@ -273,10 +274,10 @@ impl NevisClient {
             request = request.json(body);
         }
         let started = Instant::now();
-        let response = request.send().await.map_err(unavailable)?;
+        let response = request.send().await.map_err(|e| self.unavailable(e))?;
         let status = response.status();
         let retry_after = retry_after(response.headers());
-        let bytes = response.bytes().await.map_err(unavailable)?;
+        let bytes = response.bytes().await.map_err(|e| self.unavailable(e))?;
         self.metrics.observe_request("nevis", started.elapsed());
         if status.is_success() {
             // Bodies of writes are not needed; a GET body that is not JSON is a protocol error.
@@ -503,14 +504,42 @@ fn classify(
     }
 }
 
-fn unavailable(e: reqwest::Error) -> TargetError {
-    if let Some(detail) = client::tls_failure(&e) {
-        return TargetError::Tls { detail };
+impl NevisClient {
+    /// A transport error: a TLS failure (final, explained) or nevisIDM unavailable (retried).
+    fn unavailable(&self, e: reqwest::Error) -> TargetError {
+        match client::tls_failure(&e) {
+            Some(failure) => TargetError::Tls {
+                detail: tls_detail(failure, self.client_cert),
+            },
+            None => TargetError::Unavailable {
+                status: None,
+                detail: describe(e),
+                retry_after: None,
+            },
+        }
     }
-    TargetError::Unavailable {
-        status: None,
-        detail: describe(e),
-        retry_after: None,
+}
+
+/// What a TLS failure means for the operator, naming the one setting to check.
+fn tls_detail(failure: TlsFailure, client_cert: bool) -> String {
+    match failure {
+        TlsFailure::ServerCertificate(why) => format!(
+            "nevisIDM's server certificate is not trusted ({why}); set nevis.ca_cert to the CA \
+             that signed it"
+        ),
+        TlsFailure::ClientCertificate(why) if !client_cert => format!(
+            "nevisIDM requires a client certificate and none is configured ({why}); set \
+             nevis.client_cert and nevis.client_key"
+        ),
+        TlsFailure::ClientCertificate(why) => format!(
+            "nevisIDM refused our client certificate ({why}); check that nevis.client_cert / \
+             nevis.client_key are the certificate and key nevisIDM expects, signed by a CA it \
+             trusts"
+        ),
+        TlsFailure::Other(why) => format!(
+            "{why}; check nevis.ca_cert (the CA that signed nevisIDM's certificate) and \
+             nevis.client_cert / nevis.client_key (the client certificate nevisIDM expects)"
+        ),
     }
 }
 

@@ -6,9 +6,13 @@
 //! `access_token`, its `expires_in` and a `refresh_token`; the refresh grant
 //! (`grant_type=refresh_token&refresh_token=…`, with the same `client_id` header as at sign-in)
 //! answers new ones and retires the refresh token used. The access token is renewed before it
-//! expires (at 90 % of its lifetime, or one minute before, whichever is earlier) or when a request
-//! is answered 401. The rotating refresh token is kept in the store, so a restart does not need
-//! the password; when Nexudus refuses it, the client signs in with the password again.
+//! expires — one minute before, or at 90 % of its lifetime when that is later (tokens shorter
+//! than ten minutes), see [`renew_after`] — or when a request is answered 401. The rotating
+//! refresh token is kept in the store, so a restart does not need the password; when Nexudus
+//! refuses it, it is forgotten (in the store too) and the client signs in with the password again.
+//!
+//! Token requests are not retried here: a transient failure ends the caller's attempt, and the
+//! caller's one retry policy decides whether to try again (see `NexudusClient::bearer`).
 
 use std::time::{Duration, Instant};
 
@@ -28,6 +32,13 @@ pub enum GrantError {
     /// Nexudus refused the grant (400 `invalid_grant` and the like, 401): the credentials or the
     /// refresh token are not accepted.
     Refused { status: u16, error: String },
+    /// The password grant was refused: the run cannot sign in. `hint` tells the operator what to
+    /// fix (a fresh `nexudus.totp` when one is configured).
+    SignIn {
+        status: u16,
+        error: String,
+        hint: String,
+    },
     /// Anything transient (throttling, 5xx, transport): retried by the caller's policy.
     Transient(super::SourceError),
     /// The store could not keep the rotated refresh token.
@@ -40,6 +51,14 @@ impl std::fmt::Display for GrantError {
             GrantError::Refused { status, error } => {
                 write!(f, "Nexudus refused the token grant (HTTP {status} {error})")
             }
+            GrantError::SignIn {
+                status,
+                error,
+                hint,
+            } => write!(
+                f,
+                "Nexudus refused the sign-in (HTTP {status} {error}); {hint}"
+            ),
             GrantError::Transient(e) => write!(f, "{e}"),
             GrantError::Store(e) => write!(f, "cannot keep the refresh token: {e}"),
         }
@@ -50,13 +69,17 @@ impl Classify for GrantError {
     fn verdict(&self) -> Verdict {
         match self {
             GrantError::Transient(e) => e.verdict(),
-            GrantError::Refused { .. } | GrantError::Store(_) => Verdict::Final,
+            GrantError::Refused { .. } | GrantError::SignIn { .. } | GrantError::Store(_) => {
+                Verdict::Final
+            }
         }
     }
 
     fn label(&self) -> String {
         match self {
-            GrantError::Refused { status, .. } => status.to_string(),
+            GrantError::Refused { status, .. } | GrantError::SignIn { status, .. } => {
+                status.to_string()
+            }
             GrantError::Transient(e) => e.label(),
             GrantError::Store(_) => "store".into(),
         }
@@ -158,8 +181,9 @@ impl TokenAuth {
         }
     }
 
-    /// A usable access token, renewing it through `request` (one token request, with the
-    /// caller's retries) when there is none or it is due. `stale` is a token the server just
+    /// A usable access token, renewing it through `request` when there is none or it is due.
+    /// `request` sends one token request and is not retried here: a transient failure is
+    /// returned, and the caller's retry policy decides. `stale` is a token the server just
     /// answered 401 to: it is not handed out again.
     pub async fn bearer<F, Fut>(
         &self,
@@ -176,9 +200,11 @@ impl TokenAuth {
             if state.refresh.is_none()
                 && let Some(store) = &self.store
             {
+                // An empty value is a refresh token that was refused and forgotten.
                 state.refresh = store
                     .secret(REFRESH_TOKEN_KEY)
                     .map_err(|e| GrantError::Store(e.to_string()))?
+                    .filter(|token| !token.is_empty())
                     .map(SecretString::from);
             }
         }
@@ -190,32 +216,43 @@ impl TokenAuth {
             }
         }
         state.access = None;
+        let mut refresh_refused = false;
         let answer = match state.refresh.clone() {
             Some(refresh) => match request(Grant::Refresh(refresh)).await {
-                Ok(body) => body,
+                Ok(body) => Ok(body),
                 Err(GrantError::Refused { status, error }) => {
                     tracing::warn!(
                         status,
                         %error,
                         "Nexudus refused the stored refresh token; signing in with the password"
                     );
+                    // Forgotten in the store too, so the next start does not present it again.
                     state.refresh = None;
-                    request(Grant::Password).await?
+                    self.forget_refresh_token().await?;
+                    refresh_refused = true;
+                    request(Grant::Password).await
                 }
-                Err(e) => return Err(e),
+                Err(e) => Err(e),
             },
-            None => request(Grant::Password).await?,
+            None => request(Grant::Password).await,
         };
+        let answer = answer.map_err(|e| match e {
+            GrantError::Refused { status, error } => GrantError::SignIn {
+                status,
+                error,
+                hint: self.sign_in_hint(refresh_refused),
+            },
+            e => e,
+        })?;
         let answer: TokenAnswer = serde_json::from_slice(&answer).map_err(|e| {
             GrantError::Transient(super::SourceError::Decode(format!(
                 "token answer is not the documented JSON: {e}"
             )))
         })?;
         let lifetime = Duration::from_secs(answer.expires_in.unwrap_or(3600));
-        let early = (lifetime / 10).min(Duration::from_secs(60));
         let access = Access {
             token: SecretString::from(answer.access_token),
-            renew_at: Instant::now() + lifetime.saturating_sub(early),
+            renew_at: Instant::now() + renew_after(lifetime),
         };
         if let Some(refresh) = answer.refresh_token.filter(|r| !r.is_empty()) {
             if let Some(store) = &self.store {
@@ -235,5 +272,93 @@ impl TokenAuth {
         );
         state.access = Some(access.clone());
         Ok(access.token)
+    }
+
+    /// Overwrites the stored refresh token with an empty value (read back as none). The store
+    /// has no delete for secrets; an empty refresh token is never a valid one anyway.
+    async fn forget_refresh_token(&self) -> Result<(), GrantError> {
+        let Some(store) = &self.store else {
+            return Ok(());
+        };
+        store
+            .set_secret(REFRESH_TOKEN_KEY, "")
+            .map_err(|e| GrantError::Store(e.to_string()))?;
+        store
+            .flush()
+            .await
+            .map_err(|e| GrantError::Store(e.to_string()))
+    }
+
+    /// What to tell the operator when the password grant is refused. A `nexudus.totp` in the
+    /// config is a one-time code that goes stale within a minute: it only serves the first sign-in,
+    /// and is needed again only when the stored refresh token is refused.
+    fn sign_in_hint(&self, refresh_refused: bool) -> String {
+        let why = if refresh_refused {
+            "the stored refresh token was refused (expired, revoked or issued to another \
+             nexudus.client_id), so the password grant was needed again and was refused too; "
+        } else {
+            ""
+        };
+        let what = if self.totp.is_some() {
+            "put a fresh code in nexudus.totp (a code is valid for about 30 seconds and is only \
+             needed for this sign-in: the refresh token kept in the store carries on after it), \
+             and check nexudus.username and nexudus.password"
+        } else {
+            "check nexudus.username and nexudus.password (and nexudus.totp if the account signs in \
+             with a second factor)"
+        };
+        format!("{why}{what}")
+    }
+}
+
+/// How long after it was issued an access token of `lifetime` is renewed: one minute before it
+/// expires, or at 90 % of its lifetime when that is later. A week-long token is thus used for all
+/// but its last minute, and a token shorter than ten minutes is not renewed on every request.
+pub fn renew_after(lifetime: Duration) -> Duration {
+    let early = (lifetime / 10).min(Duration::from_secs(60));
+    lifetime.saturating_sub(early)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renewal_is_one_minute_early_or_at_ninety_percent_whichever_is_later() {
+        let week = Duration::from_secs(7 * 24 * 3600);
+        assert_eq!(renew_after(week), week - Duration::from_secs(60));
+        assert_eq!(
+            renew_after(Duration::from_secs(600)),
+            Duration::from_secs(540)
+        );
+        assert_eq!(
+            renew_after(Duration::from_secs(100)),
+            Duration::from_secs(90)
+        );
+        assert_eq!(
+            renew_after(Duration::from_secs(2)),
+            Duration::from_millis(1800)
+        );
+        assert_eq!(renew_after(Duration::ZERO), Duration::ZERO);
+    }
+
+    #[test]
+    fn a_refused_sign_in_with_a_totp_asks_for_a_fresh_code() {
+        let auth = |totp: Option<&str>| {
+            TokenAuth::new(
+                "u@example.com".into(),
+                SecretString::from("pw"),
+                totp.map(SecretString::from),
+                "u@example.com".into(),
+                None,
+            )
+        };
+        let hint = auth(Some("123456")).sign_in_hint(true);
+        assert!(hint.contains("stored refresh token was refused"), "{hint}");
+        assert!(hint.contains("fresh code in nexudus.totp"), "{hint}");
+        assert!(!hint.contains("123456"), "{hint}");
+        let hint = auth(None).sign_in_hint(false);
+        assert!(!hint.contains("fresh code"), "{hint}");
+        assert!(hint.contains("nexudus.password"), "{hint}");
     }
 }

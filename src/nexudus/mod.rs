@@ -60,11 +60,13 @@ pub enum SourceError {
     Unexpected { status: u16, detail: String },
     #[error("Nexudus listing could not be decoded: {0}")]
     Decode(String),
-    #[error(
-        "Nexudus refused the sign-in at /api/token (HTTP {status} {error}); check \
-         nexudus.username, nexudus.password and nexudus.totp"
-    )]
-    SignIn { status: u16, error: String },
+    /// The password grant was refused; `hint` says what to fix (a fresh `nexudus.totp`, …).
+    #[error("Nexudus refused the sign-in at /api/token (HTTP {status} {error}); {hint}")]
+    SignIn {
+        status: u16,
+        error: String,
+        hint: String,
+    },
     #[error("cannot keep the Nexudus refresh token in the store: {0}")]
     TokenStore(String),
 }
@@ -249,21 +251,40 @@ impl NexudusClient {
         wire::decode_page(&body).map_err(SourceError::Decode)
     }
 
-    /// An access token from `auth`, signing in or refreshing as needed (with retries).
+    /// An access token from `auth`, signing in or refreshing as needed. Token requests have no
+    /// retries of their own: they are part of the listing attempt that needs the token, so one
+    /// retry budget (the page's) bounds them — a failing token endpoint is asked at most
+    /// `retry.max_attempts` times, not that number squared.
     async fn bearer(
         &self,
         auth: &TokenAuth,
         stale: Option<&SecretString>,
     ) -> Result<SecretString, SourceError> {
         auth.bearer(stale, |grant| async move {
-            let what = format!("token grant ({})", grant.name());
-            self.retry
-                .run(&what, || self.grant_once(auth, &grant))
-                .await
+            let result = self.grant_once(auth, &grant).await;
+            if let Err(e) = &result {
+                tracing::debug!(grant = grant.name(), error = %e, "token request failed");
+            }
+            result
         })
         .await
         .map_err(|e| match e {
-            GrantError::Refused { status, error } => SourceError::SignIn { status, error },
+            GrantError::SignIn {
+                status,
+                error,
+                hint,
+            } => SourceError::SignIn {
+                status,
+                error,
+                hint,
+            },
+            // A refused refresh grant falls back to the password inside `bearer`; should one
+            // escape, it is a refused sign-in all the same.
+            GrantError::Refused { status, error } => SourceError::SignIn {
+                status,
+                error,
+                hint: "check nexudus.username, nexudus.password and nexudus.totp".into(),
+            },
             GrantError::Transient(e) => e,
             GrantError::Store(e) => SourceError::TokenStore(e),
         })
@@ -388,5 +409,13 @@ mod tests {
             SourceError::Transport("reset".into()).verdict(),
             Verdict::Retry { after: None }
         );
+    }
+
+    #[test]
+    fn a_refresh_token_the_store_cannot_keep_is_a_store_failure() {
+        // main adds the store.path hint to the fatal message of store failures.
+        let e = crate::sync::SyncError::Source(SourceError::TokenStore("read-only".into()));
+        assert!(e.is_store());
+        assert!(!crate::sync::SyncError::Source(SourceError::Auth { status: 401 }).is_store());
     }
 }

@@ -285,6 +285,12 @@ impl FakeNexudus {
         self.lock().refresh_tokens.clear();
     }
 
+    /// Changes the `totp` code the password grant needs (`None`: no second factor), as the
+    /// authenticator app moves on to the next code.
+    pub fn set_totp(&self, code: Option<&str>) {
+        self.lock().cfg.totp = code.map(str::to_owned);
+    }
+
     /// Every refresh token issued so far, oldest first.
     pub fn issued_refresh_tokens(&self) -> Vec<String> {
         self.lock().issued_refresh_tokens.clone()

@@ -14,6 +14,8 @@ use nexudus_nevis_sync::sandbox::{
 use tempfile::TempDir;
 use tokio::process::Command;
 
+pub mod tls;
+
 pub const BIN: &str = env!("CARGO_BIN_EXE_nexudus-nevis-sync");
 /// No single run in these tests may take longer than this.
 pub const RUN_LIMIT: Duration = Duration::from_secs(90);
