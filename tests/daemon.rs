@@ -189,6 +189,17 @@ async fn health_readiness_metrics_and_status_follow_the_runs() {
     assert_eq!(status, 503, "not ready before the first success: {body}");
     let reason: Value = serde_json::from_str(&body).expect("readyz answers JSON");
     assert_eq!(reason["ready"], false);
+    // The first run must have ended (fatal) before nevisIDM comes back, or it could recover.
+    daemon
+        .wait_for("the first run to end fatal", |d| async move {
+            let (_, text) = d.get("/metrics").await;
+            metric(
+                &text,
+                "nexudus_nevis_sync_runs_total",
+                Some(("outcome", "fatal")),
+            ) >= 1.0
+        })
+        .await;
 
     env.nevis.set_down(None);
     daemon
