@@ -23,7 +23,7 @@ use crate::diff::{Changes, Observed, Plan, changes_between, diff, disappeared};
 use crate::dispatch::{AdoptRules, DispatchError, Dispatcher, Op, OpKind, PlanSink};
 use crate::mapper::{DesiredUser, SourceUser, UserState, map_user};
 use crate::nevis::{Target, TargetError, for_each_page};
-use crate::nexudus::{Source, SourceError, SourcePage};
+use crate::nexudus::{Presence, Source, SourceError, SourcePage};
 use crate::report::{Conflict, Invalid, RunReport};
 use crate::store::{Lookup, Store, StoreError, fingerprint};
 use crate::watermark;
@@ -211,6 +211,7 @@ async fn run_inner<S: Source, T: Target>(
     };
     let (tx, rx) = mpsc::channel::<Listed>(2);
     let mut rx = rx;
+    let checker = Arc::clone(&source);
     let lister = tokio::spawn(
         async move {
             let mut page = 1u32;
@@ -600,6 +601,16 @@ async fn run_inner<S: Source, T: Target>(
             });
         }
     }
+    // The deletion safety first (a held batch needs no confirmation), then every user to be
+    // disabled for vanishing is looked up once: a listing that skipped someone still in Nexudus
+    // is incomplete, whatever its counts said.
+    if incomplete.is_none()
+        && (opts.allow_mass_disable
+            || mass_disable_reason(cfg, disables.len() as u64, known).is_none())
+        && let Some(reason) = confirm_gone(&*checker, &disables, &seen).await
+    {
+        incomplete = Some(reason);
+    }
     report.listing_complete = incomplete.is_none();
 
     let held_reason = if let Some(reason) = &incomplete {
@@ -640,6 +651,42 @@ async fn run_inner<S: Source, T: Target>(
         store.flush().await?;
     }
     Ok(())
+}
+
+/// Asks Nexudus for each user about to be disabled because the listing did not contain it (not
+/// for users listed outside the scope, nor archives). `Some(reason)` when one is still there, or
+/// cannot be looked up: then the listing cannot be trusted to tell who is gone.
+async fn confirm_gone<S: Source>(
+    source: &S,
+    disables: &[Op],
+    listed: &HashSet<u64>,
+) -> Option<String> {
+    for op in disables {
+        if op.kind != OpKind::Disable || listed.contains(&op.nexudus_id) {
+            continue;
+        }
+        match source.fetch_user(op.nexudus_id).await {
+            Ok(Presence::Gone) => {}
+            Ok(presence) => {
+                tracing::warn!(
+                    nexudus_id = op.nexudus_id,
+                    ?presence,
+                    "Nexudus still has a user its listing did not contain; the pages shifted while they were read"
+                );
+                return Some(format!(
+                    "Nexudus user {} is still there but the listing did not contain it",
+                    op.nexudus_id
+                ));
+            }
+            Err(e) => {
+                return Some(format!(
+                    "could not confirm that Nexudus user {} is gone: {e}",
+                    op.nexudus_id
+                ));
+            }
+        }
+    }
+    None
 }
 
 /// Checkpointed users not listed (in scope) by a complete listing, with their checkpoint.
@@ -1131,6 +1178,15 @@ mod tests {
                 page_size: Some(size as u64),
             })
         }
+
+        async fn fetch_user(&self, id: u64) -> Result<Presence, SourceError> {
+            let users = self.users.lock().unwrap();
+            Ok(match users.iter().find(|u| u.id == id) {
+                None => Presence::Gone,
+                Some(u) if u.active => Presence::Active,
+                Some(_) => Presence::Inactive,
+            })
+        }
     }
 
     #[derive(Default)]
@@ -1524,6 +1580,10 @@ mod tests {
                 has_next_page: true,
                 page_size: Some(2),
             })
+        }
+
+        async fn fetch_user(&self, _id: u64) -> Result<Presence, SourceError> {
+            Ok(Presence::Active)
         }
     }
 

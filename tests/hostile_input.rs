@@ -209,6 +209,48 @@ async fn duplicate_ids_from_shifting_pages_make_the_listing_incomplete() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_user_skipped_by_pages_shifting_under_churn_is_looked_up_and_not_disabled() {
+    let env = Env::start().await;
+    env.set("nexudus.page_size", "3");
+    env.set("sync.max_disable_percent", "100");
+    let ids = imported(&env, 6).await;
+    // Page 1 serves users 0-2; then user 0 is deleted and a newcomer added, so page 2 serves
+    // users 4, 5 and the newcomer: user 3 is skipped, yet TotalItems (6) and the distinct Ids
+    // (6) agree. Only asking Nexudus about user 3 shows the listing was wrong.
+    env.nexudus.churn_after_first_page(
+        ids[0],
+        NexudusUserSpec::new("New Comer", "new.comer@example.com"),
+    );
+    env.nexudus.reset_stats();
+    let run = env.sync(&[]).await;
+    run.assert_code(1);
+    assert!(
+        run.stdout.contains(&format!(
+            "incomplete listing: Nexudus user {} is still there but the listing did not contain it",
+            ids[3]
+        )),
+        "{}",
+        run.stdout
+    );
+    assert_eq!((run.count("disabled"), run.count("created")), (0, 1));
+    assert_eq!(env.nexudus.stats().user_requests, 1);
+    for id in [ids[0], ids[3]] {
+        assert_eq!(env.nevis.user(&ext(id)).unwrap()["userState"], "active");
+    }
+    // The next listing is consistent: the deleted user is looked up, found gone, and disabled.
+    env.nexudus.reset_stats();
+    let run = env.sync(&[]).await;
+    run.assert_code(0);
+    assert_eq!(run.count("disabled"), 1);
+    assert_eq!(env.nexudus.stats().user_requests, 1);
+    assert_eq!(
+        env.nevis.user(&ext(ids[0])).unwrap()["userState"],
+        "disabled"
+    );
+    assert_eq!(env.nevis.user(&ext(ids[3])).unwrap()["userState"], "active");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn short_pages_and_a_moving_total_make_the_listing_incomplete() {
     let env = Env::start().await;
     env.set("nexudus.page_size", "2");

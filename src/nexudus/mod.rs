@@ -36,6 +36,20 @@ pub trait Source: Send + Sync + 'static {
         page: u32,
         updated_since: Option<&str>,
     ) -> impl Future<Output = Result<SourcePage, SourceError>> + Send;
+
+    /// Whether Nexudus still has user `id` (`GET /api/sys/users/{id}`), with retries. Asked
+    /// before a user missing from a listing is disabled: offset paging can skip a user when
+    /// others are deleted and added while the pages are read, and nothing in the listing shows it.
+    fn fetch_user(&self, id: u64) -> impl Future<Output = Result<Presence, SourceError>> + Send;
+}
+
+/// What a single-user read found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Presence {
+    /// 404: the user is gone.
+    Gone,
+    Active,
+    Inactive,
 }
 
 #[derive(Debug, Clone, thiserror::Error)]
@@ -200,7 +214,6 @@ impl NexudusClient {
         page: u32,
         updated_since: Option<&str>,
     ) -> Result<SourcePage, SourceError> {
-        self.pacer.wait().await;
         let started = Instant::now();
         let mut query = vec![
             ("page", page.to_string()),
@@ -211,7 +224,53 @@ impl NexudusClient {
             query.push(("from_User_UpdatedOn", since.to_string()));
         }
         let request = self.http.get(self.users_url.clone()).query(&query);
-        let response = match &self.auth {
+        let response = self.send(request).await?;
+        let status = response.status();
+        let retry_after = retry_after(response.headers());
+        if !status.is_success() {
+            return Err(classify(status, retry_after, response).await);
+        }
+        let body = response.bytes().await.map_err(transport)?;
+        self.metrics.observe_request("nexudus", started.elapsed());
+        wire::decode_page(&body).map_err(SourceError::Decode)
+    }
+
+    /// One `GET /api/sys/users/{id}`: whether Nexudus still has the user.
+    async fn fetch_user_once(&self, id: u64) -> Result<Presence, SourceError> {
+        let started = Instant::now();
+        let mut url = self.users_url.clone();
+        url.path_segments_mut()
+            .expect("the users URL is a base URL")
+            .push(&id.to_string());
+        let response = self.send(self.http.get(url)).await?;
+        let status = response.status();
+        if status == StatusCode::NOT_FOUND {
+            return Ok(Presence::Gone);
+        }
+        let retry_after = retry_after(response.headers());
+        if !status.is_success() {
+            return Err(classify(status, retry_after, response).await);
+        }
+        let body = response.bytes().await.map_err(transport)?;
+        self.metrics.observe_request("nexudus", started.elapsed());
+        // Only `Active` matters here; anything unreadable counts as present (never as gone).
+        let doc: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+        Ok(
+            match doc.get("Active").and_then(serde_json::Value::as_bool) {
+                Some(false) => Presence::Inactive,
+                _ => Presence::Active,
+            },
+        )
+    }
+
+    /// Sends one paced, authenticated GET; with a bearer token, a 401 renews it and asks again
+    /// once. The answer's status is the caller's to judge.
+    async fn send(
+        &self,
+        request: reqwest::RequestBuilder,
+    ) -> Result<reqwest::Response, SourceError> {
+        self.pacer.wait().await;
+        Ok(match &self.auth {
             Auth::Basic { username, password } => request
                 .basic_auth(username, Some(password.expose_secret()))
                 .send()
@@ -240,15 +299,7 @@ impl NexudusClient {
                     response
                 }
             }
-        };
-        let status = response.status();
-        let retry_after = retry_after(response.headers());
-        if !status.is_success() {
-            return Err(classify(status, retry_after, response).await);
-        }
-        let body = response.bytes().await.map_err(transport)?;
-        self.metrics.observe_request("nexudus", started.elapsed());
-        wire::decode_page(&body).map_err(SourceError::Decode)
+        })
     }
 
     /// An access token from `auth`, signing in or refreshing as needed. Token requests have no
@@ -354,6 +405,11 @@ impl Source for NexudusClient {
         self.retry
             .run(&what, || self.fetch_once(page, updated_since))
             .await
+    }
+
+    async fn fetch_user(&self, id: u64) -> Result<Presence, SourceError> {
+        let what = format!("user {id}");
+        self.retry.run(&what, || self.fetch_user_once(id)).await
     }
 }
 

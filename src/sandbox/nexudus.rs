@@ -102,6 +102,8 @@ pub struct NexudusStats {
     pub refresh_grants: u64,
     /// Token requests refused (400 `invalid_grant` / `unsupported_grant_type`).
     pub refused_grants: u64,
+    /// Single-user reads (`GET /api/sys/users/{id}`) that reached the handler.
+    pub user_requests: u64,
 }
 
 /// The interesting part of a user record; everything else gets the defaults of the example response.
@@ -175,6 +177,8 @@ struct Inner {
     total_items_drift: i64,
     /// Pages after the first start one record early: a record inserted ahead of the reader.
     page_shift: bool,
+    /// Once page 1 has been served: remove this user and add this one (churn during a listing).
+    churn_after_first_page: Option<(u64, NexudusUserSpec)>,
     stats: NexudusStats,
 }
 
@@ -203,6 +207,7 @@ impl FakeNexudus {
             short_pages: false,
             total_items_drift: 0,
             page_shift: false,
+            churn_after_first_page: None,
             stats: NexudusStats::default(),
         }));
         let router = Router::new()
@@ -325,19 +330,17 @@ impl FakeNexudus {
         self.lock().short_pages = short;
     }
 
+    /// Right after the next listing's first page is served, user `remove` is deleted and a user
+    /// built from `add` is created (it sorts last): the pages after the first shift one record
+    /// back, so the listing skips one user while `TotalItems` and the count of distinct Ids
+    /// still agree. Nothing in the listing itself shows the gap.
+    pub fn churn_after_first_page(&self, remove: u64, add: NexudusUserSpec) {
+        self.lock().churn_after_first_page = Some((remove, add));
+    }
+
     /// Stores a user built from `spec` and returns its Id.
     pub fn insert_user(&self, spec: NexudusUserSpec) -> u64 {
-        let mut inner = self.lock();
-        let id = spec.id.unwrap_or(inner.next_user_id);
-        let mut record = inner.new_record(id);
-        record.insert("FullName".into(), spec.full_name.clone().into());
-        record.insert("Email".into(), spec.email.into());
-        record.insert("Language".into(), spec.language.into());
-        record.insert("Active".into(), spec.active.into());
-        record.insert("IsAdmin".into(), spec.is_admin.into());
-        record.insert("ToStringText".into(), spec.full_name.into());
-        inner.store_user(id, Value::Object(record));
-        id
+        self.lock().insert_spec(spec)
     }
 
     /// Stores `record` verbatim under `id` (for malformed-data tests).
@@ -400,6 +403,20 @@ impl Inner {
     /// `YYYY-MM-DDTHH:MM:SSZ`, the form of the example response.
     fn stamp(&self) -> String {
         self.now().format("%Y-%m-%dT%H:%M:%SZ").to_string()
+    }
+
+    /// Stores a user built from `spec` and returns its Id.
+    fn insert_spec(&mut self, spec: NexudusUserSpec) -> u64 {
+        let id = spec.id.unwrap_or(self.next_user_id);
+        let mut record = self.new_record(id);
+        record.insert("FullName".into(), spec.full_name.clone().into());
+        record.insert("Email".into(), spec.email.into());
+        record.insert("Language".into(), spec.language.into());
+        record.insert("Active".into(), spec.active.into());
+        record.insert("IsAdmin".into(), spec.is_admin.into());
+        record.insert("ToStringText".into(), spec.full_name.into());
+        self.store_user(id, Value::Object(record));
+        id
     }
 
     /// A record with the example response's defaults and the system fields set for `id`.
@@ -861,6 +878,12 @@ async fn list_users(State(state): State<Shared>, uri: Uri) -> Response {
                 .saturating_mul(i64::try_from(query.page).unwrap_or(i64::MAX) - 1),
         )
         .max(0);
+    if query.page == 1
+        && let Some((remove, add)) = inner.churn_after_first_page.take()
+    {
+        inner.users.remove(&remove);
+        inner.insert_spec(add);
+    }
     let body = json!({
         "Records": records,
         "CurrentPage": query.page,
@@ -879,10 +902,13 @@ async fn list_users(State(state): State<Shared>, uri: Uri) -> Response {
 }
 
 async fn get_user(State(state): State<Shared>, Path(id): Path<String>) -> Response {
+    let mut inner = lock(&state);
+    inner.stats.user_requests += 1;
     let record = id
         .parse::<u64>()
         .ok()
-        .and_then(|id| lock(&state).users.get(&id).cloned());
+        .and_then(|id| inner.users.get(&id).cloned());
+    drop(inner);
     match record {
         Some(record) => json_response(200, &record, None),
         None => json_response(404, &json!({ "Message": "Not found." }), None),
