@@ -530,7 +530,7 @@ async fn run_inner<S: Source, T: Target>(
         let gone = match &remote {
             None => vanished_from_checkpoints(store, &managed)?,
             Some(remote) => {
-                let (gone, owned) = vanished_from_remote(cfg, store, remote, &managed)?;
+                let (gone, owned) = vanished_from_remote(cfg, store, remote, &managed, dry_run)?;
                 known = known.max(owned);
                 gone
             }
@@ -724,6 +724,7 @@ fn vanished_from_remote(
     store: &Store,
     remote: &Remote,
     managed: &HashSet<u64>,
+    dry_run: bool,
 ) -> Result<(Vec<(u64, DesiredUser)>, u64), StoreError> {
     let mut checkpoints: HashMap<String, (u64, DesiredUser)> = HashMap::new();
     for item in store.iter() {
@@ -752,7 +753,28 @@ fn vanished_from_remote(
         };
         let Some(id) = id else { continue };
         owned += 1;
-        if managed.contains(&id) || seen.state.as_deref() != Some("active") {
+        if managed.contains(&id) {
+            continue;
+        }
+        let inactive = match seen.state.as_deref() {
+            Some("disabled") => Some(UserState::Disabled),
+            Some("archived") => Some(UserState::Archived),
+            _ => None,
+        };
+        if let Some(state) = inactive {
+            // Gone from Nexudus and already inactive in nevisIDM (by hand, or a disable whose
+            // checkpoint was lost): the checkpoint is refreshed to say so, so that no later run
+            // sends a disable that is already true.
+            if !dry_run
+                && let Some((_, mut c)) = checkpoint
+                && c.state == UserState::Active
+            {
+                c.state = state;
+                store.put(id, &c)?;
+            }
+            continue;
+        }
+        if seen.state.as_deref() != Some("active") {
             continue;
         }
         // What nevisIDM holds now, active (the checkpoint may say otherwise: drift).
@@ -1730,6 +1752,31 @@ mod tests {
         assert_eq!((r.disabled, r.unchanged), (1, 6));
         assert_eq!(state(&target, "nexudus-99"), "disabled");
         assert_eq!(state(&target, "hr-42"), "active", "not ours: never touched");
+    }
+
+    #[tokio::test]
+    async fn reconcile_refreshes_the_checkpoint_of_a_gone_user_already_disabled_by_hand() {
+        let (source, target, store) = fresh(4);
+        run(&source, &target, &store, false).await;
+        source.edit(|u| u.retain(|x| x.id != 2));
+        target
+            .users
+            .lock()
+            .unwrap()
+            .get_mut("nexudus-2")
+            .unwrap()
+            .state = UserState::Disabled;
+        let r = run_with(&source, &target, &store, false, RECONCILE).await;
+        assert_eq!((r.disabled, r.updated, r.exit_code()), (0, 0, 0));
+        assert_eq!(store.get(2).unwrap().unwrap().state, UserState::Disabled);
+        let writes = target.writes.lock().unwrap().len();
+        let r = run(&source, &target, &store, false).await;
+        assert_eq!((r.disabled, r.exit_code()), (0, 0));
+        assert_eq!(
+            target.writes.lock().unwrap().len(),
+            writes,
+            "no redundant disable"
+        );
     }
 
     fn legacy(target: &MemTarget, ext_id: &str, email: &str) {
