@@ -505,3 +505,86 @@ async fn without_adoption_a_collision_with_a_foreign_account_is_a_conflict_namin
     assert_eq!(foreign["name"]["familyName"], "Account", "never touched");
     assert!(env.nevis.user(&ext(ids[0])).is_none());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dry_run_shows_an_ambiguous_adoption_as_a_conflict_with_its_candidates() {
+    let env = Env::start().await;
+    env.set("sync.adopt", &quote("email"));
+    let ids = env.seed(2);
+    // User 0 collides with two accounts: one by loginId, one by email.
+    env.nevis
+        .insert_user(legacy("hr-a", "user.0@example.com", "a@corp.example"));
+    env.nevis
+        .insert_user(legacy("hr-b", "bee", "USER.0@example.com"));
+    env.nevis.reset_stats();
+
+    let run = env.sync(&["--dry-run"]).await;
+    run.assert_code(1);
+    let lines = plan(&run);
+    let conflict = lines
+        .iter()
+        .find(|l| l["op"] == "conflict")
+        .unwrap_or_else(|| panic!("no conflict line in {}", run.stdout));
+    assert_eq!(conflict["extId"], ext(ids[0]));
+    assert_eq!(conflict["nexudusId"], json!(ids[0]));
+    assert_eq!(conflict["candidates"], json!(["hr-a", "hr-b"]));
+    let create = lines
+        .iter()
+        .find(|l| l["op"] == "create")
+        .unwrap_or_else(|| panic!("no create line in {}", run.stdout));
+    assert_eq!(create["extId"], ext(ids[1]));
+    assert_eq!(lines.len(), 2, "{lines:?}");
+    assert!(run.stdout.contains("dry-run summary:"), "{}", run.stdout);
+
+    assert_eq!(env.writes(), 0);
+    assert_eq!(env.nevis.user_count(), 2);
+    for held in ["hr-a", "hr-b"] {
+        assert_eq!(
+            env.nevis.user(held).unwrap()["name"]["familyName"],
+            "Account"
+        );
+    }
+    assert!(
+        !env.store_path().exists(),
+        "a dry run does not create the store"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dry_run_counts_the_stored_missing_runs_plus_its_own_and_records_none() {
+    let env = Env::start().await;
+    env.set("sync.missing_runs_before_disable", "2");
+    env.set("sync.max_disable_percent", "50");
+    let ids = env.seed(10);
+    env.sync(&[]).await.assert_code(0);
+    let gone = ext(ids[3]);
+    env.nexudus.remove_user(ids[3]);
+    let disable_line =
+        json!({"op": "disable", "extId": gone, "changes": {"userState": "disabled"}});
+    env.nevis.reset_stats();
+
+    // Nothing stored yet: this listing alone is one missing run, below the threshold. Had the
+    // dry run counted it, the real run below would reach the threshold and disable.
+    let run = env.sync(&["--dry-run"]).await;
+    run.assert_code(0);
+    assert!(!plan(&run).contains(&disable_line), "{}", run.stdout);
+
+    let run = env.sync(&[]).await;
+    run.assert_code(0);
+    assert_eq!(run.count("disabled"), 0);
+    assert_eq!(env.nevis.user(&gone).unwrap()["userState"], "active");
+
+    // One stored missing run plus this listing reach the threshold: the plan shows the disable.
+    let run = env.sync(&["--dry-run"]).await;
+    run.assert_code(0);
+    let lines = plan(&run);
+    assert_eq!(lines, vec![disable_line.clone()], "{}", run.stdout);
+    assert_eq!(env.writes(), 0);
+    assert_eq!(env.nevis.user(&gone).unwrap()["userState"], "active");
+
+    let run = env.sync(&[]).await;
+    run.assert_code(0);
+    assert_eq!(run.count("disabled"), 1);
+    assert_eq!(env.nevis.user(&gone).unwrap()["userState"], "disabled");
+    assert_eq!(env.writes(), 1);
+}
