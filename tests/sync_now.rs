@@ -550,8 +550,11 @@ async fn sigkill_at_any_moment_converges_without_duplicates() {
     run.assert_code(0);
     assert_eq!(env.nevis.user_count(), ids.len());
     let stats = env.nevis.stats();
+    // Each kill can cut off at most `concurrency` (4) creates in flight and leave at most as
+    // many confirmed creates without their checkpoint (asked again, answered "duplicate"):
+    // 2 kills x 2 x 4 repeated creates at most, never a second user.
     assert!(
-        stats.creates <= ids.len() as u64 + 8,
+        stats.creates <= ids.len() as u64 + 16,
         "at most a handful of repeated writes: {stats:?}"
     );
     let again = env.sync(&[]).await;
