@@ -20,7 +20,7 @@ use tokio::task::JoinSet;
 use tracing::Instrument;
 
 use crate::diff::{Changes, Observed, changes_between, create_body};
-use crate::mapper::DesiredUser;
+use crate::mapper::{DesiredUser, nexudus_id_of};
 use crate::nevis::{Target, TargetError, list_all};
 use crate::report::{Adoption, Conflict, Failure, RunReport};
 use crate::store::{Store, StoreError, fingerprint};
@@ -130,9 +130,7 @@ impl AdoptRules {
         if let Some(owner) = owners.as_ref().and_then(|m| m.get(ext_id)) {
             return Ok(Some(*owner));
         }
-        Ok(ext_id
-            .strip_prefix(&self.ext_id_prefix)
-            .and_then(|rest| rest.parse::<u64>().ok()))
+        Ok(nexudus_id_of(&self.ext_id_prefix, ext_id))
     }
 }
 

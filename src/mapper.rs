@@ -96,6 +96,11 @@ pub fn ext_id_with(prefix: &str, nexudus_id: u64) -> String {
     format!("{prefix}{nexudus_id}")
 }
 
+/// The Nexudus Id an extId made by [`ext_id_with`] names, if it is one.
+pub fn nexudus_id_of(prefix: &str, ext_id: &str) -> Option<u64> {
+    ext_id.strip_prefix(prefix)?.parse().ok()
+}
+
 /// Maps one source user. Deterministic: the same input and config always give the same output.
 pub fn map_user(user: &SourceUser, mapping: &MappingConfig) -> Result<DesiredUser, InvalidReason> {
     let email = normalise_email(user.email.as_deref())?;

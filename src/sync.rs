@@ -21,7 +21,7 @@ use tracing::Instrument;
 use crate::config::{AdoptMode, Config, LoginIdSource};
 use crate::diff::{Changes, Observed, Plan, changes_between, diff, disappeared};
 use crate::dispatch::{AdoptRules, DispatchError, Dispatcher, Op, OpKind, PlanSink};
-use crate::mapper::{DesiredUser, SourceUser, UserState, map_user};
+use crate::mapper::{DesiredUser, SourceUser, UserState, map_user, nexudus_id_of};
 use crate::nevis::{Target, TargetError, for_each_page};
 use crate::nexudus::{Presence, Source, SourceError, SourcePage};
 use crate::report::{Conflict, Invalid, RunReport};
@@ -604,9 +604,10 @@ async fn run_inner<S: Source, T: Target>(
     // The deletion safety first (a held batch needs no confirmation), then every user to be
     // disabled for vanishing is looked up once: a listing that skipped someone still in Nexudus
     // is incomplete, whatever its counts said.
+    let too_many =
+        mass_disable_reason(cfg, disables.len() as u64, known).filter(|_| !opts.allow_mass_disable);
     if incomplete.is_none()
-        && (opts.allow_mass_disable
-            || mass_disable_reason(cfg, disables.len() as u64, known).is_none())
+        && too_many.is_none()
         && let Some(reason) = confirm_gone(&*checker, &disables, &seen).await
     {
         incomplete = Some(reason);
@@ -617,7 +618,7 @@ async fn run_inner<S: Source, T: Target>(
         tracing::warn!(%reason, "listing incomplete: no user is disabled in this run");
         (!disables.is_empty()).then(|| format!("listing incomplete ({reason})"))
     } else {
-        mass_disable_reason(cfg, disables.len() as u64, known).filter(|_| !opts.allow_mass_disable)
+        too_many
     };
     report.incomplete_reason = incomplete;
     if let Some(reason) = held_reason {
@@ -746,9 +747,7 @@ fn vanished_from_remote(
             Some((id, _)) => Some(*id),
             None => match store.link_owner(ext_id)? {
                 Some(id) => Some(id),
-                None => ext_id
-                    .strip_prefix(&cfg.mapping.ext_id_prefix)
-                    .and_then(|rest| rest.parse::<u64>().ok()),
+                None => nexudus_id_of(&cfg.mapping.ext_id_prefix, ext_id),
             },
         };
         let Some(id) = id else { continue };

@@ -225,6 +225,16 @@ impl NexudusClient {
         }
         let request = self.http.get(self.users_url.clone()).query(&query);
         let response = self.send(request).await?;
+        let body = self.body_of(response, started).await?;
+        wire::decode_page(&body).map_err(SourceError::Decode)
+    }
+
+    /// The body of a successful answer (timed from `started`); any other status classified.
+    async fn body_of(
+        &self,
+        response: reqwest::Response,
+        started: Instant,
+    ) -> Result<bytes::Bytes, SourceError> {
         let status = response.status();
         let retry_after = retry_after(response.headers());
         if !status.is_success() {
@@ -232,7 +242,7 @@ impl NexudusClient {
         }
         let body = response.bytes().await.map_err(transport)?;
         self.metrics.observe_request("nexudus", started.elapsed());
-        wire::decode_page(&body).map_err(SourceError::Decode)
+        Ok(body)
     }
 
     /// One `GET /api/sys/users/{id}`: whether Nexudus still has the user.
@@ -243,16 +253,10 @@ impl NexudusClient {
             .expect("the users URL is a base URL")
             .push(&id.to_string());
         let response = self.send(self.http.get(url)).await?;
-        let status = response.status();
-        if status == StatusCode::NOT_FOUND {
+        if response.status() == StatusCode::NOT_FOUND {
             return Ok(Presence::Gone);
         }
-        let retry_after = retry_after(response.headers());
-        if !status.is_success() {
-            return Err(classify(status, retry_after, response).await);
-        }
-        let body = response.bytes().await.map_err(transport)?;
-        self.metrics.observe_request("nexudus", started.elapsed());
+        let body = self.body_of(response, started).await?;
         // Only `Active` matters here; anything unreadable counts as present (never as gone).
         let doc: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
         Ok(
