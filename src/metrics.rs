@@ -45,6 +45,8 @@ pub struct Metrics {
     run_seconds: Histogram,
     store_bytes: Gauge,
     failing_users: Gauge,
+    oldest_failure: Gauge,
+    ready: Gauge,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -79,6 +81,8 @@ impl Metrics {
             run_seconds: Histogram::new(exponential_buckets(0.1, 2.0, 14)),
             store_bytes: Gauge::default(),
             failing_users: Gauge::default(),
+            oldest_failure: Gauge::default(),
+            ready: Gauge::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -135,6 +139,16 @@ impl Metrics {
             "failing_users",
             "Users whose last attempt failed or was invalid",
             m.failing_users.clone(),
+        );
+        registry.register(
+            "oldest_failure_timestamp_seconds",
+            "Unix time the longest-failing user began failing (0 when no user is failing)",
+            m.oldest_failure.clone(),
+        );
+        registry.register(
+            "ready",
+            "1 when /readyz answers ready (a recent run completed without an API unavailable), else 0",
+            m.ready.clone(),
         );
         Metrics { registry, ..m }
     }
@@ -195,9 +209,18 @@ impl Metrics {
         self.run_seconds.observe(duration.as_secs_f64());
     }
 
-    pub fn set_store(&self, bytes: u64, failing_users: usize) {
+    /// What the store says after a run: its size, the failing users and since when the
+    /// longest-failing one fails (Unix seconds, `None` when none is failing).
+    pub fn set_store(&self, bytes: u64, failing_users: usize, oldest_failure: Option<u64>) {
         self.store_bytes.set(bytes as i64);
         self.failing_users.set(failing_users as i64);
+        self.oldest_failure
+            .set(oldest_failure.map_or(0, |t| i64::try_from(t).unwrap_or(i64::MAX)));
+    }
+
+    /// Readiness as `/readyz` judges it, refreshed on every scrape.
+    pub fn set_ready(&self, ready: bool) {
+        self.ready.set(i64::from(ready));
     }
 
     /// The OpenMetrics text exposition (which Prometheus scrapes natively).

@@ -122,9 +122,11 @@ pub async fn run_daemon<S: Source, T: Target>(
             }
         }
         let failing = store.failures().map(|f| f.len()).unwrap_or(0);
-        state
-            .metrics
-            .set_store(store.size_on_disk().unwrap_or(0), failing);
+        state.metrics.set_store(
+            store.size_on_disk().unwrap_or(0),
+            failing,
+            store.oldest_failure_since().ok().flatten(),
+        );
         state.health().running = false;
         running.store(false, Ordering::SeqCst);
     }

@@ -5,7 +5,9 @@
 //! - `users`: Nexudus Id (u64, big-endian) -> 8-byte fingerprint (LE) + format byte +
 //!   postcard(`DesiredUser`).
 //!   The fingerprint lets an unchanged user be recognised with one read and one hash, no decoding.
-//! - `failures`: Nexudus Id -> UTF-8 reason of the last failed or invalid attempt (cleared on success).
+//! - `failures`: Nexudus Id -> `0x00` + Unix seconds (u64 LE) of the first failure in a row + UTF-8
+//!   reason of the last failed or invalid attempt (cleared on success). Stores written before the
+//!   time was kept hold the reason alone (a reason never starts with `0x00`).
 //! - `missing`: Nexudus Id -> complete listings in a row (u32 LE) the user was missing from.
 //! - `disabled_at`: Nexudus Id -> Unix seconds (u64 LE) since the checkpoint says disabled
 //!   (local clock: it is our own event), for `sync.archive_after`.
@@ -263,10 +265,34 @@ impl Store {
         })
     }
 
+    /// Records why the user's last attempt failed; the time of the first failure in a row is
+    /// kept (for alerts on users failing for long), the reason is the latest.
     pub fn record_failure(&self, nexudus_id: u64, reason: &str) -> Result<(), StoreError> {
-        self.failures
-            .insert(nexudus_id.to_be_bytes(), reason.as_bytes())?;
+        let key = nexudus_id.to_be_bytes();
+        let since = self
+            .failures
+            .get(key)?
+            .and_then(|v| split_failure(&v).0)
+            .unwrap_or_else(unix_now);
+        let mut value = Vec::with_capacity(9 + reason.len());
+        value.push(FAILURE_WITH_TIME);
+        value.extend_from_slice(&since.to_le_bytes());
+        value.extend_from_slice(reason.as_bytes());
+        self.failures.insert(key, value)?;
         Ok(())
+    }
+
+    /// Unix seconds of the first failure of the user failing the longest, among failures whose
+    /// time is known; `None` when no user is failing.
+    pub fn oldest_failure_since(&self) -> Result<Option<u64>, StoreError> {
+        let mut oldest = None;
+        for item in self.failures.iter() {
+            let (_, v) = item?;
+            if let (Some(since), _) = split_failure(&v) {
+                oldest = Some(oldest.map_or(since, |o: u64| o.min(since)));
+            }
+        }
+        Ok(oldest)
     }
 
     pub fn clear_failure(&self, nexudus_id: u64) -> Result<(), StoreError> {
@@ -357,7 +383,7 @@ impl Store {
                 let (k, v) = item?;
                 Ok((
                     id_of(&k, "failures")?,
-                    String::from_utf8_lossy(&v).into_owned(),
+                    String::from_utf8_lossy(split_failure(&v).1).into_owned(),
                 ))
             })
             .collect()
@@ -454,6 +480,21 @@ impl Store {
 }
 
 /// The fingerprint of a desired user: xxh3 of its canonical encoding.
+/// First byte of a failure value that carries the time of the first failure.
+const FAILURE_WITH_TIME: u8 = 0;
+
+/// A failure value's time of first failure (when kept) and reason.
+fn split_failure(value: &[u8]) -> (Option<u64>, &[u8]) {
+    match value.split_first() {
+        Some((&FAILURE_WITH_TIME, rest)) if rest.len() >= 8 => {
+            let (time, reason) = rest.split_at(8);
+            let time = <[u8; 8]>::try_from(time).map(u64::from_le_bytes).ok();
+            (time, reason)
+        }
+        _ => (None, value),
+    }
+}
+
 pub fn fingerprint(user: &DesiredUser) -> u64 {
     let body = postcard::to_allocvec(user).expect("encoding a DesiredUser into memory cannot fail");
     xxhash_rust::xxh3::xxh3_64(&body)
@@ -644,6 +685,38 @@ mod tests {
             store.iter().next().unwrap().is_err(),
             "iteration still reports it"
         );
+    }
+
+    #[test]
+    fn a_failure_keeps_the_time_it_began_and_legacy_reasons_still_read() {
+        let store = Store::temporary().unwrap();
+        assert_eq!(store.oldest_failure_since().unwrap(), None);
+        // A value from before the time was kept: the reason alone.
+        store
+            .failures
+            .insert(5u64.to_be_bytes(), &b"500 old"[..])
+            .unwrap();
+        // A failure that began long ago, failing again now: the beginning is kept.
+        let mut old = vec![FAILURE_WITH_TIME];
+        old.extend_from_slice(&1_000u64.to_le_bytes());
+        old.extend_from_slice(b"422 first");
+        store.failures.insert(7u64.to_be_bytes(), old).unwrap();
+        store.record_failure(7, "422 again").unwrap();
+        store.record_failure(8, "404").unwrap();
+        assert_eq!(store.oldest_failure_since().unwrap(), Some(1_000));
+        let mut failures = store.failures().unwrap();
+        failures.sort();
+        assert_eq!(
+            failures,
+            vec![
+                (5, "500 old".to_string()),
+                (7, "422 again".to_string()),
+                (8, "404".to_string())
+            ]
+        );
+        store.clear_failure(7).unwrap();
+        let since = store.oldest_failure_since().unwrap().unwrap();
+        assert!(since > 1_000, "user 8's failure began now: {since}");
     }
 
     #[test]

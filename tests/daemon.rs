@@ -349,3 +349,101 @@ async fn second_process_on_a_daemon_store_exits_2_in_use() {
     daemon.sigterm();
     assert_eq!(daemon.exit_code(WAIT).await, 0);
 }
+
+/// The metric names a text mentions (`nexudus_nevis_sync_…`).
+fn metric_names(text: &str) -> std::collections::BTreeSet<String> {
+    let mut out = std::collections::BTreeSet::new();
+    let mut rest = text;
+    while let Some(at) = rest.find("nexudus_nevis_sync_") {
+        let tail = &rest[at..];
+        let end = tail
+            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .unwrap_or(tail.len());
+        out.insert(tail[..end].to_string());
+        rest = &tail[end..];
+    }
+    out
+}
+
+/// Every series name the exposition can carry: samples, and what each `# TYPE` family is exposed
+/// as even before it has a sample (OpenMetrics: a counter `x` as `x_total`, a histogram as
+/// `x_bucket`, `x_sum`, `x_count`).
+fn exported_names(exposition: &str) -> std::collections::BTreeSet<String> {
+    let mut out = std::collections::BTreeSet::new();
+    for line in exposition.lines() {
+        if let Some(decl) = line.strip_prefix("# TYPE ") {
+            let mut parts = decl.split_whitespace();
+            let (Some(name), Some(kind)) = (parts.next(), parts.next()) else {
+                continue;
+            };
+            match kind {
+                "counter" => {
+                    out.insert(format!("{name}_total"));
+                }
+                "histogram" => {
+                    for suffix in ["_bucket", "_sum", "_count"] {
+                        out.insert(format!("{name}{suffix}"));
+                    }
+                }
+                _ => {
+                    out.insert(name.to_string());
+                }
+            }
+        } else if !line.starts_with('#') {
+            let end = line.find(['{', ' ']).unwrap_or(line.len());
+            out.insert(line[..end].to_string());
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_metric_the_alerts_and_the_dashboard_use_is_exported() {
+    let env = Env::start().await;
+    env.set("retry.max_attempts", "2");
+    env.seed(2);
+    // A family is exposed once it has a sample: a failing first run gives the retry counter one.
+    env.nevis.set_down(Some(503));
+    let daemon = Daemon::start(&env).await;
+    daemon
+        .wait_for("a first run that retried", |d| async move {
+            let (_, text) = d.get("/metrics").await;
+            metric(&text, "nexudus_nevis_sync_runs_total", None) >= 1.0
+                && metric(&text, "nexudus_nevis_sync_retries_total", None) >= 1.0
+        })
+        .await;
+    env.nevis.set_down(None);
+    daemon
+        .wait_for("a successful run", |d| async move {
+            let (_, text) = d.get("/metrics").await;
+            metric(
+                &text,
+                "nexudus_nevis_sync_runs_total",
+                Some(("outcome", "in_sync")),
+            ) >= 1.0
+        })
+        .await;
+    let (_, exposition) = daemon.get("/metrics").await;
+    let exported = exported_names(&exposition);
+    assert!(
+        exported.contains("nexudus_nevis_sync_runs_total"),
+        "{exposition}"
+    );
+    let monitoring = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/monitoring");
+    for file in [
+        "nexudus-nevis-sync.rules.yaml",
+        "nexudus-nevis-sync.rules.test.yaml",
+        "grafana-dashboard.json",
+    ] {
+        let text = std::fs::read_to_string(monitoring.join(file)).expect("read monitoring file");
+        let used = metric_names(&text);
+        assert!(!used.is_empty(), "{file} uses no metric");
+        let unknown: Vec<&String> = used.iter().filter(|n| !exported.contains(*n)).collect();
+        assert!(
+            unknown.is_empty(),
+            "deploy/monitoring/{file} uses metrics /metrics does not export: {unknown:?}\n{exposition}"
+        );
+    }
+    daemon.sigterm();
+    assert_eq!(daemon.exit_code(WAIT).await, 0);
+}

