@@ -77,8 +77,10 @@ impl RetryPolicy {
                 tracing::warn!(api = self.api, what, attempt, error = %err, "giving up: attempts exhausted");
                 return Err(err);
             };
-            // The server's Retry-After is a floor: waiting less would only draw another refusal.
-            let delay = after.map_or(backoff_delay, |a| a.max(backoff_delay));
+            // The wait the server stated (Retry-After, or a throttle's message) is what it asked
+            // for: coming back sooner would only draw another refusal. The backoff (which also
+            // bounds the attempts) decides only when nothing said how long.
+            let delay = after.unwrap_or(backoff_delay);
             if started.elapsed() + delay > self.config.max_elapsed {
                 tracing::warn!(api = self.api, what, attempt, error = %err, "giving up: retry time budget spent");
                 return Err(err);
