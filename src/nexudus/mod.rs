@@ -566,6 +566,21 @@ impl NexudusClient {
     }
 }
 
+/// The start-up check of the hourly budget: `Some(warning)` when a full listing on every run of
+/// `sync.schedule` (pages of the last full listing's size, plus the languages) cannot fit
+/// `nexudus.max_requests_per_hour`. `None` also when no full listing has been seen yet.
+pub fn hourly_budget_warning(cfg: &crate::config::Config, store: &Store) -> Option<String> {
+    let size: u64 = store
+        .meta_bytes(LISTING_SIZE_KEY)
+        .ok()
+        .flatten()
+        .and_then(|b| String::from_utf8(b).ok())
+        .and_then(|s| s.trim().parse().ok())?;
+    let pages = size.div_ceil(u64::from(cfg.nexudus.page_size)).max(1);
+    let runs_per_hour = 3600.0 / cfg.sync.interval.as_secs_f64().max(1.0);
+    pacer::hourly_budget_warning(pages, runs_per_hour, cfg.nexudus.max_requests_per_hour)
+}
+
 /// An answer read whole, before it is judged.
 struct Answer {
     status: u16,
