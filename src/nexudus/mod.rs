@@ -294,6 +294,11 @@ impl NexudusClient {
         let code = answer.status;
         let json = answer::is_json(&answer.content_type);
         match code {
+            // A WAF in front of the API refuses with its own HTML page: not Nexudus's word on
+            // the credentials.
+            403 if answer.content_type.to_ascii_lowercase().contains("html") => {
+                answer.unavailable("an error page in front of the API".into())
+            }
             401 | 403 => SourceError::Auth { status: code },
             // Nexudus documents 409; 429 is what real accounts and proxies also answer.
             409 | 429 => {

@@ -117,6 +117,8 @@ impl LongWindows {
             store,
             store_failed: false,
         };
+        // A wait recorded by an earlier process is over: that process is gone.
+        set_wait(windows.store.as_ref(), None);
         let saved = windows
             .store
             .as_ref()

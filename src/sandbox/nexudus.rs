@@ -1957,6 +1957,84 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn hour_day_and_gap_windows_throttle_in_the_configured_form() {
+        let fake = unthrottled().await;
+        let client = reqwest::Client::new();
+        let statuses = |n: usize| {
+            let client = client.clone();
+            let url = format!("{}/api/sys/users", fake.base_url());
+            async move {
+                let mut out = Vec::new();
+                for _ in 0..n {
+                    let r = client
+                        .get(&url)
+                        .basic_auth(USER, Some(PASSWORD))
+                        .send()
+                        .await
+                        .expect("sent");
+                    let retry_after = r
+                        .headers()
+                        .get(header::RETRY_AFTER)
+                        .map(|v| v.to_str().unwrap_or_default().to_owned());
+                    out.push((
+                        r.status().as_u16(),
+                        retry_after,
+                        r.text().await.unwrap_or_default(),
+                    ));
+                }
+                out
+            }
+        };
+        fake.set_limits(None, None, Some(2), None);
+        fake.set_throttle(Throttle::wait_in_body("1.3"));
+        let got = statuses(3).await;
+        assert_eq!((got[0].0, got[1].0, got[2].0), (200, 200, 429));
+        assert_eq!(got[2].1, None);
+        assert!(got[2].2.contains("Wait 1.3 seconds"), "{}", got[2].2);
+        fake.set_limits(None, None, None, Some(3));
+        fake.set_throttle(Throttle::fractional(409, "0.7"));
+        let got = statuses(2).await;
+        assert_eq!((got[0].0, got[1].0), (200, 409));
+        assert_eq!(got[1].1.as_deref(), Some("0.7"));
+        fake.set_limits(Some(Duration::from_secs(60)), None, None, None);
+        assert_eq!(
+            statuses(1).await[0].0,
+            409,
+            "within a minute of the last admitted"
+        );
+        assert_eq!(fake.stats().throttled, 3);
+        let log = fake.request_log();
+        assert_eq!(log.len(), 6);
+        assert!(log.windows(2).all(|w| w[0].at <= w[1].at));
+    }
+
+    #[tokio::test]
+    async fn languages_are_listed_in_pages_and_pushed_answers_come_first() {
+        let fake = unthrottled().await;
+        fake.insert_language(1_000_001, "Norsk", "nb-NO");
+        let (status, page) = get(&fake, "/api/sys/languages?page=2&size=4").await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(ids(&page), [5, 6, 1_000_001]);
+        assert_eq!(page["Records"][2]["Culture"], "nb-NO");
+        assert_eq!(page["HasNextPage"], false);
+        fake.push_html(1, 503);
+        let response = reqwest::Client::new()
+            .get(format!("{}/api/sys/users", fake.base_url()))
+            .basic_auth(USER, Some(PASSWORD))
+            .send()
+            .await
+            .expect("sent");
+        assert_eq!(response.status().as_u16(), 503);
+        assert!(
+            response.headers()[header::CONTENT_TYPE]
+                .to_str()
+                .unwrap()
+                .starts_with("text/html")
+        );
+        assert_eq!(fake.stats().pushed_answers, 1);
+    }
+
+    #[tokio::test]
     async fn eleventh_request_in_a_second_is_throttled_with_409() {
         let fake = FakeNexudus::start(NexudusFakeConfig::default())
             .await
