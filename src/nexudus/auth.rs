@@ -321,9 +321,9 @@ impl TokenAuth {
         let what = match error {
             "two_factor_auth_check" if self.totp.is_some() => {
                 "the account signs in with a second factor and the code in nexudus.totp was not \
-                 accepted (a code is valid for about 30 seconds): put a fresh code from the \
-                 authenticator app in nexudus.totp (or nexudus.totp_file) and start again; only \
-                 this sign-in needs it, the refresh token kept in the store carries on after it"
+                 accepted (a code is valid for about 30 seconds): put a fresh code in \
+                 nexudus.totp (or nexudus.totp_file) from the authenticator app and start again; \
+                 only this sign-in needs it, the refresh token kept in the store carries on after it"
                     .to_string()
             }
             "two_factor_auth_check" => {
