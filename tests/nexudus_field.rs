@@ -230,6 +230,19 @@ async fn html_empty_and_cut_off_answers_are_retried_and_never_read_as_an_empty_p
         "{log:?}"
     );
 
+    // A user missing from the listing is looked up before it is disabled: an HTML 404 from
+    // something in front of the API is not Nexudus saying "gone", so nobody is disabled.
+    env.nexudus.remove_user(ids[0]);
+    env.nexudus.push_html_at("/api/sys/users/", 5, 404);
+    let run = env.sync(&[]).await;
+    run.assert_code(1);
+    assert_eq!(run.count("disabled"), 0, "{}", run.stdout);
+    assert_eq!(env.nevis.user(&ext(ids[0])).unwrap()["userState"], "active");
+    // Nexudus's own 404 does.
+    let run = env.sync(&[]).await;
+    run.assert_code(0);
+    assert_eq!(run.count("disabled"), 1);
+
     // Beyond the budget: fatal, naming the status, the content type and the start of the page;
     // nobody is disabled on the strength of a page that held no users.
     env.nexudus.push_html(20, 200);
@@ -240,8 +253,8 @@ async fn html_empty_and_cut_off_answers_are_retried_and_never_read_as_an_empty_p
     assert!(line.contains("text/html"), "{line}");
     assert!(line.contains("<!DOCTYPE HTML PUBLIC"), "{line}");
     assert!(line.contains("\\\"-//W3C"), "escaped: {line}");
-    for id in ids {
-        assert_eq!(env.nevis.user(&ext(id)).unwrap()["userState"], "active");
+    for id in &ids[1..] {
+        assert_eq!(env.nevis.user(&ext(*id)).unwrap()["userState"], "active");
     }
 }
 

@@ -337,7 +337,20 @@ impl NexudusClient {
             .push(&id.to_string());
         let response = self.send(self.http.get(url)).await?;
         if response.status() == StatusCode::NOT_FOUND {
-            return Ok(Presence::Gone);
+            // Only Nexudus's own 404 (JSON, or empty) says the user is gone: an HTML 404 from
+            // something in front of the API says nothing about the user, and "gone" disables.
+            let answer = Answer {
+                status: 404,
+                content_type: answer::content_type(response.headers()),
+                body: response.bytes().await.map_err(transport)?,
+                retry_after: None,
+            };
+            if answer::is_json(&answer.content_type)
+                || answer.body.iter().all(u8::is_ascii_whitespace)
+            {
+                return Ok(Presence::Gone);
+            }
+            return Err(answer.unavailable("a 404 page that is not Nexudus's".into()));
         }
         let answer = self.body_of(response, started).await?;
         let doc: serde_json::Value = serde_json::from_slice(&answer.body)

@@ -293,8 +293,9 @@ struct Inner {
     churn_after_first_page: Option<(u64, NexudusUserSpec)>,
     /// Arrival times of admitted requests for the hour and day windows (pruned after a day).
     admitted_long: VecDeque<Instant>,
-    /// Answers pushed by a test, served (after auth) before anything else.
-    pushed: VecDeque<Response>,
+    /// Answers pushed by a test, served (after auth) before anything else; each to the first
+    /// request whose path starts with its prefix (any path when `None`).
+    pushed: VecDeque<(Option<String>, Response)>,
     /// Records served without their `Language` field, as a captured real record.
     omit_language: bool,
     /// `GET /api/sys/languages`: Id -> (Name, Culture).
@@ -542,7 +543,7 @@ impl FakeNexudus {
 
     /// Queues a throttled answer for the next authorised request (before the rate limiter).
     pub fn push_throttle(&self, throttle: &Throttle) {
-        self.lock().pushed.push_back(throttle.response());
+        self.lock().pushed.push_back((None, throttle.response()));
     }
 
     /// Queues `n` HTML pages answering `status` (a WAF's 503, a login page's 200), as a proxy in
@@ -550,7 +551,18 @@ impl FakeNexudus {
     pub fn push_html(&self, n: usize, status: u16) {
         let mut inner = self.lock();
         for _ in 0..n {
-            inner.pushed.push_back(html_page(status));
+            inner.pushed.push_back((None, html_page(status)));
+        }
+    }
+
+    /// Like [`FakeNexudus::push_html`], for the next requests whose path starts with `prefix`
+    /// only (`"/api/sys/users/"`: the single-user reads).
+    pub fn push_html_at(&self, prefix: &str, n: usize, status: u16) {
+        let mut inner = self.lock();
+        for _ in 0..n {
+            inner
+                .pushed
+                .push_back((Some(prefix.to_owned()), html_page(status)));
         }
     }
 
@@ -562,7 +574,7 @@ impl FakeNexudus {
         if let Some(value) = content_type.and_then(|v| header::HeaderValue::from_str(v).ok()) {
             response.headers_mut().insert(header::CONTENT_TYPE, value);
         }
-        self.lock().pushed.push_back(response);
+        self.lock().pushed.push_back((None, response));
     }
 
     /// How the rate limiter answers from now on.
@@ -824,7 +836,12 @@ async fn gate_inner(state: &Shared, request: Request, next: Next) -> Response {
             inner.stats.unauthorized += 1;
             return status_response(401, None);
         }
-        if let Some(answer) = inner.pushed.pop_front() {
+        let path = request.uri().path();
+        let pushed = inner
+            .pushed
+            .iter()
+            .position(|(prefix, _)| prefix.as_deref().is_none_or(|p| path.starts_with(p)));
+        if let Some((_, answer)) = pushed.and_then(|at| inner.pushed.remove(at)) {
             inner.stats.pushed_answers += 1;
             return answer;
         }
