@@ -209,7 +209,7 @@ async fn run_inner<S: Source, T: Target>(
         }
         None
     };
-    source.begin_run().await;
+    source.begin_run(since.is_none()).await;
     let (tx, rx) = mpsc::channel::<Listed>(2);
     let mut rx = rx;
     let checker = Arc::clone(&source);

@@ -464,6 +464,10 @@ async fn the_daemon_waits_for_the_hour_budget_says_so_and_warns_at_start() {
     let log = std::fs::read_to_string(env.dir.path().join("daemon.log")).unwrap_or_default();
     assert!(log.contains("over the hourly budget"), "{log}");
     assert!(log.contains("budget of the hour is used up"), "{log}");
+    assert!(
+        log.contains("needs about 4 Nexudus requests and the hour has 2 of 5 left"),
+        "{log}"
+    );
     let stats = env.nexudus.stats();
     assert_eq!((stats.requests, stats.throttled), (5, 0), "{stats:?}");
 }

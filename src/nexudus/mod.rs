@@ -47,9 +47,11 @@ pub trait Source: Send + Sync + 'static {
     /// others are deleted and added while the pages are read, and nothing in the listing shows it.
     fn fetch_user(&self, id: u64) -> impl Future<Output = Result<Presence, SourceError>> + Send;
 
-    /// Called once at the start of every run: what is read once per run (the languages listing)
-    /// is read again, and what is reported once per run may be reported again.
-    fn begin_run(&self) -> impl Future<Output = ()> + Send {
+    /// Called once at the start of every run (`full`: a full listing follows): what is read once
+    /// per run (the languages listing) is read again, and what is reported once per run may be
+    /// reported again.
+    fn begin_run(&self, full: bool) -> impl Future<Output = ()> + Send {
+        let _ = full;
         async {}
     }
 }
@@ -634,8 +636,34 @@ impl Source for NexudusClient {
         Ok(listed)
     }
 
-    async fn begin_run(&self) {
+    async fn begin_run(&self, full: bool) {
         *self.languages.lock().await = Languages::default();
+        if !full {
+            return;
+        }
+        // Say up front when this run's listing cannot fit what is left of the hour: its requests
+        // will wait for the budget (each wait is logged and shown in /status as it happens).
+        let size = self
+            .store
+            .as_ref()
+            .and_then(|s| s.meta_bytes(LISTING_SIZE_KEY).ok().flatten())
+            .and_then(|b| String::from_utf8(b).ok())
+            .and_then(|s| s.trim().parse::<u64>().ok());
+        if let Some(size) = size {
+            let needed = size.div_ceil(u64::from(self.page_size)).max(1) + 1;
+            let (used, limit) = self.pacer.hour_used().await;
+            let left = u64::from(limit.saturating_sub(used));
+            if needed > left {
+                tracing::warn!(
+                    needed,
+                    left,
+                    limit,
+                    "this run's full listing needs about {needed} Nexudus requests and the hour \
+                     has {left} of {limit} left (nexudus.max_requests_per_hour): it will wait for \
+                     the budget rather than draw throttles"
+                );
+            }
+        }
     }
 
     async fn fetch_user(&self, id: u64) -> Result<Presence, SourceError> {
