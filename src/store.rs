@@ -10,7 +10,7 @@
 //! - `disabled_at`: Nexudus Id -> Unix seconds (u64 LE) since the checkpoint says disabled
 //!   (local clock: it is our own event), for `sync.archive_after`.
 //! - `meta`: `last_run` -> JSON report of the last run; `watermark` -> incremental-polling mark;
-//!   `nexudus_quota_counts` -> Nexudus requests per minute/hour bucket (postcard), kept across
+//!   `nexudus_quota_counts` -> Nexudus requests per minute/hour bucket (JSON), kept across
 //!   runs for the hour and day budgets; `nexudus_quota_wait` -> JSON of a budget wait in progress;
 //!   `nexudus_listing_size` -> `TotalItems` of the last full listing (decimal).
 //! - `operator`: what operators' decisions left behind, by key prefix (one small tree, since every

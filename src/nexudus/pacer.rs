@@ -123,7 +123,7 @@ impl LongWindows {
             .store
             .as_ref()
             .and_then(|s| s.meta_bytes(COUNTS_KEY).ok().flatten())
-            .and_then(|bytes| postcard::from_bytes::<Saved>(&bytes).ok())
+            .and_then(|bytes| serde_json::from_slice::<Saved>(&bytes).ok())
             .unwrap_or_default();
         windows.hour.counts = saved.minutes.into_iter().collect();
         windows.day.counts = saved.hours.into_iter().collect();
@@ -136,7 +136,7 @@ impl LongWindows {
             minutes: self.hour.counts.iter().map(|(k, v)| (*k, *v)).collect(),
             hours: self.day.counts.iter().map(|(k, v)| (*k, *v)).collect(),
         };
-        let result = postcard::to_allocvec(&saved)
+        let result = serde_json::to_vec(&saved)
             .map_err(|e| e.to_string())
             .and_then(|bytes| {
                 store
