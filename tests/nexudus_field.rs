@@ -176,6 +176,15 @@ async fn throttles_in_every_form_are_waited_out_and_never_sooner_than_asked() {
             },
             Duration::from_millis(1100),
         ),
+        // Nothing says how long: the backoff decides (and the run still gets through).
+        (
+            Throttle {
+                status: 429,
+                retry_after: None,
+                message: Some("Too many requests".into()),
+            },
+            Duration::ZERO,
+        ),
     ];
     for (throttle, _) in &asked {
         env.nexudus.push_throttle(throttle);
@@ -188,7 +197,7 @@ async fn throttles_in_every_form_are_waited_out_and_never_sooner_than_asked() {
     let throttled: Vec<usize> = (0..log.len())
         .filter(|&i| matches!(log[i].status, 409 | 429))
         .collect();
-    assert_eq!(throttled.len(), 3, "{log:?}");
+    assert_eq!(throttled.len(), 4, "{log:?}");
     for (n, &i) in throttled.iter().enumerate() {
         let next = log.get(i + 1).expect("a request after the throttle");
         let gap = next.at.duration_since(log[i].at);
