@@ -14,10 +14,18 @@ pub(crate) fn build(timeout: Duration) -> Result<reqwest::Client, reqwest::Error
 }
 
 fn builder(timeout: Duration) -> reqwest::ClientBuilder {
+    // Both APIs answer JSON; saying so up front keeps content negotiation (and WAF pages that
+    // honour it) from choosing HTML for us.
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert(
+        reqwest::header::ACCEPT,
+        reqwest::header::HeaderValue::from_static("application/json"),
+    );
     reqwest::Client::builder()
         .timeout(timeout)
         .connect_timeout(timeout.min(Duration::from_secs(10)))
         .user_agent(concat!("nexudus-nevis-sync/", env!("CARGO_PKG_VERSION")))
+        .default_headers(headers)
 }
 
 /// Like [`build`], with nevisIDM's TLS options: a private CA added to the platform's roots, a
@@ -171,16 +179,28 @@ pub(crate) fn describe(e: reqwest::Error) -> String {
     text
 }
 
-/// Reads `Retry-After` given in seconds (the form both APIs use). HTTP dates are ignored.
+/// Reads `Retry-After`: whole seconds (the documented form), seconds with a fraction (`0.7`,
+/// seen from Nexudus), or an HTTP date (RFC 9110; a date already past means "now"). Anything
+/// else is ignored, as if absent.
 pub(crate) fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
-    headers
-        .get(reqwest::header::RETRY_AFTER)?
-        .to_str()
-        .ok()?
-        .trim()
-        .parse::<u64>()
-        .ok()
-        .map(Duration::from_secs)
+    let value = headers.get(reqwest::header::RETRY_AFTER)?.to_str().ok()?;
+    retry_after_value(value, std::time::SystemTime::now())
+}
+
+/// The wait a `Retry-After` value asks for, with dates measured from `now`.
+pub(crate) fn retry_after_value(value: &str, now: std::time::SystemTime) -> Option<Duration> {
+    let value = value.trim();
+    if value.is_empty() {
+        return None;
+    }
+    if value.bytes().all(|b| b.is_ascii_digit() || b == b'.') {
+        // Duration::try_from_secs_f64 refuses negatives, NaN and overflow; digits and dots only
+        // cannot be negative, and "1.2.3" does not parse.
+        let secs: f64 = value.parse().ok()?;
+        return Duration::try_from_secs_f64(secs).ok();
+    }
+    let at = httpdate::parse_http_date(value).ok()?;
+    Some(at.duration_since(now).unwrap_or(Duration::ZERO))
 }
 
 /// Appends a path to a base URL, keeping any path prefix the base already has.
@@ -238,6 +258,23 @@ mod tests {
         ));
         let refused = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
         assert_eq!(tls_failure_in(&refused), None);
+    }
+
+    #[test]
+    fn retry_after_takes_seconds_fractions_and_http_dates() {
+        let now = std::time::SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        let at = |v: &str| retry_after_value(v, now);
+        assert_eq!(at("1"), Some(Duration::from_secs(1)));
+        assert_eq!(at(" 120 "), Some(Duration::from_secs(120)));
+        assert_eq!(at("0.7"), Some(Duration::from_millis(700)));
+        assert_eq!(at("1.25"), Some(Duration::from_millis(1250)));
+        let later = httpdate::fmt_http_date(now + Duration::from_secs(3));
+        assert_eq!(at(&later), Some(Duration::from_secs(3)));
+        let earlier = httpdate::fmt_http_date(now - Duration::from_secs(30));
+        assert_eq!(at(&earlier), Some(Duration::ZERO), "a past date: now");
+        for junk in ["", "-1", "soon", "1.2.3", "1e9999", "NaN"] {
+            assert_eq!(at(junk), None, "{junk:?}");
+        }
     }
 
     #[test]

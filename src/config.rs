@@ -78,6 +78,10 @@ struct RawNexudus {
     min_request_interval: Duration,
     #[serde(default = "default_per_minute")]
     max_requests_per_minute: i64,
+    #[serde(default = "default_per_hour")]
+    max_requests_per_hour: i64,
+    #[serde(default = "default_per_day")]
+    max_requests_per_day: i64,
     #[serde(default = "default_auth")]
     auth: String,
     totp: Option<String>,
@@ -194,6 +198,7 @@ impl Default for RawHttp {
 struct RawMapping {
     languages: BTreeMap<String, String>,
     default_language: String,
+    allowed_languages: Vec<String>,
     name_split: String,
     login_id: String,
     ext_id_prefix: String,
@@ -210,6 +215,8 @@ impl Default for RawMapping {
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
             default_language: "en".into(),
+            // nevisIDM's default client policy.
+            allowed_languages: ["de", "en", "fr", "it"].map(String::from).to_vec(),
             name_split: "last_word".into(),
             login_id: "email".into(),
             ext_id_prefix: crate::mapper::EXT_ID_PREFIX.into(),
@@ -252,6 +259,15 @@ fn default_min_interval() -> Duration {
 fn default_per_minute() -> i64 {
     // Nexudus documents 120 a minute; the same margin.
     110
+}
+fn default_per_hour() -> i64 {
+    // Nexudus documents 5,000 an hour: a 10 % margin for other clients of the same API user and
+    // for counts a crash loses between two store flushes.
+    4500
+}
+fn default_per_day() -> i64 {
+    // Nexudus documents 200,000 a day: the same margin.
+    180_000
 }
 fn default_cache_mib() -> i64 {
     // Tens of MiB are plenty: an unchanged user costs one read of a small value, and the
@@ -327,6 +343,10 @@ pub struct NexudusConfig {
     pub min_request_interval: Duration,
     /// Requests allowed in any sliding minute.
     pub max_requests_per_minute: u32,
+    /// Requests allowed in any sliding hour, counted across runs and restarts (in the store).
+    pub max_requests_per_hour: u32,
+    /// Requests allowed in any sliding day, counted across runs and restarts (in the store).
+    pub max_requests_per_day: u32,
     pub auth: NexudusAuth,
     /// One-time code sent with the password grant (`auth = "token"`, accounts with 2FA).
     pub totp: Option<SecretString>,
@@ -430,6 +450,8 @@ pub struct MappingConfig {
     /// Nexudus `Language` (eLanguage) -> nevisIDM `languageCode`.
     pub languages: BTreeMap<i64, String>,
     pub default_language: String,
+    /// Codes nevisIDM's client policy accepts; any other mapped code becomes `default_language`.
+    pub allowed_languages: std::collections::BTreeSet<String>,
     pub name_split: NameSplit,
     pub login_id: LoginIdSource,
     /// Prefix of the `extId` of users this tool creates (existing users keep theirs).
@@ -533,6 +555,17 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
             "must be at least 1",
         ));
     }
+    for (key, value) in [
+        (
+            "nexudus.max_requests_per_hour",
+            nexudus.max_requests_per_hour,
+        ),
+        ("nexudus.max_requests_per_day", nexudus.max_requests_per_day),
+    ] {
+        if !(1..=i64::from(u32::MAX)).contains(&value) {
+            return Err(invalid(key, "must be at least 1"));
+        }
+    }
     let nexudus_cfg = NexudusConfig {
         base_url: parse_url("nexudus.base_url", &nexudus.base_url)?,
         password: secret(
@@ -545,6 +578,8 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
         request_timeout: positive("nexudus.request_timeout", nexudus.request_timeout)?,
         min_request_interval: nexudus.min_request_interval,
         max_requests_per_minute: nexudus.max_requests_per_minute as u32,
+        max_requests_per_hour: nexudus.max_requests_per_hour as u32,
+        max_requests_per_day: nexudus.max_requests_per_day as u32,
         auth: match nexudus.auth.as_str() {
             "basic" => NexudusAuth::Basic,
             "token" => NexudusAuth::Token,
@@ -836,9 +871,30 @@ fn validate_mapping(raw: RawMapping) -> Result<MappingConfig, ConfigError> {
             "must be non-empty ASCII letters, digits, '-', '_' or '.'",
         ));
     }
+    let default_language = language_code("mapping.default_language", &raw.default_language)?;
+    let allowed_languages = raw
+        .allowed_languages
+        .iter()
+        .map(|code| language_code("mapping.allowed_languages", code))
+        .collect::<Result<std::collections::BTreeSet<_>, _>>()?;
+    if !allowed_languages.contains(&default_language) {
+        return Err(invalid(
+            "mapping.default_language",
+            format!(
+                "{default_language:?} is not in mapping.allowed_languages ({}): nevisIDM would \
+                 refuse it; allow it there or choose another default",
+                allowed_languages
+                    .iter()
+                    .cloned()
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        ));
+    }
     Ok(MappingConfig {
         languages,
-        default_language: language_code("mapping.default_language", &raw.default_language)?,
+        default_language,
+        allowed_languages,
         name_split,
         login_id,
         ext_id_prefix: prefix,
@@ -1068,6 +1124,17 @@ mod tests {
         assert_eq!(c.mapping.languages.get(&2).map(String::as_str), Some("es"));
         assert_eq!(c.mapping.default_language, "en");
         assert_eq!(
+            c.mapping.allowed_languages.iter().collect::<Vec<_>>(),
+            ["de", "en", "fr", "it"]
+        );
+        assert_eq!(
+            (
+                c.nexudus.max_requests_per_hour,
+                c.nexudus.max_requests_per_day
+            ),
+            (4500, 180_000)
+        );
+        assert_eq!(
             c.nevis.token.as_ref().unwrap().expose_secret(),
             "tok-secret-nevis"
         );
@@ -1112,6 +1179,19 @@ mod tests {
             "{MINIMAL}\n[mapping]\ndefault_language = \"English\"\n"
         ));
         assert!(e.contains("mapping.default_language"), "{e}");
+        let e = err(&format!(
+            "{MINIMAL}\n[mapping]\ndefault_language = \"es\"\n"
+        ));
+        assert!(e.contains("not in mapping.allowed_languages"), "{e}");
+        let e = err(&format!(
+            "{MINIMAL}\n[mapping]\nallowed_languages = [\"en\", \"Spanish\"]\n"
+        ));
+        assert!(e.contains("mapping.allowed_languages"), "{e}");
+        let e = err(&MINIMAL.replace(
+            "password = \"hunter2-nexudus\"",
+            "password = \"p\"\nmax_requests_per_hour = 0",
+        ));
+        assert!(e.contains("nexudus.max_requests_per_hour"), "{e}");
     }
 
     #[test]

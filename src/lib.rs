@@ -4,7 +4,8 @@
 //!
 //! - [`client`]   what both HTTP clients share: construction, URL joining, `Retry-After`
 //! - [`config`]   raw TOML/env config -> validated [`config::Config`] (URLs parsed, cron checked, secrets wrapped)
-//! - [`nexudus`]  the source: paced, paged HTTP client for `GET /api/sys/users` and its wire types
+//! - [`nexudus`]  the source: paced, paged HTTP client for `GET /api/sys/users` (and the languages
+//!   listing), its pacer under Nexudus's four limits, and its wire types
 //! - [`mapper`]   pure: one Nexudus record -> the desired nevisIDM user, or the reason it is invalid
 //! - [`diff`]     pure: desired user + checkpoint -> create / update (changed fields) / disable / nothing
 //! - [`store`]    the sled checkpoint store; the only module that imports sled

@@ -20,6 +20,11 @@ pub struct SourceUser {
     pub full_name: Option<String>,
     pub email: Option<String>,
     pub language: Option<i64>,
+    /// `PreferredLanguageId`: an id of `GET /api/sys/languages`.
+    pub preferred_language_id: Option<u64>,
+    /// The language that id names (its culture's language subtag), filled in by the source
+    /// client when the languages listing holds the id.
+    pub preferred_language: Option<String>,
     pub active: bool,
     pub is_admin: bool,
     pub updated_on: Option<String>,
@@ -112,11 +117,7 @@ pub fn map_user(user: &SourceUser, mapping: &MappingConfig) -> Result<DesiredUse
         LoginIdSource::ExtId => ext_id.clone(),
         LoginIdSource::None => String::new(),
     };
-    let language_code = user
-        .language
-        .and_then(|l| mapping.languages.get(&l))
-        .unwrap_or(&mapping.default_language)
-        .clone();
+    let language_code = language_of(user, mapping).to_string();
     Ok(DesiredUser {
         ext_id,
         login_id,
@@ -131,6 +132,17 @@ pub fn map_user(user: &SourceUser, mapping: &MappingConfig) -> Result<DesiredUse
         },
         properties: mapping.properties.clone(),
     })
+}
+
+/// The user's nevisIDM language: the language of `PreferredLanguageId` when the languages listing
+/// named it, else `Language` through `mapping.languages`, else `mapping.default_language`; a code
+/// outside `mapping.allowed_languages` (nevisIDM would refuse it) becomes the default.
+pub fn language_of<'a>(user: &'a SourceUser, mapping: &'a MappingConfig) -> &'a str {
+    user.preferred_language
+        .as_ref()
+        .or_else(|| user.language.and_then(|l| mapping.languages.get(&l)))
+        .filter(|code| mapping.allowed_languages.contains(code.as_str()))
+        .unwrap_or(&mapping.default_language)
 }
 
 /// Longest first or family name sent (characters). nevisIDM's limits are not documented; names
@@ -235,8 +247,7 @@ mod tests {
             email: email.map(String::from),
             language: Some(1),
             active: true,
-            is_admin: false,
-            updated_on: None,
+            ..SourceUser::default()
         }
     }
 
@@ -274,7 +285,8 @@ mod tests {
         let mut u = user(Some("José Müller"), Some("j@example.com"));
         for (lang, code) in [
             (Some(1), "en"),
-            (Some(2), "es"),
+            // Spanish is outside nevisIDM's default policy (mapping.allowed_languages).
+            (Some(2), "en"),
             (Some(3), "en"),
             (Some(7), "en"),
             (None, "en"),
@@ -289,6 +301,32 @@ mod tests {
         assert_eq!(map_user(&u, &m).unwrap().language_code, "fr");
         u.language = Some(9);
         assert_eq!(map_user(&u, &m).unwrap().language_code, "de");
+        m.allowed_languages.insert("es".into());
+        m.languages.insert(2, "es".into());
+        u.language = Some(2);
+        assert_eq!(map_user(&u, &m).unwrap().language_code, "es", "allowed now");
+    }
+
+    #[test]
+    fn the_preferred_language_comes_first_and_must_be_allowed() {
+        let mut u = user(Some("Anna Muster"), Some("a@example.com"));
+        u.language = Some(2);
+        u.preferred_language_id = Some(77);
+        u.preferred_language = Some("de".into());
+        assert_eq!(map(&u).unwrap().language_code, "de");
+        u.preferred_language = Some("ja".into());
+        assert_eq!(
+            map(&u).unwrap().language_code,
+            "en",
+            "not allowed: the default"
+        );
+        // An id the languages listing did not hold: Language, then the default.
+        u.preferred_language = None;
+        let mut m = MappingConfig::default();
+        m.languages.insert(2, "fr".into());
+        assert_eq!(map_user(&u, &m).unwrap().language_code, "fr");
+        u.language = None;
+        assert_eq!(map_user(&u, &m).unwrap().language_code, "en");
     }
 
     #[test]

@@ -40,6 +40,7 @@ pub struct Metrics {
     invalid_records: Counter,
     held_disables: Counter,
     retries: Family<RetryLabel, Counter>,
+    throttles: Family<RetryLabel, Counter>,
     request_seconds: HistogramFamily<ApiLabel>,
     last_success: Gauge<f64, AtomicU64>,
     run_seconds: Histogram,
@@ -76,6 +77,7 @@ impl Metrics {
             invalid_records: Counter::default(),
             held_disables: Counter::default(),
             retries: Family::default(),
+            throttles: Family::default(),
             request_seconds: Family::new_with_constructor(request_histogram),
             last_success: Gauge::default(),
             run_seconds: Histogram::new(exponential_buckets(0.1, 2.0, 14)),
@@ -114,6 +116,11 @@ impl Metrics {
             "retries",
             "Retried requests by API and status",
             m.retries.clone(),
+        );
+        registry.register(
+            "throttles",
+            "Throttled answers (409, 429) by API and status",
+            m.throttles.clone(),
         );
         registry.register(
             "request_duration_seconds",
@@ -162,6 +169,16 @@ impl Metrics {
     pub fn count_retry(&self, api: &'static str, status: String) {
         self.retries
             .get_or_create(&RetryLabel { api, status })
+            .inc();
+    }
+
+    /// One throttled answer (409 or 429), whether or not it is retried.
+    pub fn count_throttle(&self, api: &'static str, status: u16) {
+        self.throttles
+            .get_or_create(&RetryLabel {
+                api,
+                status: status.to_string(),
+            })
             .inc();
     }
 
@@ -245,6 +262,7 @@ mod tests {
             ..RunReport::default()
         });
         m.count_retry("nexudus", "409".into());
+        m.count_throttle("nexudus", 429);
         m.observe_request("nevis", Duration::from_millis(12));
         let text = m.encode();
         assert!(
@@ -257,6 +275,10 @@ mod tests {
         );
         assert!(
             text.contains("nexudus_nevis_sync_retries_total{api=\"nexudus\",status=\"409\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("nexudus_nevis_sync_throttles_total{api=\"nexudus\",status=\"429\"} 1"),
             "{text}"
         );
         assert!(

@@ -57,7 +57,9 @@ impl RetryPolicy {
         F: FnMut() -> Fut,
         Fut: Future<Output = Result<T, E>>,
     {
-        let started = Instant::now();
+        // The time budget counts from the first failure: time spent before it (waiting for the
+        // Nexudus hour budget, which can be long) is pacing, not retrying.
+        let mut first_failure: Option<Instant> = None;
         let mut backoff = ExponentialBuilder::default()
             .with_min_delay(self.config.initial_delay)
             .with_max_delay(self.config.max_delay)
@@ -77,9 +79,12 @@ impl RetryPolicy {
                 tracing::warn!(api = self.api, what, attempt, error = %err, "giving up: attempts exhausted");
                 return Err(err);
             };
-            // The server's Retry-After is a floor: waiting less would only draw another refusal.
-            let delay = after.map_or(backoff_delay, |a| a.max(backoff_delay));
-            if started.elapsed() + delay > self.config.max_elapsed {
+            // The wait the server stated (Retry-After, or a throttle's message) is what it asked
+            // for: coming back sooner would only draw another refusal. The backoff (which also
+            // bounds the attempts) decides only when nothing said how long.
+            let delay = after.unwrap_or(backoff_delay);
+            let retrying_since = *first_failure.get_or_insert_with(Instant::now);
+            if retrying_since.elapsed() + delay > self.config.max_elapsed {
                 tracing::warn!(api = self.api, what, attempt, error = %err, "giving up: retry time budget spent");
                 return Err(err);
             }
@@ -195,6 +200,43 @@ mod tests {
             "{:?}",
             start.elapsed()
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn time_before_the_first_failure_is_not_retrying() {
+        // An attempt that first waited an hour for a quota and then failed still gets its retries.
+        let calls = AtomicU32::new(0);
+        let r: Result<(), E> = policy(3)
+            .run("x", || async {
+                if calls.fetch_add(1, Ordering::SeqCst) == 0 {
+                    tokio::time::sleep(Duration::from_secs(3600)).await;
+                    Err(E(Verdict::Retry { after: None }))
+                } else {
+                    Ok(())
+                }
+            })
+            .await;
+        assert!(r.is_ok());
+        assert_eq!(calls.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stated_wait_is_used_as_is_not_lengthened_by_the_backoff() {
+        let start = Instant::now();
+        let calls = AtomicU32::new(0);
+        let _: Result<(), E> = policy(2)
+            .run("x", || async {
+                if calls.fetch_add(1, Ordering::SeqCst) == 0 {
+                    Err(E(Verdict::Retry {
+                        after: Some(Duration::from_millis(10)),
+                    }))
+                } else {
+                    Ok(())
+                }
+            })
+            .await;
+        // The backoff would start at 100 ms; the server asked for 10 ms.
+        assert_eq!(start.elapsed(), Duration::from_millis(10));
     }
 
     #[tokio::test(start_paused = true)]

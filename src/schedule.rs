@@ -81,6 +81,9 @@ pub async fn run_daemon<S: Source, T: Target>(
     };
     let mut first = true;
     let mut runs: u64 = 0;
+    // Whether the hourly budget was checked against a known listing size (the first start has
+    // none until its first full listing).
+    let mut budget_checked = false;
     loop {
         if !first {
             tokio::select! {
@@ -92,6 +95,9 @@ pub async fn run_daemon<S: Source, T: Target>(
         first = false;
         if shutdown.is_cancelled() {
             break;
+        }
+        if !budget_checked {
+            budget_checked = budget_check(&config, &state);
         }
         running.store(true, Ordering::SeqCst);
         state.health().running = true;
@@ -138,6 +144,21 @@ pub async fn run_daemon<S: Source, T: Target>(
         tracing::error!(error = %e, "final store flush failed");
     }
     Ok(())
+}
+
+/// Warns when the schedule and the listing size cannot fit Nexudus's hourly budget; true once a
+/// listing size was known to check against (before each run until then).
+fn budget_check(config: &Config, state: &AppState) -> bool {
+    let known = state
+        .store
+        .meta_bytes(crate::nexudus::LISTING_SIZE_KEY)
+        .ok()
+        .flatten()
+        .is_some();
+    if let Some(warning) = crate::nexudus::hourly_budget_warning(config, &state.store) {
+        tracing::warn!("{warning}");
+    }
+    known
 }
 
 /// Parses a cron expression the way `tokio-cron-scheduler` does (seconds required).

@@ -34,7 +34,17 @@ pub fn document(
             json!({ "nexudus_id": id, "ext_id": ext_id, "reason": reason })
         })
         .collect();
-    let mut doc = json!({ "last_run": last_run, "failing_users": failing });
+    // A wait for the Nexudus hour or day budget in progress (see `nexudus::pacer`).
+    let quota_wait = store
+        .meta_bytes(crate::nexudus::pacer::WAIT_KEY)?
+        .filter(|bytes| !bytes.is_empty())
+        .and_then(|bytes| serde_json::from_slice::<Value>(&bytes).ok())
+        .unwrap_or(Value::Null);
+    let mut doc = json!({
+        "last_run": last_run,
+        "failing_users": failing,
+        "nexudus_quota_wait": quota_wait,
+    });
     if let (Some(Value::Object(live)), Value::Object(doc)) = (live, &mut doc) {
         doc.extend(live);
     }
@@ -68,6 +78,17 @@ pub fn render(doc: &Value) -> String {
             }
         }
         _ => out.push_str("no run recorded yet\n"),
+    }
+    if let Some(wait) = doc.get("nexudus_quota_wait").filter(|w| w.is_object()) {
+        out.push_str(&format!(
+            "nexudus: {} ({} of {} requests used; until unix time {})\n",
+            wait.get("reason")
+                .and_then(Value::as_str)
+                .unwrap_or("waiting for the request budget"),
+            wait.get("used").and_then(Value::as_u64).unwrap_or(0),
+            wait.get("limit").and_then(Value::as_u64).unwrap_or(0),
+            wait.get("until").and_then(Value::as_u64).unwrap_or(0),
+        ));
     }
     if let Some(running) = doc.get("running").and_then(Value::as_bool) {
         out.push_str(&format!("daemon: running a sync now: {running}\n"));

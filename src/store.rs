@@ -11,7 +11,10 @@
 //! - `missing`: Nexudus Id -> complete listings in a row (u32 LE) the user was missing from.
 //! - `disabled_at`: Nexudus Id -> Unix seconds (u64 LE) since the checkpoint says disabled
 //!   (local clock: it is our own event), for `sync.archive_after`.
-//! - `meta`: `last_run` -> JSON report of the last run; `watermark` -> incremental-polling mark.
+//! - `meta`: `last_run` -> JSON report of the last run; `watermark` -> incremental-polling mark;
+//!   `nexudus_quota_counts` -> Nexudus requests per minute/hour bucket (JSON), kept across
+//!   runs for the hour and day budgets; `nexudus_quota_wait` -> JSON of a budget wait in progress;
+//!   `nexudus_listing_size` -> `TotalItems` of the last full listing (decimal).
 //! - `operator`: what operators' decisions left behind, by key prefix (one small tree, since every
 //!   sled tree costs memory): `L` + Nexudus Id -> extId of a pre-existing nevisIDM user adopted for
 //!   it (`sync.adopt`); `O` + extId -> its Nexudus Id (one nevisIDM user is never linked twice);
@@ -368,6 +371,16 @@ impl Store {
 
     pub fn set_secret(&self, key: &str, value: &str) -> Result<(), StoreError> {
         self.meta.insert(key, value.as_bytes())?;
+        Ok(())
+    }
+
+    /// A small value of the `meta` tree by key (the Nexudus request counts and quota wait).
+    pub fn meta_bytes(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self.meta.get(key)?.map(|v| v.to_vec()))
+    }
+
+    pub fn set_meta_bytes(&self, key: &str, value: &[u8]) -> Result<(), StoreError> {
+        self.meta.insert(key, value)?;
         Ok(())
     }
 

@@ -209,6 +209,7 @@ async fn run_inner<S: Source, T: Target>(
         }
         None
     };
+    source.begin_run(since.is_none()).await;
     let (tx, rx) = mpsc::channel::<Listed>(2);
     let mut rx = rx;
     let checker = Arc::clone(&source);
@@ -1163,7 +1164,7 @@ mod tests {
                     language: Some(1),
                     active: true,
                     is_admin: id % 2 == 0,
-                    updated_on: None,
+                    ..SourceUser::default()
                 })
                 .collect();
             Arc::new(MemSource {
@@ -1588,10 +1589,8 @@ mod tests {
                         id: u64::from(page) * 2 + i,
                         full_name: Some("Endless User".into()),
                         email: Some(format!("e{page}-{i}@example.com")),
-                        language: None,
                         active: true,
-                        is_admin: false,
-                        updated_on: None,
+                        ..SourceUser::default()
                     })
                 })
                 .collect();

@@ -8,15 +8,26 @@
 
 use std::time::Duration;
 
-use chrono::NaiveDateTime;
+use chrono::{DateTime, NaiveDateTime};
 
 const FORMAT: &str = "%Y-%m-%dT%H:%M";
 
-/// The minute of an `UpdatedOn` value (`2025-01-15T10:30:00Z` -> `2025-01-15T10:30`), if it is one.
+/// The minute of an `UpdatedOn` value in UTC (`2025-01-15T10:30:00Z` -> `2025-01-15T10:30`), if
+/// it is one. Nexudus writes it with `Z`, without a zone, with fractional seconds, and sometimes
+/// with an offset: an offset is converted to UTC, because the `from_User_UpdatedOn` filter
+/// compares in UTC (what real clients poll with); a value without a zone is taken as UTC.
 pub fn minute(updated_on: &str) -> Option<String> {
-    let prefix = updated_on.get(..16)?;
-    NaiveDateTime::parse_from_str(prefix, FORMAT).ok()?;
-    Some(prefix.to_string())
+    let value = updated_on.trim();
+    let utc = match DateTime::parse_from_rfc3339(value) {
+        Ok(at) => at.naive_utc(),
+        Err(_) => {
+            let naive = value.trim_end_matches(['Z', 'z']);
+            NaiveDateTime::parse_from_str(naive, "%Y-%m-%dT%H:%M:%S%.f")
+                .or_else(|_| NaiveDateTime::parse_from_str(naive, FORMAT))
+                .ok()?
+        }
+    };
+    Some(utc.format(FORMAT).to_string())
 }
 
 /// `mark` moved back by `overlap`, as a `from_User_UpdatedOn` value.
@@ -66,11 +77,19 @@ mod tests {
             minute("2025-01-15T10:30:59Z").as_deref(),
             Some("2025-01-15T10:30")
         );
-        assert_eq!(
-            minute("2025-01-15T10:30:00.123+01:00").as_deref(),
-            Some("2025-01-15T10:30")
-        );
+        // Every form Nexudus writes: with and without Z, fractions, an offset (-> UTC).
+        for (value, want) in [
+            ("2025-01-15T10:30:00", "2025-01-15T10:30"),
+            ("2025-01-15T10:30:59.1234567", "2025-01-15T10:30"),
+            ("2025-01-15T10:30:59.123Z", "2025-01-15T10:30"),
+            ("2025-01-15T10:30:00.123+01:00", "2025-01-15T09:30"),
+            ("2025-01-15T00:10:00-05:30", "2025-01-15T05:40"),
+            ("2025-01-15T10:30", "2025-01-15T10:30"),
+        ] {
+            assert_eq!(minute(value).as_deref(), Some(want), "{value}");
+        }
         assert_eq!(minute("yesterday"), None);
+        assert_eq!(minute("2025-13-15T10:30:00Z"), None);
         assert_eq!(
             minus("2025-01-15T00:05", Duration::from_secs(600)).as_deref(),
             Some("2025-01-14T23:55")

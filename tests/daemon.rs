@@ -248,8 +248,9 @@ async fn health_readiness_metrics_and_status_follow_the_runs() {
 
     // nevisIDM starts failing while there is something to write: not ready any more.
     env.nevis.set_down(Some(500));
+    // (Not a Language change: Spanish maps to the default under mapping.allowed_languages.)
     env.nexudus.update_user(ids[1], |u| {
-        u.insert("Language".into(), json!(2));
+        u.insert("FullName".into(), json!("Changed Person"));
     });
     daemon
         .wait_for("unreadiness once nevisIDM fails", |d| async move {

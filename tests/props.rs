@@ -58,7 +58,7 @@ fn source_user() -> impl Strategy<Value = SourceUser> {
                 language,
                 active,
                 is_admin,
-                updated_on: None,
+                ..SourceUser::default()
             },
         )
 }

@@ -58,7 +58,9 @@ async fn creates_maps_fields_updates_only_changes_and_rerun_writes_nothing() {
     assert_eq!(u["contacts"]["email"], "Ann.Smith@Example.COM");
     assert_eq!(u["name"]["firstName"], "Ann Maria");
     assert_eq!(u["name"]["familyName"], "Smith");
-    assert_eq!(u["languageCode"], "es");
+    // Spanish (2) maps to "es", outside nevisIDM's default policy (mapping.allowed_languages):
+    // the default language instead.
+    assert_eq!(u["languageCode"], "en");
     assert_eq!(u["userState"], "active");
     let c = env.nevis.user(&format!("nexudus-{cher}")).unwrap();
     assert_eq!(
@@ -477,6 +479,10 @@ async fn dry_run_prints_the_plan_and_writes_nothing() {
     env.nexudus.update_user(ids[0], |u| {
         u.insert("Language".into(), json!(2));
     });
+    env.set(
+        "mapping.allowed_languages",
+        r#"["de", "en", "es", "fr", "it"]"#,
+    );
     let before = env.nevis.stats().requests;
     let run = env.sync(&["--dry-run"]).await;
     run.assert_code(0);

@@ -30,8 +30,13 @@ const REFRESH_TOKEN_KEY: &str = "nexudus_refresh_token";
 #[derive(Debug)]
 pub enum GrantError {
     /// Nexudus refused the grant (400 `invalid_grant` and the like, 401): the credentials or the
-    /// refresh token are not accepted.
-    Refused { status: u16, error: String },
+    /// refresh token are not accepted. `error` is the OAuth error code, `description` its
+    /// `error_description` (both escaped).
+    Refused {
+        status: u16,
+        error: String,
+        description: Option<String>,
+    },
     /// The password grant was refused: the run cannot sign in. `hint` tells the operator what to
     /// fix (a fresh `nexudus.totp` when one is configured).
     SignIn {
@@ -48,7 +53,7 @@ pub enum GrantError {
 impl std::fmt::Display for GrantError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            GrantError::Refused { status, error } => {
+            GrantError::Refused { status, error, .. } => {
                 write!(f, "Nexudus refused the token grant (HTTP {status} {error})")
             }
             GrantError::SignIn {
@@ -220,7 +225,7 @@ impl TokenAuth {
         let answer = match state.refresh.clone() {
             Some(refresh) => match request(Grant::Refresh(refresh)).await {
                 Ok(body) => Ok(body),
-                Err(GrantError::Refused { status, error }) => {
+                Err(GrantError::Refused { status, error, .. }) => {
                     tracing::warn!(
                         status,
                         %error,
@@ -237,17 +242,25 @@ impl TokenAuth {
             None => request(Grant::Password).await,
         };
         let answer = answer.map_err(|e| match e {
-            GrantError::Refused { status, error } => GrantError::SignIn {
+            GrantError::Refused {
                 status,
                 error,
-                hint: self.sign_in_hint(refresh_refused),
+                description,
+            } => GrantError::SignIn {
+                status,
+                hint: self.sign_in_hint(&error, description.as_deref(), refresh_refused),
+                error,
             },
             e => e,
         })?;
         let answer: TokenAnswer = serde_json::from_slice(&answer).map_err(|e| {
-            GrantError::Transient(super::SourceError::Decode(format!(
-                "token answer is not the documented JSON: {e}"
-            )))
+            GrantError::Transient(super::SourceError::Unavailable {
+                status: 200,
+                content_type: "application/json".into(),
+                why: format!("not a token answer: {e}"),
+                excerpt: "(not shown: it may hold a token)".into(),
+                retry_after: None,
+            })
         })?;
         let lifetime = Duration::from_secs(answer.expires_in.unwrap_or(3600));
         let access = Access {
@@ -289,23 +302,59 @@ impl TokenAuth {
             .map_err(|e| GrantError::Store(e.to_string()))
     }
 
-    /// What to tell the operator when the password grant is refused. A `nexudus.totp` in the
-    /// config is a one-time code that goes stale within a minute: it only serves the first sign-in,
-    /// and is needed again only when the stored refresh token is refused.
-    fn sign_in_hint(&self, refresh_refused: bool) -> String {
+    /// What to tell the operator when the password grant is refused, by Nexudus's error code:
+    /// each refusal needs a different fix. A `nexudus.totp` in the config is a one-time code that
+    /// goes stale within a minute: it only serves the first sign-in, and is needed again only
+    /// when the stored refresh token is refused.
+    fn sign_in_hint(
+        &self,
+        error: &str,
+        description: Option<&str>,
+        refresh_refused: bool,
+    ) -> String {
         let why = if refresh_refused {
             "the stored refresh token was refused (expired, revoked or issued to another \
              nexudus.client_id), so the password grant was needed again and was refused too; "
         } else {
             ""
         };
-        let what = if self.totp.is_some() {
-            "put a fresh code in nexudus.totp (a code is valid for about 30 seconds and is only \
-             needed for this sign-in: the refresh token kept in the store carries on after it), \
-             and check nexudus.username and nexudus.password"
-        } else {
-            "check nexudus.username and nexudus.password (and nexudus.totp if the account signs in \
-             with a second factor)"
+        let what = match error {
+            "two_factor_auth_check" if self.totp.is_some() => {
+                "the account signs in with a second factor and the code in nexudus.totp was not \
+                 accepted (a code is valid for about 30 seconds): put a fresh code in \
+                 nexudus.totp (or nexudus.totp_file) from the authenticator app and start again; \
+                 only this sign-in needs it, the refresh token kept in the store carries on after it"
+                    .to_string()
+            }
+            "two_factor_auth_check" => {
+                "the account signs in with a second factor: set nexudus.totp (or \
+                 nexudus.totp_file) to a fresh code from the authenticator app and start again \
+                 with nexudus.auth = \"token\"; only this sign-in needs it, the refresh token \
+                 kept in the store carries on after it"
+                    .to_string()
+            }
+            "must_reset_password" => format!(
+                "Nexudus wants the API user {:?} to reset its password before the API lets it \
+                 in: sign in to Nexudus as that user, choose a new password, and put it in \
+                 nexudus.password (or nexudus.password_file)",
+                self.username
+            ),
+            "invalid_grant" if self.totp.is_some() => {
+                "wrong username or password, or a stale code: check nexudus.username and \
+                 nexudus.password, and put a fresh code in nexudus.totp (a code is valid for \
+                 about 30 seconds and is only needed for this sign-in: the refresh token kept in \
+                 the store carries on after it)"
+                    .to_string()
+            }
+            "invalid_grant" => "wrong username or password: check nexudus.username and \
+                 nexudus.password (and nexudus.totp if the account signs in with a second factor)"
+                .to_string(),
+            other => format!(
+                "Nexudus gave the reason {:?}{}; check the API user in Nexudus (API access \
+                 enabled, account active) and nexudus.username / nexudus.password",
+                other,
+                description.map(|d| format!(" ({d})")).unwrap_or_default()
+            ),
         };
         format!("{why}{what}")
     }
@@ -353,12 +402,35 @@ mod tests {
                 None,
             )
         };
-        let hint = auth(Some("123456")).sign_in_hint(true);
+        let hint = auth(Some("123456")).sign_in_hint("invalid_grant", None, true);
         assert!(hint.contains("stored refresh token was refused"), "{hint}");
         assert!(hint.contains("fresh code in nexudus.totp"), "{hint}");
         assert!(!hint.contains("123456"), "{hint}");
-        let hint = auth(None).sign_in_hint(false);
+        let hint = auth(None).sign_in_hint("invalid_grant", None, false);
         assert!(!hint.contains("fresh code"), "{hint}");
-        assert!(hint.contains("nexudus.password"), "{hint}");
+        assert!(hint.contains("wrong username or password"), "{hint}");
+    }
+
+    #[test]
+    fn each_refusal_code_says_what_to_do() {
+        let auth = TokenAuth::new(
+            "u@example.com".into(),
+            SecretString::from("pw"),
+            None,
+            "u@example.com".into(),
+            None,
+        );
+        let hint = |code, d| auth.sign_in_hint(code, d, false);
+        assert!(hint("two_factor_auth_check", None).contains("set nexudus.totp"));
+        let reset = hint("must_reset_password", None);
+        assert!(
+            reset.contains("reset its password") && reset.contains("u@example.com"),
+            "{reset}"
+        );
+        let other = hint("account_locked", Some("Too many attempts"));
+        assert!(
+            other.contains("\"account_locked\" (Too many attempts)"),
+            "{other}"
+        );
     }
 }

@@ -1,17 +1,21 @@
-//! The source: Nexudus users, listed page by page through `GET /api/sys/users`.
+//! The source: Nexudus users, listed page by page through `GET /api/sys/users`, with their
+//! preferred languages from `GET /api/sys/languages`.
 //!
-//! The client paces itself below Nexudus's documented limits (one request per 100 ms, 120 a
-//! minute) so that a full listing draws no throttling, classifies every answer once (Nexudus
-//! throttles with 409 + `Retry-After`), and leaves the retry timing to [`crate::retry`].
+//! The client paces itself below all four of Nexudus's documented limits ([`pacer`]) so that a
+//! run draws no throttling, classifies every answer once — 409 and 429 are throttles whose wait
+//! comes from `Retry-After` or the body's message; an answer that is not the documented JSON
+//! (an HTML page, an empty or cut-off body) is "unavailable" and retried — and leaves the retry
+//! timing to [`crate::retry`].
 
+mod answer;
 pub mod auth;
+pub mod pacer;
 pub mod wire;
 
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
-use std::num::NonZeroU32;
 use std::time::Duration;
 
-use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use reqwest::StatusCode;
 use secrecy::{ExposeSecret, SecretString};
 use url::Url;
@@ -25,6 +29,7 @@ use crate::metrics::Metrics;
 use crate::retry::{Classify, RetryPolicy, Verdict};
 use crate::store::Store;
 use auth::{Grant, GrantError, TokenAuth};
+use pacer::Pacer;
 pub use wire::{InvalidRecord, SourcePage};
 
 /// Anything that can list Nexudus users page by page (the HTTP client, or a fake in unit tests).
@@ -41,6 +46,14 @@ pub trait Source: Send + Sync + 'static {
     /// before a user missing from a listing is disabled: offset paging can skip a user when
     /// others are deleted and added while the pages are read, and nothing in the listing shows it.
     fn fetch_user(&self, id: u64) -> impl Future<Output = Result<Presence, SourceError>> + Send;
+
+    /// Called once at the start of every run (`full`: a full listing follows): what is read once
+    /// per run (the languages listing) is read again, and what is reported once per run may be
+    /// reported again.
+    fn begin_run(&self, full: bool) -> impl Future<Output = ()> + Send {
+        let _ = full;
+        async {}
+    }
 }
 
 /// What a single-user read found.
@@ -72,8 +85,19 @@ pub enum SourceError {
     Transport(String),
     #[error("Nexudus answered HTTP {status} unexpectedly: {detail}")]
     Unexpected { status: u16, detail: String },
-    #[error("Nexudus listing could not be decoded: {0}")]
-    Decode(String),
+    /// An answer that is not the documented JSON: an HTML page (a WAF, a load balancer), an
+    /// empty body, a body cut off or not the expected shape. Retried like an outage.
+    #[error(
+        "Nexudus is unavailable: HTTP {status} answered with {content_type} instead of the \
+         documented JSON ({why}); the answer began {excerpt}"
+    )]
+    Unavailable {
+        status: u16,
+        content_type: String,
+        why: String,
+        excerpt: String,
+        retry_after: Option<Duration>,
+    },
     /// The password grant was refused; `hint` says what to fix (a fresh `nexudus.totp`, …).
     #[error("Nexudus refused the sign-in at /api/token (HTTP {status} {error}); {hint}")]
     SignIn {
@@ -96,13 +120,13 @@ impl Classify for SourceError {
     fn verdict(&self) -> Verdict {
         match self {
             SourceError::Throttled { retry_after, .. }
-            | SourceError::Server { retry_after, .. } => Verdict::Retry {
+            | SourceError::Server { retry_after, .. }
+            | SourceError::Unavailable { retry_after, .. } => Verdict::Retry {
                 after: *retry_after,
             },
             SourceError::Transport(_) => Verdict::Retry { after: None },
             SourceError::Auth { .. }
             | SourceError::Unexpected { .. }
-            | SourceError::Decode(_)
             | SourceError::SignIn { .. }
             | SourceError::TokenStore(_) => Verdict::Final,
         }
@@ -115,39 +139,10 @@ impl Classify for SourceError {
             | SourceError::Throttled { status, .. }
             | SourceError::Server { status, .. }
             | SourceError::Unexpected { status, .. } => status.to_string(),
+            SourceError::Unavailable { status, .. } => format!("{status}-not-json"),
             SourceError::Transport(_) => "transport".into(),
-            SourceError::Decode(_) => "decode".into(),
             SourceError::TokenStore(_) => "store".into(),
         }
-    }
-}
-
-/// Paces requests under both of Nexudus's limits: a minimum gap between requests, and a sliding
-/// minute budget. The minute limiter allows a burst of half the budget and refills the other half
-/// over the minute, so no 60-second window ever sees more than the budget.
-struct Pacer {
-    gap: Option<DefaultDirectRateLimiter>,
-    minute: DefaultDirectRateLimiter,
-}
-
-impl Pacer {
-    fn new(min_interval: Duration, per_minute: u32) -> Pacer {
-        let burst = (per_minute / 2).max(1);
-        let refill = per_minute.saturating_sub(burst).max(1);
-        let minute = Quota::with_period(Duration::from_secs(60) / refill)
-            .expect("refill period is non-zero")
-            .allow_burst(NonZeroU32::new(burst).expect("burst is at least one"));
-        Pacer {
-            gap: Quota::with_period(min_interval).map(RateLimiter::direct),
-            minute: RateLimiter::direct(minute),
-        }
-    }
-
-    async fn wait(&self) {
-        if let Some(gap) = &self.gap {
-            gap.until_ready().await;
-        }
-        self.minute.until_ready().await;
     }
 }
 
@@ -164,13 +159,33 @@ enum Auth {
 pub struct NexudusClient {
     http: reqwest::Client,
     users_url: Url,
+    languages_url: Url,
     token_url: Url,
     auth: Auth,
     page_size: u32,
     retry: RetryPolicy,
     pacer: Pacer,
     metrics: Arc<Metrics>,
+    store: Option<Store>,
+    languages: tokio::sync::Mutex<Languages>,
 }
+
+/// The languages listing as read in this run, and what was reported about it.
+#[derive(Default)]
+struct Languages {
+    /// `PreferredLanguageId` -> language code (`None`: the culture is not a usable language).
+    /// `None` until read in this run.
+    table: Option<HashMap<u64, Option<String>>>,
+    /// Ids reported as unknown in this run (each once).
+    reported: HashSet<u64>,
+}
+
+/// Pages of `/api/sys/languages` read at most (a listing that says `HasNextPage` forever).
+const MAX_LANGUAGE_PAGES: u32 = 50;
+
+/// Store key (meta tree) of the `TotalItems` of the last full listing, for the start-up check of
+/// the hourly budget.
+pub const LISTING_SIZE_KEY: &str = "nexudus_listing_size";
 
 impl NexudusClient {
     /// A client; with `nexudus.auth = "token"`, `store` keeps the rotating refresh token across
@@ -184,6 +199,13 @@ impl NexudusClient {
         let http = client::build(cfg.request_timeout)
             .map_err(|e| SourceError::Transport(format!("cannot build HTTP client: {e}")))?;
         let users_url = join(&cfg.base_url, "api/sys/users");
+        let limits = pacer::Limits {
+            min_interval: cfg.min_request_interval,
+            per_minute: cfg.max_requests_per_minute,
+            per_hour: cfg.max_requests_per_hour,
+            per_day: cfg.max_requests_per_day,
+        };
+        let pacer = Pacer::new(&limits, store.clone());
         let auth = match cfg.auth {
             NexudusAuth::Basic => Auth::Basic {
                 username: cfg.username.clone(),
@@ -194,18 +216,21 @@ impl NexudusClient {
                 cfg.password.clone(),
                 cfg.totp.clone(),
                 cfg.client_id.clone(),
-                store,
+                store.clone(),
             ))),
         };
         Ok(NexudusClient {
             http,
             users_url,
+            languages_url: join(&cfg.base_url, "api/sys/languages"),
             token_url: join(&cfg.base_url, "api/token"),
             auth,
             page_size: cfg.page_size,
             retry: RetryPolicy::new("nexudus", retry, Arc::clone(&metrics)),
-            pacer: Pacer::new(cfg.min_request_interval, cfg.max_requests_per_minute),
+            pacer,
             metrics,
+            store,
+            languages: tokio::sync::Mutex::default(),
         })
     }
 
@@ -225,24 +250,84 @@ impl NexudusClient {
         }
         let request = self.http.get(self.users_url.clone()).query(&query);
         let response = self.send(request).await?;
-        let body = self.body_of(response, started).await?;
-        wire::decode_page(&body).map_err(SourceError::Decode)
+        let answer = self.body_of(response, started).await?;
+        let listed = wire::decode_page(&answer.body).map_err(|why| answer.unavailable(why))?;
+        if page == 1
+            && updated_since.is_none()
+            && let (Some(store), Some(total)) = (&self.store, listed.total_items)
+            && let Err(e) = store.set_meta_bytes(LISTING_SIZE_KEY, total.to_string().as_bytes())
+        {
+            tracing::debug!(error = %e, "cannot record the listing size");
+        }
+        Ok(listed)
     }
 
-    /// The body of a successful answer (timed from `started`); any other status classified.
+    /// A successful answer that announces JSON (timed from `started`); any other status, or a
+    /// success that is not JSON, classified.
     async fn body_of(
         &self,
         response: reqwest::Response,
         started: Instant,
-    ) -> Result<bytes::Bytes, SourceError> {
+    ) -> Result<Answer, SourceError> {
         let status = response.status();
-        let retry_after = retry_after(response.headers());
-        if !status.is_success() {
-            return Err(classify(status, retry_after, response).await);
-        }
+        let header_wait = retry_after(response.headers());
+        let content_type = answer::content_type(response.headers());
+        // A body cut off mid-way is a transport error here, retried like one.
         let body = response.bytes().await.map_err(transport)?;
+        let answer = Answer {
+            status: status.as_u16(),
+            content_type,
+            body,
+            retry_after: header_wait,
+        };
+        if !status.is_success() {
+            return Err(self.classify(answer));
+        }
+        if !answer::is_json(&answer.content_type) {
+            return Err(answer.unavailable("not JSON".into()));
+        }
         self.metrics.observe_request("nexudus", started.elapsed());
-        Ok(body)
+        Ok(answer)
+    }
+
+    /// An error answer, classified once. A throttle's wait is the longest of `Retry-After` and
+    /// the wait its body states; every later request is held back that long.
+    fn classify(&self, answer: Answer) -> SourceError {
+        let code = answer.status;
+        let json = answer::is_json(&answer.content_type);
+        match code {
+            // A WAF in front of the API refuses with its own HTML page: not Nexudus's word on
+            // the credentials.
+            403 if answer.content_type.to_ascii_lowercase().contains("html") => {
+                answer.unavailable("an error page in front of the API".into())
+            }
+            401 | 403 => SourceError::Auth { status: code },
+            // Nexudus documents 409; 429 is what real accounts and proxies also answer.
+            409 | 429 => {
+                let retry_after = answer.retry_after.max(answer::body_wait(&answer.body));
+                self.metrics.count_throttle("nexudus", code);
+                if let Some(wait) = retry_after {
+                    self.pacer.hold(wait);
+                }
+                SourceError::Throttled {
+                    status: code,
+                    retry_after,
+                }
+            }
+            408 | 500..=599 if json || answer.body.is_empty() => SourceError::Server {
+                status: code,
+                retry_after: answer.retry_after,
+            },
+            408 | 500..=599 => answer.unavailable("an error page".into()),
+            _ => SourceError::Unexpected {
+                status: code,
+                detail: format!(
+                    "{} answered with {}",
+                    answer::excerpt(&answer.body),
+                    answer.content_type
+                ),
+            },
+        }
     }
 
     /// One `GET /api/sys/users/{id}`: whether Nexudus still has the user.
@@ -254,11 +339,24 @@ impl NexudusClient {
             .push(&id.to_string());
         let response = self.send(self.http.get(url)).await?;
         if response.status() == StatusCode::NOT_FOUND {
-            return Ok(Presence::Gone);
+            // Only Nexudus's own 404 (JSON, or empty) says the user is gone: an HTML 404 from
+            // something in front of the API says nothing about the user, and "gone" disables.
+            let answer = Answer {
+                status: 404,
+                content_type: answer::content_type(response.headers()),
+                body: response.bytes().await.map_err(transport)?,
+                retry_after: None,
+            };
+            if answer::is_json(&answer.content_type)
+                || answer.body.iter().all(u8::is_ascii_whitespace)
+            {
+                return Ok(Presence::Gone);
+            }
+            return Err(answer.unavailable("a 404 page that is not Nexudus's".into()));
         }
-        let body = self.body_of(response, started).await?;
-        // Only `Active` matters here; anything unreadable counts as present (never as gone).
-        let doc: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+        let answer = self.body_of(response, started).await?;
+        let doc: serde_json::Value = serde_json::from_slice(&answer.body)
+            .map_err(|e| answer.unavailable(format!("not a user record: {e}")))?;
         Ok(
             match doc.get("Active").and_then(serde_json::Value::as_bool) {
                 Some(false) => Presence::Inactive,
@@ -335,7 +433,7 @@ impl NexudusClient {
             },
             // A refused refresh grant falls back to the password inside `bearer`; should one
             // escape, it is a refused sign-in all the same.
-            GrantError::Refused { status, error } => SourceError::SignIn {
+            GrantError::Refused { status, error, .. } => SourceError::SignIn {
                 status,
                 error,
                 hint: "check nexudus.username, nexudus.password and nexudus.totp".into(),
@@ -357,44 +455,168 @@ impl NexudusClient {
             .await
             .map_err(|e| GrantError::Transient(transport(e)))?;
         let status = response.status();
-        let retry_after = retry_after(response.headers());
-        let body = response
-            .bytes()
-            .await
-            .map_err(|e| GrantError::Transient(transport(e)))?;
+        let answer = Answer {
+            status: status.as_u16(),
+            retry_after: retry_after(response.headers()),
+            content_type: answer::content_type(response.headers()),
+            body: response
+                .bytes()
+                .await
+                .map_err(|e| GrantError::Transient(transport(e)))?,
+        };
+        let code = answer.status;
+        let json = answer::is_json(&answer.content_type);
         if status.is_success() {
-            return Ok(body.to_vec());
+            if !json || serde_json::from_slice::<serde_json::Value>(&answer.body).is_err() {
+                return Err(GrantError::Transient(answer.unavailable("not JSON".into())));
+            }
+            return Ok(answer.body.to_vec());
         }
-        let code = status.as_u16();
         match code {
-            400 | 401 | 403 => {
-                // `{"error":"invalid_grant","error_description":"…"}`; never the request echoed.
-                let doc: Option<serde_json::Value> = serde_json::from_slice(&body).ok();
-                let error = doc
-                    .as_ref()
-                    .and_then(|d| d.get("error"))
-                    .and_then(serde_json::Value::as_str)
-                    .unwrap_or("refused")
-                    .chars()
-                    .take(100)
-                    .collect();
+            // `{"error":"invalid_grant","error_description":"…"}`; never the request echoed. A
+            // refusal that is not JSON (a WAF's page) is not Nexudus's word on the credentials.
+            400 | 401 | 403 if json || answer.body.is_empty() || code == 401 => {
+                let doc: Option<serde_json::Value> = serde_json::from_slice(&answer.body).ok();
+                let text = |key: &str, max: usize| {
+                    doc.as_ref()
+                        .and_then(|d| d.get(key))
+                        .and_then(serde_json::Value::as_str)
+                        .map(|s| {
+                            s.chars()
+                                .take(max)
+                                .collect::<String>()
+                                .escape_debug()
+                                .to_string()
+                        })
+                };
                 Err(GrantError::Refused {
                     status: code,
-                    error,
+                    error: text("error", 100).unwrap_or_else(|| "refused".into()),
+                    description: text("error_description", 200),
                 })
             }
-            409 | 429 => Err(GrantError::Transient(SourceError::Throttled {
-                status: code,
-                retry_after,
-            })),
-            408 | 500..=599 => Err(GrantError::Transient(SourceError::Server {
-                status: code,
-                retry_after,
-            })),
-            _ => Err(GrantError::Transient(SourceError::Unexpected {
-                status: code,
-                detail: format!("token endpoint answered HTTP {code}"),
-            })),
+            _ => Err(GrantError::Transient(self.classify(answer))),
+        }
+    }
+}
+
+impl NexudusClient {
+    /// Fills in each user's `preferred_language` from the languages listing, read once per run
+    /// and only when a record names a `PreferredLanguageId`. An id the listing does not hold is
+    /// reported once per run; the mapper then falls back to `Language` and the default.
+    async fn resolve_languages(&self, page: &mut SourcePage) -> Result<(), SourceError> {
+        if !page
+            .records
+            .iter()
+            .any(|r| r.as_ref().is_ok_and(|u| u.preferred_language_id.is_some()))
+        {
+            return Ok(());
+        }
+        let mut languages = self.languages.lock().await;
+        if languages.table.is_none() {
+            languages.table = Some(self.read_languages().await?);
+        }
+        let Languages { table, reported } = &mut *languages;
+        let table = table.as_ref().expect("read just above");
+        for user in page.records.iter_mut().filter_map(|r| r.as_mut().ok()) {
+            let Some(id) = user.preferred_language_id else {
+                continue;
+            };
+            match table.get(&id) {
+                Some(Some(code)) => user.preferred_language = Some(code.clone()),
+                found => {
+                    if reported.insert(id) {
+                        let why = if found.is_some() {
+                            "names a culture without a two-letter language"
+                        } else {
+                            "is not in /api/sys/languages"
+                        };
+                        tracing::warn!(
+                            preferred_language_id = id,
+                            "PreferredLanguageId {id} {why}; its users get the language of \
+                             Language (mapping.languages) or mapping.default_language \
+                             (reported once per run)"
+                        );
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// `GET /api/sys/languages`, every page, each with retries. An account whose API user may not
+    /// read it (403) or that has no such listing (404) is reported once per run and resolves no
+    /// id; any other failure fails the listing, like a failed page (a language read wrongly
+    /// would be written to nevisIDM and back again).
+    async fn read_languages(&self) -> Result<HashMap<u64, Option<String>>, SourceError> {
+        let mut table = HashMap::new();
+        for page in 1..=MAX_LANGUAGE_PAGES {
+            let what = format!("languages page {page}");
+            let read = self
+                .retry
+                .run(&what, || async {
+                    let started = Instant::now();
+                    let query = [("page", page.to_string()), ("size", "1000".to_string())];
+                    let request = self.http.get(self.languages_url.clone()).query(&query);
+                    let response = self.send(request).await?;
+                    let answer = self.body_of(response, started).await?;
+                    wire::decode_languages(&answer.body).map_err(|why| answer.unavailable(why))
+                })
+                .await;
+            let (records, more) = match read {
+                Ok(read) => read,
+                Err(
+                    SourceError::Auth { status: 403 } | SourceError::Unexpected { status: 404, .. },
+                ) => {
+                    tracing::warn!(
+                        "cannot read /api/sys/languages (the API user needs the Language-Read \
+                         role); PreferredLanguageId is not used in this run"
+                    );
+                    return Ok(table);
+                }
+                Err(e) => return Err(e),
+            };
+            table.extend(records);
+            if !more {
+                break;
+            }
+        }
+        tracing::debug!(languages = table.len(), "Nexudus languages read");
+        Ok(table)
+    }
+}
+
+/// The start-up check of the hourly budget: `Some(warning)` when a full listing on every run of
+/// `sync.schedule` (pages of the last full listing's size, plus the languages) cannot fit
+/// `nexudus.max_requests_per_hour`. `None` also when no full listing has been seen yet.
+pub fn hourly_budget_warning(cfg: &crate::config::Config, store: &Store) -> Option<String> {
+    let size: u64 = store
+        .meta_bytes(LISTING_SIZE_KEY)
+        .ok()
+        .flatten()
+        .and_then(|b| String::from_utf8(b).ok())
+        .and_then(|s| s.trim().parse().ok())?;
+    let pages = size.div_ceil(u64::from(cfg.nexudus.page_size)).max(1);
+    let runs_per_hour = 3600.0 / cfg.sync.interval.as_secs_f64().max(1.0);
+    pacer::hourly_budget_warning(pages, runs_per_hour, cfg.nexudus.max_requests_per_hour)
+}
+
+/// An answer read whole, before it is judged.
+struct Answer {
+    status: u16,
+    content_type: String,
+    body: bytes::Bytes,
+    retry_after: Option<Duration>,
+}
+
+impl Answer {
+    fn unavailable(&self, why: String) -> SourceError {
+        SourceError::Unavailable {
+            status: self.status,
+            content_type: self.content_type.clone(),
+            why,
+            excerpt: answer::excerpt(&self.body),
+            retry_after: self.retry_after,
         }
     }
 }
@@ -406,41 +628,47 @@ impl Source for NexudusClient {
         updated_since: Option<&str>,
     ) -> Result<SourcePage, SourceError> {
         let what = format!("users page {page}");
-        self.retry
+        let mut listed = self
+            .retry
             .run(&what, || self.fetch_once(page, updated_since))
-            .await
+            .await?;
+        self.resolve_languages(&mut listed).await?;
+        Ok(listed)
+    }
+
+    async fn begin_run(&self, full: bool) {
+        *self.languages.lock().await = Languages::default();
+        if !full {
+            return;
+        }
+        // Say up front when this run's listing cannot fit what is left of the hour: its requests
+        // will wait for the budget (each wait is logged and shown in /status as it happens).
+        let size = self
+            .store
+            .as_ref()
+            .and_then(|s| s.meta_bytes(LISTING_SIZE_KEY).ok().flatten())
+            .and_then(|b| String::from_utf8(b).ok())
+            .and_then(|s| s.trim().parse::<u64>().ok());
+        if let Some(size) = size {
+            let needed = size.div_ceil(u64::from(self.page_size)).max(1) + 1;
+            let (used, limit) = self.pacer.hour_used().await;
+            let left = u64::from(limit.saturating_sub(used));
+            if needed > left {
+                tracing::warn!(
+                    needed,
+                    left,
+                    limit,
+                    "this run's full listing needs about {needed} Nexudus requests and the hour \
+                     has {left} of {limit} left (nexudus.max_requests_per_hour): it will wait for \
+                     the budget rather than draw throttles"
+                );
+            }
+        }
     }
 
     async fn fetch_user(&self, id: u64) -> Result<Presence, SourceError> {
         let what = format!("user {id}");
         self.retry.run(&what, || self.fetch_user_once(id)).await
-    }
-}
-
-async fn classify(
-    status: StatusCode,
-    retry_after: Option<Duration>,
-    response: reqwest::Response,
-) -> SourceError {
-    let code = status.as_u16();
-    match code {
-        401 | 403 => SourceError::Auth { status: code },
-        // Nexudus documents 409 for throttling; 429 is treated the same in case a proxy sends it.
-        409 | 429 => SourceError::Throttled {
-            status: code,
-            retry_after,
-        },
-        408 | 500..=599 => SourceError::Server {
-            status: code,
-            retry_after,
-        },
-        _ => {
-            let body = response.text().await.unwrap_or_default();
-            SourceError::Unexpected {
-                status: code,
-                detail: body.chars().take(200).collect(),
-            }
-        }
     }
 }
 

@@ -60,6 +60,8 @@ struct WireUser {
     email: Option<String>,
     #[serde(rename = "Language", default)]
     language: Option<i64>,
+    #[serde(rename = "PreferredLanguageId", default)]
+    preferred_language_id: Option<u64>,
     #[serde(rename = "Active", default)]
     active: Option<bool>,
     #[serde(rename = "IsAdmin", default)]
@@ -107,6 +109,7 @@ fn decode_raw_user(raw: &RawValue) -> Result<SourceUser, InvalidRecord> {
         full_name,
         email,
         language,
+        preferred_language_id,
         active: Some(active),
         is_admin,
         updated_on,
@@ -117,6 +120,8 @@ fn decode_raw_user(raw: &RawValue) -> Result<SourceUser, InvalidRecord> {
             full_name,
             email,
             language,
+            preferred_language_id,
+            preferred_language: None,
             active,
             is_admin: is_admin.unwrap_or(false),
             updated_on,
@@ -158,6 +163,17 @@ pub fn decode_user(v: &Value) -> Result<SourceUser, InvalidRecord> {
             })
         })?),
     };
+    // A real record carries PreferredLanguageId (an id of /api/sys/languages) and may have no
+    // Language at all: both are optional.
+    let preferred_language_id = match v.get("PreferredLanguageId") {
+        None | Some(Value::Null) => None,
+        Some(l) => Some(as_u64(l).ok_or_else(|| {
+            bad(InvalidReason::WrongType {
+                field: "PreferredLanguageId",
+                detail: format!("expected an id, got {}", type_name(l)),
+            })
+        })?),
+    };
     let active = match v.get("Active") {
         Some(Value::Bool(b)) => *b,
         None | Some(Value::Null) => return Err(bad(InvalidReason::FieldMissing("Active"))),
@@ -186,10 +202,53 @@ pub fn decode_user(v: &Value) -> Result<SourceUser, InvalidRecord> {
         full_name,
         email,
         language,
+        preferred_language_id,
+        preferred_language: None,
         active,
         is_admin,
         updated_on,
     })
+}
+
+/// One page of `GET /api/sys/languages`: each record's `Id` and the language subtag of its
+/// `Culture` (`de-CH` -> `de`), `None` when the culture is missing or not a two-letter language;
+/// and whether more pages follow. Records without a usable Id are skipped.
+pub type LanguagePage = (Vec<(u64, Option<String>)>, bool);
+
+pub fn decode_languages(body: &[u8]) -> Result<LanguagePage, String> {
+    let env: Envelope<'_> = serde_json::from_slice(body)
+        .map_err(|e| format!("languages listing is not a usable envelope: {e}"))?;
+    let Some(raw_records) = env.records else {
+        return Err("languages listing has no Records array".into());
+    };
+    let mut languages = Vec::with_capacity(raw_records.len());
+    for raw in raw_records {
+        let Ok(record) = serde_json::from_str::<Value>(raw.get()) else {
+            continue;
+        };
+        let Some(id) = record.get("Id").and_then(as_u64) else {
+            continue;
+        };
+        let code = record
+            .get("Culture")
+            .and_then(Value::as_str)
+            .and_then(language_of_culture);
+        languages.push((id, code));
+    }
+    let num = |v: &Option<Value>| v.as_ref().and_then(as_u64);
+    let more = match env.has_next_page {
+        Some(Value::Bool(b)) => b,
+        _ => matches!((num(&env.current_page), num(&env.total_pages)), (Some(c), Some(t)) if c < t),
+    };
+    Ok((languages, more))
+}
+
+/// The lower-cased language subtag of a culture name (`de-CH`, `fr_FR`, `IT`), when it is a
+/// two-letter ISO 639-1 code (the only form nevisIDM takes).
+pub fn language_of_culture(culture: &str) -> Option<String> {
+    let language = culture.trim().split(['-', '_']).next()?;
+    (language.len() == 2 && language.chars().all(|c| c.is_ascii_alphabetic()))
+        .then(|| language.to_ascii_lowercase())
 }
 
 fn opt_string(v: &Value, field: &'static str) -> Result<Option<String>, InvalidReason> {
@@ -315,6 +374,64 @@ mod tests {
         assert_eq!(bad.id, Some(1));
         let admin = |i: usize| page.records[i].as_ref().unwrap().is_admin;
         assert_eq!((admin(1), admin(2), admin(3)), (false, false, true));
+    }
+
+    #[test]
+    fn preferred_language_id_is_read_and_language_may_be_missing() {
+        let body = json!({
+            "Records": [
+                {"Id": 1234567890u64, "Active": true, "PreferredLanguageId": 3},
+                {"Id": 987654321, "Active": true, "PreferredLanguageId": "7", "Language": 2},
+                {"Id": 5, "Active": true, "PreferredLanguageId": [1]},
+            ],
+            "HasNextPage": false,
+        });
+        let page = decode_page(body.to_string().as_bytes()).unwrap();
+        let first = page.records[0].as_ref().unwrap();
+        assert_eq!(
+            (first.id, first.language, first.preferred_language_id),
+            (1234567890, None, Some(3))
+        );
+        let second = page.records[1].as_ref().unwrap();
+        assert_eq!(
+            (second.language, second.preferred_language_id),
+            (Some(2), Some(7))
+        );
+        assert!(matches!(
+            page.records[2].as_ref().unwrap_err().reason,
+            InvalidReason::WrongType {
+                field: "PreferredLanguageId",
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn languages_listing_gives_the_language_of_each_culture() {
+        let body = json!({
+            "Records": [
+                {"Id": 1, "Name": "Deutsch (Schweiz)", "Culture": "de-CH"},
+                {"Id": 2, "Name": "English", "Culture": "en"},
+                {"Id": 3, "Name": "Chinese", "Culture": "zh-Hant-TW"},
+                {"Id": 4, "Name": "Odd", "Culture": "deu"},
+                {"Id": 5, "Name": "None"},
+                {"Name": "No Id", "Culture": "fr-FR"},
+            ],
+            "CurrentPage": 1, "TotalPages": 2,
+        });
+        let (languages, more) = decode_languages(body.to_string().as_bytes()).unwrap();
+        assert!(more);
+        assert_eq!(
+            languages,
+            vec![
+                (1, Some("de".into())),
+                (2, Some("en".into())),
+                (3, Some("zh".into())),
+                (4, None),
+                (5, None),
+            ]
+        );
+        assert!(decode_languages(b"<html>").is_err());
     }
 
     #[test]

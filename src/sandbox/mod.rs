@@ -12,7 +12,10 @@ pub mod nevis;
 pub mod nexudus;
 
 pub use nevis::{FakeNevis, LoggedRequest, NevisFakeConfig, NevisStats};
-pub use nexudus::{FakeNexudus, NexudusFakeConfig, NexudusStats, NexudusUserSpec, sample_users};
+pub use nexudus::{
+    DateForm, FakeNexudus, NexudusFakeConfig, NexudusStats, NexudusUserSpec, RequestRecord,
+    Throttle, sample_users,
+};
 
 use std::collections::VecDeque;
 use std::net::{Ipv4Addr, SocketAddr};

@@ -6,6 +6,15 @@
 //! throttling answered with **409** + `Retry-After` and an empty body, full user
 //! records with every documented field, hard deletes, and minute-precision `UpdatedOn` filters.
 //! Test hooks can skew `TotalItems` or shorten pages to imitate an inconsistent listing.
+//!
+//! Switches imitate what real accounts answer beyond the documentation (API notes, "What real
+//! clients show"): records without `Language` ([`FakeNexudus::set_omit_language`]) and with a
+//! `PreferredLanguageId` into a paged `GET /api/sys/languages`; throttles as 429 with the wait in
+//! the body or with a fractional `Retry-After` ([`Throttle`]); HTML pages from a WAF or load
+//! balancer, with 503 or 200 ([`FakeNexudus::push_html`]); all four documented windows (100 ms,
+//! minute, hour, day) enforced; the `/api/token` refusal codes
+//! ([`FakeNexudus::set_token_refusal`]); `UpdatedOn` in each form seen ([`DateForm`]); and Ids of
+//! 9 and 10 digits. Every request's arrival and answer is logged ([`FakeNexudus::request_log`]).
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::SocketAddr;
@@ -27,8 +36,9 @@ use tokio::time::Instant;
 use super::{Controls, Fault, Server, cut_off, empty_response, fake_uuid, json_response, stalled};
 
 const DENIED: &str = "Authorization has been denied for this request.";
-/// Ids of users created by the fake start here, so they never look like list positions.
-const FIRST_USER_ID: u64 = 1001;
+/// Ids of users created by the fake start here, so they never look like list positions: real
+/// accounts have Ids of 9 to 10 digits, and the tenth user crosses from 9 digits to 10.
+const FIRST_USER_ID: u64 = 999_999_991;
 const FIRST_ROLE_ID: u64 = 501;
 const DEFAULT_PAGE_SIZE: u64 = 25;
 const MAX_PAGE_SIZE: u64 = 1000;
@@ -52,6 +62,93 @@ pub struct NexudusFakeConfig {
     pub token_ttl: Duration,
     /// When set, the password grant also needs this `totp` code.
     pub totp: Option<String>,
+    /// Smallest gap between two admitted requests (Nexudus documents one per 100 ms); `None`
+    /// for no limit.
+    pub min_gap: Option<Duration>,
+    /// Most requests accepted within any hour (5,000 documented); `None` for no limit.
+    pub per_hour_limit: Option<u32>,
+    /// Most requests accepted within any day (200,000 documented); `None` for no limit.
+    pub per_day_limit: Option<u32>,
+    /// How the rate limiter answers a request over a limit.
+    pub throttle: Throttle,
+}
+
+/// How a throttled request is answered.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Throttle {
+    pub status: u16,
+    /// The `Retry-After` header as written (`"1"`, `"0.7"`, an HTTP date); `None` for none.
+    pub retry_after: Option<String>,
+    /// A JSON body `{"Message": …}`; `None` for the documented empty body.
+    pub message: Option<String>,
+}
+
+impl Throttle {
+    /// The documented form: 409, `Retry-After: <secs>`, an empty body.
+    pub fn documented(secs: u64) -> Throttle {
+        Throttle {
+            status: 409,
+            retry_after: Some(secs.to_string()),
+            message: None,
+        }
+    }
+
+    /// 429 without `Retry-After`, the wait written in the body's `Message` ("Wait 1.3 seconds").
+    pub fn wait_in_body(wait: &str) -> Throttle {
+        Throttle {
+            status: 429,
+            retry_after: None,
+            message: Some(format!("API rate limit exceeded. Wait {wait} seconds")),
+        }
+    }
+
+    /// `Retry-After` with a fraction of a second (`"0.7"`), empty body.
+    pub fn fractional(status: u16, retry_after: &str) -> Throttle {
+        Throttle {
+            status,
+            retry_after: Some(retry_after.to_owned()),
+            message: None,
+        }
+    }
+
+    fn response(&self) -> Response {
+        let mut response = match &self.message {
+            Some(message) => json_response(self.status, &json!({ "Message": message }), None),
+            None => empty_response(self.status, None),
+        };
+        if let Some(value) = self
+            .retry_after
+            .as_deref()
+            .and_then(|v| header::HeaderValue::from_str(v).ok())
+        {
+            response.headers_mut().insert(header::RETRY_AFTER, value);
+        }
+        response
+    }
+}
+
+/// The form of `UpdatedOn` (and `CreatedOn`) stamps, as real records carry them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum DateForm {
+    /// `2025-01-15T10:30:00Z` (the example response).
+    #[default]
+    Zulu,
+    /// `2025-01-15T10:30:00`, no zone (UTC).
+    NoZone,
+    /// `2025-01-15T10:30:00.1234567`, fractional seconds, no zone.
+    Fraction,
+    /// `2025-01-15T12:30:00+02:00`: the same instant with an offset of this many minutes east.
+    Offset(i32),
+}
+
+/// One request as the fake saw it: when it arrived, what it asked, how it was answered.
+#[derive(Clone, Debug)]
+pub struct RequestRecord {
+    pub at: Instant,
+    pub path: String,
+    pub status: u16,
+    /// The `Accept` header sent, if any.
+    pub accept: Option<String>,
 }
 
 /// The password stays out of logs, even a fake's.
@@ -65,6 +162,10 @@ impl std::fmt::Debug for NexudusFakeConfig {
             .field("retry_after_secs", &self.retry_after_secs)
             .field("token_ttl", &self.token_ttl)
             .field("totp", &self.totp.as_ref().map(|_| "<redacted>"))
+            .field("min_gap", &self.min_gap)
+            .field("per_hour_limit", &self.per_hour_limit)
+            .field("per_day_limit", &self.per_day_limit)
+            .field("throttle", &self.throttle)
             .finish()
     }
 }
@@ -79,6 +180,10 @@ impl Default for NexudusFakeConfig {
             retry_after_secs: 1,
             token_ttl: Duration::from_secs(7 * 24 * 3600),
             totp: None,
+            min_gap: None,
+            per_hour_limit: Some(5_000),
+            per_day_limit: Some(200_000),
+            throttle: Throttle::documented(1),
         }
     }
 }
@@ -104,6 +209,10 @@ pub struct NexudusStats {
     pub refused_grants: u64,
     /// Single-user reads (`GET /api/sys/users/{id}`) that reached the handler.
     pub user_requests: u64,
+    /// Languages pages (`GET /api/sys/languages`) that reached the handler.
+    pub language_requests: u64,
+    /// Requests answered from the queue of pushed answers (throttles, HTML pages).
+    pub pushed_answers: u64,
 }
 
 /// The interesting part of a user record; everything else gets the defaults of the example response.
@@ -119,6 +228,8 @@ pub struct NexudusUserSpec {
     pub language: i64,
     pub active: bool,
     pub is_admin: bool,
+    /// `PreferredLanguageId`: an Id of the languages listing; `None` stores `null`.
+    pub preferred_language_id: Option<u64>,
 }
 
 impl NexudusUserSpec {
@@ -131,6 +242,7 @@ impl NexudusUserSpec {
             language: 1,
             active: true,
             is_admin: false,
+            preferred_language_id: None,
         }
     }
 }
@@ -179,7 +291,38 @@ struct Inner {
     page_shift: bool,
     /// Once page 1 has been served: remove this user and add this one (churn during a listing).
     churn_after_first_page: Option<(u64, NexudusUserSpec)>,
+    /// Arrival times of admitted requests for the hour and day windows (pruned after a day).
+    admitted_long: VecDeque<Instant>,
+    /// Answers pushed by a test, served (after auth) before anything else; each to the first
+    /// request whose path starts with its prefix (any path when `None`).
+    pushed: VecDeque<(Option<String>, Response)>,
+    /// Records served without their `Language` field, as a captured real record.
+    omit_language: bool,
+    /// `GET /api/sys/languages`: Id -> (Name, Culture).
+    languages: BTreeMap<u64, (String, String)>,
+    /// The password grant is refused with this `error` code while set.
+    token_refusal: Option<String>,
+    date_form: DateForm,
+    request_log: Vec<RequestRecord>,
     stats: NexudusStats,
+}
+
+/// Requests the log keeps (the oldest are dropped beyond it).
+const REQUEST_LOG_LIMIT: usize = 100_000;
+
+/// The languages listing a fresh fake holds.
+fn default_languages() -> BTreeMap<u64, (String, String)> {
+    [
+        (1, "English (United Kingdom)", "en-GB"),
+        (2, "Español", "es-ES"),
+        (3, "Deutsch (Schweiz)", "de-CH"),
+        (4, "Français (France)", "fr-FR"),
+        (5, "Italiano", "it-IT"),
+        (6, "English (United States)", "en-US"),
+    ]
+    .into_iter()
+    .map(|(id, name, culture)| (id, (name.to_owned(), culture.to_owned())))
+    .collect()
 }
 
 fn lock(state: &Shared) -> MutexGuard<'_, Inner> {
@@ -208,6 +351,13 @@ impl FakeNexudus {
             total_items_drift: 0,
             page_shift: false,
             churn_after_first_page: None,
+            admitted_long: VecDeque::new(),
+            pushed: VecDeque::new(),
+            omit_language: false,
+            languages: default_languages(),
+            token_refusal: None,
+            date_form: DateForm::default(),
+            request_log: Vec::new(),
             stats: NexudusStats::default(),
         }));
         let router = Router::new()
@@ -216,6 +366,7 @@ impl FakeNexudus {
                 get(list_users).post(create_user).put(update_user),
             )
             .route("/api/sys/users/{id}", get(get_user))
+            .route("/api/sys/languages", get(list_languages))
             .route("/api/security/userroles", post(create_user_role))
             .route(TOKEN_PATH, post(token))
             .fallback(no_route)
@@ -390,6 +541,91 @@ impl FakeNexudus {
         self.lock().stats.clone()
     }
 
+    /// Queues a throttled answer for the next authorised request (before the rate limiter).
+    pub fn push_throttle(&self, throttle: &Throttle) {
+        self.lock().pushed.push_back((None, throttle.response()));
+    }
+
+    /// Queues `n` HTML pages answering `status` (a WAF's 503, a login page's 200), as a proxy in
+    /// front of the API sends them, for the next authorised requests.
+    pub fn push_html(&self, n: usize, status: u16) {
+        let mut inner = self.lock();
+        for _ in 0..n {
+            inner.pushed.push_back((None, html_page(status)));
+        }
+    }
+
+    /// Like [`FakeNexudus::push_html`], for the next requests whose path starts with `prefix`
+    /// only (`"/api/sys/users/"`: the single-user reads).
+    pub fn push_html_at(&self, prefix: &str, n: usize, status: u16) {
+        let mut inner = self.lock();
+        for _ in 0..n {
+            inner
+                .pushed
+                .push_back((Some(prefix.to_owned()), html_page(status)));
+        }
+    }
+
+    /// Queues an answer with this status, content type and body for the next authorised request.
+    pub fn push_raw(&self, status: u16, content_type: Option<&str>, body: &[u8]) {
+        let mut response = Response::new(axum::body::Body::from(body.to_vec()));
+        *response.status_mut() =
+            axum::http::StatusCode::from_u16(status).unwrap_or(axum::http::StatusCode::OK);
+        if let Some(value) = content_type.and_then(|v| header::HeaderValue::from_str(v).ok()) {
+            response.headers_mut().insert(header::CONTENT_TYPE, value);
+        }
+        self.lock().pushed.push_back((None, response));
+    }
+
+    /// How the rate limiter answers from now on.
+    pub fn set_throttle(&self, throttle: Throttle) {
+        self.lock().cfg.throttle = throttle;
+    }
+
+    /// Changes the four windows (`None`: no limit) from now on.
+    pub fn set_limits(
+        &self,
+        min_gap: Option<Duration>,
+        per_minute: Option<u32>,
+        per_hour: Option<u32>,
+        per_day: Option<u32>,
+    ) {
+        let mut inner = self.lock();
+        inner.cfg.min_gap = min_gap;
+        inner.cfg.per_minute_limit = per_minute;
+        inner.cfg.per_hour_limit = per_hour;
+        inner.cfg.per_day_limit = per_day;
+    }
+
+    /// When true, records are served without `Language`, like the record captured from a real
+    /// account (which carries `PreferredLanguageId` instead).
+    pub fn set_omit_language(&self, omit: bool) {
+        self.lock().omit_language = omit;
+    }
+
+    /// Adds (or replaces) a record of `GET /api/sys/languages`.
+    pub fn insert_language(&self, id: u64, name: &str, culture: &str) {
+        self.lock()
+            .languages
+            .insert(id, (name.to_owned(), culture.to_owned()));
+    }
+
+    /// While `Some(code)`, the password grant is refused with `{"error": code}` (400):
+    /// `two_factor_auth_check`, `must_reset_password`, `invalid_grant`, or anything else.
+    pub fn set_token_refusal(&self, code: Option<&str>) {
+        self.lock().token_refusal = code.map(str::to_owned);
+    }
+
+    /// The form of the `UpdatedOn` and `CreatedOn` stamps written from now on.
+    pub fn set_date_form(&self, form: DateForm) {
+        self.lock().date_form = form;
+    }
+
+    /// Every request seen so far (up to the last 100,000), in arrival order.
+    pub fn request_log(&self) -> Vec<RequestRecord> {
+        self.lock().request_log.clone()
+    }
+
     pub fn reset_stats(&self) {
         self.lock().stats = NexudusStats::default();
     }
@@ -400,9 +636,25 @@ impl Inner {
         self.clock.unwrap_or_else(Utc::now)
     }
 
-    /// `YYYY-MM-DDTHH:MM:SSZ`, the form of the example response.
+    /// `YYYY-MM-DDTHH:MM:SSZ`, the form of the example response, or the form set by
+    /// [`FakeNexudus::set_date_form`].
     fn stamp(&self) -> String {
-        self.now().format("%Y-%m-%dT%H:%M:%SZ").to_string()
+        let now = self.now();
+        match self.date_form {
+            DateForm::Zulu => now.format("%Y-%m-%dT%H:%M:%SZ").to_string(),
+            DateForm::NoZone => now.format("%Y-%m-%dT%H:%M:%S").to_string(),
+            DateForm::Fraction => {
+                let micros = now.timestamp_subsec_micros();
+                format!("{}.{micros:06}7", now.format("%Y-%m-%dT%H:%M:%S"))
+            }
+            DateForm::Offset(minutes) => match chrono::FixedOffset::east_opt(minutes * 60) {
+                Some(zone) => now
+                    .with_timezone(&zone)
+                    .format("%Y-%m-%dT%H:%M:%S%:z")
+                    .to_string(),
+                None => now.format("%Y-%m-%dT%H:%M:%SZ").to_string(),
+            },
+        }
     }
 
     /// Stores a user built from `spec` and returns its Id.
@@ -414,6 +666,10 @@ impl Inner {
         record.insert("Language".into(), spec.language.into());
         record.insert("Active".into(), spec.active.into());
         record.insert("IsAdmin".into(), spec.is_admin.into());
+        record.insert(
+            "PreferredLanguageId".into(),
+            spec.preferred_language_id.into(),
+        );
         record.insert("ToStringText".into(), spec.full_name.into());
         self.store_user(id, Value::Object(record));
         id
@@ -503,15 +759,67 @@ impl Inner {
         if over(self.cfg.per_second_limit, last_second) {
             return false;
         }
+        if let (Some(gap), Some(&last)) = (self.cfg.min_gap, self.admitted.back())
+            && now.duration_since(last) < gap
+        {
+            return false;
+        }
+        const HOUR: Duration = Duration::from_secs(3600);
+        const DAY: Duration = Duration::from_secs(86_400);
+        while self
+            .admitted_long
+            .front()
+            .is_some_and(|&at| now.duration_since(at) >= DAY)
+        {
+            self.admitted_long.pop_front();
+        }
+        if over(self.cfg.per_day_limit, self.admitted_long.len()) {
+            return false;
+        }
+        let last_hour = self
+            .admitted_long
+            .iter()
+            .rev()
+            .take_while(|&&at| now.duration_since(at) < HOUR)
+            .count();
+        if over(self.cfg.per_hour_limit, last_hour) {
+            return false;
+        }
         self.admitted.push_back(now);
+        if self.cfg.per_hour_limit.is_some() || self.cfg.per_day_limit.is_some() {
+            self.admitted_long.push_back(now);
+        }
         true
     }
 }
 
-/// Auth, rate limit and faults, in that order, in front of every route.
+/// Auth, pushed answers, rate limit and faults, in that order, in front of every route. Every
+/// request is logged with its arrival time and the status it was answered with.
 async fn gate(State(state): State<Shared>, request: Request, next: Next) -> Response {
+    let at = Instant::now();
+    let path = request.uri().path().to_owned();
+    let accept = request
+        .headers()
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let response = gate_inner(&state, request, next).await;
+    let mut inner = lock(&state);
+    if inner.request_log.len() >= REQUEST_LOG_LIMIT {
+        inner.request_log.remove(0);
+    }
+    inner.request_log.push(RequestRecord {
+        at,
+        path,
+        status: response.status().as_u16(),
+        accept,
+    });
+    response
+}
+
+async fn gate_inner(state: &Shared, request: Request, next: Next) -> Response {
     let latency = {
-        let mut inner = lock(&state);
+        let mut inner = lock(state);
         inner.stats.requests += 1;
         inner.controls.latency
     };
@@ -519,7 +827,7 @@ async fn gate(State(state): State<Shared>, request: Request, next: Next) -> Resp
         tokio::time::sleep(latency).await;
     }
     let fault = {
-        let mut inner = lock(&state);
+        let mut inner = lock(state);
         if let Some(status) = inner.controls.down {
             return status_response(status, None);
         }
@@ -528,9 +836,23 @@ async fn gate(State(state): State<Shared>, request: Request, next: Next) -> Resp
             inner.stats.unauthorized += 1;
             return status_response(401, None);
         }
+        let path = request.uri().path();
+        let pushed = inner
+            .pushed
+            .iter()
+            .position(|(prefix, _)| prefix.as_deref().is_none_or(|p| path.starts_with(p)));
+        if let Some((_, answer)) = pushed.and_then(|at| inner.pushed.remove(at)) {
+            inner.stats.pushed_answers += 1;
+            return answer;
+        }
         if !inner.admit(Instant::now()) {
             inner.stats.throttled += 1;
-            return empty_response(409, Some(inner.cfg.retry_after_secs));
+            let mut throttle = inner.cfg.throttle.clone();
+            // The default form follows the older `retry_after_secs` knob.
+            if throttle == Throttle::documented(1) {
+                throttle = Throttle::documented(inner.cfg.retry_after_secs);
+            }
+            return throttle.response();
         }
         let fault = inner.controls.faults.pop_front();
         if fault.is_some() {
@@ -592,18 +914,28 @@ async fn token(State(state): State<Shared>, headers: HeaderMap, body: Bytes) -> 
     let now = Instant::now();
     let bound_client = match field("grant_type") {
         "password" => {
-            let good = field("username") == inner.cfg.username
-                && field("password") == inner.cfg.password
-                && inner
-                    .cfg
-                    .totp
-                    .as_deref()
-                    .is_none_or(|code| field("totp") == code);
+            if let Some(code) = inner.token_refusal.clone() {
+                return token_error(inner, &code, "Refused by a test switch.");
+            }
+            let good =
+                field("username") == inner.cfg.username && field("password") == inner.cfg.password;
             if !good {
                 return token_error(
                     inner,
                     "invalid_grant",
                     "The user name or password is incorrect.",
+                );
+            }
+            let second_factor = inner
+                .cfg
+                .totp
+                .as_deref()
+                .is_none_or(|code| field("totp") == code);
+            if !second_factor {
+                return token_error(
+                    inner,
+                    "two_factor_auth_check",
+                    "A valid two-factor authentication code is required.",
                 );
             }
             inner.stats.password_grants += 1;
@@ -856,11 +1188,18 @@ async fn list_users(State(state): State<Shared>, uri: Uri) -> Response {
     if inner.page_shift && query.page > 1 {
         start -= 1;
     }
+    let omit_language = inner.omit_language;
     let mut records: Vec<Value> = matching
         .into_iter()
         .skip(usize::try_from(start).unwrap_or(usize::MAX))
         .take(usize::try_from(query.size).unwrap_or(usize::MAX))
         .cloned()
+        .map(|mut record| {
+            if omit_language && let Some(fields) = record.as_object_mut() {
+                fields.remove("Language");
+            }
+            record
+        })
         .collect();
     let (first_item, last_item) = match records.len() as u64 {
         0 => (0, 0),
@@ -901,13 +1240,84 @@ async fn list_users(State(state): State<Shared>, uri: Uri) -> Response {
     json_response(200, &body, None)
 }
 
+/// `GET /api/sys/languages`: paged like the users listing (`page`, `size`), records with `Id`,
+/// `Name` and `Culture`.
+async fn list_languages(State(state): State<Shared>, uri: Uri) -> Response {
+    let query = match ListQuery::parse(&uri) {
+        Ok(query) => query,
+        Err(message) => return bad_request(&message),
+    };
+    let mut inner = lock(&state);
+    inner.stats.language_requests += 1;
+    let total = inner.languages.len() as u64;
+    let total_pages = total.div_ceil(query.size);
+    let start = (query.page - 1).saturating_mul(query.size);
+    let records: Vec<Value> = inner
+        .languages
+        .iter()
+        .skip(usize::try_from(start).unwrap_or(usize::MAX))
+        .take(usize::try_from(query.size).unwrap_or(usize::MAX))
+        .map(|(id, (name, culture))| {
+            json!({
+                "Id": id,
+                "Name": name,
+                "Culture": culture,
+                "UniqueId": fake_uuid(*id + 7_000_000),
+                "IsNew": false,
+                "SystemId": null,
+            })
+        })
+        .collect();
+    drop(inner);
+    let body = json!({
+        "Records": records,
+        "CurrentPage": query.page,
+        "CurrentPageSize": query.size,
+        "CurrentOrderField": "Id",
+        "CurrentSortDirection": 1,
+        "TotalItems": total,
+        "TotalPages": total_pages,
+        "HasNextPage": query.page < total_pages,
+        "HasPreviousPage": query.page > 1,
+    });
+    json_response(200, &body, None)
+}
+
+/// An HTML page such as CloudFront or a WAF answers in front of the API.
+fn html_page(status: u16) -> Response {
+    let title = if status == 200 {
+        "Sign in".to_owned()
+    } else {
+        format!("{status} ERROR")
+    };
+    let body = format!(
+        "<!DOCTYPE HTML PUBLIC \"-//W3C//DTD HTML 4.01 Transitional//EN\">\n<HTML><HEAD>\
+         <TITLE>{title}</TITLE></HEAD><BODY>\n<H1>{title}</H1>\nThe request could not be \
+         satisfied.\n<HR noshade size=\"1px\">\nGenerated by cloudfront (CloudFront)\n\
+         </BODY></HTML>"
+    );
+    let mut response = Response::new(axum::body::Body::from(body));
+    *response.status_mut() =
+        axum::http::StatusCode::from_u16(status).unwrap_or(axum::http::StatusCode::OK);
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("text/html; charset=utf-8"),
+    );
+    response
+}
+
 async fn get_user(State(state): State<Shared>, Path(id): Path<String>) -> Response {
     let mut inner = lock(&state);
     inner.stats.user_requests += 1;
-    let record = id
+    let mut record = id
         .parse::<u64>()
         .ok()
         .and_then(|id| inner.users.get(&id).cloned());
+    if inner.omit_language
+        && let Some(fields) = record.as_mut().and_then(Value::as_object_mut)
+    {
+        fields.remove("Language");
+    }
     drop(inner);
     match record {
         Some(record) => json_response(200, &record, None),
@@ -1336,6 +1746,7 @@ pub fn sample_users(n: usize) -> Vec<NexudusUserSpec> {
                 language: [1, 2, 3][i % 3],
                 active: i % 10 != 9,
                 is_admin: i % 25 == 4,
+                preferred_language_id: None,
             }
         })
         .collect()
@@ -1560,6 +1971,84 @@ mod tests {
         assert_eq!(revoked.status(), StatusCode::UNAUTHORIZED);
         assert_eq!(fake.stats().unauthorized, 4);
         assert_eq!(fake.stats().requests, 5);
+    }
+
+    #[tokio::test]
+    async fn hour_day_and_gap_windows_throttle_in_the_configured_form() {
+        let fake = unthrottled().await;
+        let client = reqwest::Client::new();
+        let statuses = |n: usize| {
+            let client = client.clone();
+            let url = format!("{}/api/sys/users", fake.base_url());
+            async move {
+                let mut out = Vec::new();
+                for _ in 0..n {
+                    let r = client
+                        .get(&url)
+                        .basic_auth(USER, Some(PASSWORD))
+                        .send()
+                        .await
+                        .expect("sent");
+                    let retry_after = r
+                        .headers()
+                        .get(header::RETRY_AFTER)
+                        .map(|v| v.to_str().unwrap_or_default().to_owned());
+                    out.push((
+                        r.status().as_u16(),
+                        retry_after,
+                        r.text().await.unwrap_or_default(),
+                    ));
+                }
+                out
+            }
+        };
+        fake.set_limits(None, None, Some(2), None);
+        fake.set_throttle(Throttle::wait_in_body("1.3"));
+        let got = statuses(3).await;
+        assert_eq!((got[0].0, got[1].0, got[2].0), (200, 200, 429));
+        assert_eq!(got[2].1, None);
+        assert!(got[2].2.contains("Wait 1.3 seconds"), "{}", got[2].2);
+        fake.set_limits(None, None, None, Some(3));
+        fake.set_throttle(Throttle::fractional(409, "0.7"));
+        let got = statuses(2).await;
+        assert_eq!((got[0].0, got[1].0), (200, 409));
+        assert_eq!(got[1].1.as_deref(), Some("0.7"));
+        fake.set_limits(Some(Duration::from_secs(60)), None, None, None);
+        assert_eq!(
+            statuses(1).await[0].0,
+            409,
+            "within a minute of the last admitted"
+        );
+        assert_eq!(fake.stats().throttled, 3);
+        let log = fake.request_log();
+        assert_eq!(log.len(), 6);
+        assert!(log.windows(2).all(|w| w[0].at <= w[1].at));
+    }
+
+    #[tokio::test]
+    async fn languages_are_listed_in_pages_and_pushed_answers_come_first() {
+        let fake = unthrottled().await;
+        fake.insert_language(1_000_001, "Norsk", "nb-NO");
+        let (status, page) = get(&fake, "/api/sys/languages?page=2&size=4").await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(ids(&page), [5, 6, 1_000_001]);
+        assert_eq!(page["Records"][2]["Culture"], "nb-NO");
+        assert_eq!(page["HasNextPage"], false);
+        fake.push_html(1, 503);
+        let response = reqwest::Client::new()
+            .get(format!("{}/api/sys/users", fake.base_url()))
+            .basic_auth(USER, Some(PASSWORD))
+            .send()
+            .await
+            .expect("sent");
+        assert_eq!(response.status().as_u16(), 503);
+        assert!(
+            response.headers()[header::CONTENT_TYPE]
+                .to_str()
+                .unwrap()
+                .starts_with("text/html")
+        );
+        assert_eq!(fake.stats().pushed_answers, 1);
     }
 
     #[tokio::test]
