@@ -25,6 +25,11 @@ pub struct ApiLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct WindowLabel {
+    pub window: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RetryLabel {
     pub api: &'static str,
     pub status: String,
@@ -41,6 +46,7 @@ pub struct Metrics {
     held_disables: Counter,
     retries: Family<RetryLabel, Counter>,
     throttles: Family<RetryLabel, Counter>,
+    quota_waits: Family<WindowLabel, Counter>,
     request_seconds: HistogramFamily<ApiLabel>,
     last_success: Gauge<f64, AtomicU64>,
     run_seconds: Histogram,
@@ -78,6 +84,7 @@ impl Metrics {
             held_disables: Counter::default(),
             retries: Family::default(),
             throttles: Family::default(),
+            quota_waits: Family::default(),
             request_seconds: Family::new_with_constructor(request_histogram),
             last_success: Gauge::default(),
             run_seconds: Histogram::new(exponential_buckets(0.1, 2.0, 14)),
@@ -123,6 +130,11 @@ impl Metrics {
             m.throttles.clone(),
         );
         registry.register(
+            "quota_waits",
+            "Waits for the Nexudus request budget of the hour or the day (nexudus.max_requests_per_*), by window",
+            m.quota_waits.clone(),
+        );
+        registry.register(
             "request_duration_seconds",
             "HTTP request latency by API",
             m.request_seconds.clone(),
@@ -157,6 +169,20 @@ impl Metrics {
             "1 when /readyz answers ready (a recent run completed without an API unavailable), else 0",
             m.ready.clone(),
         );
+        // Series the alert rules watch with increase() exist from the start at 0: a series
+        // first seen at 1 would hide its first increment from increase().
+        for outcome in ["in_sync", "problems", "fatal", "interrupted"] {
+            let _ = m.runs.get_or_create(&OutcomeLabel { outcome });
+        }
+        for status in ["409", "429"] {
+            let _ = m.throttles.get_or_create(&RetryLabel {
+                api: "nexudus",
+                status: status.into(),
+            });
+        }
+        for window in ["hour", "day"] {
+            let _ = m.quota_waits.get_or_create(&WindowLabel { window });
+        }
         Metrics { registry, ..m }
     }
 
@@ -179,6 +205,13 @@ impl Metrics {
                 api,
                 status: status.to_string(),
             })
+            .inc();
+    }
+
+    /// A request had to wait for the Nexudus budget of `window` (`hour`, `day`).
+    pub fn count_quota_wait(&self, window: &'static str) {
+        self.quota_waits
+            .get_or_create(&WindowLabel { window })
             .inc();
     }
 

@@ -1373,6 +1373,7 @@ fn every_alert_has_a_runbook_and_a_unit_test_that_fires_it() {
         "NexudusNevisSyncUsersFailing",
         "NexudusNevisSyncDisablesHeld",
         "NexudusNevisSyncThrottled",
+        "NexudusNevisSyncQuotaWait",
         "NexudusNevisSyncNotReady",
     ] {
         assert!(alerts.contains(name), "missing alert {name}");

@@ -469,6 +469,11 @@ async fn the_daemon_waits_for_the_hour_budget_says_so_and_warns_at_start() {
         "{doc}"
     );
     assert!(wait["until"].as_u64() > wait["since"].as_u64(), "{doc}");
+    daemon
+        .wait_for("/metrics", |t| {
+            t.contains("nexudus_nevis_sync_quota_waits_total{window=\"hour\"} 1")
+        })
+        .await;
     daemon.stop().await;
     let log = std::fs::read_to_string(env.dir.path().join("daemon.log")).unwrap_or_default();
     assert!(log.contains("over the hourly budget"), "{log}");

@@ -205,7 +205,7 @@ impl NexudusClient {
             per_hour: cfg.max_requests_per_hour,
             per_day: cfg.max_requests_per_day,
         };
-        let pacer = Pacer::new(&limits, store.clone());
+        let pacer = Pacer::new(&limits, store.clone(), Arc::clone(&metrics));
         let auth = match cfg.auth {
             NexudusAuth::Basic => Auth::Basic {
                 username: cfg.username.clone(),

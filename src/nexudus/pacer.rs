@@ -18,12 +18,14 @@
 
 use std::collections::BTreeMap;
 use std::num::NonZeroU32;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
+use crate::metrics::Metrics;
 use crate::store::Store;
 
 /// Store key (meta tree) of the hour and day buckets.
@@ -168,6 +170,7 @@ pub struct Pacer {
     long: tokio::sync::Mutex<LongWindows>,
     /// No request before this instant: a throttled answer asked to wait until then.
     not_before: std::sync::Mutex<Option<tokio::time::Instant>>,
+    metrics: Arc<Metrics>,
 }
 
 /// The four limits.
@@ -181,7 +184,7 @@ pub struct Limits {
 impl Pacer {
     /// The minute limiter allows a burst of half the budget and refills the other half over the
     /// minute, so no 60-second window ever sees more than the budget.
-    pub fn new(limits: &Limits, store: Option<Store>) -> Pacer {
+    pub fn new(limits: &Limits, store: Option<Store>, metrics: Arc<Metrics>) -> Pacer {
         let per_minute = limits.per_minute.max(1);
         let burst = (per_minute / 2).max(1);
         let refill = per_minute.saturating_sub(burst).max(1);
@@ -197,6 +200,7 @@ impl Pacer {
                 store,
             )),
             not_before: std::sync::Mutex::new(None),
+            metrics,
         }
     }
 
@@ -249,6 +253,7 @@ impl Pacer {
                                 window.name
                             );
                             announced = true;
+                            self.metrics.count_quota_wait(window.name);
                             set_wait(
                                 long.store.as_ref(),
                                 Some(json!({
