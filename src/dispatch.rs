@@ -275,7 +275,7 @@ impl<T: Target> Dispatcher<T> {
             Some(rules) => {
                 match decide(&*self.target, &self.store, &rules, &self.claimed, &op).await {
                     Ok(Ok(d)) => d,
-                    Ok(Err(e @ (TargetError::Auth { .. } | TargetError::Tls { .. }))) => {
+                    Ok(Err(e)) if e.is_fatal() => {
                         return Err(DispatchError::Auth(e));
                     }
                     Ok(Err(e)) => {
@@ -362,9 +362,7 @@ impl<T: Target> Dispatcher<T> {
                 }
                 Ok(())
             }
-            Err(e @ (TargetError::Auth { .. } | TargetError::Tls { .. })) => {
-                Err(DispatchError::Auth(e))
-            }
+            Err(e) if e.is_fatal() => Err(DispatchError::Auth(e)),
             Err(TargetError::Conflict { reason, candidates }) => {
                 self.unavailable_streak = 0;
                 tracing::warn!(extId = %ext_id, %reason, ?candidates, "conflict: nothing written");

@@ -190,9 +190,7 @@ async fn run_inner<S: Source, T: Target>(
     report.reconcile = opts.reconcile;
     let remote = if opts.reconcile {
         let remote = Remote::read(&*target).await.map_err(|e| match e {
-            e @ (TargetError::Auth { .. } | TargetError::Tls { .. }) => {
-                SyncError::Target(DispatchError::Auth(e))
-            }
+            e if e.is_fatal() => SyncError::Target(DispatchError::Auth(e)),
             e => SyncError::Reconcile(e),
         })?;
         tracing::info!(

@@ -153,12 +153,44 @@ pub enum TargetError {
     /// it will not heal by itself. `detail` says which, and names the setting to check.
     #[error("TLS with nevisIDM failed: {detail}")]
     Tls { detail: String },
+    /// nevisIDM answered a redirect. Fatal: every later request would meet it too.
+    #[error(
+        "nevisIDM answered HTTP {status} redirecting to {location:?} instead of answering the API \
+         call (redirects are never followed): most likely a login proxy (e.g. nevisProxy) in front \
+         of the REST API; publish the API for token or certificate authentication (nevis.token / \
+         nevis.oauth_* or nevis.client_cert) and check nevis.base_url"
+    )]
+    Redirect { status: u16, location: String },
+    /// A success status with an HTML page: a login page answered instead of the API. Fatal.
+    #[error(
+        "nevisIDM answered HTTP {status} with an HTML page ({content_type}) instead of JSON: most \
+         likely the login page of a proxy in front of the REST API; publish the API for token or \
+         certificate authentication and check nevis.base_url"
+    )]
+    LoginPage { status: u16, content_type: String },
+    /// An answer not in the documented form (a create not answered 201, a read that is not a
+    /// JSON user): nothing is taken from it, and the user is not checkpointed.
+    #[error("nevisIDM answered in an undocumented form: {detail}")]
+    Protocol { status: u16, detail: String },
     #[error("nevisIDM unavailable: {detail}")]
     Unavailable {
         status: Option<u16>,
         detail: String,
         retry_after: Option<Duration>,
     },
+}
+
+impl TargetError {
+    /// Errors that end the run (exit 2): every later request would meet them too.
+    pub fn is_fatal(&self) -> bool {
+        matches!(
+            self,
+            TargetError::Auth { .. }
+                | TargetError::Tls { .. }
+                | TargetError::Redirect { .. }
+                | TargetError::LoginPage { .. }
+        )
+    }
 }
 
 impl Classify for TargetError {
@@ -179,6 +211,9 @@ impl Classify for TargetError {
             TargetError::NotFound => "404".into(),
             TargetError::Conflict { .. } => "conflict".into(),
             TargetError::Tls { .. } => "tls".into(),
+            TargetError::Redirect { status, .. }
+            | TargetError::LoginPage { status, .. }
+            | TargetError::Protocol { status, .. } => status.to_string(),
             TargetError::Unavailable { status, .. } => {
                 status.map_or_else(|| "transport".into(), |s| s.to_string())
             }
@@ -189,8 +224,13 @@ impl Classify for TargetError {
 /// The kind of request, because the same status means different things on each.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Call {
+    /// `POST …/users`: documented answer 201.
     Create,
+    /// `PATCH …/users/{extId}`: 200 with the updated user, or 204.
     Update,
+    /// `POST …/archive`: 200 or 204.
+    Archive,
+    /// A read or a listing: 200 with a JSON object.
     Get,
 }
 
@@ -277,22 +317,20 @@ impl NevisClient {
         let response = request.send().await.map_err(|e| self.unavailable(e))?;
         let status = response.status();
         let retry_after = retry_after(response.headers());
+        let location = header_text(response.headers(), reqwest::header::LOCATION);
+        let content_type = header_text(response.headers(), reqwest::header::CONTENT_TYPE);
         let bytes = response.bytes().await.map_err(|e| self.unavailable(e))?;
         self.metrics.observe_request("nevis", started.elapsed());
+        if status.is_redirection() {
+            return Err(TargetError::Redirect {
+                status: status.as_u16(),
+                location: location
+                    .map(|l| l.chars().take(300).collect())
+                    .unwrap_or_else(|| "(no Location header)".into()),
+            });
+        }
         if status.is_success() {
-            // Bodies of writes are not needed; a GET body that is not JSON is a protocol error.
-            return match call {
-                Call::Get => {
-                    serde_json::from_slice(&bytes)
-                        .map(Some)
-                        .map_err(|e| TargetError::Unavailable {
-                            status: Some(status.as_u16()),
-                            detail: format!("user document is not JSON: {e}"),
-                            retry_after: None,
-                        })
-                }
-                _ => Ok(None),
-            };
+            return success(call, status.as_u16(), content_type.as_deref(), &bytes);
         }
         Err(classify(call, status, retry_after, &bytes))
     }
@@ -354,10 +392,9 @@ impl NevisClient {
         let items = match doc.get("items") {
             Some(Value::Array(items)) => items.clone(),
             _ => {
-                return Err(TargetError::Unavailable {
-                    status: None,
-                    detail: "user listing has no items array".into(),
-                    retry_after: None,
+                return Err(TargetError::Protocol {
+                    status: 200,
+                    detail: "the user listing has no items array".into(),
                 });
             }
         };
@@ -420,7 +457,7 @@ impl Target for NevisClient {
             .expect("http(s) URLs have path segments")
             .push("archive");
         let what = format!("archive {ext_id}");
-        self.send(Call::Update, Method::POST, url, None, &what)
+        self.send(Call::Archive, Method::POST, url, None, &what)
             .await
             .map(drop)
     }
@@ -441,6 +478,12 @@ impl Target for NevisClient {
             .await
         {
             Err(TargetError::NotFound) => Ok(None),
+            Ok(Some(doc)) if doc.get("extId").and_then(Value::as_str) != Some(ext_id) => {
+                Err(TargetError::Protocol {
+                    status: 200,
+                    detail: format!("reading user {ext_id} answered a document of another extId"),
+                })
+            }
             other => other,
         }
     }
@@ -462,6 +505,88 @@ fn first_error(body: &[u8]) -> (String, String) {
             String::from_utf8_lossy(body).chars().take(200).collect(),
         ),
         (code, message) => (code.unwrap_or_default(), message.unwrap_or_default()),
+    }
+}
+
+/// A header's value as text, if it is text.
+fn header_text(
+    headers: &reqwest::header::HeaderMap,
+    name: reqwest::header::HeaderName,
+) -> Option<String> {
+    headers
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+}
+
+fn is_json(content_type: Option<&str>) -> bool {
+    content_type.is_some_and(|ct| {
+        let essence = ct
+            .split(';')
+            .next()
+            .unwrap_or_default()
+            .trim()
+            .to_ascii_lowercase();
+        essence == "application/json" || essence.ends_with("+json")
+    })
+}
+
+/// A 2xx answer, accepted only in the documented form: create 201; update 200 (the user) or
+/// 204; archive 200 or 204; read and listing 200 with a JSON object. An HTML page is a login
+/// page (fatal); anything else undocumented is a [`TargetError::Protocol`], never data.
+fn success(
+    call: Call,
+    status: u16,
+    content_type: Option<&str>,
+    body: &[u8],
+) -> Result<Option<Value>, TargetError> {
+    let html = content_type.is_some_and(|ct| ct.to_ascii_lowercase().contains("html"));
+    if html {
+        return Err(TargetError::LoginPage {
+            status,
+            content_type: content_type.unwrap_or_default().to_string(),
+        });
+    }
+    let allowed: &[u16] = match call {
+        Call::Create => &[201],
+        Call::Update | Call::Archive => &[200, 204],
+        Call::Get => &[200],
+    };
+    if !allowed.contains(&status) {
+        return Err(TargetError::Protocol {
+            status,
+            detail: format!("HTTP {status} where {allowed:?} is documented"),
+        });
+    }
+    // A create's 201 carries no body worth reading (the Location header names the user); an
+    // archive's answer is not needed either.
+    let wants_body = match call {
+        Call::Create | Call::Archive => false,
+        Call::Update => status == 200 && !body.iter().all(u8::is_ascii_whitespace),
+        Call::Get => true,
+    };
+    if !wants_body {
+        return Ok(None);
+    }
+    if !is_json(content_type) {
+        return Err(TargetError::Protocol {
+            status,
+            detail: format!(
+                "expected a JSON object, got content type {:?}",
+                content_type.unwrap_or("(none)")
+            ),
+        });
+    }
+    match serde_json::from_slice::<Value>(body) {
+        Ok(doc @ Value::Object(_)) => Ok(Some(doc)),
+        Ok(_) => Err(TargetError::Protocol {
+            status,
+            detail: "expected a JSON object, got another JSON value".into(),
+        }),
+        Err(e) => Err(TargetError::Protocol {
+            status,
+            detail: format!("the body is not JSON: {e}"),
+        }),
     }
 }
 
@@ -581,6 +706,44 @@ mod tests {
 
     fn body(code: &str) -> Vec<u8> {
         format!(r#"{{"errors":[{{"code":"{code}","message":"m"}}]}}"#).into_bytes()
+    }
+
+    #[test]
+    fn only_documented_successes_are_taken() {
+        let json = Some("application/json; charset=utf-8");
+        assert!(matches!(success(Call::Create, 201, None, b""), Ok(None)));
+        assert!(matches!(
+            success(Call::Create, 200, json, b"{}"),
+            Err(TargetError::Protocol { status: 200, .. })
+        ));
+        assert!(matches!(success(Call::Update, 204, None, b""), Ok(None)));
+        assert!(matches!(
+            success(Call::Update, 200, json, br#"{"extId":"a","version":3}"#),
+            Ok(Some(_))
+        ));
+        assert!(matches!(
+            success(Call::Update, 201, json, b"{}"),
+            Err(TargetError::Protocol { .. })
+        ));
+        assert!(matches!(success(Call::Archive, 200, None, b""), Ok(None)));
+        // A login page answering 200 is fatal, whatever the call.
+        for call in [Call::Create, Call::Update, Call::Archive, Call::Get] {
+            let e = success(call, 200, Some("text/html; charset=utf-8"), b"<html>").unwrap_err();
+            assert!(e.is_fatal(), "{e}");
+        }
+        // A read must be a JSON object, announced as JSON.
+        assert!(matches!(
+            success(Call::Get, 200, Some("text/plain"), b"{}"),
+            Err(TargetError::Protocol { .. })
+        ));
+        assert!(matches!(
+            success(Call::Get, 200, json, b"[1]"),
+            Err(TargetError::Protocol { .. })
+        ));
+        assert!(matches!(
+            success(Call::Get, 200, Some("application/problem+json"), b"{}"),
+            Ok(Some(_))
+        ));
     }
 
     #[test]

@@ -132,6 +132,8 @@ struct Inner {
     /// checked a client certificate): requests without a bearer token are then accepted.
     token_required: bool,
     offset_paging_only: bool,
+    /// A login proxy in front of the API: writes are redirected to an HTML login page.
+    login_redirect: bool,
     stats: NevisStats,
     log: Vec<LoggedRequest>,
     /// Off for long benchmark runs, where the log would only cost memory.
@@ -221,6 +223,7 @@ impl FakeNevis {
             controls: Controls::default(),
             token_required: true,
             offset_paging_only: false,
+            login_redirect: false,
             stats: NevisStats::default(),
             log: Vec::new(),
             log_enabled: true,
@@ -294,6 +297,12 @@ impl FakeNevis {
     /// `offset`/`limit`, as the API also allows).
     pub fn set_offset_paging_only(&self, only: bool) {
         self.lock().offset_paging_only = only;
+    }
+
+    /// Models nevisProxy in front of the API answering writes it does not let through with
+    /// `302` to its login page, an HTML page answering `200` (`GET /login`).
+    pub fn set_login_redirect(&self, on: bool) {
+        self.lock().login_redirect = on;
     }
 
     pub fn user(&self, ext_id: &str) -> Option<Value> {
@@ -491,6 +500,21 @@ async fn admit(state: &Shared, request: Request, next: Next) -> Response {
         if let Some(status) = inner.controls.down {
             return status_response(status, None);
         }
+        if request.uri().path() == LOGIN_PAGE {
+            return login_page();
+        }
+        let write = matches!(
+            *request.method(),
+            Method::POST | Method::PATCH | Method::DELETE
+        );
+        if inner.login_redirect && write {
+            let location = format!("{}{LOGIN_PAGE}?return=api", inner.base_url);
+            let mut response = empty_response(302, None);
+            if let Ok(location) = HeaderValue::from_str(&location) {
+                response.headers_mut().insert(header::LOCATION, location);
+            }
+            return response;
+        }
         let expected = format!("Bearer {}", inner.cfg.token);
         let presented = request
             .headers()
@@ -523,6 +547,22 @@ async fn admit(state: &Shared, request: Request, next: Next) -> Response {
         Some(Fault::DropAfterApply) => cut_off(next.run(request).await).await,
         Some(Fault::Stall(pause)) => stalled(pause),
     }
+}
+
+/// Where the modelled login proxy sends callers it redirects.
+const LOGIN_PAGE: &str = "/login";
+
+/// The proxy's login page: HTML, 200.
+fn login_page() -> Response {
+    let mut response = Response::new(Body::from(
+        "<!DOCTYPE html><html><head><title>Login</title></head>\
+         <body><form method=\"post\"><input name=\"user\"></form></body></html>",
+    ));
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/html; charset=utf-8"),
+    );
+    response
 }
 
 /// A nevisIDM error answer: `{"errors":[{"code":…,"message":…}]}`.
