@@ -42,5 +42,35 @@ async fn a_redirect_to_a_login_page_is_fatal_and_nothing_is_checkpointed() {
     for id in ids {
         assert!(env.nevis.user(&ext(id)).is_some());
     }
-    let _ = json!(null);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn language_codes_answered_upper_case_are_no_change_and_no_drift() {
+    let env = Env::start().await;
+    env.nevis.set_upper_case_languages(true);
+    let ids = env.seed(3);
+    env.sync(&[]).await.assert_code(0);
+    let shown = env.nevis.request_log();
+    assert!(shown.iter().all(|r| r.status < 300), "created");
+    env.nevis.reset_stats();
+    let run = env.sync(&["--reconcile"]).await;
+    run.assert_code(0);
+    assert_eq!(
+        (
+            run.count("drift"),
+            run.count("updated"),
+            run.count("unchanged")
+        ),
+        (0, 0, 3)
+    );
+    env.sync(&[]).await.assert_code(0);
+    assert_eq!(env.writes(), 0, "EN answered for en is no change");
+
+    // A real difference is still one.
+    env.nevis.modify_user(&ext(ids[0]), |u| {
+        u.insert("languageCode".into(), json!("de"));
+    });
+    let run = env.sync(&["--reconcile"]).await;
+    run.assert_code(0);
+    assert_eq!((run.count("drift"), run.count("updated")), (1, 1));
 }

@@ -134,6 +134,8 @@ struct Inner {
     offset_paging_only: bool,
     /// A login proxy in front of the API: writes are redirected to an HTML login page.
     login_redirect: bool,
+    /// `languageCode` answered upper case (`EN`), as the on-prem schema lists it.
+    upper_case_languages: bool,
     stats: NevisStats,
     log: Vec<LoggedRequest>,
     /// Off for long benchmark runs, where the log would only cost memory.
@@ -224,6 +226,7 @@ impl FakeNevis {
             token_required: true,
             offset_paging_only: false,
             login_redirect: false,
+            upper_case_languages: false,
             stats: NevisStats::default(),
             log: Vec::new(),
             log_enabled: true,
@@ -303,6 +306,12 @@ impl FakeNevis {
     /// `302` to its login page, an HTML page answering `200` (`GET /login`).
     pub fn set_login_redirect(&self, on: bool) {
         self.lock().login_redirect = on;
+    }
+
+    /// Answers `languageCode` upper case (`EN`, as nevisIDM's on-prem schema lists it) in every
+    /// user it returns, and accepts it in either case.
+    pub fn set_upper_case_languages(&self, on: bool) {
+        self.lock().upper_case_languages = on;
     }
 
     pub fn user(&self, ext_id: &str) -> Option<Value> {
@@ -401,6 +410,17 @@ impl FakeNevis {
     pub fn max_in_flight(&self) -> usize {
         self.lock().max_in_flight
     }
+}
+
+/// A user as the fake answers it (the stored document, in the configured spelling).
+fn shown(inner: &Inner, user: &Value) -> Value {
+    let mut user = user.clone();
+    if inner.upper_case_languages
+        && let Some(language) = user.get("languageCode").and_then(Value::as_str)
+    {
+        user["languageCode"] = json!(language.to_uppercase());
+    }
+    user
 }
 
 /// Bumps the read-only bookkeeping after a modification.
@@ -812,7 +832,9 @@ fn check_policy(inner: &Inner, user: &Map<String, Value>) -> Result<(), ApiError
         }
     }
     if let Some(language) = user.get("languageCode").and_then(Value::as_str)
-        && !inner.cfg.allowed_languages.iter().any(|l| l == language)
+        && !inner.cfg.allowed_languages.iter().any(|l| {
+            l == language || (inner.upper_case_languages && l.eq_ignore_ascii_case(language))
+        })
     {
         return Err(error(
             422,
@@ -930,7 +952,7 @@ async fn create_user(
     user.insert("version".into(), json!(0));
     let user = Value::Object(user);
     inner.users.insert(ext_id.clone(), user.clone());
-    let mut response = json_response(201, &user, None);
+    let mut response = json_response(201, &shown(inner, &user), None);
     let location = format!(
         "{}/nevisidm/api/core/v1/{client}/users/{ext_id}",
         inner.base_url
@@ -948,7 +970,7 @@ async fn get_user(
     let inner = lock(&state);
     check_client(&inner, &client)?;
     let user = inner.users.get(&ext_id).ok_or_else(|| no_user(&ext_id))?;
-    Ok(json_response(200, user, None))
+    Ok(json_response(200, &shown(&inner, user), None))
 }
 
 async fn patch_user(
@@ -1009,7 +1031,7 @@ async fn patch_user(
     check_login_unique(inner, &user, &ext_id)?;
     touch(&mut user);
     let user = Value::Object(user);
-    let response = json_response(200, &user, None);
+    let response = json_response(200, &shown(inner, &user), None);
     inner.users.insert(ext_id, user);
     Ok(response)
 }
@@ -1026,7 +1048,7 @@ async fn archive_user(
         Value::Object(user.clone())
     });
     let archived = archived.ok_or_else(|| no_user(&ext_id))?;
-    Ok(json_response(200, &archived, None))
+    Ok(json_response(200, &shown(&inner, &archived), None))
 }
 
 async fn delete_user(
@@ -1120,7 +1142,7 @@ async fn list_users(
         .into_iter()
         .skip(usize::try_from(offset).unwrap_or(usize::MAX))
         .take(usize::try_from(limit).unwrap_or(usize::MAX))
-        .cloned()
+        .map(|user| shown(&inner, user))
         .collect();
     let next = offset.saturating_add(limit);
     let mut pagination = json!({ "limit": limit, "totalResult": total });
