@@ -74,3 +74,63 @@ async fn language_codes_answered_upper_case_are_no_change_and_no_drift() {
     run.assert_code(0);
     assert_eq!((run.count("drift"), run.count("updated")), (1, 1));
 }
+
+/// Reconciles `n` users against a fake paging the way `configure` sets it, and checks that the
+/// reconcile saw every one of them (none created again, none changed).
+async fn reconcile_sees_every_user(configure: impl Fn(&Env), list_requests: usize) {
+    // More users than one page of the reconcile's listing (500).
+    let n = 620;
+    let env = Env::start().await;
+    env.set("sync.concurrency", "8");
+    env.seed(n);
+    let run = env.sync(&[]).await;
+    run.assert_code(0);
+    assert_eq!(run.count("created"), n as u64);
+    configure(&env);
+    env.nevis.reset_stats();
+    env.nevis.clear_request_log();
+    let run = env.sync(&["--reconcile"]).await;
+    run.assert_code(0);
+    assert_eq!(
+        (
+            run.count("created"),
+            run.count("drift"),
+            run.count("unchanged")
+        ),
+        (0, 0, n as u64),
+        "{}",
+        run.stdout
+    );
+    assert_eq!(env.writes(), 0);
+    let lists: Vec<_> = env
+        .nevis
+        .request_log()
+        .into_iter()
+        .filter(|r| r.path.contains("/clients/"))
+        .collect();
+    assert!(
+        lists
+            .iter()
+            .all(|r| r.path.contains("returnTotalResultCount=true")),
+        "{lists:?}"
+    );
+    assert_eq!(lists.len(), list_requests, "{lists:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_on_every_page_is_followed_to_the_empty_last_page() {
+    // Two full pages, then the empty page that ends the listing.
+    reconcile_sees_every_user(|env| env.nevis.set_token_on_every_page(true), 3).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn offset_paging_asks_for_the_total_it_relies_on() {
+    reconcile_sees_every_user(
+        |env| {
+            env.nevis.set_token_on_every_page(true);
+            env.nevis.set_offset_paging_only(true);
+        },
+        2,
+    )
+    .await;
+}

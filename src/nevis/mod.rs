@@ -62,6 +62,11 @@ impl PageCursor {
     /// The cursor of the page after `page`, which was read from `self`, with `received` items
     /// read so far (this page included); `None` when the listing is complete.
     pub fn next(&self, page: &UserPage, received: u64) -> Result<Option<PageCursor>, TargetError> {
+        // An empty page ends the listing, token or not (Identity Cloud hands out a token with
+        // every page that has results, the last one too).
+        if page.items.is_empty() {
+            return Ok(None);
+        }
         match &page.continuation {
             Some(token) if *self == PageCursor::Token(token.clone()) => {
                 Err(TargetError::Unavailable {
@@ -375,6 +380,9 @@ impl NevisClient {
                 query.append_pair(k, v);
             }
             query.append_pair("limit", &limit.to_string());
+            // `totalResult` decides whether `offset` paging goes on; nevisIDM only counts when
+            // asked to.
+            query.append_pair("returnTotalResultCount", "true");
             match cursor {
                 PageCursor::Start => {}
                 PageCursor::Token(token) => {
@@ -702,6 +710,12 @@ mod tests {
         // The same token twice is an error, not a loop.
         let token = PageCursor::Token("t1".into());
         assert!(token.next(&page(100, Some("t1"), Some(250)), 200).is_err());
+        // A token on every page: the empty page ends the listing, even with a token.
+        assert_eq!(token.next(&page(0, Some("t2"), None), 200).unwrap(), None);
+        assert_eq!(
+            token.next(&page(3, Some("t2"), None), 203).unwrap(),
+            Some(PageCursor::Token("t2".into()))
+        );
     }
 
     fn body(code: &str) -> Vec<u8> {

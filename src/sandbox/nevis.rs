@@ -136,6 +136,9 @@ struct Inner {
     login_redirect: bool,
     /// `languageCode` answered upper case (`EN`), as the on-prem schema lists it.
     upper_case_languages: bool,
+    /// Identity Cloud paging: a token with every non-empty page, an empty last page, and
+    /// `totalResult` only with `returnTotalResultCount=true`.
+    token_on_every_page: bool,
     stats: NevisStats,
     log: Vec<LoggedRequest>,
     /// Off for long benchmark runs, where the log would only cost memory.
@@ -227,6 +230,7 @@ impl FakeNevis {
             offset_paging_only: false,
             login_redirect: false,
             upper_case_languages: false,
+            token_on_every_page: false,
             stats: NevisStats::default(),
             log: Vec::new(),
             log_enabled: true,
@@ -312,6 +316,14 @@ impl FakeNevis {
     /// user it returns, and accepts it in either case.
     pub fn set_upper_case_languages(&self, on: bool) {
         self.lock().upper_case_languages = on;
+    }
+
+    /// Pages as Identity Cloud documents it: a `continuationToken` with every page that has
+    /// results (the last one too), so the listing ends with an empty page; `totalResult` only
+    /// when asked for with `returnTotalResultCount=true`. Combined with
+    /// [`FakeNevis::set_offset_paging_only`], no token at all and the total only on request.
+    pub fn set_token_on_every_page(&self, on: bool) {
+        self.lock().token_on_every_page = on;
     }
 
     pub fn user(&self, ext_id: &str) -> Option<Value> {
@@ -1146,7 +1158,14 @@ async fn list_users(
         .collect();
     let next = offset.saturating_add(limit);
     let mut pagination = json!({ "limit": limit, "totalResult": total });
-    if next < total && !inner.offset_paging_only {
+    if inner.token_on_every_page {
+        if params.get("returnTotalResultCount").map(String::as_str) != Some("true") {
+            pagination = json!({ "limit": limit });
+        }
+        if !items.is_empty() && !inner.offset_paging_only {
+            pagination["continuationToken"] = json!(encode_token(next));
+        }
+    } else if next < total && !inner.offset_paging_only {
         pagination["continuationToken"] = json!(encode_token(next));
     }
     let body = json!({ "items": items, "_pagination": pagination });
