@@ -141,6 +141,8 @@ pub struct Observed {
     /// True when `properties` is everything the user has (a checkpoint): a property missing
     /// from the desired user is then removed. Read remotely, properties we never set are not ours.
     pub properties_complete: bool,
+    /// nevisIDM's `version` of the user, when read from nevisIDM.
+    pub version: Option<i64>,
 }
 
 impl From<&DesiredUser> for Observed {
@@ -154,6 +156,7 @@ impl From<&DesiredUser> for Observed {
             state: Some(u.state.as_str().to_string()),
             properties: u.properties.clone(),
             properties_complete: true,
+            version: None,
         }
     }
 }
@@ -179,6 +182,7 @@ impl Observed {
                 })
                 .unwrap_or_default(),
             properties_complete: false,
+            version: v.get("version").and_then(Value::as_i64),
         }
     }
 }

@@ -134,3 +134,162 @@ async fn offset_paging_asks_for_the_total_it_relies_on() {
     )
     .await;
 }
+
+/// The PATCH requests of the log, with their status.
+fn patches(env: &Env) -> Vec<(u16, serde_json::Value)> {
+    env.nevis
+        .request_log()
+        .into_iter()
+        .filter(|r| r.method == "PATCH")
+        .map(|r| (r.status, r.body.unwrap_or_default()))
+        .collect()
+}
+
+fn rename(env: &Env, id: u64, full_name: &str) {
+    assert!(env.nexudus.update_user(id, |u| {
+        u.insert("FullName".into(), json!(full_name));
+    }));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_patch_carries_the_version_nevis_last_reported() {
+    let env = Env::start().await;
+    env.nevis.set_version_required(true);
+    let ids = env.seed(3);
+    env.sync(&[]).await.assert_code(0);
+
+    // After a create the version is unknown: the user is read first.
+    rename(&env, ids[0], "Ada Lovelace");
+    env.nevis.clear_request_log();
+    let run = env.sync(&[]).await;
+    run.assert_code(0);
+    assert_eq!(run.count("updated"), 1);
+    let log = env.nevis.request_log();
+    let methods: Vec<_> = log
+        .iter()
+        .filter(|r| r.path.contains(&ext(ids[0])))
+        .map(|r| (r.method.as_str(), r.status))
+        .collect();
+    assert_eq!(methods, [("GET", 200), ("PATCH", 200)]);
+    assert_eq!(patches(&env)[0].1["version"], 0);
+
+    // The PATCH answer's version is kept with the checkpoint: no read the next time.
+    rename(&env, ids[0], "Ada King");
+    env.nevis.clear_request_log();
+    env.nevis.reset_stats();
+    let run = env.sync(&[]).await;
+    run.assert_code(0);
+    assert_eq!(run.count("updated"), 1);
+    assert_eq!(env.nevis.stats().gets, 0);
+    assert_eq!(
+        patches(&env),
+        [(
+            200,
+            json!({"name": {"firstName": "Ada", "familyName": "King"}, "version": 1})
+        )]
+    );
+    assert_eq!(env.nevis.user(&ext(ids[0])).unwrap()["version"], 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hand_edit_between_two_runs_is_a_409_then_one_fresh_patch() {
+    let env = Env::start().await;
+    env.nevis.set_version_required(true);
+    let ids = env.seed(2);
+    let victim = ext(ids[0]);
+    env.sync(&[]).await.assert_code(0);
+    rename(&env, ids[0], "Ada Lovelace");
+    env.sync(&[]).await.assert_code(0);
+
+    // An administrator edits the user in nevisIDM: a field we own and one we do not.
+    assert!(env.nevis.modify_user(&victim, |u| {
+        u.insert(
+            "name".into(),
+            json!({"firstName": "Ada", "familyName": "Byron"}),
+        );
+        u.insert(
+            "contacts".into(),
+            json!({"email": "user.0@example.com", "mobile": "+41 79 000 00 00"}),
+        );
+    }));
+    // Meanwhile Nexudus changes the email.
+    assert!(env.nexudus.update_user(ids[0], |u| {
+        u.insert("Email".into(), json!("ada@example.com"));
+    }));
+    env.nevis.clear_request_log();
+    env.nevis.reset_stats();
+    let run = env.sync(&[]).await;
+    run.assert_code(0);
+    assert_eq!(run.count("updated"), 1);
+    let sent = patches(&env);
+    assert_eq!(sent.len(), 2, "{sent:?}");
+    assert_eq!(sent[0].0, 409, "the stale version is refused");
+    assert_eq!(sent[1].0, 200);
+    // The second PATCH is a fresh diff against what nevisIDM holds, with its version.
+    assert_eq!(
+        sent[1].1,
+        json!({
+            "name": {"firstName": "Ada", "familyName": "Lovelace"},
+            "contacts": {"email": "ada@example.com"},
+            "loginId": "ada@example.com",
+            "version": 2,
+        })
+    );
+    let user = env.nevis.user(&victim).unwrap();
+    assert_eq!(
+        user["name"]["familyName"], "Lovelace",
+        "owned field set back"
+    );
+    assert_eq!(user["contacts"]["email"], "ada@example.com");
+    assert_eq!(
+        user["contacts"]["mobile"], "+41 79 000 00 00",
+        "hand edit kept"
+    );
+
+    // And the next run has the fresh version: no conflict, nothing to do.
+    env.nevis.clear_request_log();
+    let run = env.sync(&[]).await;
+    run.assert_code(0);
+    assert!(patches(&env).is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_409_fails_the_user_for_this_run_without_blind_retries() {
+    let env = Env::start().await;
+    env.nevis.set_version_required(true);
+    let ids = env.seed(2);
+    let victim = ext(ids[0]);
+    env.sync(&[]).await.assert_code(0);
+    rename(&env, ids[0], "Ada Lovelace");
+    env.nevis.reject_user(
+        &victim,
+        409,
+        "errors.pessimisticLockingFailure",
+        "The user was modified by someone else; reload it and retry.",
+    );
+    env.nevis.clear_request_log();
+    let run = env.sync(&[]).await;
+    run.assert_code(1);
+    assert_eq!(run.count("failed"), 1);
+    assert!(
+        run.stdout.contains("409") && run.stdout.contains("twice"),
+        "the reason is clear:\n{}",
+        run.stdout
+    );
+    let sent = patches(&env);
+    assert_eq!(
+        sent.iter().map(|(status, _)| *status).collect::<Vec<_>>(),
+        [409, 409],
+        "one fresh attempt, no blind retries"
+    );
+
+    // The next run tries again.
+    env.nevis.clear_rejections();
+    let run = env.sync(&[]).await;
+    run.assert_code(0);
+    assert_eq!(run.count("updated"), 1);
+    assert_eq!(
+        env.nevis.user(&victim).unwrap()["name"]["familyName"],
+        "Lovelace"
+    );
+}

@@ -28,12 +28,15 @@ use crate::retry::{Classify, RetryPolicy, Verdict};
 pub trait Target: Send + Sync + 'static {
     /// `POST …/users` with the full desired user.
     fn create(&self, user: &DesiredUser) -> impl Future<Output = Result<(), TargetError>> + Send;
-    /// `PATCH …/users/{extId}` with only the changed fields.
+    /// `PATCH …/users/{extId}` with only the changed fields and, when known, the `version`
+    /// nevisIDM last reported for the user (optimistic locking: a stale one answers
+    /// [`TargetError::Stale`]). Answers the version nevisIDM reports after the write, if any.
     fn update(
         &self,
         ext_id: &str,
         changes: &Changes,
-    ) -> impl Future<Output = Result<(), TargetError>> + Send;
+        version: Option<i64>,
+    ) -> impl Future<Output = Result<Option<i64>, TargetError>> + Send;
     /// `POST …/users/{extId}/archive` (archives profiles and deletes credentials).
     fn archive(&self, ext_id: &str) -> impl Future<Output = Result<(), TargetError>> + Send;
     /// `GET …/users/{extId}`; `None` when nevisIDM has no such user.
@@ -46,6 +49,12 @@ pub trait Target: Send + Sync + 'static {
         limit: u32,
         cursor: &PageCursor,
     ) -> impl Future<Output = Result<UserPage, TargetError>> + Send;
+}
+
+/// nevisIDM's optimistic-locking counter in a user document (a read, a listing item, the
+/// answer to a PATCH); `None` when the document has none.
+pub fn version_of(user: &Value) -> Option<i64> {
+    user.get("version").and_then(Value::as_i64)
 }
 
 /// Where a page of the user listing starts. nevisIDM pages by `continuationToken` or by
@@ -139,6 +148,15 @@ pub enum TargetError {
         code: String,
         message: String,
     },
+    /// A PATCH answered 409: the user changed in nevisIDM since its `version` was read.
+    #[error("nevisIDM user changed concurrently (HTTP 409{detail})")]
+    Stale { detail: String },
+    /// A PATCH answered 409 again after the user was read afresh: left for the next run.
+    #[error(
+        "nevisIDM answered 409 (concurrent modification) twice: user {ext_id} changed again \
+         between our read and our write; left as it is in this run, the next run tries again"
+    )]
+    Contended { ext_id: String },
     #[error("nevisIDM has no such user (HTTP 404)")]
     NotFound,
     #[error("nevisIDM rejected the user (HTTP {status} {code}: {message})")]
@@ -214,6 +232,7 @@ impl Classify for TargetError {
             | TargetError::Duplicate { status, .. }
             | TargetError::Rejected { status, .. } => status.to_string(),
             TargetError::NotFound => "404".into(),
+            TargetError::Stale { .. } | TargetError::Contended { .. } => "409".into(),
             TargetError::Conflict { .. } => "conflict".into(),
             TargetError::Tls { .. } => "tls".into(),
             TargetError::Redirect { status, .. }
@@ -442,10 +461,18 @@ impl Target for NevisClient {
         .map(drop)
     }
 
-    async fn update(&self, ext_id: &str, changes: &Changes) -> Result<(), TargetError> {
+    async fn update(
+        &self,
+        ext_id: &str,
+        changes: &Changes,
+        version: Option<i64>,
+    ) -> Result<Option<i64>, TargetError> {
         let mut body = changes.to_json();
         if let Some(comment) = &self.modification_comment {
             body["modificationComment"] = Value::from(comment.as_str());
+        }
+        if let Some(version) = version {
+            body["version"] = Value::from(version);
         }
         let what = format!("update {ext_id}");
         self.send(
@@ -456,7 +483,7 @@ impl Target for NevisClient {
             &what,
         )
         .await
-        .map(drop)
+        .map(|answer| answer.as_ref().and_then(version_of))
     }
 
     async fn archive(&self, ext_id: &str) -> Result<(), TargetError> {
@@ -619,7 +646,15 @@ fn classify(
             code: err_code,
             message,
         },
-        // 409 elsewhere is an optimistic-locking clash with a concurrent writer: try again.
+        // A stale `version` (or a concurrent writer): never retried with the same body; the
+        // dispatcher reads the user, diffs again and sends a fresh version once.
+        (409, Call::Update) => TargetError::Stale {
+            detail: if err_code.is_empty() {
+                String::new()
+            } else {
+                format!(" {err_code}: {message}")
+            },
+        },
         (408 | 409 | 429 | 500..=599, _) => TargetError::Unavailable {
             status: Some(code),
             detail: if err_code.is_empty() {
@@ -817,7 +852,12 @@ mod tests {
     fn only_transient_answers_are_retried() {
         assert_eq!(e_verdict(429), Verdict::Retry { after: None });
         assert_eq!(e_verdict(503), Verdict::Retry { after: None });
-        assert_eq!(e_verdict(409), Verdict::Retry { after: None });
+        // A 409 on a PATCH is a stale version: never retried blindly with the same body.
+        assert_eq!(e_verdict(409), Verdict::Final);
+        assert!(matches!(
+            classify(Call::Update, StatusCode::CONFLICT, None, b""),
+            TargetError::Stale { .. }
+        ));
         assert_eq!(e_verdict(401), Verdict::Final);
         assert_eq!(e_verdict(403), Verdict::Final);
         assert_eq!(e_verdict(422), Verdict::Final);

@@ -139,6 +139,8 @@ struct Inner {
     /// Identity Cloud paging: a token with every non-empty page, an empty last page, and
     /// `totalResult` only with `returnTotalResultCount=true`.
     token_on_every_page: bool,
+    /// A PATCH without `version` is refused (422), as the one real client found requires it.
+    version_required: bool,
     stats: NevisStats,
     log: Vec<LoggedRequest>,
     /// Off for long benchmark runs, where the log would only cost memory.
@@ -231,6 +233,7 @@ impl FakeNevis {
             login_redirect: false,
             upper_case_languages: false,
             token_on_every_page: false,
+            version_required: false,
             stats: NevisStats::default(),
             log: Vec::new(),
             log_enabled: true,
@@ -324,6 +327,12 @@ impl FakeNevis {
     /// [`FakeNevis::set_offset_paging_only`], no token at all and the total only on request.
     pub fn set_token_on_every_page(&self, on: bool) {
         self.lock().token_on_every_page = on;
+    }
+
+    /// Requires `version` on every PATCH: without it `422 errors.invalidData`; a stale one is
+    /// `409` whether or not this is on. The PATCH answer is the updated user either way.
+    pub fn set_version_required(&self, on: bool) {
+        self.lock().version_required = on;
     }
 
     pub fn user(&self, ext_id: &str) -> Option<Value> {
@@ -1017,6 +1026,14 @@ async fn patch_user(
             422,
             "errors.modifyReadonlyData",
             &format!("The field '{key}' is read-only."),
+        ));
+    }
+    let has_version = patch.get("version").is_some_and(|value| !value.is_null());
+    if inner.version_required && !has_version {
+        return Err(error(
+            422,
+            "errors.invalidData",
+            "The field 'version' is required for optimistic locking.",
         ));
     }
     if let Some(version) = patch.get("version").filter(|value| !value.is_null()) {
