@@ -7,9 +7,13 @@
 //! is printed instead of sent, through the same path.
 //!
 //! With `sync.adopt = "email"`, a create first looks for a pre-existing nevisIDM user with the
-//! same loginId or email: exactly one, not linked to anyone else, is adopted (linked in the store
-//! and updated); zero goes on to create; several, or one already linked, is a conflict and nothing
-//! is written.
+//! same loginId or email, ignoring case: exactly one, not linked to anyone else, is adopted (linked
+//! in the store and updated); zero goes on to create; several, or one already linked, is a
+//! conflict and nothing is written. The candidates come from one read of the client's users per
+//! run (made only when a create needs it), never from nevisIDM's query filters.
+//!
+//! Every PATCH carries the `version` nevisIDM last reported for the user (optimistic locking);
+//! a `409` is answered by reading the user, diffing again and sending one fresh PATCH.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -21,7 +25,7 @@ use tracing::Instrument;
 
 use crate::diff::{Changes, Observed, changes_between, create_body};
 use crate::mapper::{DesiredUser, nexudus_id_of};
-use crate::nevis::{Target, TargetError, list_all, version_of};
+use crate::nevis::{Target, TargetError, for_each_page, list_all, version_of};
 use crate::report::{Adoption, Conflict, Failure, RunReport};
 use crate::store::{Store, StoreError, fingerprint};
 
@@ -95,6 +99,65 @@ pub struct AdoptRules {
     /// extId → Nexudus Id of every checkpoint, read from the store the first time a candidate
     /// needs it: users created under an earlier prefix are owned although the prefix changed.
     pub checkpoint_owners: Mutex<Option<HashMap<String, u64>>>,
+    /// The client's users by case-folded loginId and email, read once, when the first create
+    /// of the run looks for a user to adopt (see [`AdoptIndex`]).
+    index: tokio::sync::OnceCell<Result<AdoptIndex, TargetError>>,
+}
+
+/// Page size and page bound of the one read of the client's users that adoption decides from.
+const INDEX_PAGE_LIMIT: u32 = 500;
+const INDEX_MAX_PAGES: u32 = 20_000;
+
+/// Every user of the client, indexed by case-folded loginId and by case-folded email. Adoption
+/// decides from this rather than from the listing's `loginId=` / `contacts.email=` filters: how
+/// nevisIDM compares filter values is not documented, and a filter that compares exactly would
+/// hide a second account whose email differs only in case — the wrong-person case the rule
+/// exists to prevent. Emails are stored as people typed them.
+#[derive(Debug, Default)]
+struct AdoptIndex {
+    users: HashMap<String, Observed>,
+    by_login: HashMap<String, Vec<String>>,
+    by_email: HashMap<String, Vec<String>>,
+}
+
+fn fold(value: &str) -> String {
+    value.trim().to_lowercase()
+}
+
+impl AdoptIndex {
+    async fn read<T: Target>(target: &T) -> Result<AdoptIndex, TargetError> {
+        let mut index = AdoptIndex::default();
+        for_each_page(target, &[], INDEX_PAGE_LIMIT, INDEX_MAX_PAGES, |items| {
+            for item in &items {
+                let Some(ext_id) = item.get("extId").and_then(Value::as_str) else {
+                    continue;
+                };
+                let seen = Observed::from_nevis_json(item);
+                if let Some(login) = seen.login_id.as_deref().map(fold).filter(|l| !l.is_empty()) {
+                    index.by_login.entry(login).or_default().push(ext_id.into());
+                }
+                if let Some(email) = seen.email.as_deref().map(fold).filter(|e| !e.is_empty()) {
+                    index.by_email.entry(email).or_default().push(ext_id.into());
+                }
+                index.users.insert(ext_id.to_string(), seen);
+            }
+        })
+        .await?;
+        Ok(index)
+    }
+
+    /// Users whose loginId is `desired`'s loginId, or whose email is its email, ignoring case.
+    fn matches(&self, desired: &DesiredUser) -> BTreeMap<String, Observed> {
+        let mut keys: Vec<&Vec<String>> = Vec::new();
+        if !desired.login_id.trim().is_empty() {
+            keys.extend(self.by_login.get(&fold(&desired.login_id)));
+        }
+        keys.extend(self.by_email.get(&fold(&desired.email)));
+        keys.into_iter()
+            .flatten()
+            .filter_map(|ext_id| Some((ext_id.clone(), self.users.get(ext_id)?.clone())))
+            .collect()
+    }
 }
 
 impl AdoptRules {
@@ -103,6 +166,7 @@ impl AdoptRules {
             ext_id_prefix,
             login_from_ext_id,
             checkpoint_owners: Mutex::default(),
+            index: tokio::sync::OnceCell::new(),
         }
     }
 
@@ -458,15 +522,23 @@ async fn decide<T: Target>(
     op: &Op,
 ) -> Result<Result<Decision, TargetError>, StoreError> {
     let desired = &op.after;
-    let mut found = match candidates(target, desired).await {
-        Ok(Lookup::Found(found)) => found,
-        Ok(Lookup::TooMany(some)) => {
-            return Ok(Ok(Decision::Conflict {
-                reason: format!("more than {ADOPT_LOOKUP_LIMIT} nevisIDM users match"),
-                candidates: some,
-            }));
-        }
-        Err(e) => return Ok(Err(e)),
+    let index = rules
+        .index
+        .get_or_init(|| async {
+            let read = AdoptIndex::read(target).await;
+            match &read {
+                Ok(index) => tracing::info!(
+                    users = index.users.len(),
+                    "adoption: read the client's users once for this run"
+                ),
+                Err(e) => tracing::warn!(error = %e, "adoption: cannot read the client's users"),
+            }
+            read
+        })
+        .await;
+    let mut found = match index {
+        Ok(index) => index.matches(desired),
+        Err(e) => return Ok(Err(e.clone())),
     };
     // Our own user (same extId) is not a candidate: creating it converges on it.
     if found.remove(&desired.ext_id).is_some() || found.is_empty() {
@@ -501,8 +573,8 @@ async fn decide<T: Target>(
         }));
     }
     let after = adopted_as(desired, &ext_id, rules);
-    let changes = changes_between(&after, &Observed::from_nevis_json(&existing));
-    let version = version_of(&existing);
+    let changes = changes_between(&after, &existing);
+    let version = existing.version;
     Ok(Ok(Decision::Adopt {
         ext_id,
         changes,

@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::Env;
+use common::{Env, quote};
 use serde_json::json;
 
 fn ext(id: u64) -> String {
@@ -292,4 +292,78 @@ async fn a_second_409_fails_the_user_for_this_run_without_blind_retries() {
         env.nevis.user(&victim).unwrap()["name"]["familyName"],
         "Lovelace"
     );
+}
+
+/// A pre-existing nevisIDM user this tool did not create.
+fn legacy(ext_id: &str, login: &str, email: &str) -> serde_json::Value {
+    json!({
+        "extId": ext_id,
+        "loginId": login,
+        "userState": "active",
+        "languageCode": "de",
+        "name": { "firstName": "Legacy", "familyName": "Account" },
+        "contacts": { "email": email },
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn adoption_sees_accounts_differing_only_in_case_whatever_the_filters_do() {
+    let env = Env::start().await;
+    env.nevis.set_exact_filters(true);
+    env.set("sync.adopt", &quote("email"));
+    let ids = env.seed(2);
+    // Two accounts whose emails differ only in case, as people typed them. The Nexudus user's
+    // email is "User.0@Example.com": exact filters for it, as spelled or lower-cased, find only
+    // the second, which would be adopted for what may be the wrong person.
+    env.nevis
+        .insert_user(legacy("hr-1", "anna", "USER.0@EXAMPLE.COM"));
+    env.nevis
+        .insert_user(legacy("hr-2", "anna.b", "user.0@example.com"));
+    // A unique match in another case is still adopted.
+    env.nevis
+        .insert_user(legacy("hr-3", "bob", "USER.1@EXAMPLE.COM"));
+    env.nevis.clear_request_log();
+
+    let run = env.sync(&[]).await;
+    run.assert_code(1);
+    assert_eq!(
+        (
+            run.count("conflicts"),
+            run.count("adopted"),
+            run.count("created")
+        ),
+        (1, 1, 0),
+        "{}",
+        run.stdout
+    );
+    assert!(
+        run.stdout.contains(&format!(
+            "conflict: nexudus_id={} extId={} candidates=[hr-1,hr-2]",
+            ids[0],
+            ext(ids[0])
+        )),
+        "{}",
+        run.stdout
+    );
+    assert!(
+        run.stdout
+            .contains(&format!("adopted: nexudus_id={} extId=hr-3", ids[1])),
+        "{}",
+        run.stdout
+    );
+    for untouched in ["hr-1", "hr-2"] {
+        assert_eq!(
+            env.nevis.user(untouched).unwrap()["version"],
+            0,
+            "nothing written"
+        );
+    }
+    // The candidates came from one read of the client's users, not from filters.
+    let filtered = env
+        .nevis
+        .request_log()
+        .into_iter()
+        .filter(|r| r.path.contains("contacts.email=") || r.path.contains("loginId="))
+        .count();
+    assert_eq!(filtered, 0);
 }

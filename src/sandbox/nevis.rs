@@ -141,6 +141,8 @@ struct Inner {
     token_on_every_page: bool,
     /// A PATCH without `version` is refused (422), as the one real client found requires it.
     version_required: bool,
+    /// The `loginId` and `contacts.email` filters compare exactly (case-sensitive).
+    exact_filters: bool,
     stats: NevisStats,
     log: Vec<LoggedRequest>,
     /// Off for long benchmark runs, where the log would only cost memory.
@@ -234,6 +236,7 @@ impl FakeNevis {
             upper_case_languages: false,
             token_on_every_page: false,
             version_required: false,
+            exact_filters: false,
             stats: NevisStats::default(),
             log: Vec::new(),
             log_enabled: true,
@@ -333,6 +336,12 @@ impl FakeNevis {
     /// `409` whether or not this is on. The PATCH answer is the updated user either way.
     pub fn set_version_required(&self, on: bool) {
         self.lock().version_required = on;
+    }
+
+    /// Makes the listing's `loginId=` and `contacts.email=` filters compare exactly (case
+    /// matters), as nothing documents that they do not.
+    pub fn set_exact_filters(&self, on: bool) {
+        self.lock().exact_filters = on;
     }
 
     pub fn user(&self, ext_id: &str) -> Option<Value> {
@@ -1140,7 +1149,16 @@ async fn list_users(
             .ok_or_else(|| error(400, "errors.invalidData", "Invalid continuationToken."))?,
         None => number("offset")?.unwrap_or(0),
     };
-    let filter = |field: &str| params.get(field).map(|value| value.to_lowercase());
+    let exact_filters = inner.exact_filters;
+    let filter = |field: &str| {
+        params.get(field).map(|value| {
+            if exact_filters {
+                value.clone()
+            } else {
+                value.to_lowercase()
+            }
+        })
+    };
     let (login, email) = (filter("loginId"), filter("contacts.email"));
     let (state_filter, ext_id) = (params.get("userState"), params.get("extId"));
     let text = |user: &Value, pointer: &str| {
@@ -1154,7 +1172,13 @@ async fn list_users(
         .filter(|user| {
             let ci = |wanted: &Option<String>, pointer: &str| {
                 wanted.as_ref().is_none_or(|wanted| {
-                    text(user, pointer).is_some_and(|value| value.to_lowercase() == *wanted)
+                    text(user, pointer).is_some_and(|value| {
+                        if exact_filters {
+                            value == *wanted
+                        } else {
+                            value.to_lowercase() == *wanted
+                        }
+                    })
                 })
             };
             let exact = |wanted: Option<&String>, pointer: &str| {
