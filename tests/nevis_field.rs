@@ -6,6 +6,9 @@
 mod common;
 
 use common::{Env, quote};
+use std::time::Duration;
+
+use nexudus_nevis_sync::sandbox::{FakeOAuth, Fault};
 use serde_json::json;
 
 fn ext(id: u64) -> String {
@@ -366,4 +369,91 @@ async fn adoption_sees_accounts_differing_only_in_case_whatever_the_filters_do()
         .filter(|r| r.path.contains("contacts.email=") || r.path.contains("loginId="))
         .count();
     assert_eq!(filtered, 0);
+}
+
+fn short_lived(lifetime_secs: u64, report_expires_in: bool) -> FakeOAuth {
+    FakeOAuth {
+        lifetime: Duration::from_secs(lifetime_secs),
+        report_expires_in,
+        ..FakeOAuth::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oauth_tokens_are_renewed_before_they_expire_in_a_run_longer_than_their_lifetime() {
+    let env = Env::start().await;
+    env.use_oauth(short_lived(5, true));
+    env.set("sync.concurrency", "1");
+    // 60 writes one at a time, each answered after at least 100 ms: the run outlasts a token.
+    env.nevis.set_latency(Duration::from_millis(100));
+    env.seed(60);
+    let run = env.sync(&[]).await;
+    run.assert_code(0);
+    assert_eq!(run.count("created"), 60);
+    let stats = env.nevis.stats();
+    assert!(stats.token_requests >= 2, "renewed: {stats:?}");
+    // Renewed at 90 % of the lifetime (4.5 s), half a second before it ran out: never refused.
+    assert_eq!(stats.unauthorized, 0, "{stats:?}");
+    assert!(
+        env.nevis.token_scopes().iter().all(Option::is_none),
+        "no scope unless configured"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_without_expires_in_is_renewed_on_a_401_and_the_request_repeated() {
+    let env = Env::start().await;
+    env.use_oauth(short_lived(1, false));
+    env.set("nevis.oauth_scope", &quote("nevis"));
+    env.set("sync.concurrency", "1");
+    env.nevis.set_latency(Duration::from_millis(100));
+    env.seed(25);
+    let run = env.sync(&[]).await;
+    run.assert_code(0);
+    assert_eq!((run.count("created"), run.count("failed")), (25, 0));
+    let stats = env.nevis.stats();
+    assert!(stats.unauthorized >= 1, "{stats:?}");
+    assert!(stats.token_requests >= 2, "{stats:?}");
+    // Each 401 cost one renewal and one repeat of the request, no more.
+    assert_eq!(stats.token_requests, stats.unauthorized + 1, "{stats:?}");
+    assert_eq!(stats.creates, 25 + stats.unauthorized);
+    assert!(
+        env.nevis
+            .token_scopes()
+            .iter()
+            .all(|s| s.as_deref() == Some("nevis"))
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn token_requests_are_retried_and_refused_client_credentials_are_fatal() {
+    let env = Env::start().await;
+    env.use_oauth(FakeOAuth::default());
+    env.seed(2);
+    // The first request of the run is the token grant: a 503 is retried like any request.
+    env.nevis.push_fault(Fault::Status {
+        status: 503,
+        retry_after: None,
+    });
+    let run = env.sync(&[]).await;
+    run.assert_code(0);
+    assert_eq!(run.count("created"), 2);
+    assert_eq!(env.nevis.stats().token_requests, 2);
+
+    let wrong = "wrong-oauth-secret-3141";
+    env.set("nevis.oauth_client_secret", &quote(wrong));
+    env.seed(1);
+    env.nevis.reset_stats();
+    let run = env.sync(&[]).await;
+    run.assert_code(2);
+    assert!(
+        run.stderr.contains("invalid_client")
+            && run.stderr.contains("nevis.oauth_client_id")
+            && run.stderr.contains("nevis.oauth_client_secret"),
+        "{}",
+        run.stderr
+    );
+    assert!(!run.stderr.contains(wrong) && !run.stdout.contains(wrong));
+    let stats = env.nevis.stats();
+    assert_eq!((stats.token_requests, stats.creates), (1, 0), "not retried");
 }

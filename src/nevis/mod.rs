@@ -6,6 +6,8 @@
 //! nevisIDM's code and message), authentication refused (fatal), or unavailable (429, 5xx,
 //! timeouts, dropped connections: retried by [`crate::retry`], honouring `Retry-After`).
 
+mod oauth;
+
 use std::future::Future;
 use std::time::Duration;
 
@@ -139,7 +141,7 @@ pub async fn list_all<T: Target>(
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum TargetError {
     #[error(
-        "nevisIDM refused the credentials (HTTP {status}); check nevis.token and the technical user's rights"
+        "nevisIDM refused the credentials (HTTP {status}); check nevis.token (or nevis.oauth_client_id and its rights, or the client certificate) and the technical user's rights"
     )]
     Auth { status: u16 },
     #[error("nevisIDM says the user already exists (HTTP {status} {code}: {message})")]
@@ -151,6 +153,10 @@ pub enum TargetError {
     /// A PATCH answered 409: the user changed in nevisIDM since its `version` was read.
     #[error("nevisIDM user changed concurrently (HTTP 409{detail})")]
     Stale { detail: String },
+    /// OAuth2 went wrong in a way that will not heal by itself (credentials refused, no token
+    /// in the answer, nevisIDM refusing a fresh token). Fatal.
+    #[error("nevisIDM OAuth2: {detail}")]
+    OAuth { detail: String },
     /// A PATCH answered 409 again after the user was read afresh: left for the next run.
     #[error(
         "nevisIDM answered 409 (concurrent modification) twice: user {ext_id} changed again \
@@ -212,6 +218,7 @@ impl TargetError {
                 | TargetError::Tls { .. }
                 | TargetError::Redirect { .. }
                 | TargetError::LoginPage { .. }
+                | TargetError::OAuth { .. }
         )
     }
 }
@@ -234,6 +241,7 @@ impl Classify for TargetError {
             TargetError::NotFound => "404".into(),
             TargetError::Stale { .. } | TargetError::Contended { .. } => "409".into(),
             TargetError::Conflict { .. } => "conflict".into(),
+            TargetError::OAuth { .. } => "oauth".into(),
             TargetError::Tls { .. } => "tls".into(),
             TargetError::Redirect { status, .. }
             | TargetError::LoginPage { status, .. }
@@ -264,6 +272,8 @@ pub struct NevisClient {
     /// `GET /nevisidm/api/core/v1/clients/{clientExtId}/users`: the paged, filterable listing.
     list_url: Url,
     token: Option<SecretString>,
+    /// OAuth2 client credentials: access tokens fetched and renewed instead of a static token.
+    oauth: Option<oauth::OAuth>,
     /// Whether a client certificate is configured: a server asking for one means different
     /// things with and without.
     client_cert: bool,
@@ -307,6 +317,7 @@ impl NevisClient {
             users_url,
             list_url,
             token: cfg.token.clone(),
+            oauth: cfg.oauth.clone().map(oauth::OAuth::new),
             client_cert: cfg.tls.client_cert.is_some(),
             retry: RetryPolicy::new("nevis", retry, Arc::clone(&metrics)),
             metrics,
@@ -329,9 +340,10 @@ impl NevisClient {
         method: Method,
         url: Url,
         body: Option<&Value>,
+        token: Option<&SecretString>,
     ) -> Result<Option<Value>, TargetError> {
         let mut request = self.http.request(method, url);
-        if let Some(token) = &self.token {
+        if let Some(token) = token {
             request = request.bearer_auth(token.expose_secret());
         }
         if let Some(body) = body {
@@ -367,11 +379,44 @@ impl NevisClient {
         body: Option<&Value>,
         what: &str,
     ) -> Result<Option<Value>, TargetError> {
-        self.retry
+        let Some(oauth) = &self.oauth else {
+            let token = self.token.as_ref();
+            return self
+                .retry
+                .run(what, || {
+                    self.send_once(call, method.clone(), url.clone(), body, token)
+                })
+                .await;
+        };
+        // OAuth2: a 401 renews the token once and repeats the request once.
+        let bearer = oauth.bearer(&self.http, &self.retry).await?;
+        let first = self
+            .retry
             .run(what, || {
-                self.send_once(call, method.clone(), url.clone(), body)
+                self.send_once(call, method.clone(), url.clone(), body, Some(&bearer.token))
+            })
+            .await;
+        if !matches!(first, Err(TargetError::Auth { status: 401 })) {
+            return first;
+        }
+        tracing::debug!("nevisIDM answered 401: renewing the access token once");
+        oauth.refused(bearer.generation).await;
+        let bearer = oauth.bearer(&self.http, &self.retry).await?;
+        match self
+            .retry
+            .run(what, || {
+                self.send_once(call, method.clone(), url.clone(), body, Some(&bearer.token))
             })
             .await
+        {
+            Err(TargetError::Auth { status }) => Err(TargetError::OAuth {
+                detail: format!(
+                    "nevisIDM refused a freshly issued access token (HTTP {status}); check the \
+                     rights of the client nevis.oauth_client_id and nevis.oauth_scope"
+                ),
+            }),
+            other => other,
+        }
     }
 }
 

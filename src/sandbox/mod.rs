@@ -11,7 +11,7 @@
 pub mod nevis;
 pub mod nexudus;
 
-pub use nevis::{FakeNevis, LoggedRequest, NevisFakeConfig, NevisStats};
+pub use nevis::{FakeNevis, FakeOAuth, LoggedRequest, NevisFakeConfig, NevisStats};
 pub use nexudus::{FakeNexudus, NexudusFakeConfig, NexudusStats, NexudusUserSpec, sample_users};
 
 use std::collections::VecDeque;

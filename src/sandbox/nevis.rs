@@ -31,6 +31,8 @@ const CREATE_ROUTE: &str = "/nevisidm/api/core/v1/{client}/users";
 const USER_ROUTE: &str = "/nevisidm/api/core/v1/{client}/users/{ext_id}";
 const ARCHIVE_ROUTE: &str = "/nevisidm/api/core/v1/{client}/users/{ext_id}/archive";
 const LIST_ROUTE: &str = "/nevisidm/api/core/v1/clients/{client}/users";
+/// The OAuth2 token endpoint (on a real deployment, `https://login.<instance>/oauth/token`).
+const TOKEN_ROUTE: &str = "/oauth/token";
 
 const DEFAULT_LIMIT: u64 = 100;
 const MAX_LIMIT: u64 = 1000;
@@ -71,6 +73,41 @@ impl Default for NevisFakeConfig {
     }
 }
 
+/// OAuth2 client credentials on the fake ([`FakeNevis::enable_oauth`]): the token endpoint
+/// issues access tokens that expire after `lifetime`; nevisIDM then answers 401 to them.
+#[derive(Clone, PartialEq, Eq)]
+pub struct FakeOAuth {
+    pub client_id: String,
+    pub client_secret: String,
+    pub lifetime: Duration,
+    /// Whether the answer carries `expires_in` (a client without it learns of the expiry from
+    /// a 401).
+    pub report_expires_in: bool,
+}
+
+/// The secret stays out of logs, even a fake's.
+impl std::fmt::Debug for FakeOAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FakeOAuth")
+            .field("client_id", &self.client_id)
+            .field("client_secret", &"<redacted>")
+            .field("lifetime", &self.lifetime)
+            .field("report_expires_in", &self.report_expires_in)
+            .finish()
+    }
+}
+
+impl Default for FakeOAuth {
+    fn default() -> Self {
+        Self {
+            client_id: "sync-client".to_owned(),
+            client_secret: "oauth-client-secret-7f3a".to_owned(),
+            lifetime: Duration::from_secs(3600),
+            report_expires_in: true,
+        }
+    }
+}
+
 /// Requests received since start (or the last [`FakeNevis::reset_stats`]), failed ones included.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct NevisStats {
@@ -83,6 +120,8 @@ pub struct NevisStats {
     pub deletes: u64,
     /// Requests answered 401.
     pub unauthorized: u64,
+    /// Requests to the OAuth2 token endpoint.
+    pub token_requests: u64,
     /// Requests that consumed a queued [`Fault`].
     pub faults_injected: u64,
     /// Answers by HTTP status.
@@ -143,6 +182,12 @@ struct Inner {
     version_required: bool,
     /// The `loginId` and `contacts.email` filters compare exactly (case-sensitive).
     exact_filters: bool,
+    /// OAuth2 on: only access tokens from the token endpoint are accepted, until they expire.
+    oauth: Option<FakeOAuth>,
+    /// Access tokens issued, with when they expire, in issue order.
+    issued: Vec<(String, std::time::Instant)>,
+    /// The `scope` of every token request (`None` when it had none).
+    token_scopes: Vec<Option<String>>,
     stats: NevisStats,
     log: Vec<LoggedRequest>,
     /// Off for long benchmark runs, where the log would only cost memory.
@@ -237,6 +282,9 @@ impl FakeNevis {
             token_on_every_page: false,
             version_required: false,
             exact_filters: false,
+            oauth: None,
+            issued: Vec::new(),
+            token_scopes: Vec::new(),
             stats: NevisStats::default(),
             log: Vec::new(),
             log_enabled: true,
@@ -252,6 +300,7 @@ impl FakeNevis {
             )
             .route(ARCHIVE_ROUTE, post(archive_user))
             .route(LIST_ROUTE, get(list_users))
+            .route(TOKEN_ROUTE, post(token_grant))
             .fallback(no_route)
             .method_not_allowed_fallback(method_not_allowed)
             .layer(middleware::from_fn_with_state(state.clone(), gate))
@@ -342,6 +391,27 @@ impl FakeNevis {
     /// matters), as nothing documents that they do not.
     pub fn set_exact_filters(&self, on: bool) {
         self.lock().exact_filters = on;
+    }
+
+    /// Turns on OAuth2 client credentials: `POST /oauth/token` issues access tokens, and only
+    /// those are accepted (the static token no longer is), until they expire.
+    pub fn enable_oauth(&self, oauth: FakeOAuth) {
+        self.lock().oauth = Some(oauth);
+    }
+
+    /// The token endpoint's URL.
+    pub fn token_url(&self) -> String {
+        format!("{}{TOKEN_ROUTE}", self.base_url())
+    }
+
+    /// Every access token issued so far, oldest first.
+    pub fn issued_tokens(&self) -> Vec<String> {
+        self.lock().issued.iter().map(|(t, _)| t.clone()).collect()
+    }
+
+    /// The `scope` each token request carried, in order.
+    pub fn token_scopes(&self) -> Vec<Option<String>> {
+        self.lock().token_scopes.clone()
     }
 
     pub fn user(&self, ext_id: &str) -> Option<Value> {
@@ -442,6 +512,54 @@ impl FakeNevis {
     }
 }
 
+/// `POST /oauth/token`: the client credentials grant, client authenticated with HTTP Basic.
+async fn token_grant(
+    State(state): State<Shared>,
+    headers: axum::http::HeaderMap,
+    body: Bytes,
+) -> Response {
+    let oauth_error = |status: u16, code: &str| {
+        json_response(
+            status,
+            &json!({ "error": code, "error_description": format!("{code} (sandbox)") }),
+            None,
+        )
+    };
+    let mut inner = lock(&state);
+    let Some(oauth) = inner.oauth.clone() else {
+        return oauth_error(404, "not_found");
+    };
+    let form: HashMap<String, String> = url::form_urlencoded::parse(&body).into_owned().collect();
+    inner.token_scopes.push(form.get("scope").cloned());
+    let credentials = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.strip_prefix("Basic "))
+        .and_then(|encoded| {
+            base64::engine::general_purpose::STANDARD
+                .decode(encoded.trim())
+                .ok()
+        })
+        .and_then(|raw| String::from_utf8(raw).ok());
+    let expected = format!("{}:{}", oauth.client_id, oauth.client_secret);
+    if credentials.as_deref() != Some(expected.as_str()) {
+        return oauth_error(401, "invalid_client");
+    }
+    if form.get("grant_type").map(String::as_str) != Some("client_credentials") {
+        return oauth_error(400, "unsupported_grant_type");
+    }
+    let n = inner.issued.len() as u64 + 1;
+    let token = format!("oauth-at-{n}-{}", fake_uuid(n ^ 0x6f61_7574_6800_0000));
+    inner
+        .issued
+        .push((token.clone(), std::time::Instant::now() + oauth.lifetime));
+    let mut answer = json!({ "access_token": token, "token_type": "Bearer" });
+    if oauth.report_expires_in {
+        answer["expires_in"] = json!(oauth.lifetime.as_secs());
+    }
+    json_response(200, &answer, None)
+}
+
 /// A user as the fake answers it (the stored document, in the configured spelling).
 fn shown(inner: &Inner, user: &Value) -> Value {
     let mut user = user.clone();
@@ -501,6 +619,7 @@ async fn gate(State(state): State<Shared>, request: Request, next: Next) -> Resp
             (&Method::DELETE, Some(USER_ROUTE)) => stats.deletes += 1,
             (&Method::POST, Some(ARCHIVE_ROUTE)) => stats.archives += 1,
             (&Method::GET, Some(LIST_ROUTE)) => stats.lists += 1,
+            (&Method::POST, Some(TOKEN_ROUTE)) => stats.token_requests += 1,
             _ => {}
         }
         inner.in_flight += 1;
@@ -570,7 +689,18 @@ async fn admit(state: &Shared, request: Request, next: Next) -> Response {
             .headers()
             .get(header::AUTHORIZATION)
             .map(|value| value.to_str().unwrap_or_default().trim().to_owned());
+        let now = std::time::Instant::now();
         let authorized = match presented {
+            // The token endpoint checks its own (Basic) credentials.
+            _ if request.uri().path() == TOKEN_ROUTE => true,
+            Some(value) if inner.oauth.is_some() => {
+                value.strip_prefix("Bearer ").is_some_and(|token| {
+                    inner
+                        .issued
+                        .iter()
+                        .any(|(issued, expires)| issued == token && now < *expires)
+                })
+            }
             Some(value) => value == expected,
             None => !inner.token_required,
         };

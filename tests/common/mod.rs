@@ -9,7 +9,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use nexudus_nevis_sync::sandbox::{
-    FakeNevis, FakeNexudus, NevisFakeConfig, NexudusFakeConfig, NexudusUserSpec,
+    FakeNevis, FakeNexudus, FakeOAuth, NevisFakeConfig, NexudusFakeConfig, NexudusUserSpec,
 };
 use tempfile::TempDir;
 use tokio::process::Command;
@@ -133,6 +133,22 @@ impl Env {
             .unwrap()
             .insert(key.to_string(), toml_value.to_string());
         self.write_config();
+    }
+
+    /// Removes `section.key` and rewrites the file.
+    pub fn unset(&self, key: &str) {
+        self.keys.lock().unwrap().remove(key);
+        self.write_config();
+    }
+
+    /// Authenticates to nevisIDM with OAuth2 client credentials from the fake's token endpoint
+    /// (instead of the static token), turning the endpoint on with `oauth`.
+    pub fn use_oauth(&self, oauth: FakeOAuth) {
+        self.unset("nevis.token");
+        self.set("nevis.oauth_token_url", &quote(&self.nevis.token_url()));
+        self.set("nevis.oauth_client_id", &quote(&oauth.client_id));
+        self.set("nevis.oauth_client_secret", &quote(&oauth.client_secret));
+        self.nevis.enable_oauth(oauth);
     }
 
     fn write_config(&self) {
