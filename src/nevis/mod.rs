@@ -2,9 +2,16 @@
 //! (`/nevisidm/api/core/v1/{clientExtId}/users`).
 //!
 //! Every answer is classified here, once: success, the user already exists (a create answered
-//! 422 `errors.duplicateValue` or 409), not found, rejected (400/422: not retried, reported with
-//! nevisIDM's code and message), authentication refused (fatal), or unavailable (429, 5xx,
-//! timeouts, dropped connections: retried by [`crate::retry`], honouring `Retry-After`).
+//! 422 `errors.duplicateValue` or 409), not found, a stale `version` (a PATCH answered 409: never
+//! retried with the same body), rejected (400/422: not retried, reported with nevisIDM's code and
+//! message), authentication refused (fatal), or unavailable (429, 5xx, timeouts, dropped
+//! connections: retried by [`crate::retry`], honouring `Retry-After`).
+//!
+//! The wire is trusted only as far as it is documented: redirects are never followed (a 3xx is
+//! a login proxy in front of the API, fatal), a success counts only in its documented status
+//! (create 201, update and archive 200 or 204), and a body is data only when it is a JSON object
+//! announced as JSON (an HTML page is a login page, fatal). Access tokens come from a static
+//! `nevis.token` or from OAuth2 client credentials (`oauth`).
 
 mod oauth;
 

@@ -7,6 +7,14 @@
 //! locking, archive, and the client-wide user listing with offset or continuation-token paging.
 //! It also records every request and the peak number handled at once, so tests can check what
 //! the sync sent and how many requests it kept in flight.
+//!
+//! Switches model what real deployments are known to do beyond the documentation (each off by
+//! default): a login proxy redirecting writes to an HTML page ([`FakeNevis::set_login_redirect`]),
+//! OAuth2 access tokens that expire ([`FakeNevis::enable_oauth`]), `version` required on PATCH
+//! ([`FakeNevis::set_version_required`]), `languageCode` answered upper case
+//! ([`FakeNevis::set_upper_case_languages`]), a continuation token on every page and the total
+//! only on request ([`FakeNevis::set_token_on_every_page`]), exact-match query filters
+//! ([`FakeNevis::set_exact_filters`]) and offset-only paging ([`FakeNevis::set_offset_paging_only`]).
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
