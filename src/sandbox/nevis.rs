@@ -1842,6 +1842,160 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn field_switches_answer_as_real_deployments_do() {
+        let fake = start().await;
+        let url = users_url(&fake);
+        let client = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .expect("client");
+
+        // A login proxy: writes are redirected to an HTML page answering 200.
+        fake.set_login_redirect(true);
+        let response = client
+            .post(&url)
+            .bearer_auth(TOKEN)
+            .json(&person("u-1", "zoe"))
+            .send()
+            .await
+            .expect("sent");
+        assert_eq!(response.status(), StatusCode::FOUND);
+        let location = response.headers()[header::LOCATION]
+            .to_str()
+            .expect("text")
+            .to_owned();
+        let page = client.get(&location).send().await.expect("sent");
+        assert_eq!(page.status(), StatusCode::OK);
+        assert!(
+            page.headers()[header::CONTENT_TYPE]
+                .to_str()
+                .unwrap()
+                .starts_with("text/html")
+        );
+        assert_eq!(fake.user_count(), 0);
+        fake.set_login_redirect(false);
+
+        // version required on PATCH; languageCode answered upper case.
+        call(Method::POST, &url, Some(&person("u-1", "zoe"))).await;
+        fake.set_version_required(true);
+        fake.set_upper_case_languages(true);
+        let user_url = format!("{url}/u-1");
+        let (status, _, body) =
+            call(Method::PATCH, &user_url, Some(&json!({"remarks": "x"}))).await;
+        assert_eq!(
+            (status, code(&body)),
+            (StatusCode::UNPROCESSABLE_ENTITY, "errors.invalidData")
+        );
+        let (status, _, user) = call(
+            Method::PATCH,
+            &user_url,
+            Some(&json!({"remarks": "x", "version": 0})),
+        )
+        .await;
+        assert_eq!(
+            (status, user["version"].clone()),
+            (StatusCode::OK, json!(1))
+        );
+        assert_eq!(user["languageCode"], "EN");
+        assert_eq!(
+            fake.user("u-1").unwrap()["languageCode"],
+            "en",
+            "stored as given"
+        );
+
+        // Exact filters; a token on every page, an empty last page, the total on request.
+        fake.insert_user(person("u-2", "Zed"));
+        fake.set_exact_filters(true);
+        fake.set_token_on_every_page(true);
+        let list = |query: &'static [(&'static str, &'static str)]| {
+            let request = client.get(list_url(&fake)).bearer_auth(TOKEN).query(query);
+            async move {
+                request
+                    .send()
+                    .await
+                    .expect("sent")
+                    .json::<Value>()
+                    .await
+                    .expect("JSON")
+            }
+        };
+        let page = list(&[("loginId", "zed")]).await;
+        assert_eq!(page["items"].as_array().map(Vec::len), Some(0));
+        let page = list(&[("loginId", "Zed")]).await;
+        assert_eq!(page["items"].as_array().map(Vec::len), Some(1));
+        let page = list(&[("limit", "5")]).await;
+        assert!(page["_pagination"].get("totalResult").is_none());
+        let token = page["_pagination"]["continuationToken"]
+            .as_str()
+            .expect("token")
+            .to_owned();
+        let last = client
+            .get(list_url(&fake))
+            .bearer_auth(TOKEN)
+            .query(&[
+                ("continuationToken", token.as_str()),
+                ("returnTotalResultCount", "true"),
+            ])
+            .send()
+            .await
+            .expect("sent")
+            .json::<Value>()
+            .await
+            .expect("JSON");
+        assert_eq!(last["items"].as_array().map(Vec::len), Some(0));
+        assert_eq!(last["_pagination"]["totalResult"], 2);
+        assert!(last["_pagination"].get("continuationToken").is_none());
+    }
+
+    #[tokio::test]
+    async fn oauth_tokens_are_issued_to_the_client_and_expire() {
+        let fake = start().await;
+        fake.enable_oauth(FakeOAuth {
+            lifetime: Duration::from_millis(300),
+            ..FakeOAuth::default()
+        });
+        let client = reqwest::Client::new();
+        let grant = |secret: &'static str| {
+            client
+                .post(fake.token_url())
+                .basic_auth("sync-client", Some(secret))
+                .form(&[("grant_type", "client_credentials"), ("scope", "nevis")])
+                .send()
+        };
+        let refused = grant("wrong").await.expect("sent");
+        assert_eq!(refused.status(), StatusCode::UNAUTHORIZED);
+        let body: Value = refused.json().await.expect("JSON");
+        assert_eq!(body["error"], "invalid_client");
+        let answer: Value = grant("oauth-client-secret-7f3a")
+            .await
+            .expect("sent")
+            .json()
+            .await
+            .expect("JSON");
+        let token = answer["access_token"].as_str().expect("token").to_owned();
+        assert_eq!(answer["expires_in"], 0, "whole seconds of 300 ms");
+        let with = |token: &str| client.get(list_url(&fake)).bearer_auth(token).send();
+        assert_eq!(with(&token).await.expect("sent").status(), StatusCode::OK);
+        assert_eq!(
+            with(TOKEN).await.expect("sent").status(),
+            StatusCode::UNAUTHORIZED,
+            "the static token is not accepted any more"
+        );
+        // The expiry is real time; this bounded wait is not an assertion on speed.
+        tokio::time::sleep(Duration::from_millis(350)).await;
+        assert_eq!(
+            with(&token).await.expect("sent").status(),
+            StatusCode::UNAUTHORIZED
+        );
+        assert_eq!(fake.issued_tokens(), [token]);
+        assert_eq!(
+            fake.token_scopes(),
+            [Some("nevis".to_owned()), Some("nevis".to_owned())]
+        );
+        assert_eq!(fake.stats().token_requests, 2);
+    }
+
+    #[tokio::test]
     async fn max_in_flight_tracks_concurrent_requests() {
         let fake = start().await;
         fake.set_latency(Duration::from_millis(200));
