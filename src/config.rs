@@ -1300,6 +1300,25 @@ mod tests {
         assert_eq!(c.nexudus.totp.as_ref().unwrap().expose_secret(), "123456");
         assert!(c.warnings.is_empty());
 
+        // OAuth2 with a client certificate, the secret from a file.
+        let secret = dir.path().join("oauth-secret");
+        std::fs::write(&secret, "from-file-oauth\n").unwrap();
+        let with_cert = MINIMAL.replace(
+            "token = \"tok-secret-nevis\"",
+            &format!(
+                "client_cert = {cert:?}\nclient_key = {key:?}\n\
+                 oauth_token_url = \"https://login.example.com/oauth/token\"\n\
+                 oauth_client_id = \"c\"\noauth_client_secret_file = {:?}",
+                secret.display().to_string()
+            ),
+        );
+        let c = Config::from_toml_str(&with_cert).unwrap();
+        assert!(c.nevis.tls.client_cert.is_some());
+        assert_eq!(
+            c.nevis.oauth.unwrap().client_secret.expose_secret(),
+            "from-file-oauth"
+        );
+
         let no_auth = MINIMAL.replace("token = \"tok-secret-nevis\"", "");
         assert!(err(&no_auth).contains("nevis.token"), "{}", err(&no_auth));
         let half = MINIMAL.replace(

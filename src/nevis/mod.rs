@@ -535,7 +535,20 @@ impl Target for NevisClient {
             &what,
         )
         .await
-        .map(|answer| answer.as_ref().and_then(version_of))
+        .and_then(|answer| match answer {
+            // The updated user: it must be the one we wrote to.
+            Some(user)
+                if user
+                    .get("extId")
+                    .is_some_and(|e| e.as_str() != Some(ext_id)) =>
+            {
+                Err(TargetError::Protocol {
+                    status: 200,
+                    detail: format!("updating user {ext_id} answered a document of another extId"),
+                })
+            }
+            answer => Ok(answer.as_ref().and_then(version_of)),
+        })
     }
 
     async fn archive(&self, ext_id: &str) -> Result<(), TargetError> {
