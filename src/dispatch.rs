@@ -221,6 +221,8 @@ enum Decision {
 /// Errors that end the run.
 #[derive(Debug, thiserror::Error)]
 pub enum DispatchError {
+    /// A nevisIDM answer every later request would meet too ([`TargetError::is_fatal`]):
+    /// credentials refused, TLS, a redirect or login page, OAuth2.
     #[error(transparent)]
     Auth(TargetError),
     #[error("nevisIDM unavailable: {0} users in a row failed after retries (last: {1})")]
