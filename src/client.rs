@@ -22,6 +22,9 @@ fn builder(timeout: Duration) -> reqwest::ClientBuilder {
         reqwest::header::HeaderValue::from_static("application/json"),
     );
     reqwest::Client::builder()
+        // A redirect from an API is never a success: behind a login proxy, following it turns a
+        // POST into a GET of the login page. Each client reports the 3xx itself.
+        .redirect(reqwest::redirect::Policy::none())
         .timeout(timeout)
         .connect_timeout(timeout.min(Duration::from_secs(10)))
         .user_agent(concat!("nexudus-nevis-sync/", env!("CARGO_PKG_VERSION")))

@@ -103,6 +103,11 @@ struct RawNevis {
     ca_cert: Option<PathBuf>,
     #[serde(default)]
     insecure_skip_verify: bool,
+    oauth_token_url: Option<String>,
+    oauth_client_id: Option<String>,
+    oauth_client_secret: Option<String>,
+    oauth_client_secret_file: Option<PathBuf>,
+    oauth_scope: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -368,10 +373,23 @@ pub enum NexudusAuth {
 pub struct NevisConfig {
     pub base_url: Url,
     pub client_ext_id: String,
-    /// Bearer token; optional when a client certificate authenticates instead.
+    /// Bearer token; optional when a client certificate or OAuth2 authenticates instead.
     pub token: Option<SecretString>,
+    /// OAuth2 client credentials: short-lived access tokens instead of a static `token`.
+    pub oauth: Option<NevisOAuth>,
     pub request_timeout: Duration,
     pub tls: NevisTls,
+}
+
+/// OAuth2 client credentials grant for nevisIDM access tokens (`nevis.oauth_*`).
+#[derive(Debug, Clone)]
+pub struct NevisOAuth {
+    /// `POST` here with `grant_type=client_credentials` (e.g. `https://login.<instance>/oauth/token`).
+    pub token_url: Url,
+    pub client_id: String,
+    pub client_secret: SecretString,
+    /// Sent only when set (e.g. `nevis`).
+    pub scope: Option<String>,
 }
 
 /// TLS towards nevisIDM: a client certificate (mTLS) and a private CA, all PEM.
@@ -630,17 +648,33 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
         ));
     }
     let token = optional_secret("nevis.token", nevis.token, nevis.token_file.as_deref())?;
-    if token.is_none() && tls.client_cert.is_none() {
+    let oauth = nevis_oauth(
+        nevis.oauth_token_url,
+        nevis.oauth_client_id,
+        nevis.oauth_client_secret,
+        nevis.oauth_client_secret_file,
+        nevis.oauth_scope,
+    )?;
+    if token.is_some() && oauth.is_some() {
         return Err(invalid(
             "nevis.token",
-            "missing: set nevis.token or nevis.token_file, or a client certificate \
-             (nevis.client_cert and nevis.client_key)",
+            "set either nevis.token / nevis.token_file or OAuth2 (nevis.oauth_token_url, \
+             nevis.oauth_client_id, nevis.oauth_client_secret), not both",
+        ));
+    }
+    if token.is_none() && oauth.is_none() && tls.client_cert.is_none() {
+        return Err(invalid(
+            "nevis.token",
+            "missing: set nevis.token or nevis.token_file, OAuth2 client credentials \
+             (nevis.oauth_token_url, nevis.oauth_client_id, nevis.oauth_client_secret), or a \
+             client certificate (nevis.client_cert and nevis.client_key)",
         ));
     }
     let nevis_cfg = NevisConfig {
         base_url: parse_url("nevis.base_url", &nevis.base_url)?,
         client_ext_id: client.to_string(),
         token,
+        oauth,
         request_timeout: positive("nevis.request_timeout", nevis.request_timeout)?,
         tls,
     };
@@ -960,6 +994,49 @@ fn positive(key: &str, d: Duration) -> Result<Duration, ConfigError> {
     }
 }
 
+/// `nevis.oauth_*`: all of URL, client id and secret, or none of them.
+fn nevis_oauth(
+    token_url: Option<String>,
+    client_id: Option<String>,
+    secret_inline: Option<String>,
+    secret_file: Option<PathBuf>,
+    scope: Option<String>,
+) -> Result<Option<NevisOAuth>, ConfigError> {
+    let secret_given = secret_inline.is_some() || secret_file.is_some();
+    if token_url.is_none() && client_id.is_none() && !secret_given && scope.is_none() {
+        return Ok(None);
+    }
+    let Some(token_url) = token_url else {
+        return Err(invalid(
+            "nevis.oauth_token_url",
+            "missing: OAuth2 needs nevis.oauth_token_url, nevis.oauth_client_id and \
+             nevis.oauth_client_secret (or nevis.oauth_client_secret_file)",
+        ));
+    };
+    let client_id = client_id
+        .map(|c| c.trim().to_string())
+        .filter(|c| !c.is_empty())
+        .ok_or_else(|| {
+            invalid(
+                "nevis.oauth_client_id",
+                "missing: OAuth2 needs nevis.oauth_client_id with nevis.oauth_token_url",
+            )
+        })?;
+    let client_secret = secret(
+        "nevis.oauth_client_secret",
+        secret_inline,
+        secret_file.as_deref(),
+    )?;
+    Ok(Some(NevisOAuth {
+        token_url: parse_url("nevis.oauth_token_url", &token_url)?,
+        client_id,
+        client_secret,
+        scope: scope
+            .map(|s| s.trim().to_string())
+            .filter(|s| !s.is_empty()),
+    }))
+}
+
 /// Reads a secret given inline (`key`) or from a file (`key_file`), never both.
 /// Secrets written inline in the file itself (not `*_file`, not the environment).
 #[derive(Deserialize, Default)]
@@ -975,6 +1052,7 @@ struct SecretProbeSection {
     password: Option<toml_value::Ignored>,
     totp: Option<toml_value::Ignored>,
     token: Option<toml_value::Ignored>,
+    oauth_client_secret: Option<toml_value::Ignored>,
 }
 
 mod toml_value {
@@ -1006,6 +1084,7 @@ fn exposed_secrets(path: &Path) -> Option<String> {
             ("password", s.password.is_some()),
             ("totp", s.totp.is_some()),
             ("token", s.token.is_some()),
+            ("oauth_client_secret", s.oauth_client_secret.is_some()),
         ] {
             if present {
                 inline.push(format!("{section}.{key}"));
@@ -1141,6 +1220,54 @@ mod tests {
     }
 
     #[test]
+    fn oauth_client_credentials_are_complete_and_exclusive_with_a_token() {
+        let oauth = r#"oauth_token_url = "https://login.example.com/oauth/token"
+        oauth_client_id = "sync-client"
+        oauth_client_secret = "oauth-secret-4242""#;
+        let text = MINIMAL.replace("token = \"tok-secret-nevis\"", oauth);
+        let c = Config::from_toml_str(&text).unwrap();
+        let o = c.nevis.oauth.as_ref().unwrap();
+        assert!(c.nevis.token.is_none());
+        assert_eq!(
+            o.token_url.as_str(),
+            "https://login.example.com/oauth/token"
+        );
+        assert_eq!(
+            (o.client_id.as_str(), o.client_secret.expose_secret()),
+            ("sync-client", "oauth-secret-4242")
+        );
+        assert_eq!(o.scope, None, "the scope is sent only when set");
+        assert!(!format!("{c:?}").contains("oauth-secret-4242"));
+        let scoped = Config::from_toml_str(&text.replace(
+            "oauth_client_id",
+            "oauth_scope = \"nevis\"\noauth_client_id",
+        ))
+        .unwrap();
+        assert_eq!(scoped.nevis.oauth.unwrap().scope.as_deref(), Some("nevis"));
+
+        let both = MINIMAL.replace(
+            "token = \"tok-secret-nevis\"",
+            &format!("token = \"t\"\n{oauth}"),
+        );
+        let e = err(&both);
+        assert!(
+            e.contains("nevis.token") && e.contains("nevis.oauth_token_url"),
+            "{e}"
+        );
+        let e = err(&text.replace("oauth_client_id = \"sync-client\"", ""));
+        assert!(e.contains("nevis.oauth_client_id"), "{e}");
+        let e = err(&text.replace("oauth_client_secret = \"oauth-secret-4242\"", ""));
+        assert!(e.contains("nevis.oauth_client_secret"), "{e}");
+        let e = err(&text.replace("https://login.example.com/oauth/token", "nope"));
+        assert!(e.contains("nevis.oauth_token_url"), "{e}");
+        let e = err(&text.replace(
+            "oauth_token_url = \"https://login.example.com/oauth/token\"",
+            "",
+        ));
+        assert!(e.contains("nevis.oauth_token_url"), "{e}");
+    }
+
+    #[test]
     fn debug_output_never_shows_secrets() {
         let c = Config::from_toml_str(MINIMAL).unwrap();
         let dbg = format!("{c:?}");
@@ -1252,6 +1379,25 @@ mod tests {
         assert_eq!(c.nexudus.client_id, "sync@example.com");
         assert_eq!(c.nexudus.totp.as_ref().unwrap().expose_secret(), "123456");
         assert!(c.warnings.is_empty());
+
+        // OAuth2 with a client certificate, the secret from a file.
+        let secret = dir.path().join("oauth-secret");
+        std::fs::write(&secret, "from-file-oauth\n").unwrap();
+        let with_cert = MINIMAL.replace(
+            "token = \"tok-secret-nevis\"",
+            &format!(
+                "client_cert = {cert:?}\nclient_key = {key:?}\n\
+                 oauth_token_url = \"https://login.example.com/oauth/token\"\n\
+                 oauth_client_id = \"c\"\noauth_client_secret_file = {:?}",
+                secret.display().to_string()
+            ),
+        );
+        let c = Config::from_toml_str(&with_cert).unwrap();
+        assert!(c.nevis.tls.client_cert.is_some());
+        assert_eq!(
+            c.nevis.oauth.unwrap().client_secret.expose_secret(),
+            "from-file-oauth"
+        );
 
         let no_auth = MINIMAL.replace("token = \"tok-secret-nevis\"", "");
         assert!(err(&no_auth).contains("nevis.token"), "{}", err(&no_auth));

@@ -141,6 +141,8 @@ pub struct Observed {
     /// True when `properties` is everything the user has (a checkpoint): a property missing
     /// from the desired user is then removed. Read remotely, properties we never set are not ours.
     pub properties_complete: bool,
+    /// nevisIDM's `version` of the user, when read from nevisIDM.
+    pub version: Option<i64>,
 }
 
 impl From<&DesiredUser> for Observed {
@@ -154,6 +156,7 @@ impl From<&DesiredUser> for Observed {
             state: Some(u.state.as_str().to_string()),
             properties: u.properties.clone(),
             properties_complete: true,
+            version: None,
         }
     }
 }
@@ -179,12 +182,14 @@ impl Observed {
                 })
                 .unwrap_or_default(),
             properties_complete: false,
+            version: v.get("version").and_then(Value::as_i64),
         }
     }
 }
 
 /// The fields of `desired` that differ from `seen`. `loginId` compares case-insensitively, since
-/// nevisIDM treats login ids that way and a case-only difference is not worth a write.
+/// nevisIDM treats login ids that way and a case-only difference is not worth a write; so does
+/// `languageCode`, which nevisIDM answers upper or lower case depending on the deployment.
 pub fn changes_between(desired: &DesiredUser, seen: &Observed) -> Changes {
     let differs = |want: &str, have: &Option<String>| have.as_deref() != Some(want);
     // An archived user is "more than disabled": a source that says inactive is satisfied by it.
@@ -202,7 +207,11 @@ pub fn changes_between(desired: &DesiredUser, seen: &Observed) -> Changes {
             || differs(&desired.family_name, &seen.family_name))
         .then(|| (desired.first_name.clone(), desired.family_name.clone())),
         email: differs(&desired.email, &seen.email).then(|| desired.email.clone()),
-        language_code: differs(&desired.language_code, &seen.language_code)
+        // nevisIDM's on-prem schema answers `EN`, Identity Cloud `en`: the same language.
+        language_code: seen
+            .language_code
+            .as_deref()
+            .is_none_or(|have| !have.eq_ignore_ascii_case(&desired.language_code))
             .then(|| desired.language_code.clone()),
         state: state_differs.then_some(desired.state),
         properties: property_changes(desired, seen),
@@ -306,6 +315,25 @@ mod tests {
             panic!("expected update")
         };
         assert_eq!(ch.to_json(), json!({"userState": "active"}));
+    }
+
+    #[test]
+    fn language_codes_compare_without_regard_to_case() {
+        let remote = json!({
+            "extId": "nexudus-1", "loginId": "ann@example.com", "userState": "active",
+            "languageCode": "EN", "name": {"firstName": "Ann", "familyName": "Smith"},
+            "contacts": {"email": "Ann@example.com"}
+        });
+        assert!(changes_between(&user(), &Observed::from_nevis_json(&remote)).is_empty());
+        let mut checkpoint = user();
+        checkpoint.language_code = "EN".into();
+        assert_eq!(diff(&user(), Some(&checkpoint)), Plan::Unchanged);
+        let mut german = user();
+        german.language_code = "de".into();
+        assert_eq!(
+            changes_between(&german, &Observed::from_nevis_json(&remote)).to_json(),
+            json!({"languageCode": "de"})
+        );
     }
 
     #[test]

@@ -7,9 +7,13 @@
 //! is printed instead of sent, through the same path.
 //!
 //! With `sync.adopt = "email"`, a create first looks for a pre-existing nevisIDM user with the
-//! same loginId or email: exactly one, not linked to anyone else, is adopted (linked in the store
-//! and updated); zero goes on to create; several, or one already linked, is a conflict and nothing
-//! is written.
+//! same loginId or email, ignoring case: exactly one, not linked to anyone else, is adopted (linked
+//! in the store and updated); zero goes on to create; several, or one already linked, is a
+//! conflict and nothing is written. The candidates come from one read of the client's users per
+//! run (made only when a create needs it), never from nevisIDM's query filters.
+//!
+//! Every PATCH carries the `version` nevisIDM last reported for the user (optimistic locking);
+//! a `409` is answered by reading the user, diffing again and sending one fresh PATCH.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -21,7 +25,7 @@ use tracing::Instrument;
 
 use crate::diff::{Changes, Observed, changes_between, create_body};
 use crate::mapper::{DesiredUser, nexudus_id_of};
-use crate::nevis::{Target, TargetError, list_all};
+use crate::nevis::{Target, TargetError, for_each_page, list_all, version_of};
 use crate::report::{Adoption, Conflict, Failure, RunReport};
 use crate::store::{Store, StoreError, fingerprint};
 
@@ -65,6 +69,10 @@ pub struct Op {
     pub fingerprint: Option<u64>,
     /// A create that may adopt a pre-existing user (`sync.adopt = "email"`, no link yet).
     pub adopt: bool,
+    /// nevisIDM's `version` of the user as last reported, when the plan knows it (a reconcile's
+    /// listing); else the one kept with the checkpoint is used, else the user is read first.
+    /// After the write: the version nevisIDM reported for it, kept with the checkpoint.
+    pub version: Option<i64>,
 }
 
 impl Op {
@@ -91,6 +99,65 @@ pub struct AdoptRules {
     /// extId → Nexudus Id of every checkpoint, read from the store the first time a candidate
     /// needs it: users created under an earlier prefix are owned although the prefix changed.
     pub checkpoint_owners: Mutex<Option<HashMap<String, u64>>>,
+    /// The client's users by case-folded loginId and email, read once, when the first create
+    /// of the run looks for a user to adopt (see [`AdoptIndex`]).
+    index: tokio::sync::OnceCell<Result<AdoptIndex, TargetError>>,
+}
+
+/// Page size and page bound of the one read of the client's users that adoption decides from.
+const INDEX_PAGE_LIMIT: u32 = 500;
+const INDEX_MAX_PAGES: u32 = 20_000;
+
+/// Every user of the client, indexed by case-folded loginId and by case-folded email. Adoption
+/// decides from this rather than from the listing's `loginId=` / `contacts.email=` filters: how
+/// nevisIDM compares filter values is not documented, and a filter that compares exactly would
+/// hide a second account whose email differs only in case — the wrong-person case the rule
+/// exists to prevent. Emails are stored as people typed them.
+#[derive(Debug, Default)]
+struct AdoptIndex {
+    users: HashMap<String, Observed>,
+    by_login: HashMap<String, Vec<String>>,
+    by_email: HashMap<String, Vec<String>>,
+}
+
+fn fold(value: &str) -> String {
+    value.trim().to_lowercase()
+}
+
+impl AdoptIndex {
+    async fn read<T: Target>(target: &T) -> Result<AdoptIndex, TargetError> {
+        let mut index = AdoptIndex::default();
+        for_each_page(target, &[], INDEX_PAGE_LIMIT, INDEX_MAX_PAGES, |items| {
+            for item in &items {
+                let Some(ext_id) = item.get("extId").and_then(Value::as_str) else {
+                    continue;
+                };
+                let seen = Observed::from_nevis_json(item);
+                if let Some(login) = seen.login_id.as_deref().map(fold).filter(|l| !l.is_empty()) {
+                    index.by_login.entry(login).or_default().push(ext_id.into());
+                }
+                if let Some(email) = seen.email.as_deref().map(fold).filter(|e| !e.is_empty()) {
+                    index.by_email.entry(email).or_default().push(ext_id.into());
+                }
+                index.users.insert(ext_id.to_string(), seen);
+            }
+        })
+        .await?;
+        Ok(index)
+    }
+
+    /// Users whose loginId is `desired`'s loginId, or whose email is its email, ignoring case.
+    fn matches(&self, desired: &DesiredUser) -> BTreeMap<String, Observed> {
+        let mut keys: Vec<&Vec<String>> = Vec::new();
+        if !desired.login_id.trim().is_empty() {
+            keys.extend(self.by_login.get(&fold(&desired.login_id)));
+        }
+        keys.extend(self.by_email.get(&fold(&desired.email)));
+        keys.into_iter()
+            .flatten()
+            .filter_map(|ext_id| Some((ext_id.clone(), self.users.get(ext_id)?.clone())))
+            .collect()
+    }
 }
 
 impl AdoptRules {
@@ -99,6 +166,7 @@ impl AdoptRules {
             ext_id_prefix,
             login_from_ext_id,
             checkpoint_owners: Mutex::default(),
+            index: tokio::sync::OnceCell::new(),
         }
     }
 
@@ -141,6 +209,8 @@ enum Decision {
     Adopt {
         ext_id: String,
         changes: Changes,
+        /// nevisIDM's version of the adopted user, as the candidate read reported it.
+        version: Option<i64>,
     },
     Conflict {
         reason: String,
@@ -151,6 +221,8 @@ enum Decision {
 /// Errors that end the run.
 #[derive(Debug, thiserror::Error)]
 pub enum DispatchError {
+    /// A nevisIDM answer every later request would meet too ([`TargetError::is_fatal`]):
+    /// credentials refused, TLS, a redirect or login page, OAuth2.
     #[error(transparent)]
     Auth(TargetError),
     #[error("nevisIDM unavailable: {0} users in a row failed after retries (last: {1})")]
@@ -234,6 +306,10 @@ impl<T: Target> Dispatcher<T> {
                 },
             }
         };
+        let mut op = op;
+        if op.changes.is_some() && op.version.is_none() {
+            op.version = known_version(&self.store, &op)?;
+        }
         let target = Arc::clone(&self.target);
         let store = self.store.clone();
         let adopt = self.adopt.clone().filter(|_| op.adopt);
@@ -246,7 +322,7 @@ impl<T: Target> Dispatcher<T> {
                     Some(rules) => {
                         adopt_or_create(&*target, &store, &rules, &claimed, &mut op).await
                     }
-                    None => Ok(apply(&*target, &op).await),
+                    None => Ok(apply(&*target, &mut op).await),
                 };
                 // The slot bounds nevisIDM writes in flight, not disk work: the next write may
                 // start while this checkpoint is made durable (flushes are group-committed, so a
@@ -275,7 +351,7 @@ impl<T: Target> Dispatcher<T> {
             Some(rules) => {
                 match decide(&*self.target, &self.store, &rules, &self.claimed, &op).await {
                     Ok(Ok(d)) => d,
-                    Ok(Err(e @ (TargetError::Auth { .. } | TargetError::Tls { .. }))) => {
+                    Ok(Err(e)) if e.is_fatal() => {
                         return Err(DispatchError::Auth(e));
                     }
                     Ok(Err(e)) => {
@@ -296,7 +372,9 @@ impl<T: Target> Dispatcher<T> {
                 sink(&op.plan_json());
                 count(&op, Applied::Written, report);
             }
-            Decision::Adopt { ext_id, changes } => {
+            Decision::Adopt {
+                ext_id, changes, ..
+            } => {
                 sink(&json!({
                     "op": "adopt",
                     "extId": ext_id,
@@ -362,9 +440,7 @@ impl<T: Target> Dispatcher<T> {
                 }
                 Ok(())
             }
-            Err(e @ (TargetError::Auth { .. } | TargetError::Tls { .. })) => {
-                Err(DispatchError::Auth(e))
-            }
+            Err(e) if e.is_fatal() => Err(DispatchError::Auth(e)),
             Err(TargetError::Conflict { reason, candidates }) => {
                 self.unavailable_streak = 0;
                 tracing::warn!(extId = %ext_id, %reason, ?candidates, "conflict: nothing written");
@@ -421,7 +497,7 @@ async fn record(store: &Store, op: &Op, applied: Applied) -> Result<(), StoreErr
         store.set_link(op.nexudus_id, &op.after.ext_id)?;
     }
     let fp = op.fingerprint.unwrap_or_else(|| fingerprint(&op.after));
-    store.put_as(op.nexudus_id, &op.after, fp)?;
+    store.put_versioned(op.nexudus_id, &op.after, fp, op.version)?;
     store.flush().await
 }
 
@@ -448,15 +524,23 @@ async fn decide<T: Target>(
     op: &Op,
 ) -> Result<Result<Decision, TargetError>, StoreError> {
     let desired = &op.after;
-    let mut found = match candidates(target, desired).await {
-        Ok(Lookup::Found(found)) => found,
-        Ok(Lookup::TooMany(some)) => {
-            return Ok(Ok(Decision::Conflict {
-                reason: format!("more than {ADOPT_LOOKUP_LIMIT} nevisIDM users match"),
-                candidates: some,
-            }));
-        }
-        Err(e) => return Ok(Err(e)),
+    let index = rules
+        .index
+        .get_or_init(|| async {
+            let read = AdoptIndex::read(target).await;
+            match &read {
+                Ok(index) => tracing::info!(
+                    users = index.users.len(),
+                    "adoption: read the client's users once for this run"
+                ),
+                Err(e) => tracing::warn!(error = %e, "adoption: cannot read the client's users"),
+            }
+            read
+        })
+        .await;
+    let mut found = match index {
+        Ok(index) => index.matches(desired),
+        Err(e) => return Ok(Err(e.clone())),
     };
     // Our own user (same extId) is not a candidate: creating it converges on it.
     if found.remove(&desired.ext_id).is_some() || found.is_empty() {
@@ -491,8 +575,13 @@ async fn decide<T: Target>(
         }));
     }
     let after = adopted_as(desired, &ext_id, rules);
-    let changes = changes_between(&after, &Observed::from_nevis_json(&existing));
-    Ok(Ok(Decision::Adopt { ext_id, changes }))
+    let changes = changes_between(&after, &existing);
+    let version = existing.version;
+    Ok(Ok(Decision::Adopt {
+        ext_id,
+        changes,
+        version,
+    }))
 }
 
 enum Lookup {
@@ -577,51 +666,125 @@ async fn adopt_or_create<T: Target>(
         Decision::Conflict { reason, candidates } => {
             Err(TargetError::Conflict { reason, candidates })
         }
-        Decision::Adopt { ext_id, changes } => {
+        Decision::Adopt {
+            ext_id,
+            changes,
+            version,
+        } => {
             tracing::info!(adopted = %ext_id, nexudus_id = op.nexudus_id, "adopting the pre-existing nevisIDM user");
             op.after = adopted_as(&op.after, &ext_id, rules);
+            op.version = version;
             if changes.is_empty() {
                 Ok(Applied::Adopted { wrote: false })
             } else {
-                target
-                    .update(&ext_id, &changes)
+                patch(target, &op.after, &changes, version)
                     .await
-                    .map(|()| Applied::Adopted { wrote: true })
+                    .map(|after| {
+                        op.version = after;
+                        Applied::Adopted { wrote: true }
+                    })
             }
         }
     })
 }
 
-/// Makes one operation true in nevisIDM.
-async fn apply<T: Target>(target: &T, op: &Op) -> Result<Applied, TargetError> {
-    if op.kind == OpKind::Archive {
-        return target
-            .archive(&op.after.ext_id)
-            .await
-            .map(|()| Applied::Written);
+/// The version a PATCH of `op` starts from when its plan did not bring one: the one kept with
+/// the checkpoint. (A step of its own: a caller holding versions in bulk, from a listing, sets
+/// `Op::version` instead.)
+fn known_version(store: &Store, op: &Op) -> Result<Option<i64>, StoreError> {
+    store.version(op.nexudus_id)
+}
+
+/// The version a PATCH of `ext_id` carries: the one known, else read from nevisIDM now (a
+/// create's 201 carries none). `Err(NotFound)` when nevisIDM has no such user. `Ok(None)` when
+/// nevisIDM reports no version at all: the PATCH then goes without one, as such a server expects.
+pub async fn version_for<T: Target>(
+    target: &T,
+    ext_id: &str,
+    known: Option<i64>,
+) -> Result<Option<i64>, TargetError> {
+    if known.is_some() {
+        return Ok(known);
     }
-    match &op.changes {
-        None => match target.create(&op.after).await {
-            Ok(()) => Ok(Applied::Written),
-            Err(dup @ TargetError::Duplicate { .. }) => {
-                converge_existing(target, &op.after, dup).await
-            }
-            Err(e) => Err(e),
-        },
-        Some(changes) => match target.update(&op.after.ext_id, changes).await {
-            Ok(()) => Ok(Applied::Written),
-            Err(TargetError::NotFound) => {
-                tracing::warn!(extId = %op.after.ext_id, "user missing in nevisIDM; creating it again");
-                match target.create(&op.after).await {
-                    Ok(()) => Ok(Applied::Written),
-                    Err(dup @ TargetError::Duplicate { .. }) => {
-                        converge_existing(target, &op.after, dup).await
-                    }
-                    Err(e) => Err(e),
-                }
-            }
-            Err(e) => Err(e),
-        },
+    match target.get(ext_id).await? {
+        Some(user) => Ok(version_of(&user)),
+        None => Err(TargetError::NotFound),
+    }
+}
+
+/// PATCHes `changes` towards `desired` under optimistic locking. A 409 (the user changed under
+/// us) is never retried with the same body: the user is read, `desired` is diffed against what
+/// nevisIDM holds now (owned fields are set back, fields this tool does not own keep the hand
+/// edit) and PATCHed once more with the fresh version. A second 409 fails the user for this run.
+/// Answers the version nevisIDM reported after the write.
+async fn patch<T: Target>(
+    target: &T,
+    desired: &DesiredUser,
+    changes: &Changes,
+    known: Option<i64>,
+) -> Result<Option<i64>, TargetError> {
+    let ext_id = desired.ext_id.as_str();
+    let version = version_for(target, ext_id, known).await?;
+    match target.update(ext_id, changes, version).await {
+        Err(TargetError::Stale { .. }) => {}
+        other => return other,
+    }
+    tracing::info!(extId = %ext_id, "changed in nevisIDM meanwhile (409); reading it and diffing again");
+    let current = target.get(ext_id).await?.ok_or(TargetError::NotFound)?;
+    let seen = Observed::from_nevis_json(&current);
+    let mut again = changes_between(desired, &seen);
+    // Properties this tool removes are still removed where they are still there.
+    for (name, value) in &changes.properties {
+        if value.is_none() && seen.properties.contains_key(name) {
+            again.properties.insert(name.clone(), None);
+        }
+    }
+    let fresh = version_of(&current);
+    if again.is_empty() {
+        return Ok(fresh);
+    }
+    match target.update(ext_id, &again, fresh).await {
+        Err(TargetError::Stale { .. }) => Err(TargetError::Contended {
+            ext_id: ext_id.to_string(),
+        }),
+        other => other,
+    }
+}
+
+/// Makes one operation true in nevisIDM; `op.version` becomes the version nevisIDM reported.
+async fn apply<T: Target>(target: &T, op: &mut Op) -> Result<Applied, TargetError> {
+    if op.kind == OpKind::Archive {
+        target.archive(&op.after.ext_id).await?;
+        // Archiving changes the version; its answer is not read.
+        op.version = None;
+        return Ok(Applied::Written);
+    }
+    let Some(changes) = op.changes.clone() else {
+        return create_or_converge(target, op).await;
+    };
+    match patch(target, &op.after, &changes, op.version).await {
+        Ok(version) => {
+            op.version = version;
+            Ok(Applied::Written)
+        }
+        Err(TargetError::NotFound) => {
+            tracing::warn!(extId = %op.after.ext_id, "user missing in nevisIDM; creating it again");
+            create_or_converge(target, op).await
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// Creates `op.after`; a duplicate converges on the existing user.
+async fn create_or_converge<T: Target>(target: &T, op: &mut Op) -> Result<Applied, TargetError> {
+    match target.create(&op.after).await {
+        Ok(()) => {
+            // A create's 201 carries no version: the first update reads the user first.
+            op.version = None;
+            Ok(Applied::Written)
+        }
+        Err(dup @ TargetError::Duplicate { .. }) => converge_existing(target, op, dup).await,
+        Err(e) => Err(e),
     }
 }
 
@@ -629,9 +792,10 @@ async fn apply<T: Target>(target: &T, op: &Op) -> Result<Applied, TargetError> {
 /// under our extId, the collision is with someone else's user (same loginId): report it.
 async fn converge_existing<T: Target>(
     target: &T,
-    desired: &DesiredUser,
+    op: &mut Op,
     duplicate: TargetError,
 ) -> Result<Applied, TargetError> {
+    let desired = &op.after;
     let Some(existing) = target.get(&desired.ext_id).await? else {
         // The loginId or email belongs to a user this tool does not own: a conflict for an
         // operator (or for `sync.adopt`), reported with whoever holds it.
@@ -650,9 +814,10 @@ async fn converge_existing<T: Target>(
     let changes = changes_between(desired, &Observed::from_nevis_json(&existing));
     if changes.is_empty() {
         tracing::info!(extId = %desired.ext_id, "already present in nevisIDM with the desired values");
+        op.version = version_of(&existing);
         return Ok(Applied::AlreadyRight);
     }
     tracing::info!(extId = %desired.ext_id, "already present in nevisIDM; updating it to the desired values");
-    target.update(&desired.ext_id, &changes).await?;
+    op.version = patch(target, desired, &changes, version_of(&existing)).await?;
     Ok(Applied::Written)
 }

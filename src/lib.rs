@@ -9,7 +9,7 @@
 //! - [`mapper`]   pure: one Nexudus record -> the desired nevisIDM user, or the reason it is invalid
 //! - [`diff`]     pure: desired user + checkpoint -> create / update (changed fields) / disable / nothing
 //! - [`store`]    the sled checkpoint store; the only module that imports sled
-//! - [`nevis`]    the target: nevisIDM Core REST client, HTTP status -> outcome classification
+//! - [`nevis`]    the target: nevisIDM Core REST client (OAuth2 or static token), HTTP status -> outcome classification
 //! - [`retry`]    when to retry (backoff, `Retry-After`, caps); the only module that imports backon
 //! - [`dispatch`] applies operations with bounded concurrency and checkpoints each confirmed write
 //! - [`schedule`] the daemon loop: cron schedule, no overlapping runs, graceful stop

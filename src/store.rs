@@ -2,8 +2,10 @@
 //! database. This is the only module that imports sled.
 //!
 //! Layout (tree -> key -> value):
-//! - `users`: Nexudus Id (u64, big-endian) -> 8-byte fingerprint (LE) + format byte +
-//!   postcard(`DesiredUser`).
+//! - `users`: Nexudus Id (u64, big-endian) -> 8-byte fingerprint (LE) + format byte (3) +
+//!   nevisIDM's `version` of the user (1 byte: known or not, then i64 LE) + postcard(`DesiredUser`).
+//!   The version is the one nevisIDM last reported (optimistic locking); formats 1 and 2 (no
+//!   version) are still read.
 //!   The fingerprint lets an unchanged user be recognised with one read and one hash, no decoding.
 //! - `failures`: Nexudus Id -> `0x00` + Unix seconds (u64 LE) of the first failure in a row + UTF-8
 //!   reason of the last failed or invalid attempt (cleared on success). Stores written before the
@@ -200,6 +202,15 @@ impl Store {
         }
     }
 
+    /// nevisIDM's `version` of the user as last reported, kept with its checkpoint; `None` when
+    /// unknown (no checkpoint, an older format, or never reported).
+    pub fn version(&self, nexudus_id: u64) -> Result<Option<i64>, StoreError> {
+        Ok(self
+            .users
+            .get(nexudus_id.to_be_bytes())?
+            .and_then(|bytes| version_in(&bytes)))
+    }
+
     pub fn get(&self, nexudus_id: u64) -> Result<Option<DesiredUser>, StoreError> {
         self.users
             .get(nexudus_id.to_be_bytes())?
@@ -215,14 +226,28 @@ impl Store {
     /// Like [`Store::put`], filed under `fingerprint`: the fingerprint of the user as mapped,
     /// when what was confirmed differs from it only by kept identifiers (an extId set at creation
     /// or adoption), so that the next unchanged run recognises the user without decoding it.
+    /// The version nevisIDM last reported is kept: nothing was written.
     pub fn put_as(
         &self,
         nexudus_id: u64,
         user: &DesiredUser,
         fingerprint: u64,
     ) -> Result<(), StoreError> {
+        let version = self.version(nexudus_id)?;
+        self.put_versioned(nexudus_id, user, fingerprint, version)
+    }
+
+    /// Like [`Store::put_as`], with the `version` nevisIDM reported for the user (`None`:
+    /// unknown, e.g. after a create, whose answer carries none).
+    pub fn put_versioned(
+        &self,
+        nexudus_id: u64,
+        user: &DesiredUser,
+        fingerprint: u64,
+        version: Option<i64>,
+    ) -> Result<(), StoreError> {
         let key = nexudus_id.to_be_bytes();
-        self.users.insert(key, encode(user, fingerprint))?;
+        self.users.insert(key, encode(user, fingerprint, version))?;
         self.failures.remove(key)?;
         if user.state == UserState::Disabled {
             if !self.disabled_at.contains_key(key)? {
@@ -516,7 +541,10 @@ pub fn fingerprint(user: &DesiredUser) -> u64 {
 /// Version of the checkpoint encoding; bump it when `DesiredUser` changes shape (postcard is not
 /// self-describing), so old values are recognised as such instead of misread. Older formats are
 /// still read (below), so an upgrade does not send every user through re-confirmation.
-const CHECKPOINT_FORMAT: u8 = 2;
+/// Format 3 added nevisIDM's `version`; format 2 is format 3 without it.
+const CHECKPOINT_FORMAT: u8 = 3;
+/// Where the user starts in a format-3 value: fingerprint, format, known flag, version.
+const V3_BODY: usize = 8 + 1 + 1 + 8;
 
 /// Format 1: `DesiredUser` before `properties` existed.
 #[derive(serde::Deserialize)]
@@ -545,19 +573,37 @@ impl From<DesiredUserV1> for DesiredUser {
     }
 }
 
-fn encode(user: &DesiredUser, fingerprint: u64) -> Vec<u8> {
+fn encode(user: &DesiredUser, fingerprint: u64, version: Option<i64>) -> Vec<u8> {
     let body = postcard::to_allocvec(user).expect("encoding a DesiredUser into memory cannot fail");
-    let mut out = Vec::with_capacity(9 + body.len());
+    let mut out = Vec::with_capacity(V3_BODY + body.len());
     out.extend_from_slice(&fingerprint.to_le_bytes());
     out.push(CHECKPOINT_FORMAT);
+    out.push(u8::from(version.is_some()));
+    out.extend_from_slice(&version.unwrap_or(0).to_le_bytes());
     out.extend_from_slice(&body);
     out
 }
 
+/// The version kept in a checkpoint value, if it has one.
+fn version_in(bytes: &[u8]) -> Option<i64> {
+    if bytes.get(8) != Some(&CHECKPOINT_FORMAT) || bytes.get(9) != Some(&1) {
+        return None;
+    }
+    let raw = bytes.get(10..V3_BODY)?;
+    <[u8; 8]>::try_from(raw).ok().map(i64::from_le_bytes)
+}
+
 fn decode(bytes: &[u8]) -> Result<DesiredUser, StoreError> {
     match bytes.get(8) {
-        Some(&CHECKPOINT_FORMAT) => postcard::from_bytes(&bytes[9..])
-            .map_err(|e| StoreError::Corrupt(format!("checkpoint: {e}"))),
+        Some(&CHECKPOINT_FORMAT) => bytes
+            .get(V3_BODY..)
+            .ok_or_else(|| StoreError::Corrupt("checkpoint too short".into()))
+            .and_then(|body| {
+                postcard::from_bytes(body)
+                    .map_err(|e| StoreError::Corrupt(format!("checkpoint: {e}")))
+            }),
+        Some(2) => postcard::from_bytes(&bytes[9..])
+            .map_err(|e| StoreError::Corrupt(format!("checkpoint (format 2): {e}"))),
         Some(1) => postcard::from_bytes::<DesiredUserV1>(&bytes[9..])
             .map(DesiredUser::from)
             .map_err(|e| StoreError::Corrupt(format!("checkpoint (format 1): {e}"))),
@@ -871,5 +917,33 @@ mod damage {
         bytes.push(1);
         bytes.extend_from_slice(&body);
         assert_eq!(decode(&bytes).unwrap(), user());
+    }
+
+    #[test]
+    fn format_2_checkpoints_are_read_without_a_version_and_format_3_keeps_it() {
+        let store = Store::temporary().unwrap();
+        let mut bytes = fingerprint(&user()).to_le_bytes().to_vec();
+        bytes.push(2);
+        bytes.extend_from_slice(&postcard::to_allocvec(&user()).unwrap());
+        store.users.insert(7u64.to_be_bytes(), bytes).unwrap();
+        assert_eq!(store.get(7).unwrap(), Some(user()));
+        assert_eq!(store.version(7).unwrap(), None);
+        assert!(matches!(
+            store.lookup(7, fingerprint(&user())).unwrap(),
+            Lookup::Same
+        ));
+
+        store
+            .put_versioned(7, &user(), fingerprint(&user()), Some(41))
+            .unwrap();
+        assert_eq!(store.version(7).unwrap(), Some(41));
+        assert_eq!(store.get(7).unwrap(), Some(user()));
+        // Refiling without a write keeps the version; a write reporting none forgets it.
+        store.put(7, &user()).unwrap();
+        assert_eq!(store.version(7).unwrap(), Some(41));
+        store
+            .put_versioned(7, &user(), fingerprint(&user()), None)
+            .unwrap();
+        assert_eq!(store.version(7).unwrap(), None);
     }
 }

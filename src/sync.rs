@@ -190,9 +190,7 @@ async fn run_inner<S: Source, T: Target>(
     report.reconcile = opts.reconcile;
     let remote = if opts.reconcile {
         let remote = Remote::read(&*target).await.map_err(|e| match e {
-            e @ (TargetError::Auth { .. } | TargetError::Tls { .. }) => {
-                SyncError::Target(DispatchError::Auth(e))
-            }
+            e if e.is_fatal() => SyncError::Target(DispatchError::Auth(e)),
             e => SyncError::Reconcile(e),
         })?;
         tracing::info!(
@@ -566,6 +564,7 @@ async fn run_inner<S: Source, T: Target>(
                     updated_on: None,
                     fingerprint: None,
                     adopt: false,
+                    version: None,
                 });
             }
         }
@@ -599,6 +598,7 @@ async fn run_inner<S: Source, T: Target>(
                 updated_on: None,
                 fingerprint: None,
                 adopt: false,
+                version: None,
             });
         }
     }
@@ -860,6 +860,7 @@ fn write_op(user: &SourceUser, after: DesiredUser, changes: Option<Changes>, fp:
         updated_on: user.updated_on.clone(),
         fingerprint: Some(fp),
         adopt: false,
+        version: None,
     }
 }
 
@@ -1012,13 +1013,15 @@ fn plan_from_remote(
             desired.state = UserState::Archived;
         }
         if !dry_run {
-            store.put_as(user.id, &desired, fp)?;
+            store.put_versioned(user.id, &desired, fp, seen.version)?;
         }
         return Ok(None);
     }
     tracing::info!(extId = %ext_id, changes = %changes.to_json(), "drift: nevisIDM differs from Nexudus; setting it back");
     report.drift += 1;
-    Ok(Some(write_op(user, desired, Some(changes), fp)))
+    let mut op = write_op(user, desired, Some(changes), fp);
+    op.version = seen.version;
+    Ok(Some(op))
 }
 
 fn note_conflict(
@@ -1237,7 +1240,12 @@ mod tests {
                 .insert(user.ext_id.clone(), user.clone());
             Ok(())
         }
-        async fn update(&self, ext_id: &str, changes: &Changes) -> Result<(), TargetError> {
+        async fn update(
+            &self,
+            ext_id: &str,
+            changes: &Changes,
+            _version: Option<i64>,
+        ) -> Result<Option<i64>, TargetError> {
             self.writes
                 .lock()
                 .unwrap()
@@ -1245,7 +1253,7 @@ mod tests {
             let mut users = self.users.lock().unwrap();
             let user = users.get_mut(ext_id).ok_or(TargetError::NotFound)?;
             *user = changes.apply_to(user);
-            Ok(())
+            Ok(None)
         }
         async fn get(&self, ext_id: &str) -> Result<Option<Value>, TargetError> {
             Ok(self.users.lock().unwrap().get(ext_id).map(nevis_json))

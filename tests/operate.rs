@@ -429,9 +429,10 @@ async fn static_properties_are_set_once_and_a_change_updates_only_them() {
     assert_eq!(run.count("updated"), 5);
     for request in env.nevis.request_log() {
         if request.method == "PATCH" {
+            // With the version nevisIDM reported (optimistic locking).
             assert_eq!(
                 request.body,
-                Some(json!({"properties": {"source": "nexudus"}})),
+                Some(json!({"properties": {"source": "nexudus"}, "version": 0})),
                 "only the property is sent"
             );
         }

@@ -1,13 +1,15 @@
 //! No secret in any output: runs that fail in the ways that tend to leak credentials (refused
-//! passwords, refused tokens, server errors, token grants, failed TLS handshakes with a client
-//! key loaded) are run with the most verbose logging an operator would switch on, in both log
+//! passwords, refused tokens, server errors, token grants, OAuth2 grants and renewals, failed TLS
+//! handshakes with a client key loaded) are run with the most verbose logging an operator would switch on, in both log
 //! formats, and every byte of stdout and stderr is searched for every secret the process held.
 
 mod common;
 
 use common::tls::{Ca, file, tls_proxy};
 use common::{Env, Run, quote};
-use nexudus_nevis_sync::sandbox::{Fault, NevisFakeConfig, NexudusFakeConfig};
+use nexudus_nevis_sync::sandbox::{
+    FakeOAuth, Fault, NevisFakeConfig, NexudusFakeConfig, NexudusUserSpec,
+};
 use rcgen::ExtendedKeyUsagePurpose;
 
 /// The most an operator would turn logging up to: everything at debug, this crate at trace.
@@ -164,5 +166,41 @@ async fn failed_tls_handshakes_never_print_a_secret() {
             secrets.extend(body);
             assert_clean(&run, &secrets, what);
         }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oauth_runs_never_print_the_client_secret_or_a_token() {
+    let nexudus_password = NexudusFakeConfig::default().password;
+    for format in ["pretty", "json"] {
+        // Tokens that expire within the run and carry no expires_in: grants, 401s and renewals.
+        let env = verbose_env(format).await;
+        let oauth = FakeOAuth {
+            lifetime: std::time::Duration::from_secs(1),
+            report_expires_in: false,
+            ..FakeOAuth::default()
+        };
+        let secret = oauth.client_secret.clone();
+        env.use_oauth(oauth);
+        // Three creates one at a time, each answered after 400 ms: the third outlives the token.
+        env.set("sync.concurrency", "1");
+        env.nevis.set_latency(std::time::Duration::from_millis(400));
+        let run = env.sync(&[]).await;
+        run.assert_code(0);
+        assert!(env.nevis.stats().unauthorized >= 1, "a token expired");
+        let tokens = env.nevis.issued_tokens();
+        assert!(tokens.len() >= 2, "renewed");
+        let mut secrets: Vec<&str> = vec![&secret, &nexudus_password, "oauth-at-"];
+        secrets.extend(tokens.iter().map(String::as_str));
+        assert_clean(&run, &secrets, "OAuth2 renewals");
+
+        // Refused client credentials: fatal, and the wrong secret is not quoted either.
+        let wrong = "wrong-oauth-secret-2718";
+        env.set("nevis.oauth_client_secret", &quote(wrong));
+        env.nexudus
+            .insert_user(NexudusUserSpec::new("New Person", "new.person@example.com"));
+        let run = env.sync(&[]).await;
+        run.assert_code(2);
+        assert_clean(&run, &[wrong, &secret], "refused client credentials");
     }
 }

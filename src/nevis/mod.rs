@@ -2,9 +2,18 @@
 //! (`/nevisidm/api/core/v1/{clientExtId}/users`).
 //!
 //! Every answer is classified here, once: success, the user already exists (a create answered
-//! 422 `errors.duplicateValue` or 409), not found, rejected (400/422: not retried, reported with
-//! nevisIDM's code and message), authentication refused (fatal), or unavailable (429, 5xx,
-//! timeouts, dropped connections: retried by [`crate::retry`], honouring `Retry-After`).
+//! 422 `errors.duplicateValue` or 409), not found, a stale `version` (a PATCH answered 409: never
+//! retried with the same body), rejected (400/422: not retried, reported with nevisIDM's code and
+//! message), authentication refused (fatal), or unavailable (429, 5xx, timeouts, dropped
+//! connections: retried by [`crate::retry`], honouring `Retry-After`).
+//!
+//! The wire is trusted only as far as it is documented: redirects are never followed (a 3xx is
+//! a login proxy in front of the API, fatal), a success counts only in its documented status
+//! (create 201, update and archive 200 or 204), and a body is data only when it is a JSON object
+//! announced as JSON (an HTML page is a login page, fatal). Access tokens come from a static
+//! `nevis.token` or from OAuth2 client credentials (`oauth`).
+
+mod oauth;
 
 use std::future::Future;
 use std::time::Duration;
@@ -28,12 +37,15 @@ use crate::retry::{Classify, RetryPolicy, Verdict};
 pub trait Target: Send + Sync + 'static {
     /// `POST …/users` with the full desired user.
     fn create(&self, user: &DesiredUser) -> impl Future<Output = Result<(), TargetError>> + Send;
-    /// `PATCH …/users/{extId}` with only the changed fields.
+    /// `PATCH …/users/{extId}` with only the changed fields and, when known, the `version`
+    /// nevisIDM last reported for the user (optimistic locking: a stale one answers
+    /// [`TargetError::Stale`]). Answers the version nevisIDM reports after the write, if any.
     fn update(
         &self,
         ext_id: &str,
         changes: &Changes,
-    ) -> impl Future<Output = Result<(), TargetError>> + Send;
+        version: Option<i64>,
+    ) -> impl Future<Output = Result<Option<i64>, TargetError>> + Send;
     /// `POST …/users/{extId}/archive` (archives profiles and deletes credentials).
     fn archive(&self, ext_id: &str) -> impl Future<Output = Result<(), TargetError>> + Send;
     /// `GET …/users/{extId}`; `None` when nevisIDM has no such user.
@@ -46,6 +58,12 @@ pub trait Target: Send + Sync + 'static {
         limit: u32,
         cursor: &PageCursor,
     ) -> impl Future<Output = Result<UserPage, TargetError>> + Send;
+}
+
+/// nevisIDM's optimistic-locking counter in a user document (a read, a listing item, the
+/// answer to a PATCH); `None` when the document has none.
+pub fn version_of(user: &Value) -> Option<i64> {
+    user.get("version").and_then(Value::as_i64)
 }
 
 /// Where a page of the user listing starts. nevisIDM pages by `continuationToken` or by
@@ -62,6 +80,11 @@ impl PageCursor {
     /// The cursor of the page after `page`, which was read from `self`, with `received` items
     /// read so far (this page included); `None` when the listing is complete.
     pub fn next(&self, page: &UserPage, received: u64) -> Result<Option<PageCursor>, TargetError> {
+        // An empty page ends the listing, token or not (Identity Cloud hands out a token with
+        // every page that has results, the last one too).
+        if page.items.is_empty() {
+            return Ok(None);
+        }
         match &page.continuation {
             Some(token) if *self == PageCursor::Token(token.clone()) => {
                 Err(TargetError::Unavailable {
@@ -125,7 +148,7 @@ pub async fn list_all<T: Target>(
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum TargetError {
     #[error(
-        "nevisIDM refused the credentials (HTTP {status}); check nevis.token and the technical user's rights"
+        "nevisIDM refused the credentials (HTTP {status}); check nevis.token (or nevis.oauth_client_id and its rights, or the client certificate) and the technical user's rights"
     )]
     Auth { status: u16 },
     #[error("nevisIDM says the user already exists (HTTP {status} {code}: {message})")]
@@ -134,6 +157,19 @@ pub enum TargetError {
         code: String,
         message: String,
     },
+    /// A PATCH answered 409: the user changed in nevisIDM since its `version` was read.
+    #[error("nevisIDM user changed concurrently (HTTP 409{detail})")]
+    Stale { detail: String },
+    /// OAuth2 went wrong in a way that will not heal by itself (credentials refused, no token
+    /// in the answer, nevisIDM refusing a fresh token). Fatal.
+    #[error("nevisIDM OAuth2: {detail}")]
+    OAuth { detail: String },
+    /// A PATCH answered 409 again after the user was read afresh: left for the next run.
+    #[error(
+        "nevisIDM answered 409 (concurrent modification) twice: user {ext_id} changed again \
+         between our read and our write; left as it is in this run, the next run tries again"
+    )]
+    Contended { ext_id: String },
     #[error("nevisIDM has no such user (HTTP 404)")]
     NotFound,
     #[error("nevisIDM rejected the user (HTTP {status} {code}: {message})")]
@@ -153,12 +189,45 @@ pub enum TargetError {
     /// it will not heal by itself. `detail` says which, and names the setting to check.
     #[error("TLS with nevisIDM failed: {detail}")]
     Tls { detail: String },
+    /// nevisIDM answered a redirect. Fatal: every later request would meet it too.
+    #[error(
+        "nevisIDM answered HTTP {status} redirecting to {location:?} instead of answering the API \
+         call (redirects are never followed): most likely a login proxy (e.g. nevisProxy) in front \
+         of the REST API; publish the API for token or certificate authentication (nevis.token / \
+         nevis.oauth_* or nevis.client_cert) and check nevis.base_url"
+    )]
+    Redirect { status: u16, location: String },
+    /// A success status with an HTML page: a login page answered instead of the API. Fatal.
+    #[error(
+        "nevisIDM answered HTTP {status} with an HTML page ({content_type}) instead of JSON: most \
+         likely the login page of a proxy in front of the REST API; publish the API for token or \
+         certificate authentication and check nevis.base_url"
+    )]
+    LoginPage { status: u16, content_type: String },
+    /// An answer not in the documented form (a create not answered 201, a read that is not a
+    /// JSON user): nothing is taken from it, and the user is not checkpointed.
+    #[error("nevisIDM answered in an undocumented form: {detail}")]
+    Protocol { status: u16, detail: String },
     #[error("nevisIDM unavailable: {detail}")]
     Unavailable {
         status: Option<u16>,
         detail: String,
         retry_after: Option<Duration>,
     },
+}
+
+impl TargetError {
+    /// Errors that end the run (exit 2): every later request would meet them too.
+    pub fn is_fatal(&self) -> bool {
+        matches!(
+            self,
+            TargetError::Auth { .. }
+                | TargetError::Tls { .. }
+                | TargetError::Redirect { .. }
+                | TargetError::LoginPage { .. }
+                | TargetError::OAuth { .. }
+        )
+    }
 }
 
 impl Classify for TargetError {
@@ -177,8 +246,13 @@ impl Classify for TargetError {
             | TargetError::Duplicate { status, .. }
             | TargetError::Rejected { status, .. } => status.to_string(),
             TargetError::NotFound => "404".into(),
+            TargetError::Stale { .. } | TargetError::Contended { .. } => "409".into(),
             TargetError::Conflict { .. } => "conflict".into(),
+            TargetError::OAuth { .. } => "oauth".into(),
             TargetError::Tls { .. } => "tls".into(),
+            TargetError::Redirect { status, .. }
+            | TargetError::LoginPage { status, .. }
+            | TargetError::Protocol { status, .. } => status.to_string(),
             TargetError::Unavailable { status, .. } => {
                 status.map_or_else(|| "transport".into(), |s| s.to_string())
             }
@@ -189,8 +263,13 @@ impl Classify for TargetError {
 /// The kind of request, because the same status means different things on each.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Call {
+    /// `POST …/users`: documented answer 201.
     Create,
+    /// `PATCH …/users/{extId}`: 200 with the updated user, or 204.
     Update,
+    /// `POST …/archive`: 200 or 204.
+    Archive,
+    /// A read or a listing: 200 with a JSON object.
     Get,
 }
 
@@ -200,6 +279,8 @@ pub struct NevisClient {
     /// `GET /nevisidm/api/core/v1/clients/{clientExtId}/users`: the paged, filterable listing.
     list_url: Url,
     token: Option<SecretString>,
+    /// OAuth2 client credentials: access tokens fetched and renewed instead of a static token.
+    oauth: Option<oauth::OAuth>,
     /// Whether a client certificate is configured: a server asking for one means different
     /// things with and without.
     client_cert: bool,
@@ -243,6 +324,7 @@ impl NevisClient {
             users_url,
             list_url,
             token: cfg.token.clone(),
+            oauth: cfg.oauth.clone().map(oauth::OAuth::new),
             client_cert: cfg.tls.client_cert.is_some(),
             retry: RetryPolicy::new("nevis", retry, Arc::clone(&metrics)),
             metrics,
@@ -265,9 +347,10 @@ impl NevisClient {
         method: Method,
         url: Url,
         body: Option<&Value>,
+        token: Option<&SecretString>,
     ) -> Result<Option<Value>, TargetError> {
         let mut request = self.http.request(method, url);
-        if let Some(token) = &self.token {
+        if let Some(token) = token {
             request = request.bearer_auth(token.expose_secret());
         }
         if let Some(body) = body {
@@ -277,22 +360,20 @@ impl NevisClient {
         let response = request.send().await.map_err(|e| self.unavailable(e))?;
         let status = response.status();
         let retry_after = retry_after(response.headers());
+        let location = header_text(response.headers(), reqwest::header::LOCATION);
+        let content_type = header_text(response.headers(), reqwest::header::CONTENT_TYPE);
         let bytes = response.bytes().await.map_err(|e| self.unavailable(e))?;
         self.metrics.observe_request("nevis", started.elapsed());
+        if status.is_redirection() {
+            return Err(TargetError::Redirect {
+                status: status.as_u16(),
+                location: location
+                    .map(|l| l.chars().take(300).collect())
+                    .unwrap_or_else(|| "(no Location header)".into()),
+            });
+        }
         if status.is_success() {
-            // Bodies of writes are not needed; a GET body that is not JSON is a protocol error.
-            return match call {
-                Call::Get => {
-                    serde_json::from_slice(&bytes)
-                        .map(Some)
-                        .map_err(|e| TargetError::Unavailable {
-                            status: Some(status.as_u16()),
-                            detail: format!("user document is not JSON: {e}"),
-                            retry_after: None,
-                        })
-                }
-                _ => Ok(None),
-            };
+            return success(call, status.as_u16(), content_type.as_deref(), &bytes);
         }
         Err(classify(call, status, retry_after, &bytes))
     }
@@ -305,11 +386,44 @@ impl NevisClient {
         body: Option<&Value>,
         what: &str,
     ) -> Result<Option<Value>, TargetError> {
-        self.retry
+        let Some(oauth) = &self.oauth else {
+            let token = self.token.as_ref();
+            return self
+                .retry
+                .run(what, || {
+                    self.send_once(call, method.clone(), url.clone(), body, token)
+                })
+                .await;
+        };
+        // OAuth2: a 401 renews the token once and repeats the request once.
+        let bearer = oauth.bearer(&self.http, &self.retry).await?;
+        let first = self
+            .retry
             .run(what, || {
-                self.send_once(call, method.clone(), url.clone(), body)
+                self.send_once(call, method.clone(), url.clone(), body, Some(&bearer.token))
+            })
+            .await;
+        if !matches!(first, Err(TargetError::Auth { status: 401 })) {
+            return first;
+        }
+        tracing::debug!("nevisIDM answered 401: renewing the access token once");
+        oauth.refused(bearer.generation).await;
+        let bearer = oauth.bearer(&self.http, &self.retry).await?;
+        match self
+            .retry
+            .run(what, || {
+                self.send_once(call, method.clone(), url.clone(), body, Some(&bearer.token))
             })
             .await
+        {
+            Err(TargetError::Auth { status }) => Err(TargetError::OAuth {
+                detail: format!(
+                    "nevisIDM refused a freshly issued access token (HTTP {status}); check the \
+                     rights of the client nevis.oauth_client_id and nevis.oauth_scope"
+                ),
+            }),
+            other => other,
+        }
     }
 }
 
@@ -337,6 +451,9 @@ impl NevisClient {
                 query.append_pair(k, v);
             }
             query.append_pair("limit", &limit.to_string());
+            // `totalResult` decides whether `offset` paging goes on; nevisIDM only counts when
+            // asked to.
+            query.append_pair("returnTotalResultCount", "true");
             match cursor {
                 PageCursor::Start => {}
                 PageCursor::Token(token) => {
@@ -354,10 +471,9 @@ impl NevisClient {
         let items = match doc.get("items") {
             Some(Value::Array(items)) => items.clone(),
             _ => {
-                return Err(TargetError::Unavailable {
-                    status: None,
-                    detail: "user listing has no items array".into(),
-                    retry_after: None,
+                return Err(TargetError::Protocol {
+                    status: 200,
+                    detail: "the user listing has no items array".into(),
                 });
             }
         };
@@ -397,10 +513,18 @@ impl Target for NevisClient {
         .map(drop)
     }
 
-    async fn update(&self, ext_id: &str, changes: &Changes) -> Result<(), TargetError> {
+    async fn update(
+        &self,
+        ext_id: &str,
+        changes: &Changes,
+        version: Option<i64>,
+    ) -> Result<Option<i64>, TargetError> {
         let mut body = changes.to_json();
         if let Some(comment) = &self.modification_comment {
             body["modificationComment"] = Value::from(comment.as_str());
+        }
+        if let Some(version) = version {
+            body["version"] = Value::from(version);
         }
         let what = format!("update {ext_id}");
         self.send(
@@ -411,7 +535,20 @@ impl Target for NevisClient {
             &what,
         )
         .await
-        .map(drop)
+        .and_then(|answer| match answer {
+            // The updated user: it must be the one we wrote to.
+            Some(user)
+                if user
+                    .get("extId")
+                    .is_some_and(|e| e.as_str() != Some(ext_id)) =>
+            {
+                Err(TargetError::Protocol {
+                    status: 200,
+                    detail: format!("updating user {ext_id} answered a document of another extId"),
+                })
+            }
+            answer => Ok(answer.as_ref().and_then(version_of)),
+        })
     }
 
     async fn archive(&self, ext_id: &str) -> Result<(), TargetError> {
@@ -420,7 +557,7 @@ impl Target for NevisClient {
             .expect("http(s) URLs have path segments")
             .push("archive");
         let what = format!("archive {ext_id}");
-        self.send(Call::Update, Method::POST, url, None, &what)
+        self.send(Call::Archive, Method::POST, url, None, &what)
             .await
             .map(drop)
     }
@@ -441,6 +578,12 @@ impl Target for NevisClient {
             .await
         {
             Err(TargetError::NotFound) => Ok(None),
+            Ok(Some(doc)) if doc.get("extId").and_then(Value::as_str) != Some(ext_id) => {
+                Err(TargetError::Protocol {
+                    status: 200,
+                    detail: format!("reading user {ext_id} answered a document of another extId"),
+                })
+            }
             other => other,
         }
     }
@@ -465,6 +608,88 @@ fn first_error(body: &[u8]) -> (String, String) {
     }
 }
 
+/// A header's value as text, if it is text.
+fn header_text(
+    headers: &reqwest::header::HeaderMap,
+    name: reqwest::header::HeaderName,
+) -> Option<String> {
+    headers
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+}
+
+fn is_json(content_type: Option<&str>) -> bool {
+    content_type.is_some_and(|ct| {
+        let essence = ct
+            .split(';')
+            .next()
+            .unwrap_or_default()
+            .trim()
+            .to_ascii_lowercase();
+        essence == "application/json" || essence.ends_with("+json")
+    })
+}
+
+/// A 2xx answer, accepted only in the documented form: create 201; update 200 (the user) or
+/// 204; archive 200 or 204; read and listing 200 with a JSON object. An HTML page is a login
+/// page (fatal); anything else undocumented is a [`TargetError::Protocol`], never data.
+fn success(
+    call: Call,
+    status: u16,
+    content_type: Option<&str>,
+    body: &[u8],
+) -> Result<Option<Value>, TargetError> {
+    let html = content_type.is_some_and(|ct| ct.to_ascii_lowercase().contains("html"));
+    if html {
+        return Err(TargetError::LoginPage {
+            status,
+            content_type: content_type.unwrap_or_default().to_string(),
+        });
+    }
+    let allowed: &[u16] = match call {
+        Call::Create => &[201],
+        Call::Update | Call::Archive => &[200, 204],
+        Call::Get => &[200],
+    };
+    if !allowed.contains(&status) {
+        return Err(TargetError::Protocol {
+            status,
+            detail: format!("HTTP {status} where {allowed:?} is documented"),
+        });
+    }
+    // A create's 201 carries no body worth reading (the Location header names the user); an
+    // archive's answer is not needed either.
+    let wants_body = match call {
+        Call::Create | Call::Archive => false,
+        Call::Update => status == 200 && !body.iter().all(u8::is_ascii_whitespace),
+        Call::Get => true,
+    };
+    if !wants_body {
+        return Ok(None);
+    }
+    if !is_json(content_type) {
+        return Err(TargetError::Protocol {
+            status,
+            detail: format!(
+                "expected a JSON object, got content type {:?}",
+                content_type.unwrap_or("(none)")
+            ),
+        });
+    }
+    match serde_json::from_slice::<Value>(body) {
+        Ok(doc @ Value::Object(_)) => Ok(Some(doc)),
+        Ok(_) => Err(TargetError::Protocol {
+            status,
+            detail: "expected a JSON object, got another JSON value".into(),
+        }),
+        Err(e) => Err(TargetError::Protocol {
+            status,
+            detail: format!("the body is not JSON: {e}"),
+        }),
+    }
+}
+
 fn classify(
     call: Call,
     status: StatusCode,
@@ -486,7 +711,15 @@ fn classify(
             code: err_code,
             message,
         },
-        // 409 elsewhere is an optimistic-locking clash with a concurrent writer: try again.
+        // A stale `version` (or a concurrent writer): never retried with the same body; the
+        // dispatcher reads the user, diffs again and sends a fresh version once.
+        (409, Call::Update) => TargetError::Stale {
+            detail: if err_code.is_empty() {
+                String::new()
+            } else {
+                format!(" {err_code}: {message}")
+            },
+        },
         (408 | 409 | 429 | 500..=599, _) => TargetError::Unavailable {
             status: Some(code),
             detail: if err_code.is_empty() {
@@ -577,10 +810,54 @@ mod tests {
         // The same token twice is an error, not a loop.
         let token = PageCursor::Token("t1".into());
         assert!(token.next(&page(100, Some("t1"), Some(250)), 200).is_err());
+        // A token on every page: the empty page ends the listing, even with a token.
+        assert_eq!(token.next(&page(0, Some("t2"), None), 200).unwrap(), None);
+        assert_eq!(
+            token.next(&page(3, Some("t2"), None), 203).unwrap(),
+            Some(PageCursor::Token("t2".into()))
+        );
     }
 
     fn body(code: &str) -> Vec<u8> {
         format!(r#"{{"errors":[{{"code":"{code}","message":"m"}}]}}"#).into_bytes()
+    }
+
+    #[test]
+    fn only_documented_successes_are_taken() {
+        let json = Some("application/json; charset=utf-8");
+        assert!(matches!(success(Call::Create, 201, None, b""), Ok(None)));
+        assert!(matches!(
+            success(Call::Create, 200, json, b"{}"),
+            Err(TargetError::Protocol { status: 200, .. })
+        ));
+        assert!(matches!(success(Call::Update, 204, None, b""), Ok(None)));
+        assert!(matches!(
+            success(Call::Update, 200, json, br#"{"extId":"a","version":3}"#),
+            Ok(Some(_))
+        ));
+        assert!(matches!(
+            success(Call::Update, 201, json, b"{}"),
+            Err(TargetError::Protocol { .. })
+        ));
+        assert!(matches!(success(Call::Archive, 200, None, b""), Ok(None)));
+        // A login page answering 200 is fatal, whatever the call.
+        for call in [Call::Create, Call::Update, Call::Archive, Call::Get] {
+            let e = success(call, 200, Some("text/html; charset=utf-8"), b"<html>").unwrap_err();
+            assert!(e.is_fatal(), "{e}");
+        }
+        // A read must be a JSON object, announced as JSON.
+        assert!(matches!(
+            success(Call::Get, 200, Some("text/plain"), b"{}"),
+            Err(TargetError::Protocol { .. })
+        ));
+        assert!(matches!(
+            success(Call::Get, 200, json, b"[1]"),
+            Err(TargetError::Protocol { .. })
+        ));
+        assert!(matches!(
+            success(Call::Get, 200, Some("application/problem+json"), b"{}"),
+            Ok(Some(_))
+        ));
     }
 
     #[test]
@@ -640,7 +917,12 @@ mod tests {
     fn only_transient_answers_are_retried() {
         assert_eq!(e_verdict(429), Verdict::Retry { after: None });
         assert_eq!(e_verdict(503), Verdict::Retry { after: None });
-        assert_eq!(e_verdict(409), Verdict::Retry { after: None });
+        // A 409 on a PATCH is a stale version: never retried blindly with the same body.
+        assert_eq!(e_verdict(409), Verdict::Final);
+        assert!(matches!(
+            classify(Call::Update, StatusCode::CONFLICT, None, b""),
+            TargetError::Stale { .. }
+        ));
         assert_eq!(e_verdict(401), Verdict::Final);
         assert_eq!(e_verdict(403), Verdict::Final);
         assert_eq!(e_verdict(422), Verdict::Final);

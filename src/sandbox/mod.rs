@@ -11,7 +11,7 @@
 pub mod nevis;
 pub mod nexudus;
 
-pub use nevis::{FakeNevis, LoggedRequest, NevisFakeConfig, NevisStats};
+pub use nevis::{FakeNevis, FakeOAuth, LoggedRequest, NevisFakeConfig, NevisStats};
 pub use nexudus::{
     DateForm, FakeNexudus, NexudusFakeConfig, NexudusStats, NexudusUserSpec, RequestRecord,
     Throttle, sample_users,

@@ -7,6 +7,14 @@
 //! locking, archive, and the client-wide user listing with offset or continuation-token paging.
 //! It also records every request and the peak number handled at once, so tests can check what
 //! the sync sent and how many requests it kept in flight.
+//!
+//! Switches model what real deployments are known to do beyond the documentation (each off by
+//! default): a login proxy redirecting writes to an HTML page ([`FakeNevis::set_login_redirect`]),
+//! OAuth2 access tokens that expire ([`FakeNevis::enable_oauth`]), `version` required on PATCH
+//! ([`FakeNevis::set_version_required`]), `languageCode` answered upper case
+//! ([`FakeNevis::set_upper_case_languages`]), a continuation token on every page and the total
+//! only on request ([`FakeNevis::set_token_on_every_page`]), exact-match query filters
+//! ([`FakeNevis::set_exact_filters`]) and offset-only paging ([`FakeNevis::set_offset_paging_only`]).
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
@@ -31,6 +39,8 @@ const CREATE_ROUTE: &str = "/nevisidm/api/core/v1/{client}/users";
 const USER_ROUTE: &str = "/nevisidm/api/core/v1/{client}/users/{ext_id}";
 const ARCHIVE_ROUTE: &str = "/nevisidm/api/core/v1/{client}/users/{ext_id}/archive";
 const LIST_ROUTE: &str = "/nevisidm/api/core/v1/clients/{client}/users";
+/// The OAuth2 token endpoint (on a real deployment, `https://login.<instance>/oauth/token`).
+const TOKEN_ROUTE: &str = "/oauth/token";
 
 const DEFAULT_LIMIT: u64 = 100;
 const MAX_LIMIT: u64 = 1000;
@@ -71,6 +81,41 @@ impl Default for NevisFakeConfig {
     }
 }
 
+/// OAuth2 client credentials on the fake ([`FakeNevis::enable_oauth`]): the token endpoint
+/// issues access tokens that expire after `lifetime`; nevisIDM then answers 401 to them.
+#[derive(Clone, PartialEq, Eq)]
+pub struct FakeOAuth {
+    pub client_id: String,
+    pub client_secret: String,
+    pub lifetime: Duration,
+    /// Whether the answer carries `expires_in` (a client without it learns of the expiry from
+    /// a 401).
+    pub report_expires_in: bool,
+}
+
+/// The secret stays out of logs, even a fake's.
+impl std::fmt::Debug for FakeOAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FakeOAuth")
+            .field("client_id", &self.client_id)
+            .field("client_secret", &"<redacted>")
+            .field("lifetime", &self.lifetime)
+            .field("report_expires_in", &self.report_expires_in)
+            .finish()
+    }
+}
+
+impl Default for FakeOAuth {
+    fn default() -> Self {
+        Self {
+            client_id: "sync-client".to_owned(),
+            client_secret: "oauth-client-secret-7f3a".to_owned(),
+            lifetime: Duration::from_secs(3600),
+            report_expires_in: true,
+        }
+    }
+}
+
 /// Requests received since start (or the last [`FakeNevis::reset_stats`]), failed ones included.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct NevisStats {
@@ -83,6 +128,8 @@ pub struct NevisStats {
     pub deletes: u64,
     /// Requests answered 401.
     pub unauthorized: u64,
+    /// Requests to the OAuth2 token endpoint.
+    pub token_requests: u64,
     /// Requests that consumed a queued [`Fault`].
     pub faults_injected: u64,
     /// Answers by HTTP status.
@@ -132,6 +179,23 @@ struct Inner {
     /// checked a client certificate): requests without a bearer token are then accepted.
     token_required: bool,
     offset_paging_only: bool,
+    /// A login proxy in front of the API: writes are redirected to an HTML login page.
+    login_redirect: bool,
+    /// `languageCode` answered upper case (`EN`), as the on-prem schema lists it.
+    upper_case_languages: bool,
+    /// Identity Cloud paging: a token with every non-empty page, an empty last page, and
+    /// `totalResult` only with `returnTotalResultCount=true`.
+    token_on_every_page: bool,
+    /// A PATCH without `version` is refused (422), as the one real client found requires it.
+    version_required: bool,
+    /// The `loginId` and `contacts.email` filters compare exactly (case-sensitive).
+    exact_filters: bool,
+    /// OAuth2 on: only access tokens from the token endpoint are accepted, until they expire.
+    oauth: Option<FakeOAuth>,
+    /// Access tokens issued, with when they expire, in issue order.
+    issued: Vec<(String, std::time::Instant)>,
+    /// The `scope` of every token request (`None` when it had none).
+    token_scopes: Vec<Option<String>>,
     stats: NevisStats,
     log: Vec<LoggedRequest>,
     /// Off for long benchmark runs, where the log would only cost memory.
@@ -221,6 +285,14 @@ impl FakeNevis {
             controls: Controls::default(),
             token_required: true,
             offset_paging_only: false,
+            login_redirect: false,
+            upper_case_languages: false,
+            token_on_every_page: false,
+            version_required: false,
+            exact_filters: false,
+            oauth: None,
+            issued: Vec::new(),
+            token_scopes: Vec::new(),
             stats: NevisStats::default(),
             log: Vec::new(),
             log_enabled: true,
@@ -236,6 +308,7 @@ impl FakeNevis {
             )
             .route(ARCHIVE_ROUTE, post(archive_user))
             .route(LIST_ROUTE, get(list_users))
+            .route(TOKEN_ROUTE, post(token_grant))
             .fallback(no_route)
             .method_not_allowed_fallback(method_not_allowed)
             .layer(middleware::from_fn_with_state(state.clone(), gate))
@@ -294,6 +367,59 @@ impl FakeNevis {
     /// `offset`/`limit`, as the API also allows).
     pub fn set_offset_paging_only(&self, only: bool) {
         self.lock().offset_paging_only = only;
+    }
+
+    /// Models nevisProxy in front of the API answering writes it does not let through with
+    /// `302` to its login page, an HTML page answering `200` (`GET /login`).
+    pub fn set_login_redirect(&self, on: bool) {
+        self.lock().login_redirect = on;
+    }
+
+    /// Answers `languageCode` upper case (`EN`, as nevisIDM's on-prem schema lists it) in every
+    /// user it returns, and accepts it in either case.
+    pub fn set_upper_case_languages(&self, on: bool) {
+        self.lock().upper_case_languages = on;
+    }
+
+    /// Pages as Identity Cloud documents it: a `continuationToken` with every page that has
+    /// results (the last one too), so the listing ends with an empty page; `totalResult` only
+    /// when asked for with `returnTotalResultCount=true`. Combined with
+    /// [`FakeNevis::set_offset_paging_only`], no token at all and the total only on request.
+    pub fn set_token_on_every_page(&self, on: bool) {
+        self.lock().token_on_every_page = on;
+    }
+
+    /// Requires `version` on every PATCH: without it `422 errors.invalidData`; a stale one is
+    /// `409` whether or not this is on. The PATCH answer is the updated user either way.
+    pub fn set_version_required(&self, on: bool) {
+        self.lock().version_required = on;
+    }
+
+    /// Makes the listing's `loginId=` and `contacts.email=` filters compare exactly (case
+    /// matters), as nothing documents that they do not.
+    pub fn set_exact_filters(&self, on: bool) {
+        self.lock().exact_filters = on;
+    }
+
+    /// Turns on OAuth2 client credentials: `POST /oauth/token` issues access tokens, and only
+    /// those are accepted (the static token no longer is), until they expire.
+    pub fn enable_oauth(&self, oauth: FakeOAuth) {
+        self.lock().oauth = Some(oauth);
+    }
+
+    /// The token endpoint's URL.
+    pub fn token_url(&self) -> String {
+        format!("{}{TOKEN_ROUTE}", self.base_url())
+    }
+
+    /// Every access token issued so far, oldest first.
+    pub fn issued_tokens(&self) -> Vec<String> {
+        self.lock().issued.iter().map(|(t, _)| t.clone()).collect()
+    }
+
+    /// The `scope` each token request carried, in order.
+    pub fn token_scopes(&self) -> Vec<Option<String>> {
+        self.lock().token_scopes.clone()
     }
 
     pub fn user(&self, ext_id: &str) -> Option<Value> {
@@ -394,6 +520,65 @@ impl FakeNevis {
     }
 }
 
+/// `POST /oauth/token`: the client credentials grant, client authenticated with HTTP Basic.
+async fn token_grant(
+    State(state): State<Shared>,
+    headers: axum::http::HeaderMap,
+    body: Bytes,
+) -> Response {
+    let oauth_error = |status: u16, code: &str| {
+        json_response(
+            status,
+            &json!({ "error": code, "error_description": format!("{code} (sandbox)") }),
+            None,
+        )
+    };
+    let mut inner = lock(&state);
+    let Some(oauth) = inner.oauth.clone() else {
+        return oauth_error(404, "not_found");
+    };
+    let form: HashMap<String, String> = url::form_urlencoded::parse(&body).into_owned().collect();
+    inner.token_scopes.push(form.get("scope").cloned());
+    let credentials = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.strip_prefix("Basic "))
+        .and_then(|encoded| {
+            base64::engine::general_purpose::STANDARD
+                .decode(encoded.trim())
+                .ok()
+        })
+        .and_then(|raw| String::from_utf8(raw).ok());
+    let expected = format!("{}:{}", oauth.client_id, oauth.client_secret);
+    if credentials.as_deref() != Some(expected.as_str()) {
+        return oauth_error(401, "invalid_client");
+    }
+    if form.get("grant_type").map(String::as_str) != Some("client_credentials") {
+        return oauth_error(400, "unsupported_grant_type");
+    }
+    let n = inner.issued.len() as u64 + 1;
+    let token = format!("oauth-at-{n}-{}", fake_uuid(n ^ 0x6f61_7574_6800_0000));
+    inner
+        .issued
+        .push((token.clone(), std::time::Instant::now() + oauth.lifetime));
+    let mut answer = json!({ "access_token": token, "token_type": "Bearer" });
+    if oauth.report_expires_in {
+        answer["expires_in"] = json!(oauth.lifetime.as_secs());
+    }
+    json_response(200, &answer, None)
+}
+
+/// A user as the fake answers it (the stored document, in the configured spelling).
+fn shown(inner: &Inner, user: &Value) -> Value {
+    let mut user = user.clone();
+    if inner.upper_case_languages
+        && let Some(language) = user.get("languageCode").and_then(Value::as_str)
+    {
+        user["languageCode"] = json!(language.to_uppercase());
+    }
+    user
+}
+
 /// Bumps the read-only bookkeeping after a modification.
 fn touch(user: &mut Map<String, Value>) {
     let version = user.get("version").and_then(Value::as_i64).unwrap_or(0);
@@ -442,6 +627,7 @@ async fn gate(State(state): State<Shared>, request: Request, next: Next) -> Resp
             (&Method::DELETE, Some(USER_ROUTE)) => stats.deletes += 1,
             (&Method::POST, Some(ARCHIVE_ROUTE)) => stats.archives += 1,
             (&Method::GET, Some(LIST_ROUTE)) => stats.lists += 1,
+            (&Method::POST, Some(TOKEN_ROUTE)) => stats.token_requests += 1,
             _ => {}
         }
         inner.in_flight += 1;
@@ -491,12 +677,38 @@ async fn admit(state: &Shared, request: Request, next: Next) -> Response {
         if let Some(status) = inner.controls.down {
             return status_response(status, None);
         }
+        if request.uri().path() == LOGIN_PAGE {
+            return login_page();
+        }
+        let write = matches!(
+            *request.method(),
+            Method::POST | Method::PATCH | Method::DELETE
+        );
+        if inner.login_redirect && write {
+            let location = format!("{}{LOGIN_PAGE}?return=api", inner.base_url);
+            let mut response = empty_response(302, None);
+            if let Ok(location) = HeaderValue::from_str(&location) {
+                response.headers_mut().insert(header::LOCATION, location);
+            }
+            return response;
+        }
         let expected = format!("Bearer {}", inner.cfg.token);
         let presented = request
             .headers()
             .get(header::AUTHORIZATION)
             .map(|value| value.to_str().unwrap_or_default().trim().to_owned());
+        let now = std::time::Instant::now();
         let authorized = match presented {
+            // The token endpoint checks its own (Basic) credentials.
+            _ if request.uri().path() == TOKEN_ROUTE => true,
+            Some(value) if inner.oauth.is_some() => {
+                value.strip_prefix("Bearer ").is_some_and(|token| {
+                    inner
+                        .issued
+                        .iter()
+                        .any(|(issued, expires)| issued == token && now < *expires)
+                })
+            }
             Some(value) => value == expected,
             None => !inner.token_required,
         };
@@ -523,6 +735,22 @@ async fn admit(state: &Shared, request: Request, next: Next) -> Response {
         Some(Fault::DropAfterApply) => cut_off(next.run(request).await).await,
         Some(Fault::Stall(pause)) => stalled(pause),
     }
+}
+
+/// Where the modelled login proxy sends callers it redirects.
+const LOGIN_PAGE: &str = "/login";
+
+/// The proxy's login page: HTML, 200.
+fn login_page() -> Response {
+    let mut response = Response::new(Body::from(
+        "<!DOCTYPE html><html><head><title>Login</title></head>\
+         <body><form method=\"post\"><input name=\"user\"></form></body></html>",
+    ));
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/html; charset=utf-8"),
+    );
+    response
 }
 
 /// A nevisIDM error answer: `{"errors":[{"code":…,"message":…}]}`.
@@ -772,7 +1000,9 @@ fn check_policy(inner: &Inner, user: &Map<String, Value>) -> Result<(), ApiError
         }
     }
     if let Some(language) = user.get("languageCode").and_then(Value::as_str)
-        && !inner.cfg.allowed_languages.iter().any(|l| l == language)
+        && !inner.cfg.allowed_languages.iter().any(|l| {
+            l == language || (inner.upper_case_languages && l.eq_ignore_ascii_case(language))
+        })
     {
         return Err(error(
             422,
@@ -890,7 +1120,7 @@ async fn create_user(
     user.insert("version".into(), json!(0));
     let user = Value::Object(user);
     inner.users.insert(ext_id.clone(), user.clone());
-    let mut response = json_response(201, &user, None);
+    let mut response = json_response(201, &shown(inner, &user), None);
     let location = format!(
         "{}/nevisidm/api/core/v1/{client}/users/{ext_id}",
         inner.base_url
@@ -908,7 +1138,7 @@ async fn get_user(
     let inner = lock(&state);
     check_client(&inner, &client)?;
     let user = inner.users.get(&ext_id).ok_or_else(|| no_user(&ext_id))?;
-    Ok(json_response(200, user, None))
+    Ok(json_response(200, &shown(&inner, user), None))
 }
 
 async fn patch_user(
@@ -945,6 +1175,14 @@ async fn patch_user(
             &format!("The field '{key}' is read-only."),
         ));
     }
+    let has_version = patch.get("version").is_some_and(|value| !value.is_null());
+    if inner.version_required && !has_version {
+        return Err(error(
+            422,
+            "errors.invalidData",
+            "The field 'version' is required for optimistic locking.",
+        ));
+    }
     if let Some(version) = patch.get("version").filter(|value| !value.is_null()) {
         let Some(version) = version.as_i64() else {
             return Err(error(
@@ -969,7 +1207,7 @@ async fn patch_user(
     check_login_unique(inner, &user, &ext_id)?;
     touch(&mut user);
     let user = Value::Object(user);
-    let response = json_response(200, &user, None);
+    let response = json_response(200, &shown(inner, &user), None);
     inner.users.insert(ext_id, user);
     Ok(response)
 }
@@ -986,7 +1224,7 @@ async fn archive_user(
         Value::Object(user.clone())
     });
     let archived = archived.ok_or_else(|| no_user(&ext_id))?;
-    Ok(json_response(200, &archived, None))
+    Ok(json_response(200, &shown(&inner, &archived), None))
 }
 
 async fn delete_user(
@@ -1049,7 +1287,16 @@ async fn list_users(
             .ok_or_else(|| error(400, "errors.invalidData", "Invalid continuationToken."))?,
         None => number("offset")?.unwrap_or(0),
     };
-    let filter = |field: &str| params.get(field).map(|value| value.to_lowercase());
+    let exact_filters = inner.exact_filters;
+    let filter = |field: &str| {
+        params.get(field).map(|value| {
+            if exact_filters {
+                value.clone()
+            } else {
+                value.to_lowercase()
+            }
+        })
+    };
     let (login, email) = (filter("loginId"), filter("contacts.email"));
     let (state_filter, ext_id) = (params.get("userState"), params.get("extId"));
     let text = |user: &Value, pointer: &str| {
@@ -1063,7 +1310,13 @@ async fn list_users(
         .filter(|user| {
             let ci = |wanted: &Option<String>, pointer: &str| {
                 wanted.as_ref().is_none_or(|wanted| {
-                    text(user, pointer).is_some_and(|value| value.to_lowercase() == *wanted)
+                    text(user, pointer).is_some_and(|value| {
+                        if exact_filters {
+                            value == *wanted
+                        } else {
+                            value.to_lowercase() == *wanted
+                        }
+                    })
                 })
             };
             let exact = |wanted: Option<&String>, pointer: &str| {
@@ -1080,11 +1333,18 @@ async fn list_users(
         .into_iter()
         .skip(usize::try_from(offset).unwrap_or(usize::MAX))
         .take(usize::try_from(limit).unwrap_or(usize::MAX))
-        .cloned()
+        .map(|user| shown(&inner, user))
         .collect();
     let next = offset.saturating_add(limit);
     let mut pagination = json!({ "limit": limit, "totalResult": total });
-    if next < total && !inner.offset_paging_only {
+    if inner.token_on_every_page {
+        if params.get("returnTotalResultCount").map(String::as_str) != Some("true") {
+            pagination = json!({ "limit": limit });
+        }
+        if !items.is_empty() && !inner.offset_paging_only {
+            pagination["continuationToken"] = json!(encode_token(next));
+        }
+    } else if next < total && !inner.offset_paging_only {
         pagination["continuationToken"] = json!(encode_token(next));
     }
     let body = json!({ "items": items, "_pagination": pagination });
@@ -1579,6 +1839,160 @@ mod tests {
             reqwest::get(&url).await.expect("sent").status(),
             StatusCode::BAD_GATEWAY
         );
+    }
+
+    #[tokio::test]
+    async fn field_switches_answer_as_real_deployments_do() {
+        let fake = start().await;
+        let url = users_url(&fake);
+        let client = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .expect("client");
+
+        // A login proxy: writes are redirected to an HTML page answering 200.
+        fake.set_login_redirect(true);
+        let response = client
+            .post(&url)
+            .bearer_auth(TOKEN)
+            .json(&person("u-1", "zoe"))
+            .send()
+            .await
+            .expect("sent");
+        assert_eq!(response.status(), StatusCode::FOUND);
+        let location = response.headers()[header::LOCATION]
+            .to_str()
+            .expect("text")
+            .to_owned();
+        let page = client.get(&location).send().await.expect("sent");
+        assert_eq!(page.status(), StatusCode::OK);
+        assert!(
+            page.headers()[header::CONTENT_TYPE]
+                .to_str()
+                .unwrap()
+                .starts_with("text/html")
+        );
+        assert_eq!(fake.user_count(), 0);
+        fake.set_login_redirect(false);
+
+        // version required on PATCH; languageCode answered upper case.
+        call(Method::POST, &url, Some(&person("u-1", "zoe"))).await;
+        fake.set_version_required(true);
+        fake.set_upper_case_languages(true);
+        let user_url = format!("{url}/u-1");
+        let (status, _, body) =
+            call(Method::PATCH, &user_url, Some(&json!({"remarks": "x"}))).await;
+        assert_eq!(
+            (status, code(&body)),
+            (StatusCode::UNPROCESSABLE_ENTITY, "errors.invalidData")
+        );
+        let (status, _, user) = call(
+            Method::PATCH,
+            &user_url,
+            Some(&json!({"remarks": "x", "version": 0})),
+        )
+        .await;
+        assert_eq!(
+            (status, user["version"].clone()),
+            (StatusCode::OK, json!(1))
+        );
+        assert_eq!(user["languageCode"], "EN");
+        assert_eq!(
+            fake.user("u-1").unwrap()["languageCode"],
+            "en",
+            "stored as given"
+        );
+
+        // Exact filters; a token on every page, an empty last page, the total on request.
+        fake.insert_user(person("u-2", "Zed"));
+        fake.set_exact_filters(true);
+        fake.set_token_on_every_page(true);
+        let list = |query: &'static [(&'static str, &'static str)]| {
+            let request = client.get(list_url(&fake)).bearer_auth(TOKEN).query(query);
+            async move {
+                request
+                    .send()
+                    .await
+                    .expect("sent")
+                    .json::<Value>()
+                    .await
+                    .expect("JSON")
+            }
+        };
+        let page = list(&[("loginId", "zed")]).await;
+        assert_eq!(page["items"].as_array().map(Vec::len), Some(0));
+        let page = list(&[("loginId", "Zed")]).await;
+        assert_eq!(page["items"].as_array().map(Vec::len), Some(1));
+        let page = list(&[("limit", "5")]).await;
+        assert!(page["_pagination"].get("totalResult").is_none());
+        let token = page["_pagination"]["continuationToken"]
+            .as_str()
+            .expect("token")
+            .to_owned();
+        let last = client
+            .get(list_url(&fake))
+            .bearer_auth(TOKEN)
+            .query(&[
+                ("continuationToken", token.as_str()),
+                ("returnTotalResultCount", "true"),
+            ])
+            .send()
+            .await
+            .expect("sent")
+            .json::<Value>()
+            .await
+            .expect("JSON");
+        assert_eq!(last["items"].as_array().map(Vec::len), Some(0));
+        assert_eq!(last["_pagination"]["totalResult"], 2);
+        assert!(last["_pagination"].get("continuationToken").is_none());
+    }
+
+    #[tokio::test]
+    async fn oauth_tokens_are_issued_to_the_client_and_expire() {
+        let fake = start().await;
+        fake.enable_oauth(FakeOAuth {
+            lifetime: Duration::from_millis(300),
+            ..FakeOAuth::default()
+        });
+        let client = reqwest::Client::new();
+        let grant = |secret: &'static str| {
+            client
+                .post(fake.token_url())
+                .basic_auth("sync-client", Some(secret))
+                .form(&[("grant_type", "client_credentials"), ("scope", "nevis")])
+                .send()
+        };
+        let refused = grant("wrong").await.expect("sent");
+        assert_eq!(refused.status(), StatusCode::UNAUTHORIZED);
+        let body: Value = refused.json().await.expect("JSON");
+        assert_eq!(body["error"], "invalid_client");
+        let answer: Value = grant("oauth-client-secret-7f3a")
+            .await
+            .expect("sent")
+            .json()
+            .await
+            .expect("JSON");
+        let token = answer["access_token"].as_str().expect("token").to_owned();
+        assert_eq!(answer["expires_in"], 0, "whole seconds of 300 ms");
+        let with = |token: &str| client.get(list_url(&fake)).bearer_auth(token).send();
+        assert_eq!(with(&token).await.expect("sent").status(), StatusCode::OK);
+        assert_eq!(
+            with(TOKEN).await.expect("sent").status(),
+            StatusCode::UNAUTHORIZED,
+            "the static token is not accepted any more"
+        );
+        // The expiry is real time; this bounded wait is not an assertion on speed.
+        tokio::time::sleep(Duration::from_millis(350)).await;
+        assert_eq!(
+            with(&token).await.expect("sent").status(),
+            StatusCode::UNAUTHORIZED
+        );
+        assert_eq!(fake.issued_tokens(), [token]);
+        assert_eq!(
+            fake.token_scopes(),
+            [Some("nevis".to_owned()), Some("nevis".to_owned())]
+        );
+        assert_eq!(fake.stats().token_requests, 2);
     }
 
     #[tokio::test]

@@ -9,7 +9,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use nexudus_nevis_sync::sandbox::{
-    FakeNevis, FakeNexudus, NevisFakeConfig, NexudusFakeConfig, NexudusUserSpec,
+    FakeNevis, FakeNexudus, FakeOAuth, NevisFakeConfig, NexudusFakeConfig, NexudusUserSpec,
 };
 use tempfile::TempDir;
 use tokio::process::Command;
@@ -135,6 +135,22 @@ impl Env {
         self.write_config();
     }
 
+    /// Removes `section.key` and rewrites the file.
+    pub fn unset(&self, key: &str) {
+        self.keys.lock().unwrap().remove(key);
+        self.write_config();
+    }
+
+    /// Authenticates to nevisIDM with OAuth2 client credentials from the fake's token endpoint
+    /// (instead of the static token), turning the endpoint on with `oauth`.
+    pub fn use_oauth(&self, oauth: FakeOAuth) {
+        self.unset("nevis.token");
+        self.set("nevis.oauth_token_url", &quote(&self.nevis.token_url()));
+        self.set("nevis.oauth_client_id", &quote(&oauth.client_id));
+        self.set("nevis.oauth_client_secret", &quote(&oauth.client_secret));
+        self.nevis.enable_oauth(oauth);
+    }
+
     fn write_config(&self) {
         let keys = self.keys.lock().unwrap();
         let mut sections: BTreeMap<&str, Vec<String>> = BTreeMap::new();
@@ -191,4 +207,15 @@ pub async fn run_cmd(mut cmd: Command) -> Run {
         .expect("run finished within the limit")
         .expect("binary started");
     Run::from(out)
+}
+
+/// A PATCH body without its `version` (every PATCH carries one; `tests/nevis_field.rs` checks
+/// which), so that the fields can be compared.
+pub fn without_version(mut body: serde_json::Value) -> serde_json::Value {
+    let version = body.as_object_mut().and_then(|b| b.remove("version"));
+    assert!(
+        version.as_ref().is_some_and(serde_json::Value::is_i64),
+        "a PATCH carries the version: {body}"
+    );
+    body
 }
