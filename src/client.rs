@@ -206,6 +206,29 @@ pub(crate) fn retry_after_value(value: &str, now: std::time::SystemTime) -> Opti
     Some(at.duration_since(now).unwrap_or(Duration::ZERO))
 }
 
+/// Whether a content type announces JSON (`application/json`, `text/json`, `…+json`), the only
+/// answers either API documents; anything else is not decoded.
+pub(crate) fn is_json(content_type: &str) -> bool {
+    let mime = content_type
+        .split(';')
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_ascii_lowercase();
+    mime == "application/json" || mime == "text/json" || mime.ends_with("+json")
+}
+
+/// The `Location` of a redirect, shortened for a message, or a note that there is none.
+pub(crate) fn location(headers: &reqwest::header::HeaderMap) -> String {
+    headers
+        .get(reqwest::header::LOCATION)
+        .and_then(|v| v.to_str().ok())
+        .map_or_else(
+            || "(no Location header)".into(),
+            |l| l.chars().take(300).collect(),
+        )
+}
+
 /// Appends a path to a base URL, keeping any path prefix the base already has.
 pub(crate) fn join(base: &Url, path: &str) -> Url {
     let mut url = base.clone();

@@ -570,3 +570,27 @@ async fn ids_of_nine_and_ten_digits_sync_and_vanish_like_any_other() {
     assert_eq!(run.count("disabled"), 1);
     assert_eq!(env.nevis.user(&ext(ten)).unwrap()["userState"], "disabled");
 }
+
+/// A redirect from Nexudus (an old address, a proxy sending requests elsewhere) is never followed
+/// and ends the run at once (exit 2), naming the status and where it pointed; nothing is written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redirect_from_nexudus_is_fatal_names_the_location_and_writes_nothing() {
+    let env = Env::start().await;
+    env.seed(3);
+    env.nexudus
+        .push_redirect("https://login.example.com/sso?return=/api/sys/users");
+    let run = env.sync(&[]).await;
+    run.assert_code(2);
+    let line = fatal_line(&run);
+    assert!(line.contains("HTTP 302"), "{line}");
+    assert!(
+        line.contains("https://login.example.com/sso?return=/api/sys/users"),
+        "{line}"
+    );
+    assert!(line.contains("nexudus.base_url"), "{line}");
+    assert_eq!(env.nexudus.stats().pushed_answers, 1, "not retried");
+    assert_eq!(env.nevis.user_count(), 0, "nothing written");
+    // The next run, without the redirect, imports everyone.
+    env.sync(&[]).await.assert_code(0);
+    assert_eq!(env.nevis.user_count(), 3);
+}

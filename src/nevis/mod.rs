@@ -360,16 +360,14 @@ impl NevisClient {
         let response = request.send().await.map_err(|e| self.unavailable(e))?;
         let status = response.status();
         let retry_after = retry_after(response.headers());
-        let location = header_text(response.headers(), reqwest::header::LOCATION);
+        let location = client::location(response.headers());
         let content_type = header_text(response.headers(), reqwest::header::CONTENT_TYPE);
         let bytes = response.bytes().await.map_err(|e| self.unavailable(e))?;
         self.metrics.observe_request("nevis", started.elapsed());
         if status.is_redirection() {
             return Err(TargetError::Redirect {
                 status: status.as_u16(),
-                location: location
-                    .map(|l| l.chars().take(300).collect())
-                    .unwrap_or_else(|| "(no Location header)".into()),
+                location,
             });
         }
         if status.is_success() {
@@ -619,18 +617,6 @@ fn header_text(
         .map(str::to_owned)
 }
 
-fn is_json(content_type: Option<&str>) -> bool {
-    content_type.is_some_and(|ct| {
-        let essence = ct
-            .split(';')
-            .next()
-            .unwrap_or_default()
-            .trim()
-            .to_ascii_lowercase();
-        essence == "application/json" || essence.ends_with("+json")
-    })
-}
-
 /// A 2xx answer, accepted only in the documented form: create 201; update 200 (the user) or
 /// 204; archive 200 or 204; read and listing 200 with a JSON object. An HTML page is a login
 /// page (fatal); anything else undocumented is a [`TargetError::Protocol`], never data.
@@ -668,7 +654,7 @@ fn success(
     if !wants_body {
         return Ok(None);
     }
-    if !is_json(content_type) {
+    if !content_type.is_some_and(client::is_json) {
         return Err(TargetError::Protocol {
             status,
             detail: format!(

@@ -21,16 +21,7 @@ pub(super) fn content_type(headers: &HeaderMap) -> String {
         )
 }
 
-/// Whether a content type announces JSON (`application/json`, `text/json`, `…+json`).
-pub(super) fn is_json(content_type: &str) -> bool {
-    let mime = content_type
-        .split(';')
-        .next()
-        .unwrap_or_default()
-        .trim()
-        .to_ascii_lowercase();
-    mime == "application/json" || mime == "text/json" || mime.ends_with("+json")
-}
+pub(super) use crate::client::is_json;
 
 /// The start of a body as it may appear in a message: whitespace squeezed, at most 120
 /// characters, control and formatting characters escaped, quoted; "an empty body" when empty.

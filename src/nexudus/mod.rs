@@ -83,6 +83,14 @@ pub enum SourceError {
     },
     #[error("Nexudus request failed: {0}")]
     Transport(String),
+    /// Redirects are never followed (a POST would turn into a GET of whatever page it points
+    /// at): the address is wrong, or something in front of the API sends requests elsewhere.
+    #[error(
+        "Nexudus answered HTTP {status} redirecting to {location}; the API answers at its own \
+         address and never redirects: check nexudus.base_url (scheme and host of the API, no \
+         path) and any proxy in front of it"
+    )]
+    Redirect { status: u16, location: String },
     #[error("Nexudus answered HTTP {status} unexpectedly: {detail}")]
     Unexpected { status: u16, detail: String },
     /// An answer that is not the documented JSON: an HTML page (a WAF, a load balancer), an
@@ -126,6 +134,7 @@ impl Classify for SourceError {
             },
             SourceError::Transport(_) => Verdict::Retry { after: None },
             SourceError::Auth { .. }
+            | SourceError::Redirect { .. }
             | SourceError::Unexpected { .. }
             | SourceError::SignIn { .. }
             | SourceError::TokenStore(_) => Verdict::Final,
@@ -138,6 +147,7 @@ impl Classify for SourceError {
             | SourceError::SignIn { status, .. }
             | SourceError::Throttled { status, .. }
             | SourceError::Server { status, .. }
+            | SourceError::Redirect { status, .. }
             | SourceError::Unexpected { status, .. } => status.to_string(),
             SourceError::Unavailable { status, .. } => format!("{status}-not-json"),
             SourceError::Transport(_) => "transport".into(),
@@ -270,6 +280,12 @@ impl NexudusClient {
         started: Instant,
     ) -> Result<Answer, SourceError> {
         let status = response.status();
+        if status.is_redirection() {
+            return Err(SourceError::Redirect {
+                status: status.as_u16(),
+                location: client::location(response.headers()),
+            });
+        }
         let header_wait = retry_after(response.headers());
         let content_type = answer::content_type(response.headers());
         // A body cut off mid-way is a transport error here, retried like one.

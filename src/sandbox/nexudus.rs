@@ -566,6 +566,17 @@ impl FakeNexudus {
         }
     }
 
+    /// Queues a `302` to `location` (an HTML body, as a proxy or an old address answers) for the
+    /// next authorised request.
+    pub fn push_redirect(&self, location: &str) {
+        let mut response = html_page(302);
+        *response.status_mut() = axum::http::StatusCode::FOUND;
+        if let Ok(value) = header::HeaderValue::from_str(location) {
+            response.headers_mut().insert(header::LOCATION, value);
+        }
+        self.lock().pushed.push_back((None, response));
+    }
+
     /// Queues an answer with this status, content type and body for the next authorised request.
     pub fn push_raw(&self, status: u16, content_type: Option<&str>, body: &[u8]) {
         let mut response = Response::new(axum::body::Body::from(body.to_vec()));
