@@ -44,6 +44,9 @@ struct Cli {
     /// the store).
     #[arg(long, conflicts_with_all = ["sync_now", "demo"])]
     status: bool,
+    /// With --status: print the status document as JSON (what the daemon's /status serves).
+    #[arg(long, requires = "status")]
+    json: bool,
     /// With --sync-now: list only users changed since the last run's watermark (disappearances
     /// wait for the next full listing). Without it, --sync-now lists everyone.
     #[arg(long, requires = "sync_now", conflicts_with = "reconcile")]
@@ -113,7 +116,7 @@ async fn run(cli: Cli) -> u8 {
         warn_loudly(warning);
     }
     if cli.status {
-        return status(&config).await;
+        return status(&config, cli.json).await;
     }
     if !cli.sync_now {
         return daemon(config).await;
@@ -222,8 +225,9 @@ async fn stop_on_signal(shutdown: CancellationToken) {
     shutdown.cancel();
 }
 
-/// `--status`: from the store when it is free, otherwise from the running daemon.
-async fn status(config: &Config) -> u8 {
+/// `--status`: from the store when it is free, otherwise from the running daemon; a table for a
+/// person, or with `--json` the document `/status` serves.
+async fn status(config: &Config, json: bool) -> u8 {
     let doc = if !config.store.path.exists() {
         serde_json::json!({ "last_run": null, "failing_users": [] })
     } else {
@@ -243,7 +247,11 @@ async fn status(config: &Config) -> u8 {
             Err(e) => return fatal(&e),
         }
     };
-    print!("{}", nexudus_nevis_sync::status::render(&doc));
+    if json {
+        println!("{doc}");
+    } else {
+        print!("{}", nexudus_nevis_sync::status::render(&doc));
+    }
     if nexudus_nevis_sync::status::failing_count(&doc) == 0 {
         0
     } else {

@@ -15,14 +15,17 @@ pub fn document(
     ext_id_prefix: &str,
     live: Option<Value>,
 ) -> Result<Value, StoreError> {
-    let last_run = match store.last_run()? {
+    let mut last_run = match store.last_run()? {
         Some(bytes) => serde_json::from_slice(&bytes).unwrap_or(Value::Null),
         None => Value::Null,
     };
+    if let (Value::Object(run), Some(at)) = (&mut last_run, store.last_run_at()?) {
+        run.insert("finished_at".into(), Value::from(at));
+    }
     let failing: Vec<Value> = store
-        .failures()?
+        .failures_since()?
         .into_iter()
-        .map(|(id, reason)| {
+        .map(|(id, reason, since)| {
             let ext_id = match store.get(id).ok().flatten() {
                 Some(checkpoint) => checkpoint.ext_id,
                 None => store
@@ -31,7 +34,7 @@ pub fn document(
                     .flatten()
                     .unwrap_or_else(|| ext_id_with(ext_id_prefix, id)),
             };
-            json!({ "nexudus_id": id, "ext_id": ext_id, "reason": reason })
+            json!({ "nexudus_id": id, "ext_id": ext_id, "reason": reason, "since": since })
         })
         .collect();
     // A wait for the Nexudus hour or day budget in progress (see `nexudus::pacer`).
@@ -51,63 +54,191 @@ pub fn document(
     Ok(doc)
 }
 
-/// Human-readable lines for `--status`.
+/// `--status` for a person: the last run as a small table of counts, what the daemon is doing,
+/// any wait for the Nexudus budget, and the failing users as a table with their reasons.
+/// (`--status --json` prints the document itself.)
 pub fn render(doc: &Value) -> String {
     let mut out = String::new();
-    match doc.get("last_run") {
-        Some(run) if run.is_object() => {
-            let n = |k: &str| run.get(k).and_then(Value::as_u64).unwrap_or(0);
-            out.push_str(&format!(
-                "last run {}: created={} updated={} disabled={} unchanged={} failed={} invalid={} held_disables={} listing_complete={} duration={:.3}s\n",
-                run.get("run_id").and_then(Value::as_str).unwrap_or("?"),
-                n("created"),
-                n("updated"),
-                n("disabled"),
-                n("unchanged"),
-                n("failed"),
-                n("invalid"),
-                n("held_disables"),
-                run.get("listing_complete").and_then(Value::as_bool).unwrap_or(false),
-                run.get("duration").and_then(Value::as_f64).unwrap_or(0.0),
-            ));
-            if let Some(fatal) = run.get("fatal").and_then(Value::as_str) {
-                out.push_str(&format!("last run failed: {fatal}\n"));
+    render_last_run(doc.get("last_run"), &mut out);
+    if let Some(running) = doc.get("running").and_then(Value::as_bool) {
+        let ready = doc.get("ready").and_then(Value::as_bool);
+        out.push_str(&format!(
+            "{:<13}{}{}\n",
+            "Daemon",
+            if running {
+                "running a sync now"
+            } else {
+                "idle"
+            },
+            match ready {
+                Some(true) => ", ready",
+                Some(false) => ", NOT ready",
+                None => "",
             }
-            if run.get("interrupted").and_then(Value::as_bool) == Some(true) {
-                out.push_str("last run was interrupted by a shutdown\n");
-            }
-        }
-        _ => out.push_str("no run recorded yet\n"),
+        ));
     }
     if let Some(wait) = doc.get("nexudus_quota_wait").filter(|w| w.is_object()) {
         out.push_str(&format!(
-            "nexudus: {} ({} of {} requests used; until unix time {})\n",
-            wait.get("reason")
-                .and_then(Value::as_str)
-                .unwrap_or("waiting for the request budget"),
-            wait.get("used").and_then(Value::as_u64).unwrap_or(0),
-            wait.get("limit").and_then(Value::as_u64).unwrap_or(0),
-            wait.get("until").and_then(Value::as_u64).unwrap_or(0),
+            "{:<13}{} ({} of {} requests used; until {})\n",
+            "Nexudus",
+            text(wait, "reason", "waiting for the request budget"),
+            count(wait, "used"),
+            count(wait, "limit"),
+            when(wait.get("until")),
         ));
     }
-    if let Some(running) = doc.get("running").and_then(Value::as_bool) {
-        out.push_str(&format!("daemon: running a sync now: {running}\n"));
+    render_failing(doc, &mut out);
+    out
+}
+
+fn text<'a>(v: &'a Value, key: &str, default: &'a str) -> &'a str {
+    v.get(key).and_then(Value::as_str).unwrap_or(default)
+}
+
+fn count(v: &Value, key: &str) -> u64 {
+    v.get(key).and_then(Value::as_u64).unwrap_or(0)
+}
+
+/// A Unix time as UTC date and time, or "-".
+fn when(secs: Option<&Value>) -> String {
+    secs.and_then(Value::as_i64)
+        .and_then(|s| chrono::DateTime::from_timestamp(s, 0))
+        .map_or_else(
+            || "-".into(),
+            |t| t.format("%Y-%m-%d %H:%M:%S UTC").to_string(),
+        )
+}
+
+/// Control characters escaped, so a reason quoting odd input cannot break the table.
+fn printable(s: &str) -> String {
+    s.chars()
+        .map(|c| {
+            if c.is_control() {
+                c.escape_default().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
+}
+
+/// Columns padded to the widest cell, two spaces apart.
+fn table(rows: &[Vec<String>], out: &mut String) {
+    let columns = rows.iter().map(Vec::len).max().unwrap_or(0);
+    let widths: Vec<usize> = (0..columns)
+        .map(|c| {
+            rows.iter()
+                .filter_map(|r| r.get(c))
+                .map(|cell| cell.chars().count())
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    for row in rows {
+        let mut line = String::from("  ");
+        for (c, cell) in row.iter().enumerate() {
+            if c + 1 == row.len() {
+                line.push_str(cell);
+            } else {
+                line.push_str(&format!("{cell:<width$}  ", width = widths[c]));
+            }
+        }
+        out.push_str(line.trim_end());
+        out.push('\n');
     }
+}
+
+fn render_last_run(run: Option<&Value>, out: &mut String) {
+    let Some(run) = run.filter(|r| r.is_object()) else {
+        out.push_str("Last run     none recorded yet\n");
+        return;
+    };
+    let mode = if run.get("reconcile").and_then(Value::as_bool) == Some(true) {
+        "reconcile"
+    } else if run.get("incremental").and_then(Value::as_bool) == Some(true) {
+        "incremental"
+    } else {
+        "full"
+    };
+    out.push_str(&format!(
+        "{:<13}{} ({mode}{}), finished {}, took {:.3} s\n",
+        "Last run",
+        text(run, "run_id", "?"),
+        if run.get("dry_run").and_then(Value::as_bool) == Some(true) {
+            ", dry run"
+        } else {
+            ""
+        },
+        when(run.get("finished_at")),
+        run.get("duration").and_then(Value::as_f64).unwrap_or(0.0),
+    ));
+    let outcome = if let Some(fatal) = run.get("fatal").and_then(Value::as_str) {
+        format!("FAILED: {fatal}")
+    } else if run.get("interrupted").and_then(Value::as_bool) == Some(true) {
+        "interrupted by a shutdown".into()
+    } else {
+        let complete = run.get("listing_complete").and_then(Value::as_bool) == Some(true);
+        let problems = ["failed", "invalid", "held_disables", "conflicts"]
+            .iter()
+            .map(|k| count(run, k))
+            .sum::<u64>();
+        let listing = if complete {
+            "listing complete".to_string()
+        } else {
+            format!(
+                "listing incomplete: {} (nobody disabled for vanishing)",
+                text(run, "incomplete_reason", "reason not recorded")
+            )
+        };
+        if complete && problems == 0 {
+            format!("in sync; {listing}")
+        } else {
+            format!("finished with problems; {listing}")
+        }
+    };
+    out.push_str(&format!("{:<13}{outcome}\n", "Outcome"));
+    let columns = [
+        "created",
+        "updated",
+        "disabled",
+        "archived",
+        "unchanged",
+        "failed",
+        "invalid",
+        "held_disables",
+        "conflicts",
+    ];
+    let header = columns.iter().map(|c| c.replace('_', " ")).collect();
+    let values = columns.iter().map(|c| count(run, c).to_string()).collect();
+    table(&[header, values], out);
+}
+
+fn render_failing(doc: &Value, out: &mut String) {
     let failing = doc
         .get("failing_users")
         .and_then(Value::as_array)
-        .cloned()
+        .map(Vec::as_slice)
         .unwrap_or_default();
-    out.push_str(&format!("failing users: {}\n", failing.len()));
-    for f in failing {
-        out.push_str(&format!(
-            "  nexudus_id={} extId={} reason=\"{}\"\n",
-            f.get("nexudus_id").and_then(Value::as_u64).unwrap_or(0),
-            f.get("ext_id").and_then(Value::as_str).unwrap_or("?"),
-            f.get("reason").and_then(Value::as_str).unwrap_or("")
-        ));
+    if failing.is_empty() {
+        out.push_str("Failing      no user is failing\n");
+        return;
     }
-    out
+    out.push_str(&format!("Failing      {} user(s)\n", failing.len()));
+    let mut rows = vec![vec![
+        "NEXUDUS ID".to_string(),
+        "EXTID".into(),
+        "FAILING SINCE".into(),
+        "REASON".into(),
+    ]];
+    for f in failing {
+        rows.push(vec![
+            count(f, "nexudus_id").to_string(),
+            text(f, "ext_id", "?").to_string(),
+            when(f.get("since")),
+            printable(text(f, "reason", "")),
+        ]);
+    }
+    table(&rows, out);
 }
 
 /// Number of failing users in a status document.
@@ -135,14 +266,36 @@ mod tests {
         let doc = document(&store, "acme-", Some(json!({"running": false}))).unwrap();
         assert_eq!(failing_count(&doc), 2);
         let text = render(&doc);
-        assert!(text.contains("last run abc: created=2"), "{text}");
+        let lines: Vec<&str> = text.lines().collect();
         assert!(
-            text.contains(
-                "nexudus_id=7 extId=acme-7 reason=\"invalid: email is missing or blank\""
-            ),
+            lines[0].starts_with("Last run     abc (full), finished 20"),
             "{text}"
         );
-        assert!(text.contains("nexudus_id=8 extId=hr-8"), "{text}");
-        assert!(text.contains("running a sync now: false"), "{text}");
+        assert_eq!(
+            lines[1], "Outcome      finished with problems; listing complete",
+            "{text}"
+        );
+        // The counts as a table: a header and the values under it.
+        let header = lines[2].find("created").expect("header");
+        assert_eq!(&lines[3][header..header + 1], "2", "{text}");
+        assert!(text.contains("Daemon       idle"), "{text}");
+        assert!(text.contains("Failing      2 user(s)"), "{text}");
+        let row = |ext: &str| {
+            lines
+                .iter()
+                .find(|l| l.contains(ext))
+                .unwrap_or_else(|| panic!("no row for {ext}:\n{text}"))
+                .split("  ")
+                .map(str::trim)
+                .filter(|c| !c.is_empty())
+                .collect::<Vec<_>>()
+        };
+        let seven = row("acme-7");
+        assert_eq!(seven[0], "7");
+        assert!(seven[2].ends_with("UTC"), "since: {seven:?}");
+        assert_eq!(seven[3], "invalid: email is missing or blank");
+        assert_eq!(row("hr-8")[0], "8");
+        assert!(doc["failing_users"][0]["since"].as_u64().is_some(), "{doc}");
+        assert!(doc["last_run"]["finished_at"].as_u64().is_some(), "{doc}");
     }
 }

@@ -367,9 +367,20 @@ impl Store {
     }
 
     /// Stores the last run's report (JSON) for `--status` and `/status`.
+    /// Records the last run's report, and when it was recorded (for `--status`).
     pub fn set_last_run(&self, json: &[u8]) -> Result<(), StoreError> {
         self.meta.insert("last_run", json)?;
+        self.meta.insert("last_run_at", &unix_now().to_le_bytes())?;
         Ok(())
+    }
+
+    /// Unix seconds at which the last run's report was recorded, if known.
+    pub fn last_run_at(&self) -> Result<Option<u64>, StoreError> {
+        Ok(self
+            .meta
+            .get("last_run_at")?
+            .and_then(|v| <[u8; 8]>::try_from(v.as_ref()).ok())
+            .map(u64::from_le_bytes))
     }
 
     /// The incremental-polling watermark (`YYYY-MM-DDTHH:mm`, Nexudus time).
@@ -413,18 +424,30 @@ impl Store {
         Ok(self.meta.get("last_run")?.map(|v| v.to_vec()))
     }
 
-    /// Users whose last attempt failed or was invalid, with the reason.
-    pub fn failures(&self) -> Result<Vec<(u64, String)>, StoreError> {
+    /// Users whose last attempt failed or was invalid, with the reason and the Unix time of the
+    /// first failure in a row (when it was kept).
+    pub fn failures_since(&self) -> Result<Vec<(u64, String, Option<u64>)>, StoreError> {
         self.failures
             .iter()
             .map(|item| {
                 let (k, v) = item?;
+                let (since, reason) = split_failure(&v);
                 Ok((
                     id_of(&k, "failures")?,
-                    String::from_utf8_lossy(split_failure(&v).1).into_owned(),
+                    String::from_utf8_lossy(reason).into_owned(),
+                    since,
                 ))
             })
             .collect()
+    }
+
+    /// Users whose last attempt failed or was invalid, with the reason.
+    pub fn failures(&self) -> Result<Vec<(u64, String)>, StoreError> {
+        Ok(self
+            .failures_since()?
+            .into_iter()
+            .map(|(id, reason, _)| (id, reason))
+            .collect())
     }
 
     /// Makes every write made before this call durable.
