@@ -585,6 +585,27 @@ async fn demo_runs_the_whole_job() {
     run.assert_code(0);
     assert!(run.stdout.contains("created=300"), "{}", run.stdout);
     assert!(run.stdout.contains("(0 writes)"), "{}", run.stdout);
+    // The lifecycle, each step checked by the demo itself.
+    for step in [
+        "1. First import",
+        "2. Changes in Nexudus",
+        "--dry-run plans 4 writes and makes none",
+        "\"op\":\"disable\"",
+        "3. 35 users vanish",
+        "held_disables=35",
+        "approves with --sync-now --allow-mass-disable",
+        "disabled=35",
+        "4. An administrator renames",
+        "drift=1",
+        "5. nevisIDM now: 300 users",
+        "demo: every step did what it should",
+    ] {
+        assert!(
+            run.stdout.contains(step),
+            "missing {step:?}:\n{}",
+            run.stdout
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
