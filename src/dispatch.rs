@@ -26,6 +26,7 @@ use tracing::Instrument;
 use crate::diff::{Changes, Observed, changes_between, create_body};
 use crate::mapper::{DesiredUser, nexudus_id_of};
 use crate::nevis::{Target, TargetError, for_each_page, list_all, version_of};
+use crate::progress::Progress;
 use crate::report::{Adoption, Conflict, Failure, RunReport};
 use crate::store::{Store, StoreError, fingerprint};
 
@@ -255,6 +256,8 @@ pub struct Dispatcher<T: Target> {
     adopt: Option<Arc<AdoptRules>>,
     /// extIds adopted (or being adopted) in this run: one nevisIDM user is never adopted twice.
     claimed: Arc<Mutex<HashSet<String>>>,
+    /// Writes in flight and done, for whoever watches the run.
+    progress: Option<Arc<Progress>>,
 }
 
 impl<T: Target> Dispatcher<T> {
@@ -273,7 +276,14 @@ impl<T: Target> Dispatcher<T> {
             unavailable_streak: 0,
             adopt: None,
             claimed: Arc::default(),
+            progress: None,
         }
+    }
+
+    /// Counts writes in flight and done into `progress`.
+    pub fn with_progress(mut self, progress: Option<Arc<Progress>>) -> Self {
+        self.progress = progress;
+        self
     }
 
     /// Enables adoption for creates marked `adopt`.
@@ -336,6 +346,9 @@ impl<T: Target> Dispatcher<T> {
             }
             .instrument(span),
         );
+        if let Some(progress) = &self.progress {
+            progress.write_started();
+        }
         Ok(())
     }
 
@@ -417,6 +430,9 @@ impl<T: Target> Dispatcher<T> {
         done: Result<Outcome, tokio::task::JoinError>,
         report: &mut RunReport,
     ) -> Result<(), DispatchError> {
+        if let Some(progress) = &self.progress {
+            progress.write_done(matches!(done, Ok((_, Ok(Ok(_))))));
+        }
         let (op, result) = match done {
             Ok(outcome) => outcome,
             // A panicking write task is a bug; the user is not checkpointed and will be retried.

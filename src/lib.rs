@@ -19,6 +19,7 @@
 //! - [`sync`]     `run_once`: the pipeline wired together, shared by `--sync-now` and the daemon
 //! - [`watermark`] incremental polling: the `UpdatedOn` watermark and its overlap
 //! - [`report`]   what a run did: counts, failures, invalid records, the summary line
+//! - [`progress`] the run in flight: counters, a live terminal line or periodic log lines, `/status`
 //! - [`sandbox`]  stateful fakes of both APIs, used by `--demo`, the tests and the benchmark
 //! - [`demo`]     `--demo`: both fakes in-process, sample users, one real sync
 
@@ -32,6 +33,7 @@ pub mod mapper;
 pub mod metrics;
 pub mod nevis;
 pub mod nexudus;
+pub mod progress;
 pub mod report;
 pub mod retry;
 pub mod sandbox;
