@@ -16,6 +16,9 @@ use url::Url;
 /// Environment variable prefix for overrides: `NEXUDUS_NEVIS_SYNC__NEVIS__TOKEN` sets `nevis.token`.
 pub const ENV_PREFIX: &str = "NEXUDUS_NEVIS_SYNC";
 
+/// Default of `mapping.ext_id_prefix`: the prefix of every `extId` this tool creates.
+pub const EXT_ID_PREFIX: &str = "nexudus-";
+
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read configuration: {0}")]
@@ -224,7 +227,7 @@ impl Default for RawMapping {
             allowed_languages: ["de", "en", "fr", "it"].map(String::from).to_vec(),
             name_split: "last_word".into(),
             login_id: "email".into(),
-            ext_id_prefix: crate::mapper::EXT_ID_PREFIX.into(),
+            ext_id_prefix: EXT_ID_PREFIX.into(),
             remarks: None,
             modification_comment: None,
             properties: BTreeMap::new(),
@@ -680,9 +683,10 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
     };
 
     let sync = raw.sync;
-    let cron = crate::schedule::parse(&sync.schedule).map_err(|e| invalid("sync.schedule", e))?;
-    let interval =
-        crate::schedule::interval(&cron).ok_or_else(|| invalid("sync.schedule", "never fires"))?;
+    let cron =
+        crate::schedule::cron::parse(&sync.schedule).map_err(|e| invalid("sync.schedule", e))?;
+    let interval = crate::schedule::cron::interval(&cron)
+        .ok_or_else(|| invalid("sync.schedule", "never fires"))?;
     if !(1..=256).contains(&sync.concurrency) {
         return Err(invalid("sync.concurrency", "must be between 1 and 256"));
     }
@@ -714,9 +718,9 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
     let reconcile_schedule = match sync.reconcile_schedule.trim() {
         "" | "off" => None,
         expr => {
-            let cron =
-                crate::schedule::parse(expr).map_err(|e| invalid("sync.reconcile_schedule", e))?;
-            crate::schedule::interval(&cron)
+            let cron = crate::schedule::cron::parse(expr)
+                .map_err(|e| invalid("sync.reconcile_schedule", e))?;
+            crate::schedule::cron::interval(&cron)
                 .ok_or_else(|| invalid("sync.reconcile_schedule", "never fires"))?;
             Some(expr.to_string())
         }
