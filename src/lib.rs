@@ -3,7 +3,8 @@
 //! The pipeline, one module per stage:
 //!
 //! - [`client`]   what both HTTP clients share: construction, URL joining, `Retry-After`
-//! - [`config`]   raw TOML/env config -> validated [`config::Config`] (URLs parsed, cron checked, secrets wrapped)
+//! - [`config`]   TOML file + env overrides: the raw file format and its defaults -> validated
+//!   [`config::Config`] (a check per section, URLs parsed, cron checked), secrets read and wrapped
 //! - [`nexudus`]  the source: paced, paged HTTP client for `GET /api/sys/users` (and the languages
 //!   listing), its pacer under Nexudus's four limits, and its wire types
 //! - [`mapper`]   pure: one Nexudus record -> the desired nevisIDM user, or the reason it is invalid
@@ -12,7 +13,9 @@
 //! - [`nevis`]    the target: nevisIDM Core REST client (OAuth2 or static token), HTTP status -> outcome classification
 //! - [`retry`]    when to retry (backoff, `Retry-After`, caps); the only module that imports backon
 //! - [`dispatch`] applies operations with bounded concurrency and checkpoints each confirmed write
-//! - [`schedule`] the daemon loop: cron schedule, no overlapping runs, graceful stop
+//! - [`schedule`] the daemon loop: cron schedule, no overlapping runs, graceful stop; its leaf
+//!   [`schedule::cron`] parses cron expressions and imports nothing of ours, so `config` uses it
+//!   without a loop
 //! - [`http`]     the daemon's `/healthz`, `/readyz`, `/metrics` and `/status`
 //! - [`metrics`]  Prometheus metrics shared by the clients, the pipeline and `/metrics`
 //! - [`status`]   the status document behind `/status` and `--status`
@@ -22,6 +25,9 @@
 //! - [`progress`] the run in flight: counters, a live terminal line or periodic log lines, `/status`
 //! - [`sandbox`]  stateful fakes of both APIs, used by `--demo`, the tests and the benchmark
 //! - [`demo`]     `--demo`: both fakes in-process, sample users, one real sync
+//!
+//! Imports flow one way: there is no loop between these modules (`tests/module_graph.rs` fails on
+//! one and names it).
 
 pub mod client;
 pub mod config;

@@ -10,8 +10,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::{LoginIdSource, MappingConfig, NameSplit};
 
-/// Prefix of every `extId` this tool creates.
-pub const EXT_ID_PREFIX: &str = "nexudus-";
+/// Prefix of every `extId` this tool creates (the default of `mapping.ext_id_prefix`, which is
+/// config's to own).
+pub use crate::config::EXT_ID_PREFIX;
 
 /// The fields of a Nexudus user record that the sync reads, decoded leniently.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]

@@ -75,8 +75,7 @@ fn request_histogram() -> Histogram {
 
 impl Metrics {
     pub fn new() -> Metrics {
-        let mut registry = Registry::with_prefix("nexudus_nevis_sync");
-        let m = Metrics {
+        let mut m = Metrics {
             runs: Family::default(),
             skipped_ticks: Counter::default(),
             users: Family::default(),
@@ -92,98 +91,107 @@ impl Metrics {
             failing_users: Gauge::default(),
             oldest_failure: Gauge::default(),
             ready: Gauge::default(),
-            registry: Registry::default(),
+            registry: Registry::with_prefix("nexudus_nevis_sync"),
         };
-        registry.register(
+        m.register_all();
+        m.create_watched_series();
+        m
+    }
+
+    /// Every metric under its name and help text (after the `nexudus_nevis_sync` prefix).
+    fn register_all(&mut self) {
+        self.registry.register(
             "runs",
             "Sync runs by outcome (in_sync, problems, fatal, interrupted)",
-            m.runs.clone(),
+            self.runs.clone(),
         );
-        registry.register(
+        self.registry.register(
             "skipped_ticks",
             "Schedule ticks skipped because a run was still in progress",
-            m.skipped_ticks.clone(),
+            self.skipped_ticks.clone(),
         );
-        registry.register(
+        self.registry.register(
             "users",
             "Users by outcome of their run (created, updated, disabled, archived, unchanged, failed)",
-            m.users.clone(),
+            self.users.clone(),
         );
-        registry.register(
+        self.registry.register(
             "invalid_records",
             "Nexudus records skipped as invalid",
-            m.invalid_records.clone(),
+            self.invalid_records.clone(),
         );
-        registry.register(
+        self.registry.register(
             "held_disables",
             "Disables held back by the deletion safety",
-            m.held_disables.clone(),
+            self.held_disables.clone(),
         );
-        registry.register(
+        self.registry.register(
             "retries",
             "Retried requests by API and status",
-            m.retries.clone(),
+            self.retries.clone(),
         );
-        registry.register(
+        self.registry.register(
             "throttles",
             "Throttled answers (409, 429) by API and status",
-            m.throttles.clone(),
+            self.throttles.clone(),
         );
-        registry.register(
+        self.registry.register(
             "quota_waits",
             "Waits for the Nexudus request budget of the hour or the day (nexudus.max_requests_per_*), by window",
-            m.quota_waits.clone(),
+            self.quota_waits.clone(),
         );
-        registry.register(
+        self.registry.register(
             "request_duration_seconds",
             "HTTP request latency by API",
-            m.request_seconds.clone(),
+            self.request_seconds.clone(),
         );
-        registry.register(
+        self.registry.register(
             "last_success_timestamp_seconds",
             "Unix time of the last run that completed without a fatal error",
-            m.last_success.clone(),
+            self.last_success.clone(),
         );
-        registry.register(
+        self.registry.register(
             "run_duration_seconds",
             "Duration of sync runs",
-            m.run_seconds.clone(),
+            self.run_seconds.clone(),
         );
-        registry.register(
+        self.registry.register(
             "store_size_bytes",
             "Size of the checkpoint store on disk",
-            m.store_bytes.clone(),
+            self.store_bytes.clone(),
         );
-        registry.register(
+        self.registry.register(
             "failing_users",
             "Users whose last attempt failed or was invalid",
-            m.failing_users.clone(),
+            self.failing_users.clone(),
         );
-        registry.register(
+        self.registry.register(
             "oldest_failure_timestamp_seconds",
             "Unix time the longest-failing user began failing (0 when no user is failing)",
-            m.oldest_failure.clone(),
+            self.oldest_failure.clone(),
         );
-        registry.register(
+        self.registry.register(
             "ready",
             "1 when /readyz answers ready (a recent run completed without an API unavailable), else 0",
-            m.ready.clone(),
+            self.ready.clone(),
         );
+    }
+
+    fn create_watched_series(&self) {
         // Series the alert rules watch with increase() exist from the start at 0: a series
         // first seen at 1 would hide its first increment from increase().
         for outcome in ["in_sync", "problems", "fatal", "interrupted"] {
-            let _ = m.runs.get_or_create(&OutcomeLabel { outcome });
+            let _ = self.runs.get_or_create(&OutcomeLabel { outcome });
         }
         for status in ["409", "429"] {
-            let _ = m.throttles.get_or_create(&RetryLabel {
+            let _ = self.throttles.get_or_create(&RetryLabel {
                 api: "nexudus",
                 status: status.into(),
             });
         }
         for window in ["hour", "day"] {
-            let _ = m.quota_waits.get_or_create(&WindowLabel { window });
+            let _ = self.quota_waits.get_or_create(&WindowLabel { window });
         }
-        Metrics { registry, ..m }
     }
 
     pub fn observe_request(&self, api: &'static str, elapsed: Duration) {

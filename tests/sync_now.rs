@@ -6,8 +6,10 @@ mod common;
 use std::time::Duration;
 
 use common::{Env, quote, run_cmd};
+use nexudus_nevis_sync::nexudus::SourceError;
 use nexudus_nevis_sync::sandbox::{Fault, NexudusUserSpec};
 use nexudus_nevis_sync::store::Store;
+use nexudus_nevis_sync::sync::SyncError;
 use serde_json::{Value, json};
 
 fn patches_to(env: &Env, ext_id: &str) -> Vec<Value> {
@@ -453,6 +455,15 @@ async fn second_process_on_the_same_store_exits_2_in_use() {
     assert!(!run.stderr.contains("panicked"), "{}", run.stderr);
     drop(held);
     env.sync(&[]).await.assert_code(0);
+}
+
+// Moved from the unit tests of `nexudus`, which must not import `sync` (tests/module_graph.rs).
+#[test]
+fn a_refresh_token_the_store_cannot_keep_is_a_store_failure() {
+    // main adds the store.path hint to the fatal message of store failures.
+    let e = SyncError::Source(SourceError::TokenStore("read-only".into()));
+    assert!(e.is_store());
+    assert!(!SyncError::Source(SourceError::Auth { status: 401 }).is_store());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

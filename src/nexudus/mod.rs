@@ -714,12 +714,4 @@ mod tests {
             Verdict::Retry { after: None }
         );
     }
-
-    #[test]
-    fn a_refresh_token_the_store_cannot_keep_is_a_store_failure() {
-        // main adds the store.path hint to the fatal message of store failures.
-        let e = crate::sync::SyncError::Source(SourceError::TokenStore("read-only".into()));
-        assert!(e.is_store());
-        assert!(!crate::sync::SyncError::Source(SourceError::Auth { status: 401 }).is_store());
-    }
 }
