@@ -278,6 +278,8 @@ pub enum LogFormat {
 pub struct LogConfig {
     pub format: LogFormat,
     pub level: String,
+    /// How often a run not on a terminal logs its progress (`log.progress_interval`, default 10s).
+    pub progress_interval: Duration,
 }
 
 impl Config {

@@ -212,6 +212,8 @@ impl Default for RawMapping {
 pub(super) struct RawLog {
     pub(super) format: String,
     pub(super) level: String,
+    #[serde(with = "humantime_serde")]
+    pub(super) progress_interval: Duration,
 }
 
 impl Default for RawLog {
@@ -219,6 +221,7 @@ impl Default for RawLog {
         RawLog {
             format: "pretty".into(),
             level: "info".into(),
+            progress_interval: Duration::from_secs(10),
         }
     }
 }

@@ -318,9 +318,13 @@ fn log(log: RawLog) -> Result<LogConfig, ConfigError> {
             "not a valid level or filter directive",
         ));
     }
+    if log.progress_interval < Duration::from_secs(1) {
+        return Err(invalid("log.progress_interval", "must be at least 1s"));
+    }
     Ok(LogConfig {
         format,
         level: log.level,
+        progress_interval: log.progress_interval,
     })
 }
 
