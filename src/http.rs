@@ -17,6 +17,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics::Metrics;
+use crate::progress::Progress;
 use crate::report::RunReport;
 use crate::store::Store;
 
@@ -27,6 +28,8 @@ pub struct Health {
     pub last_success: Option<SystemTime>,
     /// Why the most recent finished run does not count as a success, if it does not.
     pub last_problem: Option<String>,
+    /// The counters of the run in flight, shown by `/status`.
+    pub progress: Option<Arc<Progress>>,
 }
 
 impl Health {
@@ -145,6 +148,7 @@ async fn status(State(state): State<Arc<AppState>>) -> Response {
             "running": h.running,
             "last_success": h.last_success.and_then(|t| t.duration_since(UNIX_EPOCH).ok()).map(|d| d.as_secs()),
             "ready": h.readiness(state.ready_max_age).is_ok(),
+            "run_in_flight": h.progress.as_ref().map(|p| p.snapshot().to_json()),
         })
     };
     match crate::status::document(&state.store, &state.ext_id_prefix, Some(live)) {

@@ -77,6 +77,24 @@ pub fn render(doc: &Value) -> String {
             }
         ));
     }
+    if let Some(now) = doc.get("run_in_flight").filter(|r| r.is_object()) {
+        let eta = now
+            .get("eta_seconds")
+            .and_then(Value::as_u64)
+            .map_or_else(|| "unknown".into(), |s| format!("{s} s"));
+        out.push_str(&format!(
+            "{:<13}listed {}/{} users, writes {} done {} in flight, {} failed, {} users/s, ETA {eta}\n",
+            "Run now",
+            count(now, "listed"),
+            now.get("total_items")
+                .and_then(Value::as_u64)
+                .map_or_else(|| "?".into(), |t| t.to_string()),
+            count(now, "writes_done"),
+            count(now, "writes_in_flight"),
+            count(now, "failures"),
+            now.get("users_per_second").and_then(Value::as_f64).unwrap_or(0.0),
+        ));
+    }
     if let Some(wait) = doc.get("nexudus_quota_wait").filter(|w| w.is_object()) {
         out.push_str(&format!(
             "{:<13}{} ({} of {} requests used; until {})\n",
@@ -297,5 +315,29 @@ mod tests {
         assert_eq!(row("hr-8")[0], "8");
         assert!(doc["failing_users"][0]["since"].as_u64().is_some(), "{doc}");
         assert!(doc["last_run"]["finished_at"].as_u64().is_some(), "{doc}");
+    }
+
+    #[test]
+    fn a_run_in_flight_shows_its_progress() {
+        let store = Store::temporary().unwrap();
+        let progress = crate::progress::Progress::new();
+        progress.set_total(10);
+        progress.listed(5);
+        progress.write_started();
+        let live = json!({
+            "running": true,
+            "ready": true,
+            "run_in_flight": progress.snapshot().to_json(),
+        });
+        let doc = document(&store, "acme-", Some(live)).unwrap();
+        let text = render(&doc);
+        assert!(
+            text.contains("Daemon       running a sync now, ready"),
+            "{text}"
+        );
+        assert!(
+            text.contains("Run now      listed 5/10 users, writes 0 done 1 in flight, 0 failed"),
+            "{text}"
+        );
     }
 }
