@@ -14,7 +14,6 @@ use std::time::Instant;
 
 use serde_json::json;
 
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
@@ -23,10 +22,15 @@ use crate::diff::{Changes, Observed, Plan, changes_between, diff, disappeared};
 use crate::dispatch::{AdoptRules, DispatchError, Dispatcher, Op, OpKind, PlanSink};
 use crate::mapper::{DesiredUser, SourceUser, UserState, map_user, nexudus_id_of};
 use crate::nevis::{Target, TargetError, for_each_page};
-use crate::nexudus::{Presence, Source, SourceError, SourcePage};
+use crate::nexudus::{Presence, Source, SourceError};
 use crate::report::{Conflict, Invalid, RunReport};
 use crate::store::{Lookup, Store, StoreError, fingerprint};
 use crate::watermark;
+
+mod census;
+mod listing;
+
+use listing::{Ending, Fetched, Listing};
 
 /// Per-run choices made on the command line.
 #[derive(Clone, Default)]
@@ -93,34 +97,6 @@ impl Remote {
         .await?;
         Ok(Remote { users })
     }
-}
-
-/// Pages the listing may run past what `TotalItems` announced before it is declared inconsistent.
-const PAGE_SLACK: u64 = 2;
-
-/// Pages a listing may run when it never announced `TotalItems` (then it is incomplete anyway):
-/// a bound, so a listing that says `HasNextPage` forever cannot keep a run alive forever.
-const MAX_PAGES_WITHOUT_TOTAL: u64 = 10_000;
-
-/// Users one listing may hold before it is cut off (it is read whole before the first write):
-/// a bound on memory, far above any coworking account.
-const MAX_LISTED_USERS: usize = 2_000_000;
-
-/// The page after which a listing that still says `HasNextPage` has run too long.
-fn page_limit(total_items: Option<u64>, served: u64) -> u64 {
-    total_items.map_or(MAX_PAGES_WITHOUT_TOTAL, |t| {
-        t.div_ceil(served.max(1)) + PAGE_SLACK
-    })
-}
-
-/// The size Nexudus says it served a page with (`CurrentPageSize`), else the size asked for.
-fn served_size(page: &SourcePage, asked: u64) -> u64 {
-    page.page_size.filter(|&s| s > 0).unwrap_or(asked)
-}
-
-enum Listed {
-    Page(SourcePage),
-    Failed(SourceError),
 }
 
 /// Runs one sync and reports what happened. Fatal problems are `Err`; everything else, including
@@ -208,32 +184,9 @@ async fn run_inner<S: Source, T: Target>(
         None
     };
     source.begin_run(since.is_none()).await;
-    let (tx, rx) = mpsc::channel::<Listed>(2);
-    let mut rx = rx;
+    let cancel = opts.shutdown.clone().unwrap_or_default();
     let checker = Arc::clone(&source);
-    let lister = tokio::spawn(
-        async move {
-            let mut page = 1u32;
-            loop {
-                match source.fetch_page(page, since.as_deref()).await {
-                    Ok(p) => {
-                        let more = p.has_next_page;
-                        if tx.send(Listed::Page(p)).await.is_err() || !more {
-                            return;
-                        }
-                    }
-                    Err(e) => {
-                        let _ = tx.send(Listed::Failed(e)).await;
-                        return;
-                    }
-                }
-                page += 1;
-            }
-        }
-        .in_current_span(),
-    );
-    // Dropping the run (fatal error) stops the lister too.
-    let _abort_lister = AbortOnDrop(lister);
+    let mut listing = Listing::start(source, since, page_size, cancel.clone());
 
     let mut dispatcher = Dispatcher::new(
         Arc::clone(&target),
@@ -247,23 +200,14 @@ async fn run_inner<S: Source, T: Target>(
             cfg.mapping.login_id == LoginIdSource::ExtId,
         ));
     }
-    // Every Id listed (duplicates across pages, completeness) and the Ids in scope among them
-    // (a checkpointed user not in `managed` after a complete listing is disabled).
-    let mut seen: HashSet<u64> = HashSet::new();
+    // The Ids in scope (a checkpointed user not in `managed` after a complete listing is
+    // disabled).
     let mut managed: HashSet<u64> = HashSet::new();
     // Managed users the source wants active: never archived, even if disabled until now. Only
     // kept when archiving is on (it costs memory in proportion to the listing).
     let mut wanted_active: HashSet<u64> = HashSet::new();
     let archiving = cfg.sync.archive_after.is_some();
     let mut disables: Vec<Op> = Vec::new(); // users who vanished
-    let mut incomplete: Option<String> = None;
-    let mut total_items: Option<u64> = None;
-    let mut pages = 0u64;
-    let mut finished = false;
-    let mut source_error = None;
-
-    let cancel = opts.shutdown.clone().unwrap_or_default();
-    let mut interrupted = false;
     let ctx = Ctx {
         cfg,
         store,
@@ -278,126 +222,29 @@ async fn run_inner<S: Source, T: Target>(
     // a bound on users, so a listing that never ends cannot exhaust memory.
     let mut shared_email: HashMap<u64, Vec<u64>> = HashMap::new();
     if cfg.sync.adopt == AdoptMode::Email {
-        let mut buffered = Vec::new();
-        let (mut read, mut users, mut first_total) = (0u64, 0usize, None);
-        loop {
-            let msg = tokio::select! {
-                biased;
-                () = cancel.cancelled() => break,
-                msg = rx.recv() => msg,
-            };
-            let Some(msg) = msg else { break };
-            let mut stop = false;
-            if let Listed::Page(page) = &msg {
-                read += 1;
-                users += page.records.len();
-                first_total = first_total.or(page.total_items);
-                let limit = page_limit(first_total, served_size(page, page_size));
-                stop = page.has_next_page && read >= limit;
-                if page.has_next_page && users >= MAX_LISTED_USERS {
-                    incomplete = Some(format!(
-                        "the listing went past {MAX_LISTED_USERS} users and was cut off there"
-                    ));
-                    stop = true;
-                }
-            }
-            buffered.push(msg);
-            if stop {
-                break;
-            }
-        }
+        let buffered = listing.read_whole(page_size).await;
         shared_email = shared_emails(&buffered, cfg);
-        let (replay_tx, replay_rx) = mpsc::channel(buffered.len().max(1));
-        for msg in buffered {
-            let _ = replay_tx.try_send(msg);
-        }
-        rx = replay_rx;
+        listing.replay(buffered);
     }
 
-    'pages: loop {
-        let msg = tokio::select! {
-            biased;
-            () = cancel.cancelled() => {
-                interrupted = true;
-                break;
-            }
-            msg = rx.recv() => match msg {
-                Some(msg) => msg,
-                None => break,
-            },
-        };
-        let page = match msg {
-            Listed::Page(p) => p,
-            Listed::Failed(e) => {
-                source_error = Some(e);
-                break;
-            }
-        };
-        pages += 1;
-        match (total_items, page.total_items) {
-            (_, None) => {
-                incomplete.get_or_insert_with(|| "the listing did not report TotalItems".into());
-            }
-            (None, Some(t)) => total_items = Some(t),
-            (Some(a), Some(b)) if a != b => {
-                incomplete.get_or_insert_with(|| {
-                    format!("TotalItems changed during the listing ({a} -> {b})")
-                });
-            }
-            _ => {}
-        }
-        // A page shorter than the size Nexudus says it served (CurrentPageSize, else the size
-        // asked for) while more pages follow: records went missing between pages.
-        let served = served_size(&page, page_size);
-        if page.has_next_page && (page.records.len() as u64) < served {
-            incomplete.get_or_insert_with(|| {
-                format!(
-                    "page {pages} held {} records but more pages followed",
-                    page.records.len()
-                )
-            });
-        }
-        let limit = page_limit(total_items, served);
-        if page.has_next_page && pages >= limit {
-            incomplete.get_or_insert_with(|| {
-                format!("the listing ran past {pages} pages, beyond what it announced")
-            });
-        }
-
+    'pages: while let Some(page) = listing.next_page().await {
         for record in page.records {
+            if !listing.census().record(&record) {
+                continue;
+            }
             let user = match record {
                 Ok(u) => u,
                 Err(bad) => {
                     report.watermark.seen(bad.updated_on.as_deref());
                     report.watermark.problem(bad.updated_on.as_deref());
-                    match bad.id {
-                        Some(id) => {
-                            // Scope unknown for an undecodable record: keep it, never disable it.
-                            if !seen.insert(id) {
-                                incomplete.get_or_insert_with(|| listed_twice(id));
-                            }
-                            managed.insert(id);
-                        }
-                        None => {
-                            incomplete.get_or_insert_with(|| {
-                                "a record without a usable Id was listed".into()
-                            });
-                        }
+                    // Scope unknown for an undecodable record: keep it, never disable it.
+                    if let Some(id) = bad.id {
+                        managed.insert(id);
                     }
                     note_invalid(store, report, bad.id, bad.reason.to_string(), dry_run)?;
                     continue;
                 }
             };
-            if !seen.insert(user.id) {
-                // Pages shifted under the listing (users added or removed meanwhile): someone
-                // else may have been skipped, so nobody can be judged gone from it.
-                tracing::warn!(
-                    nexudus_id = user.id,
-                    "listed twice; keeping the first and treating the listing as incomplete"
-                );
-                incomplete.get_or_insert_with(|| listed_twice(user.id));
-                continue;
-            }
             report.watermark.seen(user.updated_on.as_deref());
             if !cfg.scope.admits(user.id, user.is_admin) {
                 tracing::debug!(
@@ -465,7 +312,7 @@ async fn run_inner<S: Source, T: Target>(
             match submit_unless_cancelled(&mut dispatcher, op, report, &cancel).await {
                 Ok(true) => {}
                 Ok(false) => {
-                    interrupted = true;
+                    listing.interrupt();
                     break 'pages;
                 }
                 Err(e) => {
@@ -474,54 +321,41 @@ async fn run_inner<S: Source, T: Target>(
                 }
             }
         }
-        if !page.has_next_page {
-            finished = true;
-            break;
-        }
-        if pages >= limit {
-            break;
-        }
     }
 
-    if interrupted {
-        // Let the writes in flight finish and be checkpointed, within the grace period; anything
-        // still running after that is abandoned unrecorded and redone by the next run.
-        tracing::warn!("shutdown requested: finishing the writes in flight");
-        report.interrupted = true;
-        report.incomplete_reason = Some("the run was interrupted by a shutdown".into());
-        let finished =
-            tokio::time::timeout(cfg.sync.shutdown_grace, dispatcher.finish(report)).await;
-        drop(dispatcher);
-        if finished.is_err() {
-            tracing::warn!(
-                grace = ?cfg.sync.shutdown_grace,
-                "shutdown grace over: abandoning unconfirmed writes"
-            );
+    let (incomplete, seen) = match listing.end() {
+        Ending::Interrupted => {
+            // Let the writes in flight finish and be checkpointed, within the grace period; anything
+            // still running after that is abandoned unrecorded and redone by the next run.
+            tracing::warn!("shutdown requested: finishing the writes in flight");
+            report.interrupted = true;
+            report.incomplete_reason = Some("the run was interrupted by a shutdown".into());
+            let finished =
+                tokio::time::timeout(cfg.sync.shutdown_grace, dispatcher.finish(report)).await;
+            drop(dispatcher);
+            if finished.is_err() {
+                tracing::warn!(
+                    grace = ?cfg.sync.shutdown_grace,
+                    "shutdown grace over: abandoning unconfirmed writes"
+                );
+            }
+            if !dry_run {
+                store.flush().await?;
+            }
+            return Ok(());
         }
-        if !dry_run {
+        Ending::Failed(e) => {
+            // What was written is checkpointed; nobody is disabled from a failed listing.
+            let _ = dispatcher.finish(report).await;
             store.flush().await?;
+            return Err(e.into());
         }
-        return Ok(());
-    }
-
-    if let Some(e) = source_error {
-        // What was written is checkpointed; nobody is disabled from a failed listing.
-        let _ = dispatcher.finish(report).await;
-        store.flush().await?;
-        return Err(e.into());
-    }
-    if !finished {
-        incomplete.get_or_insert_with(|| "the listing stopped before its last page".into());
-    }
-    if incomplete.is_none()
-        && let Some(total) = total_items
-        && seen.len() as u64 != total
-    {
-        incomplete = Some(format!(
-            "{} distinct users listed but TotalItems is {total}",
-            seen.len()
-        ));
-    }
+        Ending::Listed(census) => {
+            let (verdict, seen) = census.verdict();
+            (verdict.into_reason(), seen)
+        }
+    };
+    let mut incomplete = incomplete;
 
     // Only a full listing can tell who is gone.
     let mut known = known_before;
@@ -803,16 +637,12 @@ fn observed_user(ext_id: &str, seen: &Observed) -> DesiredUser {
     }
 }
 
-fn listed_twice(id: u64) -> String {
-    format!("Nexudus user {id} was listed twice (pages shifted during the listing)")
-}
-
 /// Nexudus users that share one (normalised) email with another, each with the others' Ids.
 /// Only users in scope count: someone outside it is never written.
-fn shared_emails(listing: &[Listed], cfg: &Config) -> HashMap<u64, Vec<u64>> {
+fn shared_emails(listing: &[Fetched], cfg: &Config) -> HashMap<u64, Vec<u64>> {
     let mut by_email: HashMap<String, BTreeSet<u64>> = HashMap::new();
     for msg in listing {
-        let Listed::Page(page) = msg else { continue };
+        let Fetched::Page(page) = msg else { continue };
         for user in page.records.iter().flatten() {
             if !cfg.scope.admits(user.id, user.is_admin) {
                 continue;
@@ -1115,22 +945,16 @@ fn new_run_id() -> String {
     format!("{:012x}", (nanos as u64) & 0xffff_ffff_ffff)
 }
 
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}
-
 #[cfg(test)]
 mod tests {
     //! The pipeline against in-memory source and target (no sockets); the HTTP paths are covered
     //! by the integration tests against the sandbox fakes.
+    use super::census::MAX_PAGES_WITHOUT_TOTAL;
     use super::*;
     use crate::diff::Changes;
     use crate::mapper::{DesiredUser, SourceUser};
     use crate::nevis::{PageCursor, TargetError};
+    use crate::nexudus::SourcePage;
     use serde_json::Value;
     use std::collections::BTreeMap;
     use std::sync::Mutex;
