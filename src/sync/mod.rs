@@ -8,29 +8,31 @@
 //! - more than `sync.max_disables`, or more than `sync.max_disable_percent` of the known users,
 //!   disables nobody unless the operator allowed it for this run (`--allow-mass-disable`).
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Instant;
-
-use serde_json::json;
 
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::config::{AdoptMode, Config, LoginIdSource};
-use crate::diff::{Changes, Observed, Plan, changes_between, diff, disappeared};
+use crate::diff::{Changes, Observed, disappeared};
 use crate::dispatch::{AdoptRules, DispatchError, Dispatcher, Op, OpKind, PlanSink};
-use crate::mapper::{DesiredUser, SourceUser, UserState, map_user, nexudus_id_of};
-use crate::nevis::{Target, TargetError, for_each_page};
+use crate::mapper::{DesiredUser, UserState, nexudus_id_of};
+use crate::nevis::{Target, TargetError};
 use crate::nexudus::{Presence, Source, SourceError};
-use crate::report::{Conflict, Invalid, RunReport};
-use crate::store::{Lookup, Store, StoreError, fingerprint};
+use crate::report::RunReport;
+use crate::store::{Store, StoreError};
 use crate::watermark;
 
 mod census;
 mod listing;
+mod planner;
+mod remote;
 
-use listing::{Ending, Fetched, Listing};
+use listing::{Ending, Listing};
+use planner::{Planner, SharedEmails};
+use remote::Remote;
 
 /// Per-run choices made on the command line.
 #[derive(Clone, Default)]
@@ -72,30 +74,6 @@ impl SyncError {
                 | SyncError::Target(DispatchError::Store(_))
                 | SyncError::Source(SourceError::TokenStore(_))
         )
-    }
-}
-
-/// Page size and page bound of the reconcile's nevisIDM listing.
-const REMOTE_PAGE_LIMIT: u32 = 500;
-const REMOTE_MAX_PAGES: u32 = 20_000;
-
-/// nevisIDM's real state, read at the start of a reconcile: extId -> the fields we own.
-struct Remote {
-    users: HashMap<String, Observed>,
-}
-
-impl Remote {
-    async fn read<T: Target>(target: &T) -> Result<Remote, TargetError> {
-        let mut users = HashMap::new();
-        for_each_page(target, &[], REMOTE_PAGE_LIMIT, REMOTE_MAX_PAGES, |items| {
-            for item in &items {
-                if let Some(ext_id) = item.get("extId").and_then(serde_json::Value::as_str) {
-                    users.insert(ext_id.to_string(), Observed::from_nevis_json(item));
-                }
-            }
-        })
-        .await?;
-        Ok(Remote { users })
     }
 }
 
@@ -208,22 +186,16 @@ async fn run_inner<S: Source, T: Target>(
     let mut wanted_active: HashSet<u64> = HashSet::new();
     let archiving = cfg.sync.archive_after.is_some();
     let mut disables: Vec<Op> = Vec::new(); // users who vanished
-    let ctx = Ctx {
-        cfg,
-        store,
-        opts,
-        hand_disabled: store.hand_disabled_ids()?,
-    };
+    let mut planner = Planner::new(cfg, store, opts, remote.as_ref())?;
 
     // With adoption on, Nexudus users sharing an email must be known before anything is written
     // (adopting one nevisIDM user for the wrong person is the worst outcome): the listing is read
     // whole first, then replayed. Costs memory in proportion to the listing; adoption only
-    // (otherwise pages stream into writes). The page bound below applies while reading too, and
-    // a bound on users, so a listing that never ends cannot exhaust memory.
-    let mut shared_email: HashMap<u64, Vec<u64>> = HashMap::new();
+    // (otherwise pages stream into writes). The page bound applies while reading too, and a
+    // bound on users, so a listing that never ends cannot exhaust memory.
     if cfg.sync.adopt == AdoptMode::Email {
         let buffered = listing.read_whole(page_size).await;
-        shared_email = shared_emails(&buffered, cfg);
+        planner.set_shared_emails(SharedEmails::of(&buffered, cfg));
         listing.replay(buffered);
     }
 
@@ -232,81 +204,14 @@ async fn run_inner<S: Source, T: Target>(
             if !listing.census().record(&record) {
                 continue;
             }
-            let user = match record {
-                Ok(u) => u,
-                Err(bad) => {
-                    report.watermark.seen(bad.updated_on.as_deref());
-                    report.watermark.problem(bad.updated_on.as_deref());
-                    // Scope unknown for an undecodable record: keep it, never disable it.
-                    if let Some(id) = bad.id {
-                        managed.insert(id);
-                    }
-                    note_invalid(store, report, bad.id, bad.reason.to_string(), dry_run)?;
-                    continue;
+            let planned = planner.plan(record, report)?;
+            if let Some(kept) = planned.kept {
+                managed.insert(kept.id);
+                if archiving && kept.active {
+                    wanted_active.insert(kept.id);
                 }
-            };
-            report.watermark.seen(user.updated_on.as_deref());
-            if !cfg.scope.admits(user.id, user.is_admin) {
-                tracing::debug!(
-                    nexudus_id = user.id,
-                    "outside scope.admins / scope.exclude_ids"
-                );
-                continue;
             }
-            let desired = match map_user(&user, &cfg.mapping) {
-                Ok(d) if !cfg.scope.admits_email(&d.email) => {
-                    tracing::debug!(
-                        nexudus_id = user.id,
-                        "email domain outside scope.email_domains"
-                    );
-                    continue;
-                }
-                Ok(d) => {
-                    managed.insert(user.id);
-                    if archiving && d.state == UserState::Active {
-                        wanted_active.insert(user.id);
-                    }
-                    d
-                }
-                Err(reason) => {
-                    managed.insert(user.id);
-                    report.watermark.problem(user.updated_on.as_deref());
-                    note_invalid(store, report, Some(user.id), reason.to_string(), dry_run)?;
-                    continue;
-                }
-            };
-            if let Some(others) = shared_email.get(&user.id) {
-                // Two Nexudus users with one email: neither is written (adoption could pick the
-                // wrong person), both are reported, and neither is ever disabled for it.
-                let reason = format!(
-                    "email {:?} is shared with Nexudus user(s) {}",
-                    desired.email,
-                    others
-                        .iter()
-                        .map(u64::to_string)
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                );
-                report.watermark.problem(user.updated_on.as_deref());
-                note_conflict(
-                    store,
-                    report,
-                    opts.dry_run.as_ref(),
-                    user.id,
-                    &desired.ext_id,
-                    reason,
-                    others.iter().map(|id| format!("nexudus:{id}")).collect(),
-                )?;
-                continue;
-            }
-            let op = match &remote {
-                None => plan_from_checkpoint(&ctx, desired, &user, report)?,
-                Some(remote) => plan_from_remote(&ctx, remote, desired, &user, report)?,
-            };
-            let Some(op) = op else {
-                report.unchanged += 1;
-                continue;
-            };
+            let Some(op) = planned.op else { continue };
             // A record that says Active=false is an explicit instruction from the source and
             // goes out at once, like any change: access must not outlive its revocation.
             match submit_unless_cancelled(&mut dispatcher, op, report, &cancel).await {
@@ -637,259 +542,6 @@ fn observed_user(ext_id: &str, seen: &Observed) -> DesiredUser {
     }
 }
 
-/// Nexudus users that share one (normalised) email with another, each with the others' Ids.
-/// Only users in scope count: someone outside it is never written.
-fn shared_emails(listing: &[Fetched], cfg: &Config) -> HashMap<u64, Vec<u64>> {
-    let mut by_email: HashMap<String, BTreeSet<u64>> = HashMap::new();
-    for msg in listing {
-        let Fetched::Page(page) = msg else { continue };
-        for user in page.records.iter().flatten() {
-            if !cfg.scope.admits(user.id, user.is_admin) {
-                continue;
-            }
-            if let Ok(mapped) = map_user(user, &cfg.mapping)
-                && cfg.scope.admits_email(&mapped.email)
-            {
-                by_email
-                    .entry(mapped.email.to_lowercase())
-                    .or_default()
-                    .insert(user.id);
-            }
-        }
-    }
-    let mut shared = HashMap::new();
-    for ids in by_email.into_values().filter(|ids| ids.len() > 1) {
-        for id in &ids {
-            shared.insert(*id, ids.iter().copied().filter(|o| o != id).collect());
-        }
-    }
-    shared
-}
-
-/// Sets the extId kept from creation or adoption; a loginId derived from the extId follows it.
-fn keep_ext_id(desired: &mut DesiredUser, ext_id: &str, cfg: &Config) {
-    if desired.ext_id != ext_id {
-        if cfg.mapping.login_id == LoginIdSource::ExtId {
-            desired.login_id = ext_id.to_string();
-        }
-        desired.ext_id = ext_id.to_string();
-    }
-}
-
-fn write_op(user: &SourceUser, after: DesiredUser, changes: Option<Changes>, fp: u64) -> Op {
-    let kind = match &changes {
-        None => OpKind::Create,
-        Some(c) if c.disables() => OpKind::Disable,
-        Some(_) => OpKind::Update,
-    };
-    Op {
-        nexudus_id: user.id,
-        kind,
-        after,
-        changes,
-        updated_on: user.updated_on.clone(),
-        fingerprint: Some(fp),
-        adopt: false,
-        version: None,
-    }
-}
-
-/// What planning one user needs besides the user.
-struct Ctx<'a> {
-    cfg: &'a Config,
-    store: &'a Store,
-    opts: &'a RunOptions,
-    /// Users a reconcile found disabled by hand and left so, read once at the start of the run.
-    hand_disabled: HashSet<u64>,
-}
-
-/// An ordinary run: the mapped user against its checkpoint. `None` when nothing is to be written.
-fn plan_from_checkpoint(
-    ctx: &Ctx<'_>,
-    mut desired: DesiredUser,
-    user: &SourceUser,
-    report: &mut RunReport,
-) -> Result<Option<Op>, StoreError> {
-    let (cfg, store, dry_run) = (ctx.cfg, ctx.store, ctx.opts.dry_run.is_some());
-    // A reconcile found this user disabled by hand and left it so: ordinary runs keep it so.
-    if desired.state == UserState::Active && ctx.hand_disabled.contains(&user.id) {
-        desired.state = UserState::Disabled;
-        report.hand_disabled += 1;
-    }
-    let fp = fingerprint(&desired);
-    match store.lookup(user.id, fp)? {
-        Lookup::Same => Ok(None),
-        Lookup::Missing => {
-            let link = store.link(user.id)?;
-            if let Some(linked) = &link {
-                keep_ext_id(&mut desired, linked, cfg);
-            }
-            let mut op = write_op(user, desired, None, fp);
-            op.adopt = cfg.sync.adopt == AdoptMode::Email && link.is_none();
-            Ok(Some(op))
-        }
-        Lookup::Changed(old) => {
-            // extId is set once, at creation (or adoption): a changed mapping.ext_id_prefix
-            // applies to new users only.
-            keep_ext_id(&mut desired, &old.ext_id, cfg);
-            match diff(&desired, Some(&old)) {
-                Plan::Unchanged => {
-                    // Same user, older encoding or fingerprint: refile it so the next run
-                    // recognises it without decoding. An archived user stays archived (it
-                    // satisfies "disabled"; refiling it as disabled would restart the
-                    // sync.archive_after clock and archive it again).
-                    if old.state == UserState::Archived && desired.state == UserState::Disabled {
-                        desired.state = UserState::Archived;
-                    }
-                    if !dry_run {
-                        store.put_as(user.id, &desired, fp)?;
-                    }
-                    Ok(None)
-                }
-                Plan::Update(changes) => Ok(Some(write_op(user, desired, Some(changes), fp))),
-                Plan::Create => Ok(Some(write_op(user, desired, None, fp))),
-            }
-        }
-    }
-}
-
-/// A reconcile: the mapped user against what nevisIDM really holds. Every user found right gets
-/// its checkpoint refreshed without a write.
-fn plan_from_remote(
-    ctx: &Ctx<'_>,
-    remote: &Remote,
-    mut desired: DesiredUser,
-    user: &SourceUser,
-    report: &mut RunReport,
-) -> Result<Option<Op>, StoreError> {
-    let (cfg, store, opts) = (ctx.cfg, ctx.store, ctx.opts);
-    let dry_run = opts.dry_run.is_some();
-    let checkpoint = match store.get(user.id) {
-        Ok(c) => c,
-        Err(StoreError::Corrupt(e)) => {
-            tracing::warn!(nexudus_id = user.id, error = %e, "unreadable checkpoint; going by nevisIDM");
-            None
-        }
-        Err(e) => return Err(e),
-    };
-    let link = store.link(user.id)?;
-    let kept = checkpoint
-        .as_ref()
-        .map(|c| c.ext_id.clone())
-        .or_else(|| link.clone());
-    let ext_id = kept.clone().unwrap_or_else(|| desired.ext_id.clone());
-    let Some(seen) = remote.users.get(&ext_id) else {
-        // Not in nevisIDM: new, or removed by hand. Create it (a stale hand marker is moot).
-        if !dry_run {
-            store.set_hand_disabled(user.id, false)?;
-        }
-        let fp = fingerprint(&desired);
-        if let Some(kept) = &kept {
-            keep_ext_id(&mut desired, kept, cfg);
-        }
-        let mut op = write_op(user, desired, None, fp);
-        op.adopt = cfg.sync.adopt == AdoptMode::Email && link.is_none() && checkpoint.is_none();
-        return Ok(Some(op));
-    };
-    let inactive_there = matches!(seen.state.as_deref(), Some("disabled" | "archived"));
-    let marked = ctx.hand_disabled.contains(&user.id);
-    // Disabled by us: the checkpoint says so (and not because of a hand marker).
-    let disabled_by_us = !marked
-        && checkpoint
-            .as_ref()
-            .is_some_and(|c| c.state != UserState::Active);
-    if desired.state == UserState::Active && inactive_there && !disabled_by_us {
-        if cfg.sync.reenable_on_reconcile {
-            tracing::info!(extId = %ext_id, "disabled by hand in nevisIDM while active in Nexudus; re-enabling (sync.reenable_on_reconcile)");
-            if !dry_run {
-                store.set_hand_disabled(user.id, false)?;
-            }
-        } else {
-            tracing::warn!(extId = %ext_id, "disabled by hand in nevisIDM while active in Nexudus; left disabled (sync.reenable_on_reconcile = false)");
-            desired.state = UserState::Disabled;
-            report.hand_disabled += 1;
-            report.hand_disabled_users.push(ext_id.clone());
-            match &opts.dry_run {
-                Some(sink) => sink(&json!({
-                    "op": "keep-disabled",
-                    "extId": ext_id,
-                    "nexudusId": user.id,
-                    "reason": "disabled by hand in nevisIDM while active in Nexudus",
-                })),
-                None => store.set_hand_disabled(user.id, true)?,
-            }
-        }
-    } else if marked && !inactive_there && !dry_run {
-        // Someone enabled it again by hand: nothing to respect any more.
-        store.set_hand_disabled(user.id, false)?;
-    }
-    let fp = fingerprint(&desired);
-    if let Some(kept) = &kept {
-        keep_ext_id(&mut desired, kept, cfg);
-    }
-    let mut changes = changes_between(&desired, seen);
-    // nevisIDM's properties include ones other tools set, so only the checkpoint can say which
-    // were ours: one this tool set that the config no longer has is removed.
-    if let Some(old) = &checkpoint {
-        for key in old.properties.keys() {
-            if !desired.properties.contains_key(key) && seen.properties.contains_key(key) {
-                changes.properties.insert(key.clone(), None);
-            }
-        }
-    }
-    if changes.is_empty() {
-        // The checkpoint records what is there: an archived user stays archived.
-        if desired.state == UserState::Disabled && seen.state.as_deref() == Some("archived") {
-            desired.state = UserState::Archived;
-        }
-        if !dry_run {
-            store.put_versioned(user.id, &desired, fp, seen.version)?;
-        }
-        return Ok(None);
-    }
-    tracing::info!(extId = %ext_id, changes = %changes.to_json(), "drift: nevisIDM differs from Nexudus; setting it back");
-    report.drift += 1;
-    let mut op = write_op(user, desired, Some(changes), fp);
-    op.version = seen.version;
-    Ok(Some(op))
-}
-
-fn note_conflict(
-    store: &Store,
-    report: &mut RunReport,
-    sink: Option<&PlanSink>,
-    nexudus_id: u64,
-    ext_id: &str,
-    reason: String,
-    candidates: Vec<String>,
-) -> Result<(), StoreError> {
-    tracing::warn!(nexudus_id, extId = %ext_id, %reason, ?candidates, "conflict: nothing written");
-    match sink {
-        Some(sink) => sink(&json!({
-            "op": "conflict",
-            "extId": ext_id,
-            "nexudusId": nexudus_id,
-            "candidates": candidates,
-            "reason": reason,
-        })),
-        None => store.record_failure(
-            nexudus_id,
-            &format!(
-                "conflict: {reason}; candidates: [{}]",
-                candidates.join(", ")
-            ),
-        )?,
-    }
-    report.conflicts += 1;
-    report.conflict_records.push(Conflict {
-        nexudus_id,
-        ext_id: ext_id.to_string(),
-        reason,
-        candidates,
-    });
-    Ok(())
-}
-
 /// Submits `op` unless a shutdown comes first; `Ok(false)` means the shutdown won.
 async fn submit_unless_cancelled<T: Target>(
     dispatcher: &mut Dispatcher<T>,
@@ -919,22 +571,6 @@ fn mass_disable_reason(cfg: &Config, count: u64, known: u64) -> Option<String> {
         ));
     }
     None
-}
-
-fn note_invalid(
-    store: &Store,
-    report: &mut RunReport,
-    nexudus_id: Option<u64>,
-    reason: String,
-    dry_run: bool,
-) -> Result<(), StoreError> {
-    tracing::warn!(nexudus_id = ?nexudus_id, %reason, "invalid Nexudus record skipped");
-    if let (Some(id), false) = (nexudus_id, dry_run) {
-        store.record_failure(id, &format!("invalid: {reason}"))?;
-    }
-    report.invalid += 1;
-    report.invalid_records.push(Invalid { nexudus_id, reason });
-    Ok(())
 }
 
 fn new_run_id() -> String {
