@@ -1,14 +1,16 @@
 //! `run_once`: one sync, the pipeline wired together. Shared by `--sync-now`, `--demo` and the daemon.
 //!
-//! Pages stream from the source (the next page is fetched while the current one is planned and
-//! written) into the mapper and the diff; creates, updates and explicit deactivations (`Active`
-//! false) go to the dispatcher at once. Users that *vanished* from Nexudus are only known once the
-//! listing is over, and disabling them is guarded, because a vanishing is inferred, not stated:
-//! - an incomplete or failed listing disables nobody for vanishing;
-//! - more than `sync.max_disables`, or more than `sync.max_disable_percent` of the known users,
-//!   disables nobody unless the operator allowed it for this run (`--allow-mass-disable`).
+//! The stages, in the order a run meets them (each owns its state, in a file of its own):
+//! - `listing`: Nexudus pages, fetched ahead while the current one is planned and written;
+//!   its `census` alone judges whether the listing was complete, with one verdict and a reason;
+//! - `planner`: one record in, at most one operation out (scope, mapping, shared emails, the
+//!   plan from the checkpoint or, in a reconcile, from nevisIDM's real state in `remote`);
+//! - the [`Dispatcher`]: creates, updates and explicit deactivations (`Active` false) go out at
+//!   once, bounded, each checkpointed when confirmed;
+//! - `settlement`: once the listing is over, who vanished and who is archived, under the
+//!   deletion safety and the look-ups before disabling — every "remove access" rule;
+//! - `commit`: what the run records as true (watermark, stale failures, missing counts, flush).
 
-use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -16,23 +18,25 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::config::{AdoptMode, Config, LoginIdSource};
-use crate::diff::{Changes, Observed, disappeared};
-use crate::dispatch::{AdoptRules, DispatchError, Dispatcher, Op, OpKind, PlanSink};
-use crate::mapper::{DesiredUser, UserState, nexudus_id_of};
+use crate::dispatch::{AdoptRules, DispatchError, Dispatcher, Op, PlanSink};
 use crate::nevis::{Target, TargetError};
-use crate::nexudus::{Presence, Source, SourceError};
+use crate::nexudus::{Source, SourceError};
 use crate::report::RunReport;
 use crate::store::{Store, StoreError};
 use crate::watermark;
 
 mod census;
+mod commit;
 mod listing;
 mod planner;
 mod remote;
+mod settlement;
 
+use commit::Commit;
 use listing::{Ending, Listing};
 use planner::{Planner, SharedEmails};
 use remote::Remote;
+use settlement::Settlement;
 
 /// Per-run choices made on the command line.
 #[derive(Clone, Default)]
@@ -94,7 +98,7 @@ pub async fn run_once<S: Source, T: Target>(
         ..RunReport::default()
     };
     let started = Instant::now();
-    let result = run_inner(cfg, source, target, store, opts, &mut report)
+    let result = run(cfg, source, target, store, opts, &mut report)
         .instrument(span.clone())
         .await;
     report.duration = started.elapsed();
@@ -117,7 +121,10 @@ pub async fn run_once<S: Source, T: Target>(
     result.map(|()| report)
 }
 
-async fn run_inner<S: Source, T: Target>(
+/// The pipeline: the listing feeds the planner, the planner feeds the dispatcher; once the
+/// listing is over, the settlement decides what disappeared and whether the deletion safety
+/// holds, and the commit records what is true.
+async fn run<S: Source, T: Target>(
     cfg: &Config,
     source: Arc<S>,
     target: Arc<T>,
@@ -125,74 +132,24 @@ async fn run_inner<S: Source, T: Target>(
     opts: &RunOptions,
     report: &mut RunReport,
 ) -> Result<(), SyncError> {
-    let dry_run = opts.dry_run.is_some();
     let known_before = store.len() as u64;
     let page_size = u64::from(cfg.nexudus.page_size);
-
-    // The listing runs ahead by up to two pages while the current one is planned and written.
-    let since = if opts.incremental {
-        store
-            .watermark()?
-            .and_then(|mark| watermark::minus(&mark, cfg.sync.incremental_overlap))
-    } else {
-        None
-    };
+    let since = listing_since(cfg, store, opts)?;
     report.incremental = since.is_some();
-    if let Some(since) = &since {
-        tracing::info!(from_updated_on = %since, "incremental listing");
-    }
     report.reconcile = opts.reconcile;
-    let remote = if opts.reconcile {
-        let remote = Remote::read(&*target).await.map_err(|e| match e {
-            e if e.is_fatal() => SyncError::Target(DispatchError::Auth(e)),
-            e => SyncError::Reconcile(e),
-        })?;
-        tracing::info!(
-            users = remote.users.len(),
-            "reconcile: read nevisIDM's users"
-        );
-        Some(remote)
-    } else {
-        if known_before == 0 {
-            tracing::info!(
-                "the store holds no checkpoints: a first import (if the store was lost, \
-                 --sync-now --rebuild-store rebuilds it without rewriting correct users)"
-            );
-        }
-        None
-    };
+    let remote = nevis_state(&*target, opts.reconcile, known_before).await?;
     source.begin_run(since.is_none()).await;
     let cancel = opts.shutdown.clone().unwrap_or_default();
-    let checker = Arc::clone(&source);
-    let mut listing = Listing::start(source, since, page_size, cancel.clone());
-
-    let mut dispatcher = Dispatcher::new(
-        Arc::clone(&target),
-        store.clone(),
-        cfg.sync.concurrency,
-        opts.dry_run.clone(),
-    );
-    if cfg.sync.adopt == AdoptMode::Email {
-        dispatcher = dispatcher.with_adoption(AdoptRules::new(
-            cfg.mapping.ext_id_prefix.clone(),
-            cfg.mapping.login_id == LoginIdSource::ExtId,
-        ));
-    }
-    // The Ids in scope (a checkpointed user not in `managed` after a complete listing is
-    // disabled).
-    let mut managed: HashSet<u64> = HashSet::new();
-    // Managed users the source wants active: never archived, even if disabled until now. Only
-    // kept when archiving is on (it costs memory in proportion to the listing).
-    let mut wanted_active: HashSet<u64> = HashSet::new();
-    let archiving = cfg.sync.archive_after.is_some();
-    let mut disables: Vec<Op> = Vec::new(); // users who vanished
+    let mut listing = Listing::start(Arc::clone(&source), since, page_size, cancel.clone());
+    let mut dispatcher = dispatcher(cfg, target, store, opts);
+    let mut settlement = Settlement::new(cfg, store, opts, known_before);
     let mut planner = Planner::new(cfg, store, opts, remote.as_ref())?;
+    let commit = Commit::new(store, opts);
 
     // With adoption on, Nexudus users sharing an email must be known before anything is written
     // (adopting one nevisIDM user for the wrong person is the worst outcome): the listing is read
     // whole first, then replayed. Costs memory in proportion to the listing; adoption only
-    // (otherwise pages stream into writes). The page bound applies while reading too, and a
-    // bound on users, so a listing that never ends cannot exhaust memory.
+    // (otherwise pages stream into writes).
     if cfg.sync.adopt == AdoptMode::Email {
         let buffered = listing.read_whole(page_size).await;
         planner.set_shared_emails(SharedEmails::of(&buffered, cfg));
@@ -205,12 +162,7 @@ async fn run_inner<S: Source, T: Target>(
                 continue;
             }
             let planned = planner.plan(record, report)?;
-            if let Some(kept) = planned.kept {
-                managed.insert(kept.id);
-                if archiving && kept.active {
-                    wanted_active.insert(kept.id);
-                }
-            }
+            settlement.keep(planned.kept);
             let Some(op) = planned.op else { continue };
             // A record that says Active=false is an explicit instruction from the source and
             // goes out at once, like any change: access must not outlive its revocation.
@@ -228,318 +180,102 @@ async fn run_inner<S: Source, T: Target>(
         }
     }
 
-    let (incomplete, seen) = match listing.end() {
+    let (verdict, listed) = match listing.end() {
         Ending::Interrupted => {
-            // Let the writes in flight finish and be checkpointed, within the grace period; anything
-            // still running after that is abandoned unrecorded and redone by the next run.
-            tracing::warn!("shutdown requested: finishing the writes in flight");
-            report.interrupted = true;
-            report.incomplete_reason = Some("the run was interrupted by a shutdown".into());
-            let finished =
-                tokio::time::timeout(cfg.sync.shutdown_grace, dispatcher.finish(report)).await;
-            drop(dispatcher);
-            if finished.is_err() {
-                tracing::warn!(
-                    grace = ?cfg.sync.shutdown_grace,
-                    "shutdown grace over: abandoning unconfirmed writes"
-                );
-            }
-            if !dry_run {
-                store.flush().await?;
-            }
-            return Ok(());
+            let grace = cfg.sync.shutdown_grace;
+            return Ok(commit.after_shutdown(dispatcher, grace, report).await?);
         }
         Ending::Failed(e) => {
-            // What was written is checkpointed; nobody is disabled from a failed listing.
-            let _ = dispatcher.finish(report).await;
-            store.flush().await?;
+            commit.after_failure(&mut dispatcher, report).await?;
             return Err(e.into());
         }
-        Ending::Listed(census) => {
-            let (verdict, seen) = census.verdict();
-            (verdict.into_reason(), seen)
-        }
+        Ending::Listed(census) => census.verdict(),
     };
-    let mut incomplete = incomplete;
-
-    // Only a full listing can tell who is gone.
-    let mut known = known_before;
-    if incomplete.is_none() && !report.incremental {
-        let gone = match &remote {
-            None => vanished_from_checkpoints(store, &managed)?,
-            Some(remote) => {
-                let (gone, owned) = vanished_from_remote(cfg, store, remote, &managed, dry_run)?;
-                known = known.max(owned);
-                gone
-            }
-        };
-        for (id, checkpoint) in gone {
-            if let Some(changes) = disappeared(&checkpoint) {
-                let threshold = cfg.sync.missing_runs_before_disable;
-                if threshold > 1 {
-                    // A dry run must not count (it would bring real disables forward), but it
-                    // shows what the real run would decide: the count so far plus this listing.
-                    let missing = if dry_run {
-                        store.missing_count(id)?.saturating_add(1)
-                    } else {
-                        store.count_missing(id)?
-                    };
-                    if missing < threshold {
-                        tracing::info!(
-                            extId = %checkpoint.ext_id,
-                            missing,
-                            threshold,
-                            "missing from a complete listing; disabled once sync.missing_runs_before_disable is reached"
-                        );
-                        continue;
-                    }
-                }
-                tracing::info!(extId = %checkpoint.ext_id, nexudus_id = id, "no longer listed by Nexudus or out of scope; disabling");
-                disables.push(Op {
-                    nexudus_id: id,
-                    kind: OpKind::Disable,
-                    after: changes.apply_to(&checkpoint),
-                    changes: Some(changes),
-                    updated_on: None,
-                    fingerprint: None,
-                    adopt: false,
-                    version: None,
-                });
-            }
+    let decision = settlement
+        .settle(
+            &*source,
+            remote.as_ref(),
+            verdict,
+            &listed,
+            report.incremental,
+        )
+        .await?;
+    for op in decision.record(report) {
+        if let Err(e) = dispatcher.submit(op, report).await {
+            let _ = dispatcher.finish(report).await;
+            return Err(e.into());
         }
     }
-    // Archiving (off unless sync.archive_after is set) also needs a complete full listing, and
-    // goes under the same deletion safety as the disables.
-    if let Some(age) = cfg.sync.archive_after
-        && incomplete.is_none()
-        && !report.incremental
-    {
-        for id in store.disabled_longer_than(age)? {
-            if wanted_active.contains(&id) {
-                continue;
-            }
-            let Some(checkpoint) = store.get(id).ok().flatten() else {
-                continue;
-            };
-            if checkpoint.state != UserState::Disabled {
-                continue;
-            }
-            let changes = Changes {
-                state: Some(UserState::Archived),
-                ..Changes::default()
-            };
-            tracing::info!(extId = %checkpoint.ext_id, "disabled longer than sync.archive_after; archiving");
-            disables.push(Op {
-                nexudus_id: id,
-                kind: OpKind::Archive,
-                after: changes.apply_to(&checkpoint),
-                changes: Some(changes),
-                updated_on: None,
-                fingerprint: None,
-                adopt: false,
-                version: None,
-            });
-        }
-    }
-    // The deletion safety first (a held batch needs no confirmation), then every user to be
-    // disabled for vanishing is looked up once: a listing that skipped someone still in Nexudus
-    // is incomplete, whatever its counts said.
-    let too_many =
-        mass_disable_reason(cfg, disables.len() as u64, known).filter(|_| !opts.allow_mass_disable);
-    if incomplete.is_none()
-        && too_many.is_none()
-        && let Some(reason) = confirm_gone(&*checker, &disables, &seen).await
-    {
-        incomplete = Some(reason);
-    }
-    report.listing_complete = incomplete.is_none();
-
-    let held_reason = if let Some(reason) = &incomplete {
-        tracing::warn!(%reason, "listing incomplete: no user is disabled in this run");
-        (!disables.is_empty()).then(|| format!("listing incomplete ({reason})"))
-    } else {
-        too_many
-    };
-    report.incomplete_reason = incomplete;
-    if let Some(reason) = held_reason {
-        tracing::error!(
-            held = disables.len(),
-            %reason,
-            "DELETION SAFETY: holding back every disable of this run; rerun with --allow-mass-disable to approve"
-        );
-        report.held_disables = disables.len() as u64;
-        report.held = disables.into_iter().map(|op| op.after.ext_id).collect();
-    } else {
-        for op in disables {
-            if let Err(e) = dispatcher.submit(op, report).await {
-                let _ = dispatcher.finish(report).await;
-                return Err(e.into());
-            }
-        }
-    }
-
     dispatcher.finish(report).await?;
-    if !dry_run {
-        if let Some(mark) = report.watermark.mark() {
-            store.set_watermark(&mark)?;
-        }
-        if report.listing_complete && !report.incremental {
-            // Failures of users Nexudus no longer lists are stale; users listed again are no
-            // longer missing.
-            store.retain_failures(|id| managed.contains(&id))?;
-            store.retain_missing(|id| !managed.contains(&id))?;
-        }
-        store.flush().await?;
-    }
+    commit.after_listing(report, settlement.kept()).await?;
     Ok(())
 }
 
-/// Asks Nexudus for each user about to be disabled because the listing did not contain it (not
-/// for users listed outside the scope, nor archives). `Some(reason)` when one is still there, or
-/// cannot be looked up: then the listing cannot be trusted to tell who is gone.
-async fn confirm_gone<S: Source>(
-    source: &S,
-    disables: &[Op],
-    listed: &HashSet<u64>,
-) -> Option<String> {
-    for op in disables {
-        if op.kind != OpKind::Disable || listed.contains(&op.nexudus_id) {
-            continue;
-        }
-        match source.fetch_user(op.nexudus_id).await {
-            Ok(Presence::Gone) => {}
-            Ok(presence) => {
-                tracing::warn!(
-                    nexudus_id = op.nexudus_id,
-                    ?presence,
-                    "Nexudus still has a user its listing did not contain; the pages shifted while they were read"
-                );
-                return Some(format!(
-                    "Nexudus user {} is still there but the listing did not contain it",
-                    op.nexudus_id
-                ));
-            }
-            Err(e) => {
-                return Some(format!(
-                    "could not confirm that Nexudus user {} is gone: {e}",
-                    op.nexudus_id
-                ));
-            }
-        }
-    }
-    None
-}
-
-/// Checkpointed users not listed (in scope) by a complete listing, with their checkpoint.
-fn vanished_from_checkpoints(
-    store: &Store,
-    managed: &HashSet<u64>,
-) -> Result<Vec<(u64, DesiredUser)>, StoreError> {
-    let mut gone = Vec::new();
-    for item in store.iter() {
-        let (id, checkpoint) = match item {
-            Ok(entry) => entry,
-            // What cannot be read cannot be judged missing: skip it, loudly.
-            Err(StoreError::Corrupt(e)) => {
-                tracing::warn!(error = %e, "unreadable checkpoint skipped for disappearance");
-                continue;
-            }
-            Err(e) => return Err(e),
-        };
-        if !managed.contains(&id) {
-            gone.push((id, checkpoint));
-        }
-    }
-    Ok(gone)
-}
-
-/// Reconcile: the nevisIDM users this tool owns whose Nexudus user a complete listing did not
-/// list (in scope) and that nevisIDM shows active, whatever the checkpoint says; and how many
-/// users this tool owns in nevisIDM (the base of `sync.max_disable_percent`).
-///
-/// Owned means: the extId is the configured prefix and a Nexudus Id, or is linked in the store
-/// (adopted), or is the extId of a checkpoint (created under an earlier prefix). Nothing else in
-/// nevisIDM is ever touched.
-fn vanished_from_remote(
+/// With `--incremental` and a stored watermark: list only users changed since then (minus the
+/// overlap).
+fn listing_since(
     cfg: &Config,
     store: &Store,
-    remote: &Remote,
-    managed: &HashSet<u64>,
-    dry_run: bool,
-) -> Result<(Vec<(u64, DesiredUser)>, u64), StoreError> {
-    let mut checkpoints: HashMap<String, (u64, DesiredUser)> = HashMap::new();
-    for item in store.iter() {
-        match item {
-            Ok((id, c)) => {
-                checkpoints.insert(c.ext_id.clone(), (id, c));
-            }
-            Err(StoreError::Corrupt(e)) => {
-                tracing::warn!(error = %e, "unreadable checkpoint skipped for disappearance");
-            }
-            Err(e) => return Err(e),
-        }
+    opts: &RunOptions,
+) -> Result<Option<String>, StoreError> {
+    let since = if opts.incremental {
+        store
+            .watermark()?
+            .and_then(|mark| watermark::minus(&mark, cfg.sync.incremental_overlap))
+    } else {
+        None
+    };
+    if let Some(since) = &since {
+        tracing::info!(from_updated_on = %since, "incremental listing");
     }
-    let mut gone = Vec::new();
-    let mut owned = 0u64;
-    for (ext_id, seen) in &remote.users {
-        let checkpoint = checkpoints.remove(ext_id);
-        let id = match &checkpoint {
-            Some((id, _)) => Some(*id),
-            None => match store.link_owner(ext_id)? {
-                Some(id) => Some(id),
-                None => nexudus_id_of(&cfg.mapping.ext_id_prefix, ext_id),
-            },
-        };
-        let Some(id) = id else { continue };
-        owned += 1;
-        if managed.contains(&id) {
-            continue;
-        }
-        let inactive = match seen.state.as_deref() {
-            Some("disabled") => Some(UserState::Disabled),
-            Some("archived") => Some(UserState::Archived),
-            _ => None,
-        };
-        if let Some(state) = inactive {
-            // Gone from Nexudus and already inactive in nevisIDM (by hand, or a disable whose
-            // checkpoint was lost): the checkpoint is refreshed to say so, so that no later run
-            // sends a disable that is already true.
-            if !dry_run
-                && let Some((_, mut c)) = checkpoint
-                && c.state == UserState::Active
-            {
-                c.state = state;
-                store.put(id, &c)?;
-            }
-            continue;
-        }
-        if seen.state.as_deref() != Some("active") {
-            continue;
-        }
-        // What nevisIDM holds now, active (the checkpoint may say otherwise: drift).
-        let mut current = match checkpoint {
-            Some((_, c)) => c,
-            None => observed_user(ext_id, seen),
-        };
-        current.state = UserState::Active;
-        gone.push((id, current));
-    }
-    Ok((gone, owned))
+    Ok(since)
 }
 
-/// A user as read from nevisIDM, for checkpointing what a disable leaves behind.
-fn observed_user(ext_id: &str, seen: &Observed) -> DesiredUser {
-    let text = |v: &Option<String>| v.clone().unwrap_or_default();
-    DesiredUser {
-        ext_id: ext_id.to_string(),
-        login_id: text(&seen.login_id),
-        first_name: text(&seen.first_name),
-        family_name: text(&seen.family_name),
-        email: text(&seen.email),
-        language_code: text(&seen.language_code),
-        state: UserState::Active,
-        properties: seen.properties.clone(),
+/// nevisIDM's real state for a reconcile; `None` for an ordinary run, which trusts its checkpoints.
+async fn nevis_state<T: Target>(
+    target: &T,
+    reconcile: bool,
+    known_before: u64,
+) -> Result<Option<Remote>, SyncError> {
+    if !reconcile {
+        if known_before == 0 {
+            tracing::info!(
+                "the store holds no checkpoints: a first import (if the store was lost, \
+                 --sync-now --rebuild-store rebuilds it without rewriting correct users)"
+            );
+        }
+        return Ok(None);
     }
+    let remote = Remote::read(target).await.map_err(|e| match e {
+        e if e.is_fatal() => SyncError::Target(DispatchError::Auth(e)),
+        e => SyncError::Reconcile(e),
+    })?;
+    tracing::info!(
+        users = remote.users.len(),
+        "reconcile: read nevisIDM's users"
+    );
+    Ok(Some(remote))
+}
+
+fn dispatcher<T: Target>(
+    cfg: &Config,
+    target: Arc<T>,
+    store: &Store,
+    opts: &RunOptions,
+) -> Dispatcher<T> {
+    let dispatcher = Dispatcher::new(
+        target,
+        store.clone(),
+        cfg.sync.concurrency,
+        opts.dry_run.clone(),
+    );
+    if cfg.sync.adopt != AdoptMode::Email {
+        return dispatcher;
+    }
+    dispatcher.with_adoption(AdoptRules::new(
+        cfg.mapping.ext_id_prefix.clone(),
+        cfg.mapping.login_id == LoginIdSource::ExtId,
+    ))
 }
 
 /// Submits `op` unless a shutdown comes first; `Ok(false)` means the shutdown won.
@@ -554,23 +290,6 @@ async fn submit_unless_cancelled<T: Target>(
         () = cancel.cancelled() => Ok(false),
         submitted = dispatcher.submit(op, report) => submitted.map(|()| true),
     }
-}
-
-/// Why `count` disables exceed the deletion-safety limits, if they do.
-fn mass_disable_reason(cfg: &Config, count: u64, known: u64) -> Option<String> {
-    let limit = cfg.sync.max_disables;
-    let percent = cfg.sync.max_disable_percent;
-    if count > limit {
-        return Some(format!(
-            "{count} disables exceed sync.max_disables = {limit}"
-        ));
-    }
-    if known > 0 && (count as f64) * 100.0 > percent * known as f64 {
-        return Some(format!(
-            "{count} disables of {known} known users exceed sync.max_disable_percent = {percent}"
-        ));
-    }
-    None
 }
 
 fn new_run_id() -> String {
@@ -588,8 +307,10 @@ mod tests {
     use super::census::MAX_PAGES_WITHOUT_TOTAL;
     use super::*;
     use crate::diff::Changes;
+    use crate::mapper::UserState;
     use crate::mapper::{DesiredUser, SourceUser};
     use crate::nevis::{PageCursor, TargetError};
+    use crate::nexudus::Presence;
     use crate::nexudus::SourcePage;
     use serde_json::Value;
     use std::collections::BTreeMap;
