@@ -19,7 +19,7 @@
 //! - [`http`]     the daemon's `/healthz`, `/readyz`, `/metrics` and `/status`
 //! - [`metrics`]  Prometheus metrics shared by the clients, the pipeline and `/metrics`
 //! - [`status`]   the status document behind `/status` and `--status`
-//! - [`sync`]     `run_once`: the pipeline wired together, shared by `--sync-now` and the daemon
+//! - [`sync`]     `run_once` (shared by `--sync-now` and the daemon): listing census -> planner -> dispatcher -> settlement -> commit
 //! - [`watermark`] incremental polling: the `UpdatedOn` watermark and its overlap
 //! - [`report`]   what a run did: counts, failures, invalid records, the summary line
 //! - [`progress`] the run in flight: counters, a live terminal line or periodic log lines, `/status`

@@ -1,0 +1,1086 @@
+//! `run_once`: one sync, the pipeline wired together. Shared by `--sync-now`, `--demo` and the daemon.
+//!
+//! The stages, in the order a run meets them (each owns its state, in a file of its own):
+//! - `listing`: Nexudus pages, fetched ahead while the current one is planned and written;
+//!   its `census` alone judges whether the listing was complete, with one verdict and a reason;
+//! - `planner`: one record in, at most one operation out (scope, mapping, shared emails, the
+//!   plan from the checkpoint or, in a reconcile, from nevisIDM's real state in `remote`);
+//! - the [`Dispatcher`]: creates, updates and explicit deactivations (`Active` false) go out at
+//!   once, bounded, each checkpointed when confirmed;
+//! - `settlement`: once the listing is over, who vanished and who is archived, under the
+//!   deletion safety and the look-ups before disabling — every "remove access" rule;
+//! - `commit`: what the run records as true (watermark, stale failures, missing counts, flush).
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use crate::config::{AdoptMode, Config, LoginIdSource};
+use crate::dispatch::{AdoptRules, DispatchError, Dispatcher, Op, PlanSink};
+use crate::nevis::{Target, TargetError};
+use crate::nexudus::{Source, SourceError};
+use crate::report::RunReport;
+use crate::store::{Store, StoreError};
+use crate::watermark;
+
+mod census;
+mod commit;
+mod listing;
+mod planner;
+mod remote;
+mod settlement;
+
+use commit::Commit;
+use listing::{Ending, Listing};
+use planner::{Planner, SharedEmails};
+use remote::Remote;
+use settlement::Settlement;
+
+/// Per-run choices made on the command line.
+#[derive(Clone, Default)]
+pub struct RunOptions {
+    /// Print the plan through this sink instead of writing anything.
+    pub dry_run: Option<PlanSink>,
+    /// Let this run exceed the deletion-safety limits.
+    pub allow_mass_disable: bool,
+    /// List only users changed since the stored watermark (minus the overlap), when there is one.
+    /// Disappearances are never decided by such a listing.
+    pub incremental: bool,
+    /// Cancelled on shutdown: no new work starts, writes in flight get `sync.shutdown_grace` to
+    /// finish and be checkpointed, and the run reports itself interrupted.
+    pub shutdown: Option<CancellationToken>,
+    /// Compare with nevisIDM's real state instead of the checkpoints: repair drift, refresh every
+    /// checkpoint (`--reconcile`, and `--rebuild-store` on an emptied store).
+    pub reconcile: bool,
+}
+
+/// Errors that end a run without a trustworthy result (exit code 2).
+#[derive(Debug, thiserror::Error)]
+pub enum SyncError {
+    #[error("Nexudus listing failed: {0}")]
+    Source(#[from] SourceError),
+    #[error(transparent)]
+    Target(#[from] DispatchError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("cannot read nevisIDM's users for the reconcile: {0}")]
+    Reconcile(TargetError),
+}
+
+impl SyncError {
+    /// The store failed (disk full, read-only, damaged): the operator must look at store.path.
+    pub fn is_store(&self) -> bool {
+        matches!(
+            self,
+            SyncError::Store(_)
+                | SyncError::Target(DispatchError::Store(_))
+                | SyncError::Source(SourceError::TokenStore(_))
+        )
+    }
+}
+
+/// Runs one sync and reports what happened. Fatal problems are `Err`; everything else, including
+/// failed and invalid users, is in the report.
+pub async fn run_once<S: Source, T: Target>(
+    cfg: &Config,
+    source: Arc<S>,
+    target: Arc<T>,
+    store: &Store,
+    opts: &RunOptions,
+) -> Result<RunReport, SyncError> {
+    let run_id = new_run_id();
+    let span = tracing::info_span!("run", run_id = %run_id);
+    let mut report = RunReport {
+        run_id,
+        dry_run: opts.dry_run.is_some(),
+        ..RunReport::default()
+    };
+    let started = Instant::now();
+    let result = run(cfg, source, target, store, opts, &mut report)
+        .instrument(span.clone())
+        .await;
+    report.duration = started.elapsed();
+    let _enter = span.enter();
+    match &result {
+        Ok(()) => tracing::info!(summary = %report.summary_line(), "run finished"),
+        Err(e) => {
+            tracing::error!(error = %e, "run failed");
+            report.fatal = Some(e.to_string());
+        }
+    }
+    if opts.dry_run.is_none() {
+        let saved = serde_json::to_vec(&report)
+            .map_err(|e| StoreError::Io(e.to_string()))
+            .and_then(|json| store.set_last_run(&json));
+        if let Err(e) = saved {
+            tracing::warn!(error = %e, "cannot record the run report");
+        }
+    }
+    result.map(|()| report)
+}
+
+/// The pipeline: the listing feeds the planner, the planner feeds the dispatcher; once the
+/// listing is over, the settlement decides what disappeared and whether the deletion safety
+/// holds, and the commit records what is true.
+async fn run<S: Source, T: Target>(
+    cfg: &Config,
+    source: Arc<S>,
+    target: Arc<T>,
+    store: &Store,
+    opts: &RunOptions,
+    report: &mut RunReport,
+) -> Result<(), SyncError> {
+    let known_before = store.len() as u64;
+    let page_size = u64::from(cfg.nexudus.page_size);
+    let since = listing_since(cfg, store, opts)?;
+    report.incremental = since.is_some();
+    report.reconcile = opts.reconcile;
+    let remote = nevis_state(&*target, opts.reconcile, known_before).await?;
+    source.begin_run(since.is_none()).await;
+    let cancel = opts.shutdown.clone().unwrap_or_default();
+    let mut listing = Listing::start(Arc::clone(&source), since, page_size, cancel.clone());
+    let mut dispatcher = dispatcher(cfg, target, store, opts);
+    let mut settlement = Settlement::new(cfg, store, opts, known_before);
+    let mut planner = Planner::new(cfg, store, opts, remote.as_ref())?;
+    let commit = Commit::new(store, opts);
+
+    // With adoption on, Nexudus users sharing an email must be known before anything is written
+    // (adopting one nevisIDM user for the wrong person is the worst outcome): the listing is read
+    // whole first, then replayed. Costs memory in proportion to the listing; adoption only
+    // (otherwise pages stream into writes).
+    if cfg.sync.adopt == AdoptMode::Email {
+        let buffered = listing.read_whole(page_size).await;
+        planner.set_shared_emails(SharedEmails::of(&buffered, cfg));
+        listing.replay(buffered);
+    }
+
+    'pages: while let Some(page) = listing.next_page().await {
+        for record in page.records {
+            if !listing.census().record(&record) {
+                continue;
+            }
+            let planned = planner.plan(record, report)?;
+            settlement.keep(planned.kept);
+            let Some(op) = planned.op else { continue };
+            // A record that says Active=false is an explicit instruction from the source and
+            // goes out at once, like any change: access must not outlive its revocation.
+            match submit_unless_cancelled(&mut dispatcher, op, report, &cancel).await {
+                Ok(true) => {}
+                Ok(false) => {
+                    listing.interrupt();
+                    break 'pages;
+                }
+                Err(e) => {
+                    let _ = dispatcher.finish(report).await;
+                    return Err(e.into());
+                }
+            }
+        }
+    }
+
+    let (verdict, listed) = match listing.end() {
+        Ending::Interrupted => {
+            let grace = cfg.sync.shutdown_grace;
+            return Ok(commit.after_shutdown(dispatcher, grace, report).await?);
+        }
+        Ending::Failed(e) => {
+            commit.after_failure(&mut dispatcher, report).await?;
+            return Err(e.into());
+        }
+        Ending::Listed(census) => census.verdict(),
+    };
+    let decision = settlement
+        .settle(
+            &*source,
+            remote.as_ref(),
+            verdict,
+            &listed,
+            report.incremental,
+        )
+        .await?;
+    for op in decision.record(report) {
+        if let Err(e) = dispatcher.submit(op, report).await {
+            let _ = dispatcher.finish(report).await;
+            return Err(e.into());
+        }
+    }
+    dispatcher.finish(report).await?;
+    commit.after_listing(report, settlement.kept()).await?;
+    Ok(())
+}
+
+/// With `--incremental` and a stored watermark: list only users changed since then (minus the
+/// overlap).
+fn listing_since(
+    cfg: &Config,
+    store: &Store,
+    opts: &RunOptions,
+) -> Result<Option<String>, StoreError> {
+    let since = if opts.incremental {
+        store
+            .watermark()?
+            .and_then(|mark| watermark::minus(&mark, cfg.sync.incremental_overlap))
+    } else {
+        None
+    };
+    if let Some(since) = &since {
+        tracing::info!(from_updated_on = %since, "incremental listing");
+    }
+    Ok(since)
+}
+
+/// nevisIDM's real state for a reconcile; `None` for an ordinary run, which trusts its checkpoints.
+async fn nevis_state<T: Target>(
+    target: &T,
+    reconcile: bool,
+    known_before: u64,
+) -> Result<Option<Remote>, SyncError> {
+    if !reconcile {
+        if known_before == 0 {
+            tracing::info!(
+                "the store holds no checkpoints: a first import (if the store was lost, \
+                 --sync-now --rebuild-store rebuilds it without rewriting correct users)"
+            );
+        }
+        return Ok(None);
+    }
+    let remote = Remote::read(target).await.map_err(|e| match e {
+        e if e.is_fatal() => SyncError::Target(DispatchError::Auth(e)),
+        e => SyncError::Reconcile(e),
+    })?;
+    tracing::info!(
+        users = remote.users.len(),
+        "reconcile: read nevisIDM's users"
+    );
+    Ok(Some(remote))
+}
+
+fn dispatcher<T: Target>(
+    cfg: &Config,
+    target: Arc<T>,
+    store: &Store,
+    opts: &RunOptions,
+) -> Dispatcher<T> {
+    let dispatcher = Dispatcher::new(
+        target,
+        store.clone(),
+        cfg.sync.concurrency,
+        opts.dry_run.clone(),
+    );
+    if cfg.sync.adopt != AdoptMode::Email {
+        return dispatcher;
+    }
+    dispatcher.with_adoption(AdoptRules::new(
+        cfg.mapping.ext_id_prefix.clone(),
+        cfg.mapping.login_id == LoginIdSource::ExtId,
+    ))
+}
+
+/// Submits `op` unless a shutdown comes first; `Ok(false)` means the shutdown won.
+async fn submit_unless_cancelled<T: Target>(
+    dispatcher: &mut Dispatcher<T>,
+    op: Op,
+    report: &mut RunReport,
+    cancel: &CancellationToken,
+) -> Result<bool, DispatchError> {
+    tokio::select! {
+        biased;
+        () = cancel.cancelled() => Ok(false),
+        submitted = dispatcher.submit(op, report) => submitted.map(|()| true),
+    }
+}
+
+fn new_run_id() -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or_default();
+    format!("{:012x}", (nanos as u64) & 0xffff_ffff_ffff)
+}
+
+#[cfg(test)]
+mod tests {
+    //! The pipeline against in-memory source and target (no sockets); the HTTP paths are covered
+    //! by the integration tests against the sandbox fakes.
+    use super::census::MAX_PAGES_WITHOUT_TOTAL;
+    use super::*;
+    use crate::diff::Changes;
+    use crate::mapper::UserState;
+    use crate::mapper::{DesiredUser, SourceUser};
+    use crate::nevis::{PageCursor, TargetError};
+    use crate::nexudus::Presence;
+    use crate::nexudus::SourcePage;
+    use serde_json::Value;
+    use std::collections::BTreeMap;
+    use std::sync::Mutex;
+
+    const CONFIG: &str = r#"
+        [nexudus]
+        base_url = "http://127.0.0.1:9"
+        username = "u"
+        password = "p"
+        page_size = 2
+        [nevis]
+        base_url = "http://127.0.0.1:9"
+        client_ext_id = "c"
+        token = "t"
+        [sync]
+        max_disables = 3
+        max_disable_percent = 50
+        [store]
+        path = "/nonexistent"
+    "#;
+
+    struct MemSource {
+        users: Mutex<Vec<SourceUser>>,
+        total_skew: Mutex<i64>,
+    }
+
+    impl MemSource {
+        fn new(n: u64) -> Arc<Self> {
+            let users = (1..=n)
+                .map(|id| SourceUser {
+                    id,
+                    full_name: Some(format!("User Number{id}")),
+                    email: Some(format!("user{id}@example.com")),
+                    language: Some(1),
+                    active: true,
+                    is_admin: id % 2 == 0,
+                    ..SourceUser::default()
+                })
+                .collect();
+            Arc::new(MemSource {
+                users: Mutex::new(users),
+                total_skew: Mutex::new(0),
+            })
+        }
+        fn edit(&self, f: impl FnOnce(&mut Vec<SourceUser>)) {
+            f(&mut self.users.lock().unwrap())
+        }
+    }
+
+    impl Source for MemSource {
+        async fn fetch_page(
+            &self,
+            page: u32,
+            _since: Option<&str>,
+        ) -> Result<SourcePage, SourceError> {
+            let users = self.users.lock().unwrap().clone();
+            let size = 2usize;
+            let start = (page as usize - 1) * size;
+            let records = users
+                .iter()
+                .skip(start)
+                .take(size)
+                .cloned()
+                .map(Ok)
+                .collect();
+            Ok(SourcePage {
+                records,
+                total_items: Some((users.len() as i64 + *self.total_skew.lock().unwrap()) as u64),
+                has_next_page: start + size < users.len(),
+                page_size: Some(size as u64),
+            })
+        }
+
+        async fn fetch_user(&self, id: u64) -> Result<Presence, SourceError> {
+            let users = self.users.lock().unwrap();
+            Ok(match users.iter().find(|u| u.id == id) {
+                None => Presence::Gone,
+                Some(u) if u.active => Presence::Active,
+                Some(_) => Presence::Inactive,
+            })
+        }
+    }
+
+    #[derive(Default)]
+    struct MemTarget {
+        users: Mutex<BTreeMap<String, DesiredUser>>,
+        writes: Mutex<Vec<(String, String)>>,
+        reject: Mutex<Option<String>>,
+    }
+
+    impl Target for MemTarget {
+        async fn create(&self, user: &DesiredUser) -> Result<(), TargetError> {
+            if self.reject.lock().unwrap().as_deref() == Some(user.ext_id.as_str()) {
+                return Err(TargetError::Rejected {
+                    status: 422,
+                    code: "errors.invalidData".into(),
+                    message: "nope".into(),
+                });
+            }
+            self.writes
+                .lock()
+                .unwrap()
+                .push(("create".into(), user.ext_id.clone()));
+            self.users
+                .lock()
+                .unwrap()
+                .insert(user.ext_id.clone(), user.clone());
+            Ok(())
+        }
+        async fn update(
+            &self,
+            ext_id: &str,
+            changes: &Changes,
+            _version: Option<i64>,
+        ) -> Result<Option<i64>, TargetError> {
+            self.writes
+                .lock()
+                .unwrap()
+                .push(("update".into(), ext_id.into()));
+            let mut users = self.users.lock().unwrap();
+            let user = users.get_mut(ext_id).ok_or(TargetError::NotFound)?;
+            *user = changes.apply_to(user);
+            Ok(None)
+        }
+        async fn get(&self, ext_id: &str) -> Result<Option<Value>, TargetError> {
+            Ok(self.users.lock().unwrap().get(ext_id).map(nevis_json))
+        }
+        async fn list_page(
+            &self,
+            filters: &[(&str, &str)],
+            limit: u32,
+            cursor: &PageCursor,
+        ) -> Result<crate::nevis::UserPage, TargetError> {
+            let offset: usize = match cursor {
+                PageCursor::Start => 0,
+                PageCursor::Token(t) => t.parse().unwrap(),
+                PageCursor::Offset(o) => usize::try_from(*o).unwrap(),
+            };
+            let all: Vec<Value> = self
+                .users
+                .lock()
+                .unwrap()
+                .values()
+                .map(nevis_json)
+                .filter(|u| {
+                    filters.iter().all(|(k, v)| {
+                        let ptr = format!("/{}", k.replace('.', "/"));
+                        u.pointer(&ptr)
+                            .and_then(Value::as_str)
+                            .is_some_and(|have| have.eq_ignore_ascii_case(v))
+                    })
+                })
+                .collect();
+            let end = (offset + limit as usize).min(all.len());
+            Ok(crate::nevis::UserPage {
+                items: all[offset..end].to_vec(),
+                continuation: (end < all.len()).then(|| end.to_string()),
+                total: Some(all.len() as u64),
+            })
+        }
+        async fn archive(&self, ext_id: &str) -> Result<(), TargetError> {
+            self.writes
+                .lock()
+                .unwrap()
+                .push(("archive".into(), ext_id.into()));
+            let mut users = self.users.lock().unwrap();
+            let user = users.get_mut(ext_id).ok_or(TargetError::NotFound)?;
+            user.state = UserState::Archived;
+            Ok(())
+        }
+    }
+
+    async fn run(
+        source: &Arc<MemSource>,
+        target: &Arc<MemTarget>,
+        store: &Store,
+        allow: bool,
+    ) -> RunReport {
+        run_with(source, target, store, allow, "").await
+    }
+
+    async fn run_with(
+        source: &Arc<MemSource>,
+        target: &Arc<MemTarget>,
+        store: &Store,
+        allow: bool,
+        extra: &str,
+    ) -> RunReport {
+        // Keys for [sync] join the table CONFIG already has; other tables are appended.
+        let text = match extra.strip_prefix("[sync]\n") {
+            Some(keys) => CONFIG.replace("[sync]\n", &format!("[sync]\n{keys}\n")),
+            None => format!("{CONFIG}\n{extra}"),
+        };
+        let cfg = Config::from_toml_str(&text).unwrap();
+        let opts = RunOptions {
+            dry_run: None,
+            allow_mass_disable: allow,
+            incremental: false,
+            shutdown: None,
+            reconcile: extra.contains("# reconcile"),
+        };
+        run_once(&cfg, Arc::clone(source), Arc::clone(target), store, &opts)
+            .await
+            .unwrap()
+    }
+
+    fn nevis_json(user: &DesiredUser) -> Value {
+        crate::diff::create_body(user)
+    }
+
+    /// A source of `n` users, an empty target and an empty store.
+    fn fresh(n: u64) -> (Arc<MemSource>, Arc<MemTarget>, Store) {
+        (
+            MemSource::new(n),
+            Arc::new(MemTarget::default()),
+            Store::temporary().unwrap(),
+        )
+    }
+
+    fn state(target: &MemTarget, ext_id: &str) -> &'static str {
+        target.users.lock().unwrap()[ext_id].state.as_str()
+    }
+
+    #[tokio::test]
+    async fn import_then_rerun_writes_nothing() {
+        let (source, target, store) = fresh(5);
+        let r = run(&source, &target, &store, false).await;
+        assert_eq!((r.created, r.exit_code()), (5, 0));
+        let r = run(&source, &target, &store, false).await;
+        assert_eq!((r.unchanged, r.created + r.updated), (5, 0));
+        assert_eq!(target.writes.lock().unwrap().len(), 5);
+    }
+
+    #[tokio::test]
+    async fn disappeared_user_is_disabled_and_comes_back_active() {
+        let (source, target, store) = fresh(5);
+        run(&source, &target, &store, false).await;
+        let gone = source.users.lock().unwrap()[2].clone();
+        source.edit(|u| u.retain(|x| x.id != 3));
+        let r = run(&source, &target, &store, false).await;
+        assert_eq!((r.disabled, r.exit_code()), (1, 0));
+        assert_eq!(state(&target, "nexudus-3"), "disabled");
+        source.edit(|u| u.push(gone));
+        let r = run(&source, &target, &store, false).await;
+        assert_eq!(r.updated, 1);
+        assert_eq!(state(&target, "nexudus-3"), "active");
+    }
+
+    #[tokio::test]
+    async fn mass_disable_is_held_unless_allowed() {
+        let (source, target, store) = fresh(10);
+        run(&source, &target, &store, false).await;
+        source.edit(|u| u.truncate(6)); // 4 gone > max_disables = 3
+        let r = run(&source, &target, &store, false).await;
+        assert_eq!((r.disabled, r.held_disables, r.exit_code()), (0, 4, 1));
+        assert_eq!(state(&target, "nexudus-10"), "active");
+        let r = run(&source, &target, &store, true).await;
+        assert_eq!((r.disabled, r.held_disables, r.exit_code()), (4, 0, 0));
+    }
+
+    #[tokio::test]
+    async fn explicit_deactivations_are_applied_at_once_whatever_their_number() {
+        let (source, target, store) = fresh(4);
+        run(&source, &target, &store, false).await;
+        source.edit(|u| u.iter_mut().take(3).for_each(|x| x.active = false)); // 75% > 50%
+        let r = run(&source, &target, &store, false).await;
+        assert_eq!((r.disabled, r.held_disables, r.exit_code()), (3, 0, 0));
+        assert_eq!(state(&target, "nexudus-1"), "disabled");
+    }
+
+    #[tokio::test]
+    async fn inconsistent_total_disables_nobody() {
+        let (source, target, store) = fresh(5);
+        run(&source, &target, &store, false).await;
+        source.edit(|u| u.retain(|x| x.id != 2));
+        *source.total_skew.lock().unwrap() = 1; // claims 5 while listing 4
+        let r = run(&source, &target, &store, false).await;
+        assert!(!r.listing_complete);
+        assert_eq!((r.disabled, r.exit_code()), (0, 1));
+        assert_eq!(state(&target, "nexudus-2"), "active");
+    }
+
+    #[tokio::test]
+    async fn rejected_user_is_reported_and_retried_next_run() {
+        let (source, target, store) = fresh(3);
+        *target.reject.lock().unwrap() = Some("nexudus-2".into());
+        let r = run(&source, &target, &store, false).await;
+        assert_eq!((r.created, r.failed, r.exit_code()), (2, 1, 1));
+        assert!(
+            r.failures[0].reason.contains("errors.invalidData"),
+            "{:?}",
+            r.failures
+        );
+        assert!(
+            store.get(2).unwrap().is_none(),
+            "no checkpoint for a refused write"
+        );
+        *target.reject.lock().unwrap() = None;
+        let r = run(&source, &target, &store, false).await;
+        assert_eq!((r.created, r.unchanged, r.exit_code()), (1, 2, 0));
+    }
+
+    #[tokio::test]
+    async fn scope_limits_who_is_created_and_leaving_it_disables_under_the_safety() {
+        let (source, target, store) = fresh(6);
+        // Even Ids are admins in MemSource.
+        let r = run_with(
+            &source,
+            &target,
+            &store,
+            false,
+            "[scope]\nadmins = \"exclude\"\nexclude_ids = [5]",
+        )
+        .await;
+        assert_eq!((r.created, r.exit_code()), (2, 0), "only users 1 and 3");
+        let r = run_with(
+            &source,
+            &target,
+            &store,
+            false,
+            "[scope]\nadmins = \"include\"",
+        )
+        .await;
+        assert_eq!(r.created, 4);
+        // Narrowing the scope to one domain takes 5 users out: held by the safety first.
+        source.edit(|u| u[0].email = Some("keep@kept.example".into()));
+        let narrow = "[scope]\nemail_domains = [\"KEPT.example\"]";
+        let r = run_with(&source, &target, &store, false, narrow).await;
+        assert_eq!(
+            (r.disabled, r.held_disables, r.updated),
+            (0, 5, 1),
+            "the email change still goes out"
+        );
+        let r = run_with(&source, &target, &store, true, narrow).await;
+        assert_eq!((r.disabled, r.exit_code()), (5, 0));
+        assert_eq!(state(&target, "nexudus-1"), "active");
+        assert_eq!(state(&target, "nexudus-2"), "disabled");
+    }
+
+    #[tokio::test]
+    async fn vanished_user_is_disabled_only_after_the_configured_missing_runs() {
+        let (source, target, store) = fresh(5);
+        let twice = "[sync]\nmissing_runs_before_disable = 2";
+        run_with(&source, &target, &store, false, twice).await;
+        let gone = source.users.lock().unwrap()[2].clone();
+        source.edit(|u| u.retain(|x| x.id != 3));
+        let r = run_with(&source, &target, &store, false, twice).await;
+        assert_eq!(
+            (r.disabled, r.exit_code()),
+            (0, 0),
+            "first miss only counts"
+        );
+        // Back in between: the count starts over.
+        source.edit(|u| u.push(gone));
+        run_with(&source, &target, &store, false, twice).await;
+        source.edit(|u| u.retain(|x| x.id != 3));
+        let r = run_with(&source, &target, &store, false, twice).await;
+        assert_eq!(r.disabled, 0);
+        let r = run_with(&source, &target, &store, false, twice).await;
+        assert_eq!(r.disabled, 1);
+        assert_eq!(state(&target, "nexudus-3"), "disabled");
+    }
+
+    #[tokio::test]
+    async fn users_disabled_longer_than_archive_after_are_archived_once() {
+        let (source, target, store) = fresh(5);
+        let archive = "[sync]\narchive_after = \"1s\"";
+        run_with(&source, &target, &store, false, archive).await;
+        source.edit(|u| u.retain(|x| x.id != 3));
+        source.edit(|u| u[0].active = false); // user 1
+        let r = run_with(&source, &target, &store, false, archive).await;
+        assert_eq!((r.disabled, r.archived), (2, 0), "not yet: just disabled");
+        // Real time must pass for the age to be reached; bounded and not asserted on.
+        tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+        let r = run_with(&source, &target, &store, false, archive).await;
+        assert_eq!((r.archived, r.exit_code()), (2, 0));
+        assert_eq!(state(&target, "nexudus-3"), "archived");
+        assert_eq!(state(&target, "nexudus-1"), "archived");
+        let r = run_with(&source, &target, &store, false, archive).await;
+        assert_eq!(
+            (r.archived, r.updated, r.disabled),
+            (0, 0, 0),
+            "archived once, then left alone"
+        );
+        // Also once the period has passed again: an archived user's clock is not restarted,
+        // neither by an ordinary run nor by a reconcile.
+        assert_eq!(store.get(1).unwrap().unwrap().state, UserState::Archived);
+        let reconcile = format!("{archive}\n# reconcile");
+        let r = run_with(&source, &target, &store, false, &reconcile).await;
+        assert_eq!((r.archived, r.updated, r.disabled), (0, 0, 0));
+        assert_eq!(store.get(1).unwrap().unwrap().state, UserState::Archived);
+        tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+        let r = run_with(&source, &target, &store, false, archive).await;
+        assert_eq!(
+            (r.archived, r.updated, r.disabled),
+            (0, 0, 0),
+            "never archived twice"
+        );
+        let archives =
+            |w: &Vec<(String, String)>| w.iter().filter(|(op, _)| op == "archive").count();
+        assert_eq!(archives(&target.writes.lock().unwrap()), 2);
+        // Without archive_after nothing is ever archived.
+        source.edit(|u| u[1].active = false);
+        run(&source, &target, &store, false).await;
+        tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+        let r = run(&source, &target, &store, false).await;
+        assert_eq!(r.archived, 0);
+    }
+
+    #[tokio::test]
+    async fn mapping_changes_update_only_affected_users_and_keep_ext_ids() {
+        let (source, target, store) = fresh(4);
+        run(&source, &target, &store, false).await;
+        // A new prefix and a new language default touch nobody whose mapped value is unchanged.
+        source.edit(|u| u[0].language = Some(9));
+        let r = run_with(
+            &source,
+            &target,
+            &store,
+            false,
+            "[mapping]\next_id_prefix = \"nx-\"\ndefault_language = \"de\"",
+        )
+        .await;
+        assert_eq!((r.updated, r.created, r.unchanged), (1, 0, 3));
+        assert_eq!(
+            target.users.lock().unwrap()["nexudus-1"].language_code,
+            "de"
+        );
+        // New users get the new prefix.
+        source.edit(|u| {
+            u.push(SourceUser {
+                id: 77,
+                ..u[1].clone()
+            })
+        });
+        source.edit(|u| u[4].email = Some("new@example.com".into()));
+        let r = run_with(
+            &source,
+            &target,
+            &store,
+            false,
+            "[mapping]\next_id_prefix = \"nx-\"\ndefault_language = \"de\"",
+        )
+        .await;
+        assert_eq!((r.created, r.updated, r.unchanged), (1, 0, 4));
+        assert!(target.users.lock().unwrap().contains_key("nx-77"));
+        // Splitting names the other way updates exactly the users whose names change.
+        let r = run_with(&source, &target, &store, false, "[mapping]\next_id_prefix = \"nx-\"\ndefault_language = \"de\"\nname_split = \"first_word\"").await;
+        assert_eq!((r.updated, r.created), (5, 0));
+    }
+
+    /// Says "more pages" forever, announcing this TotalItems (or none).
+    struct EndlessSource(Option<u64>);
+
+    impl Source for EndlessSource {
+        async fn fetch_page(
+            &self,
+            page: u32,
+            _since: Option<&str>,
+        ) -> Result<SourcePage, SourceError> {
+            let records = (0..2u64)
+                .map(|i| {
+                    Ok(SourceUser {
+                        id: u64::from(page) * 2 + i,
+                        full_name: Some("Endless User".into()),
+                        email: Some(format!("e{page}-{i}@example.com")),
+                        active: true,
+                        ..SourceUser::default()
+                    })
+                })
+                .collect();
+            Ok(SourcePage {
+                records,
+                total_items: self.0,
+                has_next_page: true,
+                page_size: Some(2),
+            })
+        }
+
+        async fn fetch_user(&self, _id: u64) -> Result<Presence, SourceError> {
+            Ok(Presence::Active)
+        }
+    }
+
+    #[tokio::test]
+    async fn a_listing_that_never_ends_is_cut_off_and_disables_nobody() {
+        // Streaming, and with adoption (where the listing is read whole before writing); with
+        // TotalItems 6 the bound is 3 pages and 2 of slack.
+        for (adopt, total, created) in [
+            ("", None, 2 * MAX_PAGES_WITHOUT_TOTAL),
+            ("", Some(6), 10),
+            ("adopt = \"email\"\n", Some(6), 10),
+        ] {
+            let text = CONFIG.replace("[sync]\n", &format!("[sync]\n{adopt}"));
+            let cfg = Config::from_toml_str(&text).unwrap();
+            let (target, store) = (Arc::new(MemTarget::default()), Store::temporary().unwrap());
+            let opts = RunOptions::default();
+            let r = run_once(
+                &cfg,
+                Arc::new(EndlessSource(total)),
+                Arc::clone(&target),
+                &store,
+                &opts,
+            )
+            .await
+            .unwrap();
+            assert!(!r.listing_complete, "{adopt}");
+            assert_eq!(r.created, created, "{adopt}");
+            assert_eq!((r.disabled, r.exit_code()), (0, 1), "{adopt}");
+        }
+    }
+
+    #[tokio::test]
+    async fn invalid_records_are_reported_and_not_disabled() {
+        let (source, target, store) = fresh(4);
+        run(&source, &target, &store, false).await;
+        source.edit(|u| u[1].email = Some("broken".into()));
+        let r = run(&source, &target, &store, false).await;
+        assert_eq!((r.invalid, r.disabled, r.exit_code()), (1, 0, 1));
+        assert_eq!(r.invalid_records[0].nexudus_id, Some(2));
+        assert_eq!(state(&target, "nexudus-2"), "active");
+    }
+
+    const RECONCILE: &str = "# reconcile\n";
+
+    fn edit_target(target: &MemTarget, ext_id: &str, f: impl FnOnce(&mut DesiredUser)) {
+        f(target.users.lock().unwrap().get_mut(ext_id).unwrap())
+    }
+
+    fn writes(target: &MemTarget) -> usize {
+        target.writes.lock().unwrap().len()
+    }
+
+    #[tokio::test]
+    async fn reconcile_sets_back_hand_edits_that_checkpoints_cannot_see() {
+        let (source, target, store) = fresh(4);
+        run(&source, &target, &store, false).await;
+        edit_target(&target, "nexudus-2", |u| u.family_name = "Edited".into());
+        // An ordinary run trusts its checkpoints: nothing to do.
+        let r = run(&source, &target, &store, false).await;
+        assert_eq!(r.updated, 0);
+        let r = run_with(&source, &target, &store, false, RECONCILE).await;
+        assert_eq!(
+            (r.drift, r.updated, r.unchanged, r.exit_code()),
+            (1, 1, 3, 0)
+        );
+        assert_eq!(
+            target.users.lock().unwrap()["nexudus-2"].family_name,
+            "Number2"
+        );
+    }
+
+    #[tokio::test]
+    async fn hand_disabled_user_is_reported_and_left_disabled_by_every_later_run() {
+        let (source, target, store) = fresh(4);
+        run(&source, &target, &store, false).await;
+        edit_target(&target, "nexudus-3", |u| u.state = UserState::Disabled);
+        let before = writes(&target);
+        let r = run_with(&source, &target, &store, false, RECONCILE).await;
+        assert_eq!((r.hand_disabled, r.updated), (1, 0));
+        assert_eq!(r.hand_disabled_users, vec!["nexudus-3".to_string()]);
+        assert_eq!(state(&target, "nexudus-3"), "disabled");
+        // Ordinary runs do not undo it through the checkpoint either.
+        let r = run(&source, &target, &store, false).await;
+        assert_eq!((r.updated, r.exit_code()), (0, 0));
+        assert_eq!(writes(&target), before);
+        assert_eq!(state(&target, "nexudus-3"), "disabled");
+        // Opting in re-enables it.
+        let r = run_with(
+            &source,
+            &target,
+            &store,
+            false,
+            "[sync]\nreenable_on_reconcile = true\n# reconcile",
+        )
+        .await;
+        assert_eq!((r.updated, r.hand_disabled), (1, 0));
+        assert_eq!(state(&target, "nexudus-3"), "active");
+        let r = run(&source, &target, &store, false).await;
+        assert_eq!(r.updated + r.disabled, 0);
+    }
+
+    #[tokio::test]
+    async fn rebuild_from_nevis_writes_nothing_for_correct_users() {
+        let (source, target, _) = fresh(5);
+        let store = Store::temporary().unwrap();
+        run(&source, &target, &store, false).await;
+        edit_target(&target, "nexudus-4", |u| u.first_name = "Wrong".into());
+        let before = writes(&target);
+        let rebuilt = Store::temporary().unwrap();
+        let r = run_with(&source, &target, &rebuilt, false, RECONCILE).await;
+        assert_eq!((r.unchanged, r.updated, r.created), (4, 1, 0));
+        assert_eq!(writes(&target), before + 1);
+        assert_eq!(rebuilt.len(), 5);
+        let r = run(&source, &target, &rebuilt, false).await;
+        assert_eq!((r.unchanged, writes(&target)), (5, before + 1));
+    }
+
+    #[tokio::test]
+    async fn reconcile_disables_owned_active_users_missing_from_nexudus_only() {
+        let (source, target, store) = fresh(6);
+        run(&source, &target, &store, false).await;
+        let mut stranger = target.users.lock().unwrap()["nexudus-1"].clone();
+        stranger.ext_id = "hr-42".into();
+        target
+            .users
+            .lock()
+            .unwrap()
+            .insert("hr-42".into(), stranger);
+        let mut orphan = target.users.lock().unwrap()["nexudus-1"].clone();
+        orphan.ext_id = "nexudus-99".into();
+        target
+            .users
+            .lock()
+            .unwrap()
+            .insert("nexudus-99".into(), orphan);
+        let r = run_with(
+            &source,
+            &target,
+            &Store::temporary().unwrap(),
+            false,
+            RECONCILE,
+        )
+        .await;
+        assert_eq!((r.disabled, r.unchanged), (1, 6));
+        assert_eq!(state(&target, "nexudus-99"), "disabled");
+        assert_eq!(state(&target, "hr-42"), "active", "not ours: never touched");
+    }
+
+    #[tokio::test]
+    async fn reconcile_refreshes_the_checkpoint_of_a_gone_user_already_disabled_by_hand() {
+        let (source, target, store) = fresh(4);
+        run(&source, &target, &store, false).await;
+        source.edit(|u| u.retain(|x| x.id != 2));
+        target
+            .users
+            .lock()
+            .unwrap()
+            .get_mut("nexudus-2")
+            .unwrap()
+            .state = UserState::Disabled;
+        let r = run_with(&source, &target, &store, false, RECONCILE).await;
+        assert_eq!((r.disabled, r.updated, r.exit_code()), (0, 0, 0));
+        assert_eq!(store.get(2).unwrap().unwrap().state, UserState::Disabled);
+        let writes = target.writes.lock().unwrap().len();
+        let r = run(&source, &target, &store, false).await;
+        assert_eq!((r.disabled, r.exit_code()), (0, 0));
+        assert_eq!(
+            target.writes.lock().unwrap().len(),
+            writes,
+            "no redundant disable"
+        );
+    }
+
+    fn legacy(target: &MemTarget, ext_id: &str, email: &str) {
+        let user = DesiredUser {
+            ext_id: ext_id.into(),
+            login_id: email.into(),
+            first_name: "Old".into(),
+            family_name: "Account".into(),
+            email: email.into(),
+            language_code: "de".into(),
+            state: UserState::Active,
+            properties: Default::default(),
+        };
+        target.users.lock().unwrap().insert(ext_id.into(), user);
+    }
+
+    const ADOPT: &str = "[sync]\nadopt = \"email\"\n";
+
+    #[tokio::test]
+    async fn adopts_a_unique_match_and_keeps_it_linked() {
+        let (source, target, store) = fresh(2);
+        legacy(&target, "legacy-1", "USER1@example.com");
+        let r = run_with(&source, &target, &store, false, ADOPT).await;
+        assert_eq!((r.adopted, r.created, r.exit_code()), (1, 1, 0));
+        assert_eq!(store.link(1).unwrap().as_deref(), Some("legacy-1"));
+        let users = target.users.lock().unwrap().clone();
+        assert!(!users.contains_key("nexudus-1"));
+        assert_eq!(users["legacy-1"].family_name, "Number1");
+        // loginIds compare case-insensitively: no write for case alone.
+        assert_eq!(users["legacy-1"].login_id, "USER1@example.com");
+        drop(users);
+        let r = run_with(&source, &target, &store, false, ADOPT).await;
+        assert_eq!((r.unchanged, r.adopted, r.exit_code()), (2, 0, 0));
+        source.edit(|u| u[0].full_name = Some("User Renamed".into()));
+        let r = run_with(&source, &target, &store, false, ADOPT).await;
+        assert_eq!(r.updated, 1);
+        assert_eq!(
+            target.users.lock().unwrap()["legacy-1"].family_name,
+            "Renamed"
+        );
+    }
+
+    #[tokio::test]
+    async fn ambiguous_or_already_linked_matches_are_conflicts_with_nothing_written() {
+        let (source, target, store) = fresh(2);
+        legacy(&target, "legacy-a", "user1@example.com");
+        legacy(&target, "legacy-b", "someone@else.org");
+        edit_target(&target, "legacy-b", |u| {
+            u.login_id = "user1@example.com".into()
+        });
+        // user 2's email belongs to a user this tool created for Nexudus user 7.
+        legacy(&target, "nexudus-7", "user2@example.com");
+        let before = writes(&target);
+        let r = run_with(&source, &target, &store, false, ADOPT).await;
+        assert_eq!(
+            (r.conflicts, r.adopted, r.created, r.exit_code()),
+            (2, 0, 0, 1)
+        );
+        assert_eq!(writes(&target), before);
+        let c1 = r
+            .conflict_records
+            .iter()
+            .find(|c| c.nexudus_id == 1)
+            .unwrap();
+        assert_eq!(c1.candidates, vec!["legacy-a", "legacy-b"]);
+        let c2 = r
+            .conflict_records
+            .iter()
+            .find(|c| c.nexudus_id == 2)
+            .unwrap();
+        assert_eq!(c2.candidates, vec!["nexudus-7"]);
+        assert!(store.link(1).unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn nexudus_users_sharing_an_email_are_conflicts_before_any_write() {
+        let (source, target, store) = fresh(4);
+        source.edit(|u| u[3].email = Some("USER1@example.com".into()));
+        let r = run_with(&source, &target, &store, false, ADOPT).await;
+        assert_eq!((r.conflicts, r.created, r.exit_code()), (2, 2, 1));
+        let users = target.users.lock().unwrap();
+        assert!(!users.contains_key("nexudus-1") && !users.contains_key("nexudus-4"));
+    }
+
+    #[tokio::test]
+    async fn changing_static_properties_updates_exactly_the_property() {
+        let (source, target, store) = fresh(3);
+        run(&source, &target, &store, false).await;
+        let r = run_with(
+            &source,
+            &target,
+            &store,
+            false,
+            "[mapping.properties]\nsource = \"nexudus\"\n",
+        )
+        .await;
+        assert_eq!(r.updated, 3);
+        assert_eq!(
+            target.users.lock().unwrap()["nexudus-1"].properties["source"],
+            "nexudus"
+        );
+        let r = run_with(
+            &source,
+            &target,
+            &store,
+            false,
+            "[mapping.properties]\nsource = \"nexudus\"\n",
+        )
+        .await;
+        assert_eq!((r.updated, r.unchanged), (0, 3));
+        // Dropping the option removes what this tool set.
+        let r = run(&source, &target, &store, false).await;
+        assert_eq!(r.updated, 3);
+        assert!(
+            target.users.lock().unwrap()["nexudus-1"]
+                .properties
+                .is_empty()
+        );
+    }
+}

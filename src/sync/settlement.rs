@@ -1,0 +1,677 @@
+//! The settlement: every "remove access" rule that is not an explicit instruction from Nexudus.
+//!
+//! A user who *vanished* (no longer listed, or listed outside the scope) is only known once the
+//! listing is over, and disabling them is guarded, because a vanishing is inferred, not stated:
+//! - only a complete, full listing (not an incremental one) can tell who is gone;
+//! - a user must be missing from `sync.missing_runs_before_disable` complete listings in a row;
+//! - users disabled longer than `sync.archive_after` are archived, under the same guards;
+//! - more than `sync.max_disables`, or more than `sync.max_disable_percent` of the known users,
+//!   removes nobody unless the operator allowed it for this run (`--allow-mass-disable`): the
+//!   whole batch is held;
+//! - every user to be disabled for vanishing is looked up once before: a listing that skipped
+//!   someone still in Nexudus was incomplete, whatever its counts said.
+//!
+//! (A record that says `Active` false is an instruction, planned and sent at once like any change.)
+
+use std::collections::{HashMap, HashSet};
+
+use super::RunOptions;
+use super::census::Verdict;
+use super::planner::Kept;
+use super::remote::Remote;
+use crate::config::Config;
+use crate::diff::{Changes, Observed, disappeared};
+use crate::dispatch::{Op, OpKind};
+use crate::mapper::{DesiredUser, UserState, nexudus_id_of};
+use crate::nexudus::{Presence, Source};
+use crate::report::RunReport;
+use crate::store::{Store, StoreError};
+
+pub struct Settlement<'a> {
+    cfg: &'a Config,
+    store: &'a Store,
+    dry_run: bool,
+    allow_mass_disable: bool,
+    /// Checkpoints before the run wrote anything: the base of `sync.max_disable_percent`.
+    known_before: u64,
+    /// The Ids in scope (a checkpointed user not among them after a complete listing vanished).
+    kept: HashSet<u64>,
+    /// Kept users Nexudus wants active: never archived, even if disabled until now. Only kept
+    /// when archiving is on (it costs memory in proportion to the listing).
+    wanted_active: HashSet<u64>,
+}
+
+/// What the settlement decided.
+#[derive(Debug)]
+pub struct Decision {
+    /// Why the listing cannot tell who is gone, if it cannot.
+    pub incomplete: Option<String>,
+    /// Why every removal of this run is held back, if it is.
+    pub held: Option<String>,
+    /// Disables of vanished users and archives.
+    pub removals: Vec<Op>,
+}
+
+impl<'a> Settlement<'a> {
+    pub fn new(
+        cfg: &'a Config,
+        store: &'a Store,
+        opts: &RunOptions,
+        known_before: u64,
+    ) -> Settlement<'a> {
+        Settlement {
+            cfg,
+            store,
+            dry_run: opts.dry_run.is_some(),
+            allow_mass_disable: opts.allow_mass_disable,
+            known_before,
+            kept: HashSet::new(),
+            wanted_active: HashSet::new(),
+        }
+    }
+
+    /// Notes an Id the listing keeps in scope.
+    pub fn keep(&mut self, kept: Option<Kept>) {
+        let Some(kept) = kept else { return };
+        self.kept.insert(kept.id);
+        if self.cfg.sync.archive_after.is_some() && kept.active {
+            self.wanted_active.insert(kept.id);
+        }
+    }
+
+    /// The Ids kept in scope by the listing.
+    pub fn kept(&self) -> &HashSet<u64> {
+        &self.kept
+    }
+
+    /// Decides who loses access for vanishing or age, and whether the deletion safety holds.
+    /// `listed` is every Id the listing held, in scope or not.
+    pub async fn settle<S: Source>(
+        &self,
+        source: &S,
+        remote: Option<&Remote>,
+        verdict: Verdict,
+        listed: &HashSet<u64>,
+        incremental: bool,
+    ) -> Result<Decision, StoreError> {
+        let mut incomplete = verdict.into_reason();
+        let mut removals = Vec::new();
+        let mut known = self.known_before;
+        // Only a complete full listing can tell who is gone (and archiving needs one too).
+        if incomplete.is_none() && !incremental {
+            let gone = match remote {
+                None => vanished_from_checkpoints(self.store, &self.kept)?,
+                Some(remote) => {
+                    let (gone, owned) = self.vanished_from_remote(remote)?;
+                    known = known.max(owned);
+                    gone
+                }
+            };
+            removals = self.disables(gone)?;
+            if let Some(age) = self.cfg.sync.archive_after {
+                removals.extend(self.archives(age)?);
+            }
+        }
+        // The deletion safety first (a held batch needs no confirmation), then the look-ups.
+        let too_many = mass_disable_reason(self.cfg, removals.len() as u64, known)
+            .filter(|_| !self.allow_mass_disable);
+        if incomplete.is_none()
+            && too_many.is_none()
+            && let Some(reason) = confirm_gone(source, &removals, listed).await
+        {
+            incomplete = Some(reason);
+        }
+        Ok(Decision::new(incomplete, too_many, removals))
+    }
+
+    /// Disables for the vanished users that were missing from enough complete listings.
+    fn disables(&self, gone: Vec<(u64, DesiredUser)>) -> Result<Vec<Op>, StoreError> {
+        let mut disables = Vec::new();
+        let threshold = self.cfg.sync.missing_runs_before_disable;
+        for (id, checkpoint) in gone {
+            let Some(changes) = disappeared(&checkpoint) else {
+                continue;
+            };
+            if threshold > 1 {
+                // A dry run must not count (it would bring real disables forward), but it shows
+                // what the real run would decide: the count so far plus this listing.
+                let missing = if self.dry_run {
+                    self.store.missing_count(id)?.saturating_add(1)
+                } else {
+                    self.store.count_missing(id)?
+                };
+                if missing < threshold {
+                    tracing::info!(
+                        extId = %checkpoint.ext_id,
+                        missing,
+                        threshold,
+                        "missing from a complete listing; disabled once sync.missing_runs_before_disable is reached"
+                    );
+                    continue;
+                }
+            }
+            tracing::info!(extId = %checkpoint.ext_id, nexudus_id = id, "no longer listed by Nexudus or out of scope; disabling");
+            disables.push(removal(id, OpKind::Disable, &checkpoint, changes));
+        }
+        Ok(disables)
+    }
+
+    /// Archives (`sync.archive_after`) of users disabled longer than `age` whom Nexudus does not
+    /// want active.
+    fn archives(&self, age: std::time::Duration) -> Result<Vec<Op>, StoreError> {
+        let mut archives = Vec::new();
+        for id in self.store.disabled_longer_than(age)? {
+            if self.wanted_active.contains(&id) {
+                continue;
+            }
+            let Some(checkpoint) = self.store.get(id).ok().flatten() else {
+                continue;
+            };
+            if checkpoint.state != UserState::Disabled {
+                continue;
+            }
+            let changes = Changes {
+                state: Some(UserState::Archived),
+                ..Changes::default()
+            };
+            tracing::info!(extId = %checkpoint.ext_id, "disabled longer than sync.archive_after; archiving");
+            archives.push(removal(id, OpKind::Archive, &checkpoint, changes));
+        }
+        Ok(archives)
+    }
+
+    /// Reconcile: the nevisIDM users this tool owns whose Nexudus user a complete listing did not
+    /// list (in scope) and that nevisIDM shows active, whatever the checkpoint says; and how many
+    /// users this tool owns in nevisIDM (the base of `sync.max_disable_percent`).
+    ///
+    /// Owned means: the extId is the configured prefix and a Nexudus Id, or is linked in the store
+    /// (adopted), or is the extId of a checkpoint (created under an earlier prefix). Nothing else
+    /// in nevisIDM is ever touched.
+    fn vanished_from_remote(
+        &self,
+        remote: &Remote,
+    ) -> Result<(Vec<(u64, DesiredUser)>, u64), StoreError> {
+        let store = self.store;
+        let mut checkpoints: HashMap<String, (u64, DesiredUser)> = HashMap::new();
+        for item in store.iter() {
+            match item {
+                Ok((id, c)) => {
+                    checkpoints.insert(c.ext_id.clone(), (id, c));
+                }
+                Err(StoreError::Corrupt(e)) => {
+                    tracing::warn!(error = %e, "unreadable checkpoint skipped for disappearance");
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        let mut gone = Vec::new();
+        let mut owned = 0u64;
+        for (ext_id, seen) in &remote.users {
+            let checkpoint = checkpoints.remove(ext_id);
+            let id = match &checkpoint {
+                Some((id, _)) => Some(*id),
+                None => match store.link_owner(ext_id)? {
+                    Some(id) => Some(id),
+                    None => nexudus_id_of(&self.cfg.mapping.ext_id_prefix, ext_id),
+                },
+            };
+            let Some(id) = id else { continue };
+            owned += 1;
+            if self.kept.contains(&id) {
+                continue;
+            }
+            let inactive = match seen.state.as_deref() {
+                Some("disabled") => Some(UserState::Disabled),
+                Some("archived") => Some(UserState::Archived),
+                _ => None,
+            };
+            if let Some(state) = inactive {
+                // Gone from Nexudus and already inactive in nevisIDM (by hand, or a disable whose
+                // checkpoint was lost): the checkpoint is refreshed to say so, so that no later
+                // run sends a disable that is already true.
+                if !self.dry_run
+                    && let Some((_, mut c)) = checkpoint
+                    && c.state == UserState::Active
+                {
+                    c.state = state;
+                    store.put(id, &c)?;
+                }
+                continue;
+            }
+            if seen.state.as_deref() != Some("active") {
+                continue;
+            }
+            // What nevisIDM holds now, active (the checkpoint may say otherwise: drift).
+            let mut current = match checkpoint {
+                Some((_, c)) => c,
+                None => observed_user(ext_id, seen),
+            };
+            current.state = UserState::Active;
+            gone.push((id, current));
+        }
+        Ok((gone, owned))
+    }
+}
+
+impl Decision {
+    /// Holds every removal when the listing is incomplete (if there is any) or the deletion
+    /// safety says too many.
+    fn new(incomplete: Option<String>, too_many: Option<String>, removals: Vec<Op>) -> Decision {
+        let held = if let Some(reason) = &incomplete {
+            tracing::warn!(%reason, "listing incomplete: no user is disabled in this run");
+            (!removals.is_empty()).then(|| format!("listing incomplete ({reason})"))
+        } else {
+            too_many
+        };
+        Decision {
+            incomplete,
+            held,
+            removals,
+        }
+    }
+
+    /// Writes the decision into the report; returns the removals to send (none when held).
+    pub fn record(self, report: &mut RunReport) -> Vec<Op> {
+        report.listing_complete = self.incomplete.is_none();
+        report.incomplete_reason = self.incomplete;
+        let Some(reason) = self.held else {
+            return self.removals;
+        };
+        tracing::error!(
+            held = self.removals.len(),
+            %reason,
+            "DELETION SAFETY: holding back every disable of this run; rerun with --allow-mass-disable to approve"
+        );
+        report.held_disables = self.removals.len() as u64;
+        report.held = self
+            .removals
+            .into_iter()
+            .map(|op| op.after.ext_id)
+            .collect();
+        Vec::new()
+    }
+}
+
+fn removal(id: u64, kind: OpKind, checkpoint: &DesiredUser, changes: Changes) -> Op {
+    Op {
+        nexudus_id: id,
+        kind,
+        after: changes.apply_to(checkpoint),
+        changes: Some(changes),
+        updated_on: None,
+        fingerprint: None,
+        adopt: false,
+        version: None,
+    }
+}
+
+/// Why `count` removals exceed the deletion-safety limits, if they do.
+fn mass_disable_reason(cfg: &Config, count: u64, known: u64) -> Option<String> {
+    let limit = cfg.sync.max_disables;
+    let percent = cfg.sync.max_disable_percent;
+    if count > limit {
+        return Some(format!(
+            "{count} disables exceed sync.max_disables = {limit}"
+        ));
+    }
+    if known > 0 && (count as f64) * 100.0 > percent * known as f64 {
+        return Some(format!(
+            "{count} disables of {known} known users exceed sync.max_disable_percent = {percent}"
+        ));
+    }
+    None
+}
+
+/// Asks Nexudus for each user about to be disabled because the listing did not contain it (not
+/// for users listed outside the scope, nor archives). `Some(reason)` when one is still there, or
+/// cannot be looked up: then the listing cannot be trusted to tell who is gone.
+async fn confirm_gone<S: Source>(
+    source: &S,
+    disables: &[Op],
+    listed: &HashSet<u64>,
+) -> Option<String> {
+    for op in disables {
+        if op.kind != OpKind::Disable || listed.contains(&op.nexudus_id) {
+            continue;
+        }
+        match source.fetch_user(op.nexudus_id).await {
+            Ok(Presence::Gone) => {}
+            Ok(presence) => {
+                tracing::warn!(
+                    nexudus_id = op.nexudus_id,
+                    ?presence,
+                    "Nexudus still has a user its listing did not contain; the pages shifted while they were read"
+                );
+                return Some(format!(
+                    "Nexudus user {} is still there but the listing did not contain it",
+                    op.nexudus_id
+                ));
+            }
+            Err(e) => {
+                return Some(format!(
+                    "could not confirm that Nexudus user {} is gone: {e}",
+                    op.nexudus_id
+                ));
+            }
+        }
+    }
+    None
+}
+
+/// Checkpointed users not listed (in scope) by a complete listing, with their checkpoint.
+fn vanished_from_checkpoints(
+    store: &Store,
+    kept: &HashSet<u64>,
+) -> Result<Vec<(u64, DesiredUser)>, StoreError> {
+    let mut gone = Vec::new();
+    for item in store.iter() {
+        let (id, checkpoint) = match item {
+            Ok(entry) => entry,
+            // What cannot be read cannot be judged missing: skip it, loudly.
+            Err(StoreError::Corrupt(e)) => {
+                tracing::warn!(error = %e, "unreadable checkpoint skipped for disappearance");
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
+        if !kept.contains(&id) {
+            gone.push((id, checkpoint));
+        }
+    }
+    Ok(gone)
+}
+
+/// A user as read from nevisIDM, for checkpointing what a disable leaves behind.
+fn observed_user(ext_id: &str, seen: &Observed) -> DesiredUser {
+    let text = |v: &Option<String>| v.clone().unwrap_or_default();
+    DesiredUser {
+        ext_id: ext_id.to_string(),
+        login_id: text(&seen.login_id),
+        first_name: text(&seen.first_name),
+        family_name: text(&seen.family_name),
+        email: text(&seen.email),
+        language_code: text(&seen.language_code),
+        state: UserState::Active,
+        properties: seen.properties.clone(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::nexudus::{SourceError, SourcePage};
+    use std::sync::Mutex;
+
+    const CONFIG: &str = r#"
+        [nexudus]
+        base_url = "http://127.0.0.1:9"
+        username = "u"
+        password = "p"
+        [nevis]
+        base_url = "http://127.0.0.1:9"
+        client_ext_id = "c"
+        token = "t"
+        [sync]
+        max_disables = 3
+        max_disable_percent = 50
+        [store]
+        path = "/nonexistent"
+    "#;
+
+    fn config(extra: &str) -> Config {
+        Config::from_toml_str(&CONFIG.replace("[sync]\n", &format!("[sync]\n{extra}\n"))).unwrap()
+    }
+
+    /// Answers look-ups from a table (absent: gone) and remembers who was asked.
+    #[derive(Default)]
+    struct Lookups {
+        present: HashMap<u64, Result<Presence, SourceError>>,
+        asked: Mutex<Vec<u64>>,
+    }
+
+    impl Source for Lookups {
+        async fn fetch_page(&self, _: u32, _: Option<&str>) -> Result<SourcePage, SourceError> {
+            unreachable!("the settlement never lists")
+        }
+        async fn fetch_user(&self, id: u64) -> Result<Presence, SourceError> {
+            self.asked.lock().unwrap().push(id);
+            self.present.get(&id).cloned().unwrap_or(Ok(Presence::Gone))
+        }
+    }
+
+    fn checkpoint(id: u64, state: UserState) -> DesiredUser {
+        DesiredUser {
+            ext_id: format!("nexudus-{id}"),
+            login_id: format!("user{id}@example.com"),
+            first_name: "User".into(),
+            family_name: format!("Number{id}"),
+            email: format!("user{id}@example.com"),
+            language_code: "en".into(),
+            state,
+            properties: Default::default(),
+        }
+    }
+
+    /// A store with active checkpoints for Ids 1..=n.
+    fn store(n: u64) -> Store {
+        let store = Store::temporary().unwrap();
+        for id in 1..=n {
+            store.put(id, &checkpoint(id, UserState::Active)).unwrap();
+        }
+        store
+    }
+
+    fn settlement<'a>(cfg: &'a Config, store: &'a Store, kept: &[u64]) -> Settlement<'a> {
+        let mut s = Settlement::new(cfg, store, &RunOptions::default(), store.len() as u64);
+        for &id in kept {
+            s.keep(Some(Kept { id, active: true }));
+        }
+        s
+    }
+
+    /// The removals a complete listing leads to.
+    async fn removed(s: &Settlement<'_>, source: &Lookups) -> Vec<u64> {
+        let listed = HashSet::new();
+        let d = s.settle(source, None, Verdict::Complete, &listed, false);
+        ids(&d.await.unwrap().removals)
+    }
+
+    fn ids(ops: &[Op]) -> Vec<u64> {
+        ops.iter().map(|op| op.nexudus_id).collect()
+    }
+
+    #[tokio::test]
+    async fn a_complete_listing_disables_who_vanished_after_asking_nexudus() {
+        let (cfg, store) = (config(""), store(10));
+        let source = Lookups::default();
+        let s = settlement(&cfg, &store, &[1, 2, 3, 4, 5, 6, 7, 8, 9]);
+        let d = s
+            .settle(&source, None, Verdict::Complete, &HashSet::new(), false)
+            .await
+            .unwrap();
+        assert_eq!((d.incomplete, d.held), (None, None));
+        assert_eq!(ids(&d.removals), vec![10]);
+        assert_eq!(d.removals[0].kind, OpKind::Disable);
+        assert_eq!(*source.asked.lock().unwrap(), vec![10]);
+    }
+
+    #[tokio::test]
+    async fn an_incomplete_or_incremental_listing_removes_nobody() {
+        let (cfg, store) = (config(""), store(4));
+        let source = Lookups::default();
+        let s = settlement(&cfg, &store, &[1]);
+        let d = s
+            .settle(
+                &source,
+                None,
+                Verdict::Incomplete("why".into()),
+                &HashSet::new(),
+                false,
+            )
+            .await
+            .unwrap();
+        assert_eq!(d.incomplete.as_deref(), Some("why"));
+        assert!(d.removals.is_empty() && d.held.is_none(), "nothing to hold");
+        let d = s
+            .settle(&source, None, Verdict::Complete, &HashSet::new(), true)
+            .await
+            .unwrap();
+        assert!(d.removals.is_empty() && d.incomplete.is_none());
+        assert!(source.asked.lock().unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn too_many_removals_are_held_whole_without_look_ups_unless_allowed() {
+        let (cfg, store) = (config(""), store(10));
+        let source = Lookups::default();
+        let s = settlement(&cfg, &store, &[1, 2, 3, 4, 5, 6]);
+        let d = s
+            .settle(&source, None, Verdict::Complete, &HashSet::new(), false)
+            .await
+            .unwrap();
+        assert_eq!(
+            d.held.as_deref(),
+            Some("4 disables exceed sync.max_disables = 3")
+        );
+        assert!(source.asked.lock().unwrap().is_empty());
+        let mut report = RunReport::default();
+        assert!(d.record(&mut report).is_empty());
+        assert_eq!(report.held_disables, 4);
+        assert!(report.listing_complete);
+        assert_eq!(report.held.len(), 4);
+
+        let opts = RunOptions {
+            allow_mass_disable: true,
+            ..RunOptions::default()
+        };
+        let mut s = Settlement::new(&cfg, &store, &opts, 10);
+        (1..=6).for_each(|id| s.keep(Some(Kept { id, active: true })));
+        let d = s
+            .settle(&source, None, Verdict::Complete, &HashSet::new(), false)
+            .await
+            .unwrap();
+        assert_eq!((d.held, d.removals.len()), (None, 4));
+    }
+
+    #[test]
+    fn deletion_safety_limits() {
+        let cfg = config("");
+        assert_eq!(mass_disable_reason(&cfg, 3, 6), None);
+        assert_eq!(
+            mass_disable_reason(&cfg, 4, 100).as_deref(),
+            Some("4 disables exceed sync.max_disables = 3")
+        );
+        assert_eq!(
+            mass_disable_reason(&cfg, 3, 5).as_deref(),
+            Some("3 disables of 5 known users exceed sync.max_disable_percent = 50")
+        );
+        assert_eq!(
+            mass_disable_reason(&cfg, 2, 0),
+            None,
+            "no base, no percentage"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_vanished_user_still_in_nexudus_or_not_confirmed_makes_the_listing_incomplete() {
+        let (cfg, store) = (config(""), store(4));
+        let still = Lookups {
+            present: HashMap::from([(4, Ok(Presence::Inactive))]),
+            ..Lookups::default()
+        };
+        let s = settlement(&cfg, &store, &[1, 2, 3]);
+        let d = s
+            .settle(&still, None, Verdict::Complete, &HashSet::new(), false)
+            .await
+            .unwrap();
+        assert_eq!(
+            d.incomplete.as_deref(),
+            Some("Nexudus user 4 is still there but the listing did not contain it")
+        );
+        assert_eq!(
+            d.held.as_deref(),
+            Some(
+                "listing incomplete (Nexudus user 4 is still there but the listing did not contain it)"
+            )
+        );
+        let failing = Lookups {
+            present: HashMap::from([(4, Err(SourceError::Auth { status: 401 }))]),
+            ..Lookups::default()
+        };
+        let d = s
+            .settle(&failing, None, Verdict::Complete, &HashSet::new(), false)
+            .await
+            .unwrap();
+        assert!(
+            d.incomplete
+                .unwrap()
+                .starts_with("could not confirm that Nexudus user 4 is gone")
+        );
+        // Listed outside the scope: the listing shows it is there; nobody is asked.
+        let asked = Lookups {
+            present: HashMap::from([(4, Ok(Presence::Active))]),
+            ..Lookups::default()
+        };
+        let d = s
+            .settle(&asked, None, Verdict::Complete, &HashSet::from([4]), false)
+            .await
+            .unwrap();
+        assert_eq!((d.incomplete, ids(&d.removals)), (None, vec![4]));
+        assert!(asked.asked.lock().unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn missing_runs_are_counted_by_real_runs_only() {
+        let (cfg, store) = (config("missing_runs_before_disable = 2"), store(3));
+        let source = Lookups::default();
+        let dry = RunOptions {
+            dry_run: Some(std::sync::Arc::new(|_: &serde_json::Value| {})),
+            ..RunOptions::default()
+        };
+        let mut s = Settlement::new(&cfg, &store, &dry, 3);
+        s.keep(Some(Kept {
+            id: 1,
+            active: true,
+        }));
+        s.keep(Some(Kept {
+            id: 2,
+            active: true,
+        }));
+        assert_eq!(removed(&s, &source).await, Vec::<u64>::new(), "first miss");
+        // A dry run shows what the real run would decide, without counting.
+        assert_eq!(store.missing_count(3).unwrap(), 0);
+        let s = settlement(&cfg, &store, &[1, 2]);
+        assert_eq!(removed(&s, &source).await, Vec::<u64>::new());
+        assert_eq!(store.missing_count(3).unwrap(), 1);
+        assert_eq!(removed(&s, &source).await, vec![3]);
+    }
+
+    #[tokio::test]
+    async fn disabled_users_are_archived_unless_nexudus_wants_them_active() {
+        // Whole seconds: under one, every disabled user is old enough.
+        let cfg = config("archive_after = \"1ms\"");
+        let store = store(4);
+        store.put(3, &checkpoint(3, UserState::Disabled)).unwrap();
+        store.put(4, &checkpoint(4, UserState::Disabled)).unwrap();
+        let source = Lookups::default();
+        let mut s = settlement(&cfg, &store, &[1, 2]);
+        s.keep(Some(Kept {
+            id: 3,
+            active: false,
+        }));
+        s.keep(Some(Kept {
+            id: 4,
+            active: true,
+        }));
+        let d = s
+            .settle(&source, None, Verdict::Complete, &HashSet::new(), false)
+            .await
+            .unwrap();
+        assert_eq!(ids(&d.removals), vec![3]);
+        assert_eq!(d.removals[0].kind, OpKind::Archive);
+        assert!(
+            source.asked.lock().unwrap().is_empty(),
+            "archives need no look-up"
+        );
+    }
+}
