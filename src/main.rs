@@ -13,6 +13,7 @@ use nexudus_nevis_sync::http::{self, AppState};
 use nexudus_nevis_sync::metrics::Metrics;
 use nexudus_nevis_sync::nevis::NevisClient;
 use nexudus_nevis_sync::nexudus::NexudusClient;
+use nexudus_nevis_sync::progress::{self, Progress};
 use nexudus_nevis_sync::report::RunReport;
 use nexudus_nevis_sync::schedule::run_daemon;
 use nexudus_nevis_sync::store::{Store, StoreError};
@@ -132,6 +133,7 @@ async fn run(cli: Cli) -> u8 {
         incremental: cli.incremental,
         shutdown: Some(shutdown),
         reconcile: cli.reconcile || cli.rebuild_store,
+        progress: Some(Progress::new()),
     };
     sync_now(&config, opts, cli.rebuild_store).await
 }
@@ -299,7 +301,24 @@ async fn sync_now(config: &Config, opts: RunOptions, rebuild: bool) -> u8 {
         Ok(c) => c,
         Err(e) => return fatal(&e),
     };
-    match run_once(config, source, target, &store, &opts).await {
+    // Progress goes to stderr: a live line on a terminal, log lines elsewhere (stdout carries the
+    // dry run's plan and the summary).
+    let display = if std::io::stderr().is_terminal() {
+        progress::Display::Terminal
+    } else {
+        progress::Display::Log {
+            interval: config.log.progress_interval,
+        }
+    };
+    let shown = opts
+        .progress
+        .clone()
+        .map(|counters| progress::spawn(counters, display));
+    let result = run_once(config, source, target, &store, &opts).await;
+    if let Some(shown) = shown {
+        shown.finish().await;
+    }
+    match result {
         Ok(report) => print_report(&report),
         Err(e) if e.is_store() => fatal(&format!(
             "{e} (store.path = {}; check free space and that the directory is writable)",

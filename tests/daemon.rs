@@ -448,3 +448,38 @@ async fn every_metric_the_alerts_and_the_dashboard_use_is_exported() {
     daemon.sigterm();
     assert_eq!(daemon.exit_code(WAIT).await, 0);
 }
+
+/// While a run is in flight, `/status` shows its counters; once it is over, nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_shows_the_run_in_flight_with_its_counts() {
+    let env = Env::start().await;
+    env.set("sync.concurrency", "2");
+    env.seed(12);
+    env.nevis.set_latency(Duration::from_millis(200));
+    let daemon = Daemon::start(&env).await;
+    daemon
+        .wait_for("a run in flight in /status", |d| async move {
+            let (_, body) = d.get("/status").await;
+            serde_json::from_str::<Value>(&body).is_ok_and(|doc| {
+                doc["running"] == true
+                    && doc["run_in_flight"]["total_items"] == 12
+                    && doc["run_in_flight"]["writes_in_flight"].as_u64() >= Some(1)
+            })
+        })
+        .await;
+    env.nevis.set_latency(Duration::ZERO);
+    daemon
+        .wait_for("the import to end", |_| async {
+            env.nevis.user_count() == 12
+        })
+        .await;
+    daemon
+        .wait_for("no run in flight", |d| async move {
+            let (_, body) = d.get("/status").await;
+            serde_json::from_str::<Value>(&body)
+                .is_ok_and(|doc| doc["running"] == false && doc["run_in_flight"].is_null())
+        })
+        .await;
+    daemon.sigterm();
+    assert_eq!(daemon.exit_code(WAIT).await, 0);
+}

@@ -71,3 +71,47 @@ async fn status_prints_a_table_for_people_and_the_document_as_json() {
         table.stdout
     );
 }
+
+/// Not on a terminal, a run logs its progress every `log.progress_interval` on stderr, with the
+/// numbers as fields in JSON logs; stdout (the dry run's plan) carries none of it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn progress_is_logged_on_stderr_and_never_mixed_into_the_plan() {
+    let env = Env::start().await;
+    env.seed(6);
+    env.set("nexudus.page_size", "2");
+    env.set("log.progress_interval", &common::quote("1s"));
+    env.set("log.format", &common::quote("json"));
+    // Slow pages: the listing takes well over a second.
+    env.nexudus
+        .set_latency(std::time::Duration::from_millis(700));
+    let run = env.sync(&["--dry-run"]).await;
+    run.assert_code(0);
+    let progress: Vec<Value> = run
+        .stderr
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|l| {
+            l["fields"]["message"]
+                .as_str()
+                .is_some_and(|m| m.starts_with("progress: "))
+        })
+        .collect();
+    assert!(!progress.is_empty(), "no progress line:\n{}", run.stderr);
+    let fields = &progress[0]["fields"];
+    assert!(fields["listed"].is_u64(), "{fields}");
+    assert!(fields["writes_in_flight"].is_u64(), "{fields}");
+    assert!(fields["total_items"].is_u64(), "{fields}");
+    for line in run.stdout.lines() {
+        assert!(
+            line.starts_with('{') || line.starts_with("dry-run summary:"),
+            "stdout holds only the plan and the summary: {line}"
+        );
+        assert!(!line.contains("progress"), "{line}");
+    }
+    assert_eq!(
+        run.stdout.lines().filter(|l| l.starts_with('{')).count(),
+        6,
+        "{}",
+        run.stdout
+    );
+}

@@ -20,6 +20,7 @@ use crate::config::Config;
 use crate::http::AppState;
 use crate::nevis::Target;
 use crate::nexudus::Source;
+use crate::progress::{self, Progress};
 use crate::sync::{RunOptions, run_once};
 
 pub mod cron;
@@ -153,7 +154,23 @@ async fn run_and_record<S: Source, T: Target>(
 ) {
     let started = Instant::now();
     let store = &state.store;
-    match run_once(config, Arc::clone(source), Arc::clone(target), store, opts).await {
+    // The run's counters: a log line every log.progress_interval, and /status while it runs.
+    let counters = Progress::new();
+    state.health().progress = Some(Arc::clone(&counters));
+    let shown = progress::spawn(
+        Arc::clone(&counters),
+        progress::Display::Log {
+            interval: config.log.progress_interval,
+        },
+    );
+    let opts = RunOptions {
+        progress: Some(counters),
+        ..opts.clone()
+    };
+    let result = run_once(config, Arc::clone(source), Arc::clone(target), store, &opts).await;
+    shown.finish().await;
+    state.health().progress = None;
+    match result {
         Ok(report) => {
             state.metrics.record_run(&report);
             state.health().record(&report);

@@ -21,6 +21,7 @@ use crate::config::{AdoptMode, Config, LoginIdSource};
 use crate::dispatch::{AdoptRules, DispatchError, Dispatcher, Op, PlanSink};
 use crate::nevis::{Target, TargetError};
 use crate::nexudus::{Source, SourceError};
+use crate::progress::Progress;
 use crate::report::RunReport;
 use crate::store::{Store, StoreError};
 use crate::watermark;
@@ -54,6 +55,8 @@ pub struct RunOptions {
     /// Compare with nevisIDM's real state instead of the checkpoints: repair drift, refresh every
     /// checkpoint (`--reconcile`, and `--rebuild-store` on an emptied store).
     pub reconcile: bool,
+    /// Counters of this run for whoever watches it (a terminal line, log lines, `/status`).
+    pub progress: Option<Arc<Progress>>,
 }
 
 /// Errors that end a run without a trustworthy result (exit code 2).
@@ -157,6 +160,12 @@ async fn run<S: Source, T: Target>(
     }
 
     'pages: while let Some(page) = listing.next_page().await {
+        if let Some(progress) = &opts.progress {
+            progress.listed(page.records.len() as u64);
+            if let Some(total) = page.total_items {
+                progress.set_total(total);
+            }
+        }
         for record in page.records {
             if !listing.census().record(&record) {
                 continue;
@@ -268,7 +277,8 @@ fn dispatcher<T: Target>(
         store.clone(),
         cfg.sync.concurrency,
         opts.dry_run.clone(),
-    );
+    )
+    .with_progress(opts.progress.clone());
     if cfg.sync.adopt != AdoptMode::Email {
         return dispatcher;
     }
@@ -512,6 +522,7 @@ mod tests {
             incremental: false,
             shutdown: None,
             reconcile: extra.contains("# reconcile"),
+            progress: None,
         };
         run_once(&cfg, Arc::clone(source), Arc::clone(target), store, &opts)
             .await
@@ -543,6 +554,38 @@ mod tests {
         let r = run(&source, &target, &store, false).await;
         assert_eq!((r.unchanged, r.created + r.updated), (5, 0));
         assert_eq!(target.writes.lock().unwrap().len(), 5);
+    }
+
+    #[tokio::test]
+    async fn progress_counts_what_the_run_listed_and_wrote() {
+        let (source, target, store) = fresh(5);
+        let counters = crate::progress::Progress::new();
+        let opts = RunOptions {
+            progress: Some(Arc::clone(&counters)),
+            ..RunOptions::default()
+        };
+        let cfg = Config::from_toml_str(CONFIG).unwrap();
+        let r = run_once(
+            &cfg,
+            Arc::clone(&source),
+            Arc::clone(&target),
+            &store,
+            &opts,
+        )
+        .await
+        .unwrap();
+        assert_eq!(r.created, 5);
+        let now = counters.snapshot();
+        assert_eq!(
+            (
+                now.listed,
+                now.total,
+                now.written,
+                now.in_flight,
+                now.failed
+            ),
+            (5, Some(5), 5, 0, 0)
+        );
     }
 
     #[tokio::test]
