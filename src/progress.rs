@@ -4,8 +4,9 @@
 //! log line every `log.progress_interval` elsewhere (journald, Kubernetes), and the daemon's
 //! `/status` shows the same numbers for the run in flight.
 
-use std::sync::Arc;
+use std::io::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
@@ -163,6 +164,50 @@ pub async fn report(progress: Arc<Progress>, display: Display, stop: Cancellatio
     }
 }
 
+/// The live line on the terminal, while one is drawn: log lines are written above it.
+static LIVE_LINE: Mutex<Option<indicatif::ProgressBar>> = Mutex::new(None);
+
+fn set_live_line(bar: Option<indicatif::ProgressBar>) {
+    *LIVE_LINE
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner) = bar;
+}
+
+/// A log writer for stderr that clears the live progress line while a log line is written and
+/// draws it again below (as cargo does), so the two never mix. Buffers one log event and writes it
+/// at once when dropped.
+#[derive(Default)]
+pub struct StderrAboveProgress(Vec<u8>);
+
+impl Write for StderrAboveProgress {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        if self.0.is_empty() {
+            return Ok(());
+        }
+        let bytes = std::mem::take(&mut self.0);
+        let bar = LIVE_LINE
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        let write = || std::io::stderr().lock().write_all(&bytes);
+        match bar {
+            Some(bar) => bar.suspend(write),
+            None => write(),
+        }
+    }
+}
+
+impl Drop for StderrAboveProgress {
+    fn drop(&mut self) {
+        let _ = self.flush();
+    }
+}
+
 async fn terminal(progress: Arc<Progress>, stop: CancellationToken) {
     let bar = indicatif::ProgressBar::with_draw_target(
         None,
@@ -171,6 +216,7 @@ async fn terminal(progress: Arc<Progress>, stop: CancellationToken) {
     let style = indicatif::ProgressStyle::with_template("{spinner} {wide_msg}")
         .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner());
     bar.set_style(style);
+    set_live_line(Some(bar.clone()));
     loop {
         let now = progress.snapshot();
         if let Some(total) = now.total {
@@ -184,6 +230,7 @@ async fn terminal(progress: Arc<Progress>, stop: CancellationToken) {
             () = tokio::time::sleep(Duration::from_millis(250)) => {}
         }
     }
+    set_live_line(None);
     bar.finish_and_clear();
 }
 

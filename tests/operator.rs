@@ -115,3 +115,28 @@ async fn progress_is_logged_on_stderr_and_never_mixed_into_the_plan() {
         run.stdout
     );
 }
+
+/// On a terminal, `--sync-now` draws a live progress line (here a pseudo-terminal from
+/// util-linux's `script`), then prints the summary.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_a_terminal_sync_now_draws_a_live_progress_line() {
+    let env = Env::start().await;
+    env.seed(6);
+    env.set("nexudus.page_size", "2");
+    env.nexudus
+        .set_latency(std::time::Duration::from_millis(600));
+    let line = format!(
+        "{} --config {} --sync-now",
+        common::BIN,
+        env.config.display()
+    );
+    let mut cmd = tokio::process::Command::new("script");
+    cmd.args(["-qec", &line, "/dev/null"])
+        .env_remove("RUST_LOG");
+    let run = run_cmd(cmd).await;
+    run.assert_code(0);
+    let out = &run.stdout;
+    assert!(out.contains("listed "), "no progress line:\n{out}");
+    assert!(out.contains("users/s, ETA"), "no progress line:\n{out}");
+    assert!(out.contains("sync summary: mode=full created=6"), "{out}");
+}
