@@ -38,6 +38,7 @@ fn parse_args() -> Args {
         concurrency: 16,
         page_size: 1000,
         revoke: revoke::RevokeArgs {
+            schedule_s: 15,
             events: 15,
             window: Duration::from_secs(40),
             seed: 14,
@@ -51,6 +52,9 @@ fn parse_args() -> Args {
             "--latency-ms" => args.latency_ms = value().expect("--latency-ms N"),
             "--concurrency" => args.concurrency = value().expect("--concurrency N") as usize,
             "--page-size" => args.page_size = value().expect("--page-size N") as u32,
+            "--revoke-schedule-s" => {
+                args.revoke.schedule_s = value().expect("--revoke-schedule-s N").clamp(1, 59);
+            }
             "--revoke-events" => {
                 args.revoke.events = value().expect("--revoke-events N") as usize;
             }
@@ -154,6 +158,10 @@ struct Phase<'a> {
 }
 
 fn main() {
+    let argv: Vec<String> = std::env::args().collect();
+    if argv.get(1).map(String::as_str) == Some("--floor-client") {
+        return floor::client_main(&argv[2..]);
+    }
     let args = parse_args();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -376,8 +384,12 @@ async fn run_phase(
     );
 }
 
-/// The daemon on a one-second schedule (otherwise the defaults), and the delays until each
-/// deactivation and deletion is disabled in nevisIDM.
+/// The daemon with the default settings (the schedule from `--revoke-schedule-s`, default the
+/// default 15 s), and the delays until each deactivation and deletion is disabled in nevisIDM.
+///
+/// A one-second schedule compresses time but does not fit Nexudus's minute: two requests a tick
+/// are 120 a minute, and the pacer sustains 55 (a burst of 55, then one every 1.1 s), so its
+/// delays measure the pacer's queue, not the daemon.
 async fn time_to_revoke(
     args: &Args,
     nexudus: &FakeNexudus,
@@ -386,19 +398,25 @@ async fn time_to_revoke(
     properties: &str,
 ) {
     nevis.set_request_log(false);
+    // The daemon's pacer cannot know the minute the earlier processes used; when its first full
+    // listing would not fit beside theirs, the minute is left to pass.
+    if args.users.div_ceil(args.page_size as usize) * 2 > 100 {
+        tokio::time::sleep(Duration::from_secs(61)).await;
+    }
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
         .expect("free port");
     let config = dir.join("daemon.toml");
     let tail = format!("{properties}[http]\nlisten = \"127.0.0.1:{port}\"\n");
-    let schedule = "schedule = \"*/1 * * * * *\"";
-    write_config(&config, args, nexudus, nevis, schedule, &tail);
+    let schedule = format!("schedule = \"*/{} * * * * *\"", args.revoke.schedule_s);
+    write_config(&config, args, nexudus, nevis, &schedule, &tail);
     let log = dir.join("daemon.log");
     let m = revoke::measure(nexudus, nevis, &config, port, &log, &args.revoke).await;
     println!(
-        "time to revoke: daemon on a 1 s schedule, {} events over {} s (seed {}); {} Nexudus \
+        "time to revoke: daemon on a {} s schedule, {} events over {} s (seed {}); {} Nexudus \
          requests in {:.0} s ({:.1} a minute), {} throttled",
+        args.revoke.schedule_s,
         m.delays.len(),
         args.revoke.window.as_secs(),
         args.revoke.seed,

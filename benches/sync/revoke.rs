@@ -1,4 +1,5 @@
-//! Time to revoke: the real daemon on a one-second schedule against the fakes, a batch of
+//! Time to revoke: the real daemon with its default settings (a 15-second schedule; `--revoke-
+//! schedule-s` changes it) against the fakes, a batch of
 //! deactivations (`Active` set to false) and deletions made in the Nexudus fake at random moments
 //! (seeded, so a run can be repeated), and the delay from each until nevisIDM shows the user
 //! disabled. The daemon's first (full) run is over before the first event.
@@ -11,6 +12,8 @@ use nexudus_nevis_sync::sandbox::{FakeNevis, FakeNexudus};
 use serde_json::json;
 
 pub struct RevokeArgs {
+    /// Seconds between the daemon's ticks (`sync.schedule`, `*/N` seconds).
+    pub schedule_s: u64,
     pub events: usize,
     pub window: Duration,
     pub seed: u64,
