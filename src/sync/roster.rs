@@ -66,7 +66,8 @@ impl Roster {
     }
 
     /// Notes the Ids an incremental listing showed; those neither listed nor new so far are new.
-    pub fn note_incremental(&mut self, seen: &HashSet<u64>) {
+    /// Answers whether there was any.
+    pub fn note_incremental(&mut self, seen: &HashSet<u64>) -> bool {
         let mut added = false;
         for &id in seen {
             if self.listed.binary_search(&id).is_err() && self.new.binary_search(&id).is_err() {
@@ -78,6 +79,7 @@ impl Roster {
             self.new.sort_unstable();
             self.new.dedup();
         }
+        added
     }
 
     /// How many users Nexudus should hold now.
@@ -146,15 +148,14 @@ impl Probe {
     }
 
     /// After the incremental listing (`seen`: every Id it held): notes the new Ids (kept unless
-    /// `dry_run`) and says whether a full listing must follow now.
+    /// `dry_run`; an idle tick writes nothing) and says whether a full listing must follow now.
     pub fn judge_after(
         mut self,
         seen: &HashSet<u64>,
         store: &Store,
         dry_run: bool,
     ) -> Result<bool, StoreError> {
-        self.roster.note_incremental(seen);
-        if !dry_run {
+        if self.roster.note_incremental(seen) && !dry_run {
             self.roster.save(store)?;
         }
         let Some(total) = self.total else {
@@ -296,8 +297,8 @@ mod tests {
                 expected: 4
             }
         );
-        // New Ids are counted once across runs.
-        both.note_incremental(&ids(&[13]));
+        // New Ids are counted once across runs (nothing to store again).
+        assert!(!both.note_incremental(&ids(&[13])));
         assert_eq!(both.expected(), 4);
         // More users than known: a full listing learns them.
         assert!(matches!(r.judge(4), Judgement::Differs { .. }));
