@@ -176,14 +176,7 @@ async fn run<S: Source, T: Target>(
 ) -> Result<Pass, SyncError> {
     let known_before = store.len() as u64;
     let page_size = u64::from(cfg.nexudus.page_size);
-    let mut since = listing_since(cfg, store, opts)?;
-    let probe = match since {
-        Some(_) => Probe::take(&*source, store).await?,
-        None => None,
-    };
-    if probe.is_none() {
-        since = None;
-    }
+    let (since, probe) = probed_since(cfg, &*source, store, opts).await?;
     report.incremental = since.is_some();
     report.reconcile = opts.reconcile;
     let remote = nevis_state(&*target, opts.reconcile, known_before).await?;
@@ -245,14 +238,7 @@ async fn run<S: Source, T: Target>(
             commit.after_failure(&mut dispatcher, report).await?;
             return Err(e.into());
         }
-        Ending::Listed(census) => {
-            let total_items = census.total_items();
-            let (verdict, listed) = census.verdict();
-            if probe.is_none() && opts.dry_run.is_none() {
-                roster::record_full_listing(store, total_items, &listed)?;
-            }
-            (verdict, listed)
-        }
+        Ending::Listed(census) => judged(census, probe.is_none(), store, opts)?,
     };
     let decision = settlement
         .settle(
@@ -280,6 +266,39 @@ async fn run<S: Source, T: Target>(
     } else {
         Pass::Done
     })
+}
+
+/// Where the listing starts, and the deletion probe of an incremental one (read before it). An
+/// incremental run without a roster to compare the probe with lists everyone instead.
+async fn probed_since<S: Source>(
+    cfg: &Config,
+    source: &S,
+    store: &Store,
+    opts: &RunOptions,
+) -> Result<(Option<String>, Option<Probe>), SyncError> {
+    let Some(since) = listing_since(cfg, store, opts)? else {
+        return Ok((None, None));
+    };
+    Ok(match Probe::take(source, store).await? {
+        Some(probe) => (Some(since), Some(probe)),
+        None => (None, None),
+    })
+}
+
+/// The census's verdict on a listing that ran to its end; a full one (`full`) also becomes the
+/// roster the next incremental runs compare their probe with.
+fn judged(
+    census: census::Census,
+    full: bool,
+    store: &Store,
+    opts: &RunOptions,
+) -> Result<(census::Verdict, std::collections::HashSet<u64>), StoreError> {
+    let total_items = census.total_items();
+    let (verdict, listed) = census.verdict();
+    if full && opts.dry_run.is_none() {
+        roster::record_full_listing(store, total_items, &listed)?;
+    }
+    Ok((verdict, listed))
 }
 
 /// With `--incremental` and a stored watermark: list only users changed since then (minus the
