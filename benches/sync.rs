@@ -1,5 +1,7 @@
-//! Benchmark: an import and an unchanged rerun (and an idle incremental tick) of the real binary
-//! against the in-process sandbox fakes, reporting ratios measured in one run.
+//! Benchmark: an import, an unchanged rerun, an idle incremental tick and a mass update with
+//! unknown nevisIDM versions of the real binary against the in-process sandbox fakes, the floor of
+//! the fakes themselves (a trivial client, [`floor`]), and the time to revoke of the daemon
+//! ([`revoke`]), reporting ratios measured in one run.
 //!
 //! ```sh
 //! cargo bench --bench sync -- --users 20000 --latency-ms 20 --concurrency 16
@@ -12,13 +14,21 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use nexudus_nevis_sync::sandbox::{NevisFakeConfig, NexudusFakeConfig, sample_users};
+use nexudus_nevis_sync::sandbox::{
+    FakeNevis, FakeNexudus, NevisFakeConfig, NexudusFakeConfig, sample_users,
+};
+
+#[path = "sync/floor.rs"]
+mod floor;
+#[path = "sync/revoke.rs"]
+mod revoke;
 
 struct Args {
     users: usize,
     latency_ms: u64,
     concurrency: usize,
     page_size: u32,
+    revoke: revoke::RevokeArgs,
 }
 
 fn parse_args() -> Args {
@@ -27,6 +37,12 @@ fn parse_args() -> Args {
         latency_ms: 20,
         concurrency: 16,
         page_size: 1000,
+        revoke: revoke::RevokeArgs {
+            schedule_s: 15,
+            events: 15,
+            window: Duration::from_secs(40),
+            seed: 14,
+        },
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -36,6 +52,16 @@ fn parse_args() -> Args {
             "--latency-ms" => args.latency_ms = value().expect("--latency-ms N"),
             "--concurrency" => args.concurrency = value().expect("--concurrency N") as usize,
             "--page-size" => args.page_size = value().expect("--page-size N") as u32,
+            "--revoke-schedule-s" => {
+                args.revoke.schedule_s = value().expect("--revoke-schedule-s N").clamp(1, 59);
+            }
+            "--revoke-events" => {
+                args.revoke.events = value().expect("--revoke-events N") as usize;
+            }
+            "--revoke-seconds" => {
+                args.revoke.window = Duration::from_secs(value().expect("--revoke-seconds N"));
+            }
+            "--seed" => args.revoke.seed = value().expect("--seed N"),
             // cargo bench passes --bench; ignore anything else.
             _ => {}
         }
@@ -126,9 +152,16 @@ fn run_child(config: &Path, extra: &[&str], log: &Path) -> Child {
 struct Phase<'a> {
     name: &'a str,
     extra: &'a [&'a str],
+    config: &'a Path,
+    /// The floors to compare the wall time with: theoretical, and the fakes' (trivial client).
+    floors: Option<(Duration, Duration)>,
 }
 
 fn main() {
+    let argv: Vec<String> = std::env::args().collect();
+    if argv.get(1).map(String::as_str) == Some("--floor-client") {
+        return floor::client_main(&argv[2..]);
+    }
     let args = parse_args();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -138,34 +171,44 @@ fn main() {
     runtime.block_on(bench(args));
 }
 
-async fn bench(args: Args) {
+/// Both fakes, the Nexudus one seeded with `users` users whose `UpdatedOn` are a second apart
+/// (as a real directory's would be, so the incremental overlap of 10 minutes re-lists only the
+/// users changed in the last ten minutes).
+async fn fakes(args: &Args) -> (FakeNexudus, FakeNevis, Duration) {
     let (nexudus, nevis) = nexudus_nevis_sync::sandbox::start_both()
         .await
         .expect("start the fakes");
     nevis.set_request_log(false);
     nevis.set_latency(Duration::from_millis(args.latency_ms));
     let seeding = Instant::now();
-    // Spread UpdatedOn one second apart, as a real directory's would be, so that the incremental
-    // overlap (10 minutes) re-lists only the users changed in the last ten minutes.
     let base = chrono::Utc::now() - chrono::Duration::seconds(args.users as i64 + 3600);
     for (i, user) in sample_users(args.users).into_iter().enumerate() {
         nexudus.set_clock(Some(base + chrono::Duration::seconds(i as i64)));
         nexudus.insert_user(user);
     }
     nexudus.set_clock(None);
-    let seeded = seeding.elapsed();
+    (nexudus, nevis, seeding.elapsed())
+}
 
-    let dir = tempfile::tempdir().expect("temp dir");
-    let config = dir.path().join("config.toml");
+/// A config file for the fakes; `sync` lines go into `[sync]`, `tail` is appended.
+fn write_config(
+    path: &Path,
+    args: &Args,
+    nexudus: &FakeNexudus,
+    nevis: &FakeNevis,
+    sync: &str,
+    tail: &str,
+) {
     let nx = NexudusFakeConfig::default();
     let nv = NevisFakeConfig::default();
+    let store = path.with_file_name("store");
     std::fs::write(
-        &config,
+        path,
         format!(
             "[nexudus]\nbase_url = {:?}\nusername = {:?}\npassword = {:?}\npage_size = {}\n\
              [nevis]\nbase_url = {:?}\nclient_ext_id = {:?}\ntoken = {:?}\n\
-             [sync]\nconcurrency = {}\n\
-             [store]\npath = {:?}\n",
+             [sync]\nconcurrency = {}\n{sync}\n\
+             [store]\npath = {:?}\n{tail}",
             nexudus.base_url(),
             nx.username,
             nx.password,
@@ -174,13 +217,26 @@ async fn bench(args: Args) {
             nv.client_ext_id,
             nv.token,
             args.concurrency,
-            dir.path().join("store").display().to_string(),
+            store.display().to_string(),
         ),
     )
     .expect("write config");
+}
 
+async fn bench(args: Args) {
+    let (nexudus, nevis, seeded) = fakes(&args).await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = dir.path().join("config.toml");
+    write_config(&config, &args, &nexudus, &nevis, "", "");
+    // A mapping change touching every user: each is PATCHed, with versions nobody knows yet
+    // (creates answer none), against a nevisIDM that requires them.
+    let mass = dir.path().join("mass-update.toml");
+    let properties = "[mapping.properties]\nsource = \"nexudus\"\n";
+    write_config(&mass, &args, &nexudus, &nevis, "", properties);
+
+    let latency = Duration::from_millis(args.latency_ms);
     let floor = Duration::from_secs_f64(
-        args.users as f64 * args.latency_ms as f64 / 1000.0 / args.concurrency as f64,
+        args.users as f64 * latency.as_secs_f64() / args.concurrency as f64,
     );
     println!(
         "users={} nevis_latency={}ms concurrency={} page_size={} (fakes seeded in {:.1}s)",
@@ -190,74 +246,195 @@ async fn bench(args: Args) {
         args.page_size,
         seeded.as_secs_f64()
     );
+    let fakes_floor = fakes_floor(&args, &nexudus, latency).await;
+    print_header();
+    let phases = [
+        Phase {
+            name: "import",
+            extra: &[],
+            config: &config,
+            floors: Some((floor, fakes_floor.import)),
+        },
+        Phase {
+            name: "unchanged full rerun",
+            extra: &[],
+            config: &config,
+            floors: None,
+        },
+        Phase {
+            name: "idle incremental tick",
+            extra: &["--incremental"],
+            config: &config,
+            floors: None,
+        },
+        Phase {
+            name: "mass update (versions?)",
+            extra: &[],
+            config: &mass,
+            floors: Some((floor, fakes_floor.mass_update)),
+        },
+    ];
+    for (i, phase) in phases.iter().enumerate() {
+        if phase.config == mass.as_path() {
+            nevis.set_request_log(true);
+            nevis.set_version_required(true);
+        }
+        run_phase(i, phase, &args, &nexudus, &nevis, dir.path()).await;
+    }
+    time_to_revoke(&args, &nexudus, &nevis, dir.path(), properties).await;
+}
+
+/// The trivial client's import and mass update (printed), before the sync runs. Afterwards, when
+/// the next listings would not fit Nexudus's minute beside its pages, waits for the minute to end.
+async fn fakes_floor(args: &Args, nexudus: &FakeNexudus, latency: Duration) -> floor::Floor {
+    let started = Instant::now();
+    let floor = floor::measure(nexudus, latency, args.concurrency, args.page_size).await;
     println!(
-        "{:<22} {:>4} {:>9} {:>9} {:>7} {:>8} {:>8} {:>8} {:>9} {:>10} {:>9} {:>10}",
+        "floor of the fakes (a trivial client, same requests and concurrency): import {:.2}s, \
+         mass update {:.2}s",
+        floor.import.as_secs_f64(),
+        floor.mass_update.as_secs_f64()
+    );
+    let pages = args.users.div_ceil(args.page_size as usize);
+    if pages * 2 > 100 {
+        let minute = Duration::from_secs(61);
+        tokio::time::sleep(minute.saturating_sub(started.elapsed())).await;
+    }
+    floor
+}
+
+fn print_header() {
+    println!(
+        "{:<24} {:>4} {:>9} {:>9} {:>7} {:>9} {:>7} {:>8} {:>8} {:>8} {:>9} {:>8} {:>10} {:>9} {:>10}",
         "phase",
         "exit",
         "wall_s",
         "floor_s",
         "ratio",
+        "fakes_s",
+        "ratio_f",
         "nx_req",
         "nx_409",
         "nv_req",
         "nv_write",
+        "nv_get1",
         "cpu_us/usr",
         "rss_MiB",
         "fake_cpu%"
     );
-    let phases = [
-        Phase {
-            name: "import",
-            extra: &[],
-        },
-        Phase {
-            name: "unchanged full rerun",
-            extra: &[],
-        },
-        Phase {
-            name: "idle incremental tick",
-            extra: &["--incremental"],
-        },
-    ];
-    for (i, phase) in phases.iter().enumerate() {
-        nexudus.reset_stats();
-        nevis.reset_stats();
-        let fake_cpu_before = self_cpu();
-        let log = dir.path().join(format!("phase{i}.log"));
-        let config = config.clone();
-        let extra: Vec<String> = phase.extra.iter().map(|s| s.to_string()).collect();
-        let child = tokio::task::spawn_blocking(move || {
-            let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
-            run_child(&config, &extra, &log)
-        })
-        .await
-        .expect("child runner");
-        let fake_cpu = self_cpu().saturating_sub(fake_cpu_before);
-        let nx = nexudus.stats();
-        let nv = nevis.stats();
-        let is_import = i == 0;
-        println!(
-            "{:<22} {:>4} {:>9.2} {:>9} {:>7} {:>8} {:>8} {:>8} {:>9} {:>10.2} {:>9.1} {:>10.1}",
-            phase.name,
-            child.code,
-            child.wall.as_secs_f64(),
-            if is_import {
-                format!("{:.2}", floor.as_secs_f64())
-            } else {
-                "-".into()
-            },
-            if is_import {
-                format!("{:.3}", child.wall.as_secs_f64() / floor.as_secs_f64())
-            } else {
-                "-".into()
-            },
-            nx.requests,
-            nx.throttled,
-            nv.requests,
-            nv.creates + nv.patches,
-            child.cpu.as_secs_f64() * 1e6 / args.users as f64,
-            child.max_rss_kib as f64 / 1024.0,
-            100.0 * fake_cpu.as_secs_f64() / child.wall.as_secs_f64(),
-        );
+}
+
+async fn run_phase(
+    i: usize,
+    phase: &Phase<'_>,
+    args: &Args,
+    nexudus: &FakeNexudus,
+    nevis: &FakeNevis,
+    dir: &Path,
+) {
+    nexudus.reset_stats();
+    nevis.reset_stats();
+    nevis.clear_request_log();
+    let fake_cpu_before = self_cpu();
+    let log = dir.join(format!("phase{i}.log"));
+    let config = phase.config.to_path_buf();
+    let extra: Vec<String> = phase.extra.iter().map(|s| s.to_string()).collect();
+    let child = tokio::task::spawn_blocking(move || {
+        let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
+        run_child(&config, &extra, &log)
+    })
+    .await
+    .expect("child runner");
+    let fake_cpu = self_cpu().saturating_sub(fake_cpu_before);
+    let nx = nexudus.stats();
+    let nv = nevis.stats();
+    // Reads of single users (versions read one by one), beside the listing pages.
+    let single_gets = nevis
+        .request_log()
+        .iter()
+        .filter(|r| r.method == "GET" && r.path.contains("/users/"))
+        .count();
+    let wall = child.wall.as_secs_f64();
+    let (floor, ratio, fakes, ratio_f) = match phase.floors {
+        Some((floor, fakes)) => (
+            format!("{:.2}", floor.as_secs_f64()),
+            format!("{:.3}", wall / floor.as_secs_f64()),
+            format!("{:.2}", fakes.as_secs_f64()),
+            format!("{:.3}", wall / fakes.as_secs_f64()),
+        ),
+        None => ("-".into(), "-".into(), "-".into(), "-".into()),
+    };
+    println!(
+        "{:<24} {:>4} {:>9.2} {:>9} {:>7} {:>9} {:>7} {:>8} {:>8} {:>8} {:>9} {:>8} {:>10.2} {:>9.1} {:>10.1}",
+        phase.name,
+        child.code,
+        wall,
+        floor,
+        ratio,
+        fakes,
+        ratio_f,
+        nx.requests,
+        nx.throttled,
+        nv.requests,
+        nv.creates + nv.patches,
+        single_gets,
+        child.cpu.as_secs_f64() * 1e6 / args.users as f64,
+        child.max_rss_kib as f64 / 1024.0,
+        100.0 * fake_cpu.as_secs_f64() / wall,
+    );
+}
+
+/// The daemon with the default settings (the schedule from `--revoke-schedule-s`, default the
+/// default 15 s), and the delays until each deactivation and deletion is disabled in nevisIDM.
+///
+/// A one-second schedule compresses time but does not fit Nexudus's minute: two requests a tick
+/// are 120 a minute, and the pacer sustains 55 (a burst of 55, then one every 1.1 s), so its
+/// delays measure the pacer's queue, not the daemon.
+async fn time_to_revoke(
+    args: &Args,
+    nexudus: &FakeNexudus,
+    nevis: &FakeNevis,
+    dir: &Path,
+    properties: &str,
+) {
+    nevis.set_request_log(false);
+    // The daemon's pacer cannot know the minute the earlier processes used; when its first full
+    // listing would not fit beside theirs, the minute is left to pass.
+    if args.users.div_ceil(args.page_size as usize) * 2 > 100 {
+        tokio::time::sleep(Duration::from_secs(61)).await;
+    }
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port");
+    let config = dir.join("daemon.toml");
+    let tail = format!("{properties}[http]\nlisten = \"127.0.0.1:{port}\"\n");
+    let schedule = format!("schedule = \"*/{} * * * * *\"", args.revoke.schedule_s);
+    write_config(&config, args, nexudus, nevis, &schedule, &tail);
+    let log = dir.join("daemon.log");
+    let m = revoke::measure(nexudus, nevis, &config, port, &log, &args.revoke).await;
+    println!(
+        "time to revoke: daemon on a {} s schedule, {} events over {} s (seed {}); {} Nexudus \
+         requests in {:.0} s ({:.1} a minute), {} throttled",
+        args.revoke.schedule_s,
+        m.delays.len(),
+        args.revoke.window.as_secs(),
+        args.revoke.seed,
+        m.nexudus_requests,
+        m.wall.as_secs_f64(),
+        m.nexudus_requests as f64 * 60.0 / m.wall.as_secs_f64(),
+        m.nexudus_throttled
+    );
+    println!(
+        "{:<24} {:>6} {:>8} {:>8} {:>8} {:>7}",
+        "event", "count", "p50_s", "p99_s", "max_s", "missed"
+    );
+    for (name, kind) in [
+        ("Active set to false", revoke::Kind::Deactivation),
+        ("user deleted", revoke::Kind::Deletion),
+    ] {
+        let count = m.delays.iter().filter(|(k, _)| *k == kind).count();
+        let (p50, p99, max, missed) = revoke::summary(&m.delays, kind);
+        println!("{name:<24} {count:>6} {p50:>8.2} {p99:>8.2} {max:>8.2} {missed:>7}");
     }
 }

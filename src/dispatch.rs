@@ -13,7 +13,9 @@
 //! run (made only when a create needs it), never from nevisIDM's query filters.
 //!
 //! Every PATCH carries the `version` nevisIDM last reported for the user (optimistic locking);
-//! a `409` is answered by reading the user, diffing again and sending one fresh PATCH.
+//! a `409` is answered by reading the user, diffing again and sending one fresh PATCH. When many
+//! updates of a run have no known version, they come from one read of nevisIDM's user listing
+//! ([`crate::versions`]) instead of a read of each user.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -29,6 +31,7 @@ use crate::nevis::{Target, TargetError, for_each_page, list_all, version_of};
 use crate::progress::Progress;
 use crate::report::{Adoption, Conflict, Failure, RunReport};
 use crate::store::{Store, StoreError, fingerprint};
+use crate::versions::BulkVersions;
 
 /// After this many users in a row failed because nevisIDM was unavailable (retries exhausted),
 /// the run stops as fatal rather than grinding through every remaining user.
@@ -258,6 +261,8 @@ pub struct Dispatcher<T: Target> {
     claimed: Arc<Mutex<HashSet<String>>>,
     /// Writes in flight and done, for whoever watches the run.
     progress: Option<Arc<Progress>>,
+    /// Versions read in bulk when many updates of this run have none.
+    versions: BulkVersions,
 }
 
 impl<T: Target> Dispatcher<T> {
@@ -277,6 +282,7 @@ impl<T: Target> Dispatcher<T> {
             adopt: None,
             claimed: Arc::default(),
             progress: None,
+            versions: BulkVersions::default(),
         }
     }
 
@@ -319,6 +325,9 @@ impl<T: Target> Dispatcher<T> {
         let mut op = op;
         if op.changes.is_some() && op.version.is_none() {
             op.version = known_version(&self.store, &op)?;
+            if op.version.is_none() {
+                op.version = self.versions.lookup(&*self.target, &op.after.ext_id).await;
+            }
         }
         let target = Arc::clone(&self.target);
         let store = self.store.clone();

@@ -1,7 +1,7 @@
 //! The daemon's HTTP endpoints (axum): `/healthz`, `/readyz`, `/metrics`, `/status`.
 //!
 //! Readiness means "the sync works": a run completed without a fatal error and without either API
-//! being unavailable, recently enough (`http.ready_max_age`, default 3 × the schedule interval).
+//! being unavailable, recently enough (`http.ready_max_age`, default 3 × the schedule interval, at least 10 minutes).
 //! Users refused by nevisIDM (422) do not make the daemon unready; they show in `/status`.
 
 use std::sync::{Arc, Mutex};

@@ -13,6 +13,7 @@
 //! - [`nevis`]    the target: nevisIDM Core REST client (OAuth2 or static token), HTTP status -> outcome classification
 //! - [`retry`]    when to retry (backoff, `Retry-After`, caps); the only module that imports backon
 //! - [`dispatch`] applies operations with bounded concurrency and checkpoints each confirmed write
+//! - [`versions`] nevisIDM versions in bulk from its user listing, when many updates lack one
 //! - [`schedule`] the daemon loop: cron schedule, no overlapping runs, graceful stop; its leaf
 //!   [`schedule::cron`] parses cron expressions and imports nothing of ours, so `config` uses it
 //!   without a loop
@@ -47,4 +48,5 @@ pub mod schedule;
 pub mod status;
 pub mod store;
 pub mod sync;
+pub mod versions;
 pub mod watermark;

@@ -108,12 +108,16 @@ pub(super) struct RawSync {
 impl Default for RawSync {
     fn default() -> Self {
         RawSync {
-            schedule: "0 */15 * * * *".into(),
+            // Every 15 seconds: time to revoke within a minute, and within Nexudus's quota (an
+            // incremental tick costs two requests: 480 an hour; README "Time to revoke").
+            schedule: "*/15 * * * * *".into(),
             concurrency: 8,
             max_disables: 50,
             max_disable_percent: 10.0,
             shutdown_grace: Duration::from_secs(30),
-            full_every: 12,
+            // One full listing an hour on the default schedule (deletions are noticed sooner by
+            // the probe of every incremental run).
+            full_every: 240,
             incremental_overlap: Duration::from_secs(600),
             missing_runs_before_disable: 1,
             archive_after: None,
@@ -271,7 +275,8 @@ mod tests {
         assert_eq!(c.sync.concurrency, 8);
         assert_eq!(c.sync.max_disables, 50);
         assert_eq!(c.sync.max_disable_percent, 10.0);
-        assert_eq!(c.sync.schedule, "0 */15 * * * *");
+        assert_eq!(c.sync.schedule, "*/15 * * * * *");
+        assert_eq!(c.sync.full_every, 240);
         assert_eq!(c.http.listen.to_string(), "127.0.0.1:9464");
         assert_eq!(c.mapping.languages.get(&2).map(String::as_str), Some("es"));
         assert_eq!(c.mapping.default_language, "en");

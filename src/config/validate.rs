@@ -52,7 +52,9 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
         listen,
         ready_max_age: match raw.http.ready_max_age {
             Some(age) => positive("http.ready_max_age", age)?,
-            None => sync.interval * 3,
+            // Three ticks, but never under ten minutes: a full listing of a large account takes
+            // a minute or more, and the schedule is seconds apart.
+            None => (sync.interval * 3).max(Duration::from_secs(600)),
         },
     };
     Ok(Config {

@@ -47,9 +47,16 @@ pub trait Source: Send + Sync + 'static {
     /// others are deleted and added while the pages are read, and nothing in the listing shows it.
     fn fetch_user(&self, id: u64) -> impl Future<Output = Result<Presence, SourceError>> + Send;
 
-    /// Called once at the start of every run (`full`: a full listing follows): what is read once
-    /// per run (the languages listing) is read again, and what is reported once per run may be
-    /// reported again.
+    /// `TotalItems` of the unfiltered listing, read with one request for as little as possible
+    /// (a page of size 1): the deletion probe of incremental runs. `None` when Nexudus did not
+    /// report it.
+    fn count_users(&self) -> impl Future<Output = Result<Option<u64>, SourceError>> + Send {
+        async move { Ok(self.fetch_page(1, None).await?.total_items) }
+    }
+
+    /// Called once at the start of every run (`full`: a full listing follows): what is reported
+    /// once per run may be reported again, and a full listing reads the languages listing again
+    /// (an incremental run keeps the one read by an earlier run, up to an hour old).
     fn begin_run(&self, full: bool) -> impl Future<Output = ()> + Send {
         let _ = full;
         async {}
@@ -180,15 +187,23 @@ pub struct NexudusClient {
     languages: tokio::sync::Mutex<Languages>,
 }
 
-/// The languages listing as read in this run, and what was reported about it.
+/// The languages listing as last read, and what was reported about it in this run.
+///
+/// Kept across runs: an idle incremental tick must not pay a languages request. It is read again
+/// on every full listing, and by an incremental run when it is older than [`LANGUAGES_MAX_AGE`].
 #[derive(Default)]
 struct Languages {
     /// `PreferredLanguageId` -> language code (`None`: the culture is not a usable language).
-    /// `None` until read in this run.
+    /// `None` until read (again).
     table: Option<HashMap<u64, Option<String>>>,
+    /// When `table` was read.
+    read_at: Option<Instant>,
     /// Ids reported as unknown in this run (each once).
     reported: HashSet<u64>,
 }
+
+/// How long an incremental run may use the languages listing read by an earlier run.
+const LANGUAGES_MAX_AGE: Duration = Duration::from_secs(3600);
 
 /// Pages of `/api/sys/languages` read at most (a listing that says `HasNextPage` forever).
 const MAX_LANGUAGE_PAGES: u32 = 50;
@@ -247,12 +262,13 @@ impl NexudusClient {
     async fn fetch_once(
         &self,
         page: u32,
+        size: u32,
         updated_since: Option<&str>,
     ) -> Result<SourcePage, SourceError> {
         let started = Instant::now();
         let mut query = vec![
             ("page", page.to_string()),
-            ("size", self.page_size.to_string()),
+            ("size", size.to_string()),
             ("orderBy", "Id".to_string()),
         ];
         if let Some(since) = updated_since {
@@ -517,8 +533,8 @@ impl NexudusClient {
 }
 
 impl NexudusClient {
-    /// Fills in each user's `preferred_language` from the languages listing, read once per run
-    /// and only when a record names a `PreferredLanguageId`. An id the listing does not hold is
+    /// Fills in each user's `preferred_language` from the languages listing, read only when a
+    /// record names a `PreferredLanguageId` and kept across runs (see [`Source::begin_run`]). An id the listing does not hold is
     /// reported once per run; the mapper then falls back to `Language` and the default.
     async fn resolve_languages(&self, page: &mut SourcePage) -> Result<(), SourceError> {
         if !page
@@ -531,8 +547,11 @@ impl NexudusClient {
         let mut languages = self.languages.lock().await;
         if languages.table.is_none() {
             languages.table = Some(self.read_languages().await?);
+            languages.read_at = Some(Instant::now());
         }
-        let Languages { table, reported } = &mut *languages;
+        let Languages {
+            table, reported, ..
+        } = &mut *languages;
         let table = table.as_ref().expect("read just above");
         for user in page.records.iter_mut().filter_map(|r| r.as_mut().ok()) {
             let Some(id) = user.preferred_language_id else {
@@ -602,8 +621,9 @@ impl NexudusClient {
     }
 }
 
-/// The start-up check of the hourly budget: `Some(warning)` when a full listing on every run of
-/// `sync.schedule` (pages of the last full listing's size, plus the languages) cannot fit
+/// The start-up check of the hourly budget: `Some(warning)` when the steady state of
+/// `sync.schedule` — a full listing (pages of the last full listing's size, plus the languages)
+/// every `sync.full_every`-th run, idle incremental runs in between — cannot fit
 /// `nexudus.max_requests_per_hour`. `None` also when no full listing has been seen yet.
 pub fn hourly_budget_warning(cfg: &crate::config::Config, store: &Store) -> Option<String> {
     let size: u64 = store
@@ -614,7 +634,12 @@ pub fn hourly_budget_warning(cfg: &crate::config::Config, store: &Store) -> Opti
         .and_then(|s| s.trim().parse().ok())?;
     let pages = size.div_ceil(u64::from(cfg.nexudus.page_size)).max(1);
     let runs_per_hour = 3600.0 / cfg.sync.interval.as_secs_f64().max(1.0);
-    pacer::hourly_budget_warning(pages, runs_per_hour, cfg.nexudus.max_requests_per_hour)
+    pacer::hourly_budget_warning(
+        pages,
+        runs_per_hour,
+        cfg.sync.full_every,
+        cfg.nexudus.max_requests_per_hour,
+    )
 }
 
 /// An answer read whole, before it is judged.
@@ -646,14 +671,34 @@ impl Source for NexudusClient {
         let what = format!("users page {page}");
         let mut listed = self
             .retry
-            .run(&what, || self.fetch_once(page, updated_since))
+            .run(&what, || {
+                self.fetch_once(page, self.page_size, updated_since)
+            })
             .await?;
         self.resolve_languages(&mut listed).await?;
         Ok(listed)
     }
 
+    async fn count_users(&self) -> Result<Option<u64>, SourceError> {
+        // The records of this page are not read: no languages are resolved for it.
+        let probe = self
+            .retry
+            .run("users count", || self.fetch_once(1, 1, None))
+            .await?;
+        Ok(probe.total_items)
+    }
+
     async fn begin_run(&self, full: bool) {
-        *self.languages.lock().await = Languages::default();
+        {
+            let mut languages = self.languages.lock().await;
+            languages.reported.clear();
+            let stale = languages
+                .read_at
+                .is_none_or(|at| at.elapsed() >= LANGUAGES_MAX_AGE);
+            if full || stale {
+                languages.table = None;
+            }
+        }
         if !full {
             return;
         }

@@ -312,16 +312,30 @@ fn unix_now() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
-/// The warning to give at start when a full listing on every scheduled run would not fit the
-/// hourly budget: `pages` per full run (plus the languages page), `runs_per_hour` runs.
-pub fn hourly_budget_warning(pages: u64, runs_per_hour: f64, per_hour: u32) -> Option<String> {
+/// Requests an idle incremental run costs: the deletion probe and one page of changes.
+pub const INCREMENTAL_RUN_REQUESTS: u64 = 2;
+
+/// The warning to give at start when the steady state would not fit the hourly budget:
+/// `runs_per_hour` runs, one in `full_every` a full listing of `pages` pages (plus the languages
+/// page), the others idle incremental runs ([`INCREMENTAL_RUN_REQUESTS`]).
+pub fn hourly_budget_warning(
+    pages: u64,
+    runs_per_hour: f64,
+    full_every: u32,
+    per_hour: u32,
+) -> Option<String> {
     let per_run = pages + 1;
-    let needed = (per_run as f64 * runs_per_hour).ceil() as u64;
+    let full_runs = runs_per_hour / f64::from(full_every.max(1));
+    let needed = (per_run as f64 * full_runs
+        + INCREMENTAL_RUN_REQUESTS as f64 * (runs_per_hour - full_runs))
+        .ceil() as u64;
     (needed > u64::from(per_hour)).then(|| {
         format!(
             "a full listing takes about {per_run} Nexudus requests ({pages} pages of \
-             nexudus.page_size, plus the languages); at {runs_per_hour:.1} runs an hour \
-             (sync.schedule) that is {needed} requests an hour, over the hourly budget of \
+             nexudus.page_size, plus the languages), an idle incremental run \
+             {INCREMENTAL_RUN_REQUESTS}; at {runs_per_hour:.1} runs an hour (sync.schedule), \
+             {full_runs:.1} of them full (sync.full_every), that is {needed} requests an hour, \
+             over the hourly budget of \
              {per_hour} (nexudus.max_requests_per_hour; Nexudus allows 5,000): runs will wait \
              for the budget. Schedule fewer runs, use incremental runs (sync.full_every), or \
              raise nexudus.page_size"
@@ -383,9 +397,14 @@ mod tests {
     #[test]
     fn the_budget_warning_does_the_arithmetic_of_the_readme() {
         // 20,000 users in pages of 1000: 21 requests a run; every 15 minutes: 84 an hour.
-        assert_eq!(hourly_budget_warning(20, 4.0, 4500), None);
-        // Every minute with pages of 100: 201 × 60 = 12,060.
-        let w = hourly_budget_warning(200, 60.0, 4500).expect("over");
+        assert_eq!(hourly_budget_warning(20, 4.0, 1, 4500), None);
+        // Every minute with pages of 100, every run full: 201 × 60 = 12,060.
+        let w = hourly_budget_warning(200, 60.0, 1, 4500).expect("over");
         assert!(w.contains("12060 requests an hour"), "{w}");
+        // The defaults with 100,000 users: 240 runs an hour, one full (101) and 239 idle
+        // incremental ones (2 each): 579.
+        let w = hourly_budget_warning(100, 240.0, 240, 500).expect("over 500");
+        assert!(w.contains("579 requests an hour"), "{w}");
+        assert_eq!(hourly_budget_warning(100, 240.0, 240, 4500), None);
     }
 }

@@ -146,6 +146,8 @@ pub enum DateForm {
 pub struct RequestRecord {
     pub at: Instant,
     pub path: String,
+    /// The query string (without `?`; empty when there was none).
+    pub query: String,
     pub status: u16,
     /// The `Accept` header sent, if any.
     pub accept: Option<String>,
@@ -809,6 +811,7 @@ impl Inner {
 async fn gate(State(state): State<Shared>, request: Request, next: Next) -> Response {
     let at = Instant::now();
     let path = request.uri().path().to_owned();
+    let query = request.uri().query().unwrap_or_default().to_owned();
     let accept = request
         .headers()
         .get(header::ACCEPT)
@@ -822,6 +825,7 @@ async fn gate(State(state): State<Shared>, request: Request, next: Next) -> Resp
     inner.request_log.push(RequestRecord {
         at,
         path,
+        query,
         status: response.status().as_u16(),
         accept,
     });

@@ -53,7 +53,8 @@ pub async fn run_daemon<S: Source, T: Target>(
         ..RunOptions::default()
     };
     let mut first = true;
-    let mut runs: u64 = 0;
+    // Incremental runs since the last full listing; `None` until a run listed everyone.
+    let mut since_full: Option<u32> = None;
     // Whether the hourly budget was checked against a known listing size (the first start has
     // none until its first full listing).
     let mut budget_checked = false;
@@ -75,12 +76,17 @@ pub async fn run_daemon<S: Source, T: Target>(
         running.store(true, Ordering::SeqCst);
         state.health().running = true;
         // Full listing at start-up and every `full_every`-th run; incremental in between. A due
-        // reconcile is always a full listing.
+        // reconcile is always a full listing. A full listing the deletion probe asked for counts
+        // as the scheduled one: the next is `full_every` runs after it.
         opts.reconcile = reconcile_due.swap(false, Ordering::SeqCst);
-        opts.incremental =
-            !opts.reconcile && !runs.is_multiple_of(u64::from(config.sync.full_every));
-        runs += 1;
-        run_and_record(&config, &source, &target, &state, &opts).await;
+        opts.incremental = !opts.reconcile
+            && since_full.is_some_and(|n| n.saturating_add(1) < config.sync.full_every);
+        let listed_everyone = run_and_record(&config, &source, &target, &state, &opts).await;
+        since_full = match listed_everyone {
+            Some(true) => Some(0),
+            Some(false) => since_full.map(|n| n.saturating_add(1)),
+            None => since_full,
+        };
         state.health().running = false;
         running.store(false, Ordering::SeqCst);
     }
@@ -144,14 +150,15 @@ async fn start_scheduler(
 }
 
 /// One scheduled run: `run_once`, its outcome into the metrics and `/status`, then the store's
-/// size and failures into the metrics.
+/// size and failures into the metrics. Answers whether the run listed everyone (`None`: it
+/// failed).
 async fn run_and_record<S: Source, T: Target>(
     config: &Config,
     source: &Arc<S>,
     target: &Arc<T>,
     state: &AppState,
     opts: &RunOptions,
-) {
+) -> Option<bool> {
     let started = Instant::now();
     let store = &state.store;
     // The run's counters: a log line every log.progress_interval, and /status while it runs.
@@ -170,22 +177,26 @@ async fn run_and_record<S: Source, T: Target>(
     let result = run_once(config, Arc::clone(source), Arc::clone(target), store, &opts).await;
     shown.finish().await;
     state.health().progress = None;
-    match result {
+    let listed_everyone = match result {
         Ok(report) => {
             state.metrics.record_run(&report);
             state.health().record(&report);
+            // An interrupted run ends the daemon; otherwise a full listing ran to its end.
+            Some(!report.incremental && !report.interrupted)
         }
         Err(e) => {
             state.metrics.record_fatal(started.elapsed());
             state.health().record_fatal(&e.to_string());
+            None
         }
-    }
+    };
     let failing = store.failures().map(|f| f.len()).unwrap_or(0);
     state.metrics.set_store(
         store.size_on_disk().unwrap_or(0),
         failing,
         store.oldest_failure_since().ok().flatten(),
     );
+    listed_everyone
 }
 
 /// Warns when the schedule and the listing size cannot fit Nexudus's hourly budget; true once a

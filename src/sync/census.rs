@@ -146,6 +146,11 @@ impl Census {
         self.note(|| reason);
     }
 
+    /// `TotalItems` as the listing first announced it.
+    pub fn total_items(&self) -> Option<u64> {
+        self.total_items
+    }
+
     /// The verdict on the whole listing, and every Id it listed.
     pub fn verdict(mut self) -> (Verdict, HashSet<u64>) {
         if !self.finished {

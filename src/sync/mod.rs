@@ -9,7 +9,10 @@
 //!   once, bounded, each checkpointed when confirmed;
 //! - `settlement`: once the listing is over, who vanished and who is archived, under the
 //!   deletion safety and the look-ups before disabling — every "remove access" rule;
-//! - `commit`: what the run records as true (watermark, stale failures, missing counts, flush).
+//! - `commit`: what the run records as true (watermark, stale failures, missing counts, flush);
+//! - `roster`: who Nexudus held at the last full listing and who appeared since; an incremental
+//!   run reads `TotalItems` first (one request, a page of size 1) and, when it differs from what
+//!   the roster expects (someone was deleted), lists everyone in the same run.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -31,12 +34,14 @@ mod commit;
 mod listing;
 mod planner;
 mod remote;
+mod roster;
 mod settlement;
 
 use commit::Commit;
 use listing::{Ending, Listing};
 use planner::{Planner, SharedEmails};
 use remote::Remote;
+use roster::{Probe, ProbeError};
 use settlement::Settlement;
 
 /// Per-run choices made on the command line.
@@ -72,6 +77,22 @@ pub enum SyncError {
     Reconcile(TargetError),
 }
 
+impl From<ProbeError> for SyncError {
+    fn from(e: ProbeError) -> Self {
+        match e {
+            ProbeError::Source(e) => SyncError::Source(e),
+            ProbeError::Store(e) => SyncError::Store(e),
+        }
+    }
+}
+
+/// What a pass of the pipeline asks for next.
+enum Pass {
+    Done,
+    /// The deletion probe says someone vanished: list everyone now.
+    FullListingDue,
+}
+
 impl SyncError {
     /// The store failed (disk full, read-only, damaged): the operator must look at store.path.
     pub fn is_store(&self) -> bool {
@@ -101,9 +122,26 @@ pub async fn run_once<S: Source, T: Target>(
         ..RunReport::default()
     };
     let started = Instant::now();
-    let result = run(cfg, source, target, store, opts, &mut report)
-        .instrument(span.clone())
-        .await;
+    let mut result = run(
+        cfg,
+        Arc::clone(&source),
+        Arc::clone(&target),
+        store,
+        opts,
+        &mut report,
+    )
+    .instrument(span.clone())
+    .await;
+    if let Ok(Pass::FullListingDue) = result {
+        let full = RunOptions {
+            incremental: false,
+            ..opts.clone()
+        };
+        result = run(cfg, source, target, store, &full, &mut report)
+            .instrument(span.clone())
+            .await;
+    }
+    let result = result.map(|_| ());
     report.duration = started.elapsed();
     let _enter = span.enter();
     match &result {
@@ -126,7 +164,8 @@ pub async fn run_once<S: Source, T: Target>(
 
 /// The pipeline: the listing feeds the planner, the planner feeds the dispatcher; once the
 /// listing is over, the settlement decides what disappeared and whether the deletion safety
-/// holds, and the commit records what is true.
+/// holds, and the commit records what is true. An incremental pass reads the deletion probe
+/// first and may ask for a full pass after it.
 async fn run<S: Source, T: Target>(
     cfg: &Config,
     source: Arc<S>,
@@ -134,10 +173,10 @@ async fn run<S: Source, T: Target>(
     store: &Store,
     opts: &RunOptions,
     report: &mut RunReport,
-) -> Result<(), SyncError> {
+) -> Result<Pass, SyncError> {
     let known_before = store.len() as u64;
     let page_size = u64::from(cfg.nexudus.page_size);
-    let since = listing_since(cfg, store, opts)?;
+    let (since, probe) = probed_since(cfg, &*source, store, opts).await?;
     report.incremental = since.is_some();
     report.reconcile = opts.reconcile;
     let remote = nevis_state(&*target, opts.reconcile, known_before).await?;
@@ -192,13 +231,14 @@ async fn run<S: Source, T: Target>(
     let (verdict, listed) = match listing.end() {
         Ending::Interrupted => {
             let grace = cfg.sync.shutdown_grace;
-            return Ok(commit.after_shutdown(dispatcher, grace, report).await?);
+            commit.after_shutdown(dispatcher, grace, report).await?;
+            return Ok(Pass::Done);
         }
         Ending::Failed(e) => {
             commit.after_failure(&mut dispatcher, report).await?;
             return Err(e.into());
         }
-        Ending::Listed(census) => census.verdict(),
+        Ending::Listed(census) => judged(census, probe.is_none(), store, opts)?,
     };
     let decision = settlement
         .settle(
@@ -217,7 +257,48 @@ async fn run<S: Source, T: Target>(
     }
     dispatcher.finish(report).await?;
     commit.after_listing(report, settlement.kept()).await?;
-    Ok(())
+    let full_due = match probe {
+        Some(probe) => probe.judge_after(&listed, store, opts.dry_run.is_some())?,
+        None => false,
+    };
+    Ok(if full_due {
+        Pass::FullListingDue
+    } else {
+        Pass::Done
+    })
+}
+
+/// Where the listing starts, and the deletion probe of an incremental one (read before it). An
+/// incremental run without a roster to compare the probe with lists everyone instead.
+async fn probed_since<S: Source>(
+    cfg: &Config,
+    source: &S,
+    store: &Store,
+    opts: &RunOptions,
+) -> Result<(Option<String>, Option<Probe>), SyncError> {
+    let Some(since) = listing_since(cfg, store, opts)? else {
+        return Ok((None, None));
+    };
+    Ok(match Probe::take(source, store).await? {
+        Some(probe) => (Some(since), Some(probe)),
+        None => (None, None),
+    })
+}
+
+/// The census's verdict on a listing that ran to its end; a full one (`full`) also becomes the
+/// roster the next incremental runs compare their probe with.
+fn judged(
+    census: census::Census,
+    full: bool,
+    store: &Store,
+    opts: &RunOptions,
+) -> Result<(census::Verdict, std::collections::HashSet<u64>), StoreError> {
+    let total_items = census.total_items();
+    let (verdict, listed) = census.verdict();
+    if full && opts.dry_run.is_none() {
+        roster::record_full_listing(store, total_items, &listed)?;
+    }
+    Ok((verdict, listed))
 }
 
 /// With `--incremental` and a stored watermark: list only users changed since then (minus the

@@ -1,0 +1,312 @@
+//! The roster: who Nexudus held at the last full listing, and who appeared since — what an
+//! incremental run compares the size-1 probe with to notice a deletion without a full listing.
+//!
+//! Nexudus hard-deletes users: a deletion is only visible as a smaller `TotalItems`. The roster
+//! keeps the `TotalItems` of the last full listing (its *baseline*; the count of distinct Ids
+//! when Nexudus did not report one), the Ids that listing held, and the Ids incremental listings
+//! showed since that it did not hold (*new*). Expected now: `baseline + new`.
+//!
+//! An incremental run reads the probe (`TotalItems` of an unfiltered page of size 1) **first**,
+//! then its listing, then compares. Any difference asks for a full listing in the same run:
+//! - a deletion between two ticks: `TotalItems` drops below what is expected;
+//! - a deletion and a creation between two ticks: `TotalItems` is unchanged, but the listing
+//!   shows the created user as new, so expected is one more than `TotalItems`;
+//! - a creation after the probe that the same run lists: counted as new but not in `TotalItems`,
+//!   so a full listing is run that was not needed (a false positive, never a missed deletion);
+//! - a deletion after the probe: the next tick's probe sees it;
+//! - more users than expected (one created with an `UpdatedOn` older than the overlap, never
+//!   listed incrementally): a full listing too, which learns it.
+//!
+//! A user created and deleted between two ticks was never synced: nothing to revoke. What is
+//! left to the scheduled full listings: a user who is never listed incrementally, created in the
+//! same interval as another user is deleted (the two cancel out in `TotalItems`).
+//!
+//! Stored compactly in the store's meta tree (sorted Ids as varint deltas: one to three bytes a
+//! user in a real account).
+
+use std::collections::HashSet;
+
+use crate::nexudus::{Source, SourceError};
+use crate::store::{Store, StoreError};
+
+/// Meta key of the encoded roster.
+const ROSTER_KEY: &str = "roster";
+/// Encoding version, first byte of the value.
+const FORMAT: u8 = 1;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Roster {
+    /// `TotalItems` of the last full listing (or its count of distinct Ids).
+    baseline: u64,
+    /// Ids of the last full listing, sorted.
+    listed: Vec<u64>,
+    /// Ids first shown by an incremental listing since, sorted.
+    new: Vec<u64>,
+}
+
+/// What the probe and the incremental listing said together.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Judgement {
+    /// `TotalItems` is what the roster expects: nobody vanished.
+    Steady,
+    /// `TotalItems` differs from what is expected: a full listing must tell who is gone.
+    Differs { total: u64, expected: u64 },
+}
+
+impl Roster {
+    /// The roster after a full listing: `total_items` as it announced (else the count of `seen`).
+    pub fn after_full_listing(total_items: Option<u64>, seen: &HashSet<u64>) -> Roster {
+        let mut listed: Vec<u64> = seen.iter().copied().collect();
+        listed.sort_unstable();
+        Roster {
+            baseline: total_items.unwrap_or(listed.len() as u64),
+            listed,
+            new: Vec::new(),
+        }
+    }
+
+    /// Notes the Ids an incremental listing showed; those neither listed nor new so far are new.
+    /// Answers whether there was any.
+    pub fn note_incremental(&mut self, seen: &HashSet<u64>) -> bool {
+        let mut added = false;
+        for &id in seen {
+            if self.listed.binary_search(&id).is_err() && self.new.binary_search(&id).is_err() {
+                self.new.push(id);
+                added = true;
+            }
+        }
+        if added {
+            self.new.sort_unstable();
+            self.new.dedup();
+        }
+        added
+    }
+
+    /// How many users Nexudus should hold now.
+    pub fn expected(&self) -> u64 {
+        self.baseline.saturating_add(self.new.len() as u64)
+    }
+
+    /// Compares the probe's `TotalItems` (read before the incremental listing) with the roster
+    /// (after the listing was noted).
+    pub fn judge(&self, total: u64) -> Judgement {
+        let expected = self.expected();
+        if total == expected {
+            Judgement::Steady
+        } else {
+            Judgement::Differs { total, expected }
+        }
+    }
+
+    /// The stored roster; `None` before the first full listing recorded one (or when it cannot
+    /// be read, which a full listing repairs).
+    pub fn load(store: &Store) -> Result<Option<Roster>, StoreError> {
+        let Some(bytes) = store.meta_bytes(ROSTER_KEY)? else {
+            return Ok(None);
+        };
+        let roster = decode(&bytes);
+        if roster.is_none() {
+            tracing::warn!("the stored roster cannot be read; the next run lists everyone");
+        }
+        Ok(roster)
+    }
+
+    pub fn save(&self, store: &Store) -> Result<(), StoreError> {
+        store.set_meta_bytes(ROSTER_KEY, &self.encode())
+    }
+
+    fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(16 + 2 * (self.listed.len() + self.new.len()));
+        out.push(FORMAT);
+        put_varint(&mut out, self.baseline);
+        put_ids(&mut out, &self.listed);
+        put_ids(&mut out, &self.new);
+        out
+    }
+}
+
+/// An incremental run's deletion probe: `TotalItems` read before its listing, and the roster to
+/// judge it by once the listing is noted.
+pub struct Probe {
+    total: Option<u64>,
+    roster: Roster,
+}
+
+impl Probe {
+    /// Before an incremental listing: reads the probe (one request). `None` when there is no
+    /// roster to compare with yet: the run must list everyone instead.
+    pub async fn take<S: Source>(source: &S, store: &Store) -> Result<Option<Probe>, ProbeError> {
+        let Some(roster) = Roster::load(store)? else {
+            tracing::info!("no full listing recorded who Nexudus holds yet: listing everyone");
+            return Ok(None);
+        };
+        let total = source.count_users().await?;
+        if total.is_none() {
+            tracing::warn!("Nexudus did not report TotalItems: deletions wait for a full listing");
+        }
+        Ok(Some(Probe { total, roster }))
+    }
+
+    /// After the incremental listing (`seen`: every Id it held): notes the new Ids (kept unless
+    /// `dry_run`; an idle tick writes nothing) and says whether a full listing must follow now.
+    pub fn judge_after(
+        mut self,
+        seen: &HashSet<u64>,
+        store: &Store,
+        dry_run: bool,
+    ) -> Result<bool, StoreError> {
+        if self.roster.note_incremental(seen) && !dry_run {
+            self.roster.save(store)?;
+        }
+        let Some(total) = self.total else {
+            return Ok(false);
+        };
+        match self.roster.judge(total) {
+            Judgement::Steady => Ok(false),
+            Judgement::Differs { total, expected } => {
+                tracing::info!(
+                    total_items = total,
+                    expected,
+                    "Nexudus holds {total} users where {expected} were expected: someone was \
+                     deleted (or created unseen); listing everyone now"
+                );
+                Ok(true)
+            }
+        }
+    }
+}
+
+/// After a full listing that ran to its end (complete or not): the roster starts again from it.
+pub fn record_full_listing(
+    store: &Store,
+    total_items: Option<u64>,
+    seen: &HashSet<u64>,
+) -> Result<(), StoreError> {
+    Roster::after_full_listing(total_items, seen).save(store)
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProbeError {
+    #[error(transparent)]
+    Source(#[from] SourceError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+fn decode(bytes: &[u8]) -> Option<Roster> {
+    let (&format, mut rest) = bytes.split_first()?;
+    if format != FORMAT {
+        return None;
+    }
+    let baseline = take_varint(&mut rest)?;
+    let listed = take_ids(&mut rest)?;
+    let new = take_ids(&mut rest)?;
+    rest.is_empty().then_some(Roster {
+        baseline,
+        listed,
+        new,
+    })
+}
+
+fn put_varint(out: &mut Vec<u8>, mut v: u64) {
+    while v >= 0x80 {
+        out.push((v as u8) | 0x80);
+        v >>= 7;
+    }
+    out.push(v as u8);
+}
+
+fn take_varint(rest: &mut &[u8]) -> Option<u64> {
+    let mut v = 0u64;
+    for shift in (0..64).step_by(7) {
+        let (&b, tail) = rest.split_first()?;
+        *rest = tail;
+        v |= u64::from(b & 0x7f).checked_shl(shift)?;
+        if b & 0x80 == 0 {
+            return Some(v);
+        }
+    }
+    None
+}
+
+/// Sorted Ids: their count, then each as the delta from the one before.
+fn put_ids(out: &mut Vec<u8>, ids: &[u64]) {
+    put_varint(out, ids.len() as u64);
+    let mut last = 0u64;
+    for &id in ids {
+        put_varint(out, id - last);
+        last = id;
+    }
+}
+
+fn take_ids(rest: &mut &[u8]) -> Option<Vec<u64>> {
+    let n = take_varint(rest)?;
+    // Each Id takes at least a byte: a count beyond what is left is damage, not a reason to
+    // reserve memory.
+    if n > rest.len() as u64 {
+        return None;
+    }
+    let mut ids = Vec::with_capacity(n as usize);
+    let mut last = 0u64;
+    for _ in 0..n {
+        last = last.checked_add(take_varint(rest)?)?;
+        ids.push(last);
+    }
+    Some(ids)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ids(v: &[u64]) -> HashSet<u64> {
+        v.iter().copied().collect()
+    }
+
+    #[test]
+    fn round_trips_compactly_and_refuses_damage() {
+        let seen: HashSet<u64> = (1_000_000_000..1_000_100_000).step_by(3).collect();
+        let mut r = Roster::after_full_listing(Some(40_000), &seen);
+        r.note_incremental(&ids(&[7, 2_000_000_000]));
+        let bytes = r.encode();
+        assert!(bytes.len() < seen.len() + 32, "{} bytes", bytes.len());
+        assert_eq!(decode(&bytes), Some(r.clone()));
+        assert_eq!(decode(&bytes[..bytes.len() - 1]), None);
+        assert_eq!(decode(&[]), None);
+        assert_eq!(decode(&[9, 0, 0, 0]), None);
+        assert_eq!(decode(&[FORMAT, 0, 0xff, 0xff, 0xff, 0x0f]), None);
+    }
+
+    #[test]
+    fn a_deletion_a_creation_or_both_in_one_interval_are_noticed() {
+        let r = Roster::after_full_listing(Some(3), &ids(&[10, 11, 12]));
+        assert_eq!(r.judge(3), Judgement::Steady);
+        // Deleted: the total drops.
+        assert!(matches!(r.judge(2), Judgement::Differs { .. }));
+        // Created and listed: steady.
+        let mut created = r.clone();
+        created.note_incremental(&ids(&[12, 13]));
+        assert_eq!(created.judge(4), Judgement::Steady);
+        // One deleted and one created: the total is unchanged, but the new Id gives it away.
+        let mut both = r.clone();
+        both.note_incremental(&ids(&[13]));
+        assert_eq!(
+            both.judge(3),
+            Judgement::Differs {
+                total: 3,
+                expected: 4
+            }
+        );
+        // New Ids are counted once across runs (nothing to store again).
+        assert!(!both.note_incremental(&ids(&[13])));
+        assert_eq!(both.expected(), 4);
+        // More users than known: a full listing learns them.
+        assert!(matches!(r.judge(4), Judgement::Differs { .. }));
+    }
+
+    #[test]
+    fn without_total_items_the_baseline_is_the_count_listed() {
+        let r = Roster::after_full_listing(None, &ids(&[1, 2]));
+        assert_eq!(r.expected(), 2);
+    }
+}

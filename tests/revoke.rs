@@ -1,0 +1,249 @@
+//! Time to revoke, as behaviours over HTTP against the fakes (the benchmark measures the delays):
+//! the deletion probe of incremental runs (one request, a page of size 1), a deletion noticed by
+//! the next incremental run through a full listing, an idle tick's cost, and nevisIDM versions
+//! taken in bulk from its listing when many updates lack one.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{Env, quote};
+use nexudus_nevis_sync::sandbox::{NexudusUserSpec, RequestRecord};
+use nexudus_nevis_sync::versions::BULK_AFTER;
+
+/// Upper bound for anything a test waits on.
+const WAIT: Duration = Duration::from_secs(30);
+
+fn listings(log: &[RequestRecord]) -> Vec<&RequestRecord> {
+    log.iter().filter(|r| r.path == "/api/sys/users").collect()
+}
+
+fn is_probe(r: &RequestRecord) -> bool {
+    r.query.contains("size=1&") && !r.query.contains("from_User_UpdatedOn")
+}
+
+fn is_incremental(r: &RequestRecord) -> bool {
+    r.query.contains("from_User_UpdatedOn")
+}
+
+/// An env with `n` users imported by a full `--sync-now`, the request logs then emptied.
+async fn imported(n: usize) -> (Env, Vec<u64>) {
+    let env = Env::start().await;
+    let ids = env.seed(n);
+    env.sync(&[]).await.assert_code(0);
+    env.nexudus.reset_stats();
+    env.nevis.reset_stats();
+    env.nevis.set_request_log(true);
+    (env, ids)
+}
+
+#[tokio::test]
+async fn an_idle_incremental_run_costs_the_probe_and_one_page_and_nothing_in_nevis() {
+    let (env, _) = imported(20).await;
+    let before = env.nexudus.request_log().len();
+    // Every user was updated within the overlap window: the incremental listing shows all 20,
+    // and none of them is a change.
+    let run = env.sync(&["--incremental"]).await;
+    run.assert_code(0);
+    assert!(run.stdout.contains("mode=incremental"), "{}", run.stdout);
+    assert_eq!(run.count("unchanged"), 20);
+    let log = env.nexudus.request_log();
+    let asked: Vec<_> = log[before..].iter().collect();
+    assert_eq!(asked.len(), 2, "{asked:?}");
+    assert!(is_probe(asked[0]), "the probe comes first: {asked:?}");
+    assert!(is_incremental(asked[1]), "{asked:?}");
+    assert_eq!(env.nevis.stats().requests, 0);
+}
+
+#[tokio::test]
+async fn a_deletion_is_noticed_by_the_next_incremental_run_through_a_full_listing() {
+    let (env, ids) = imported(20).await;
+    assert!(env.nexudus.remove_user(ids[7]));
+    let before = env.nexudus.request_log().len();
+    let run = env.sync(&["--incremental"]).await;
+    run.assert_code(0);
+    assert!(run.stdout.contains("mode=full"), "{}", run.stdout);
+    assert_eq!(run.count("disabled"), 1);
+    let ext_id = format!("nexudus-{}", ids[7]);
+    let user = env.nevis.user(&ext_id).expect("still in nevisIDM");
+    assert_eq!(user["userState"], "disabled");
+    let log = env.nexudus.request_log();
+    let asked = listings(&log[before..]);
+    assert!(is_probe(asked[0]), "{asked:?}");
+    assert_eq!(asked.iter().filter(|r| is_probe(r)).count(), 1);
+    // After the incremental page, a full listing (20 users in pages of 100: one page).
+    assert!(is_incremental(asked[1]), "{asked:?}");
+    assert!(
+        !is_incremental(asked[2]) && !is_probe(asked[2]),
+        "{asked:?}"
+    );
+    // The look-up before disabling, as for any vanished user.
+    assert_eq!(env.nexudus.stats().user_requests, 1);
+    // Steady again: the next incremental run stays incremental and writes nothing.
+    env.nevis.reset_stats();
+    let run = env.sync(&["--incremental"]).await;
+    run.assert_code(0);
+    assert!(run.stdout.contains("mode=incremental"), "{}", run.stdout);
+    assert_eq!(env.writes(), 0);
+}
+
+#[tokio::test]
+async fn a_deletion_and_a_creation_between_two_runs_still_bring_a_full_listing() {
+    let (env, ids) = imported(20).await;
+    // TotalItems stays 20: only the new Id shown by the incremental listing gives it away.
+    assert!(env.nexudus.remove_user(ids[3]));
+    env.nexudus
+        .insert_user(NexudusUserSpec::new("New Comer", "new.comer@example.com"));
+    let run = env.sync(&["--incremental"]).await;
+    run.assert_code(0);
+    assert!(run.stdout.contains("mode=full"), "{}", run.stdout);
+    assert_eq!((run.count("created"), run.count("disabled")), (1, 1));
+    let user = env
+        .nevis
+        .user(&format!("nexudus-{}", ids[3]))
+        .expect("kept");
+    assert_eq!(user["userState"], "disabled");
+}
+
+#[tokio::test]
+async fn a_creation_alone_is_no_reason_for_a_full_listing() {
+    let (env, _) = imported(20).await;
+    env.nexudus
+        .insert_user(NexudusUserSpec::new("New Comer", "new.comer@example.com"));
+    let run = env.sync(&["--incremental"]).await;
+    run.assert_code(0);
+    assert!(run.stdout.contains("mode=incremental"), "{}", run.stdout);
+    assert_eq!(run.count("created"), 1);
+    // The new user is remembered: the next run expects 21.
+    let run = env.sync(&["--incremental"]).await;
+    assert!(run.stdout.contains("mode=incremental"), "{}", run.stdout);
+}
+
+#[tokio::test]
+async fn many_updates_without_known_versions_take_them_from_the_listing() {
+    let env = Env::start().await;
+    env.nevis.set_version_required(true);
+    let n = 300;
+    env.seed(n);
+    // An import: creates answer no version, so none is known.
+    env.sync(&[]).await.assert_code(0);
+    env.nevis.reset_stats();
+    env.nevis.set_request_log(true);
+    // A mapping change touching every user.
+    env.set("mapping.properties", "{ source = \"nexudus\" }");
+    let run = env.sync(&[]).await;
+    run.assert_code(0);
+    assert_eq!(run.count("updated"), n as u64);
+    let log = env.nevis.request_log();
+    let single_gets = log
+        .iter()
+        .filter(|r| r.method == "GET" && r.path.contains("/users/"))
+        .count();
+    let list_pages = log
+        .iter()
+        .filter(|r| r.method == "GET" && r.path.contains("/clients/"))
+        .count();
+    let patches = log.iter().filter(|r| r.method == "PATCH").count();
+    assert_eq!(patches, n, "one PATCH a user, no 409s");
+    assert!(
+        single_gets <= BULK_AFTER as usize,
+        "{single_gets} single reads"
+    );
+    assert!((1..=2).contains(&list_pages), "{list_pages} listing pages");
+    // The next mass update knows every version from the PATCH answers: no reads at all.
+    env.nevis.clear_request_log();
+    env.set("mapping.properties", "{ source = \"nexudus-2\" }");
+    env.sync(&[]).await.assert_code(0);
+    let reads = env
+        .nevis
+        .request_log()
+        .iter()
+        .filter(|r| r.method == "GET")
+        .count();
+    assert_eq!(reads, 0);
+}
+
+/// The daemon on a one-second schedule: an idle tick pays neither the languages listing nor
+/// nevisIDM, and a deletion is disabled by the next tick.
+#[tokio::test]
+async fn the_daemon_revokes_a_deleted_user_at_the_next_tick_and_idles_cheaply() {
+    let env = Env::start().await;
+    env.nexudus
+        .insert_language(5001, "German (Switzerland)", "de-CH");
+    let mut ids = Vec::new();
+    for i in 0..10 {
+        let mut spec =
+            NexudusUserSpec::new(format!("First{i} Last{i}"), format!("u{i}@example.com"));
+        spec.preferred_language_id = Some(5001);
+        ids.push(env.nexudus.insert_user(spec));
+    }
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port");
+    env.set("http.listen", &quote(&format!("127.0.0.1:{port}")));
+    env.set("sync.schedule", &quote("*/1 * * * * *"));
+    let log = std::fs::File::create(env.dir.path().join("daemon.log")).expect("log file");
+    let mut child = env
+        .command(&[])
+        .stderr(log)
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("start daemon");
+    let imported = wait_until(|| env.nevis.user_count() == 10).await;
+    assert!(imported, "the first run imports everyone");
+    // Let a few idle ticks pass, then count what three more cost.
+    let ticks = |from: usize| {
+        env.nexudus.request_log()[from..]
+            .iter()
+            .filter(|r| is_probe(r))
+            .count()
+    };
+    let start = env.nexudus.request_log().len();
+    assert!(wait_until(|| ticks(start) >= 1).await, "ticks come");
+    env.nevis.reset_stats();
+    let from = env.nexudus.request_log().len();
+    let languages_before = env.nexudus.stats().language_requests;
+    assert!(wait_until(|| ticks(from) >= 3).await, "three ticks");
+    let during = &env.nexudus.request_log()[from..];
+    let probes = during.iter().filter(|r| is_probe(r)).count();
+    assert!(
+        during.len() <= 2 * probes + 1,
+        "at most two requests a tick: {during:?}"
+    );
+    assert_eq!(env.nexudus.stats().language_requests, languages_before);
+    assert_eq!(
+        env.nevis.stats().requests,
+        0,
+        "idle ticks leave nevisIDM alone"
+    );
+
+    assert!(env.nexudus.remove_user(ids[4]));
+    let ext_id = format!("nexudus-{}", ids[4]);
+    let disabled = wait_until(|| {
+        env.nevis
+            .user(&ext_id)
+            .is_some_and(|u| u["userState"] == "disabled")
+    })
+    .await;
+    let _ = child.start_kill();
+    let _ = tokio::time::timeout(WAIT, child.wait()).await;
+    let text = std::fs::read_to_string(env.dir.path().join("daemon.log")).unwrap_or_default();
+    assert!(
+        disabled,
+        "the deleted user is disabled by a later tick\n{text}"
+    );
+    assert!(text.contains("listing everyone now"), "{text}");
+}
+
+/// Polls `check` every 50 ms for at most [`WAIT`].
+async fn wait_until(check: impl Fn() -> bool) -> bool {
+    let deadline = Instant::now() + WAIT;
+    while Instant::now() < deadline {
+        if check() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    false
+}
