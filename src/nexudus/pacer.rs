@@ -182,11 +182,14 @@ pub struct Limits {
 }
 
 impl Pacer {
-    /// The minute limiter allows a burst of half the budget and refills the other half over the
-    /// minute, so no 60-second window ever sees more than the budget.
+    /// The minute limiter allows a burst of a tenth of the budget and refills the rest over the
+    /// minute, so no 60-second window ever sees more than the budget, and a long listing keeps
+    /// nearly the whole budget's pace whatever came before it (110 a minute: a burst of 11, then
+    /// one request every 0.61 s, so 100 pages take under a minute even right after another
+    /// full listing; a burst of half the budget left only half of it for such a listing).
     pub fn new(limits: &Limits, store: Option<Store>, metrics: Arc<Metrics>) -> Pacer {
         let per_minute = limits.per_minute.max(1);
-        let burst = (per_minute / 2).max(1);
+        let burst = (per_minute / 10).max(1);
         let refill = per_minute.saturating_sub(burst).max(1);
         let minute = Quota::with_period(Duration::from_secs(60) / refill)
             .expect("refill period is non-zero")
