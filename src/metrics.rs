@@ -107,7 +107,7 @@ impl Metrics {
         );
         self.registry.register(
             "skipped_ticks",
-            "Schedule ticks skipped because a run was still in progress",
+            "Schedule ticks that found a run in progress (one run follows it as soon as it ends)",
             self.skipped_ticks.clone(),
         );
         self.registry.register(

@@ -20,9 +20,13 @@ struct Daemon {
 
 impl Daemon {
     async fn start(env: &Env) -> Daemon {
+        Daemon::start_on(env, "*/1 * * * * *").await
+    }
+
+    async fn start_on(env: &Env, schedule: &str) -> Daemon {
         let port = free_port();
         env.set("http.listen", &quote(&format!("127.0.0.1:{port}")));
-        env.set("sync.schedule", &quote("*/1 * * * * *"));
+        env.set("sync.schedule", &quote(schedule));
         // The daemon's logs go to a file next to its config, so test output stays readable.
         let log = std::fs::File::create(env.dir.path().join("daemon.log")).expect("log file");
         let child = env
@@ -147,6 +151,45 @@ async fn daemon_imports_at_start_then_follows_changes_on_schedule() {
 
     daemon.sigterm();
     assert_eq!(daemon.exit_code(WAIT).await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tick_during_a_run_brings_the_next_run_as_soon_as_it_ends() {
+    let env = Env::start().await;
+    env.set("sync.concurrency", "1");
+    env.nevis.set_latency(Duration::from_millis(400));
+    env.seed(12);
+    // One tick a minute, three seconds from now: during the import, which takes about 5 s.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_secs();
+    let daemon = Daemon::start_on(&env, &format!("{} * * * * *", (now + 3) % 60)).await;
+    daemon
+        .wait_for("the start-up import", |_| async {
+            env.nevis.user_count() == 12
+        })
+        .await;
+    env.nevis.set_latency(Duration::ZERO);
+    // The next run (an incremental one, starting with the deletion probe) follows at once, not
+    // at the next tick a minute later.
+    let probes = || {
+        env.nexudus
+            .request_log()
+            .iter()
+            .filter(|r| r.path == "/api/sys/users" && r.query.contains("size=1&"))
+            .count()
+    };
+    daemon
+        .wait_for("the run the tick asked for", |_| async { probes() >= 1 })
+        .await;
+    daemon.sigterm();
+    assert_eq!(daemon.exit_code(WAIT).await, 0);
+    let log = std::fs::read_to_string(env.dir.path().join("daemon.log")).unwrap_or_default();
+    assert!(
+        log.contains("schedule tick during a run"),
+        "the tick came during the import\n{log}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,7 +1,8 @@
 //! Time to revoke, as behaviours over HTTP against the fakes (the benchmark measures the delays):
 //! the deletion probe of incremental runs (one request, a page of size 1), a deletion noticed by
-//! the next incremental run through a full listing, an idle tick's cost, and nevisIDM versions
-//! taken in bulk from its listing when many updates lack one.
+//! the next incremental run (found by a search over the listing's positions when that is cheaper
+//! than a full listing, else through one), an idle tick's cost, and nevisIDM versions taken in
+//! bulk from its listing when many updates lack one.
 
 mod common;
 
@@ -24,6 +25,11 @@ fn is_probe(r: &RequestRecord) -> bool {
 
 fn is_incremental(r: &RequestRecord) -> bool {
     r.query.contains("from_User_UpdatedOn")
+}
+
+/// A page of the unfiltered listing larger than one record: part of a full listing.
+fn is_full_page(r: &RequestRecord) -> bool {
+    !is_incremental(r) && !r.query.contains("size=1&")
 }
 
 /// An env with `n` users imported by a full `--sync-now`, the request logs then emptied.
@@ -85,6 +91,98 @@ async fn a_deletion_is_noticed_by_the_next_incremental_run_through_a_full_listin
     run.assert_code(0);
     assert!(run.stdout.contains("mode=incremental"), "{}", run.stdout);
     assert_eq!(env.writes(), 0);
+}
+
+/// 300 users in pages of 10: a full listing is 30 pages, a search 10 requests a deleted user.
+async fn imported_in_small_pages() -> (Env, Vec<u64>) {
+    let env = Env::start().await;
+    env.set("nexudus.page_size", "10");
+    let ids = env.seed(300);
+    env.sync(&[]).await.assert_code(0);
+    env.nexudus.reset_stats();
+    env.nevis.reset_stats();
+    (env, ids)
+}
+
+#[tokio::test]
+async fn deletions_are_found_by_a_search_over_positions_without_a_full_listing() {
+    let (env, ids) = imported_in_small_pages().await;
+    // One deleted early, one late, and a user created meanwhile (listed incrementally).
+    assert!(env.nexudus.remove_user(ids[3]));
+    assert!(env.nexudus.remove_user(ids[250]));
+    env.nexudus
+        .insert_user(NexudusUserSpec::new("New Comer", "new.comer@example.com"));
+    let before = env.nexudus.request_log().len();
+    let run = env.sync(&["--incremental"]).await;
+    run.assert_code(0);
+    assert!(run.stdout.contains("mode=incremental"), "{}", run.stdout);
+    assert_eq!((run.count("created"), run.count("disabled")), (1, 2));
+    for id in [ids[3], ids[250]] {
+        let user = env.nevis.user(&format!("nexudus-{id}")).expect("kept");
+        assert_eq!(user["userState"], "disabled");
+    }
+    let log = env.nexudus.request_log();
+    let asked = listings(&log[before..]);
+    assert!(is_probe(asked[0]), "the probe comes first: {asked:?}");
+    assert!(
+        !asked.iter().any(|r| is_full_page(r)),
+        "no full listing: {asked:?}"
+    );
+    let steps = asked.iter().filter(|r| is_probe(r)).count() - 1;
+    assert!(steps <= 2 * 9, "{steps} position steps for 2 of 301 users");
+    // Exactly the two users the search pointed at were looked up.
+    assert_eq!(env.nexudus.stats().user_requests, 2);
+    // The roster forgot them: the next incremental run is steady and writes nothing.
+    env.nevis.reset_stats();
+    let before = env.nexudus.request_log().len();
+    let run = env.sync(&["--incremental"]).await;
+    run.assert_code(0);
+    assert!(run.stdout.contains("mode=incremental"), "{}", run.stdout);
+    assert_eq!(env.writes(), 0);
+    let log = env.nexudus.request_log();
+    let asked = listings(&log[before..]);
+    // (Its incremental listing shows all 301, updated within the overlap window.)
+    assert_eq!(asked.iter().filter(|r| is_probe(r)).count(), 1, "{asked:?}");
+    assert!(!asked.iter().any(|r| is_full_page(r)), "{asked:?}");
+}
+
+#[tokio::test]
+async fn a_listing_not_ordered_by_id_makes_the_search_give_way_to_a_full_listing() {
+    let (env, ids) = imported_in_small_pages().await;
+    env.nexudus.set_order_descending(true);
+    assert!(env.nexudus.remove_user(ids[100]));
+    let run = env.sync(&["--incremental"]).await;
+    run.assert_code(0);
+    // The search points at a user who is still there; the full listing that follows settles it,
+    // and nobody but the deleted user is disabled.
+    assert!(run.stdout.contains("mode=full"), "{}", run.stdout);
+    assert_eq!(run.count("disabled"), 1);
+    let user = env
+        .nevis
+        .user(&format!("nexudus-{}", ids[100]))
+        .expect("kept");
+    assert_eq!(user["userState"], "disabled");
+    assert_eq!(env.writes(), 1, "the one disable");
+}
+
+#[tokio::test]
+async fn more_deletions_than_a_search_can_afford_are_listed_in_full() {
+    let (env, ids) = imported_in_small_pages().await;
+    // Three deletions cost about 30 requests to search: no cheaper than the 30 pages.
+    for i in [10, 20, 30] {
+        assert!(env.nexudus.remove_user(ids[i]));
+    }
+    let before = env.nexudus.request_log().len();
+    let run = env.sync(&["--incremental"]).await;
+    run.assert_code(0);
+    assert!(run.stdout.contains("mode=full"), "{}", run.stdout);
+    assert_eq!(run.count("disabled"), 3);
+    let log = env.nexudus.request_log();
+    let probes = listings(&log[before..])
+        .iter()
+        .filter(|r| is_probe(r))
+        .count();
+    assert_eq!(probes, 1, "no search was started");
 }
 
 #[tokio::test]

@@ -54,12 +54,40 @@ pub trait Source: Send + Sync + 'static {
         async move { Ok(self.fetch_page(1, None).await?.total_items) }
     }
 
+    /// The user at `position` (from 1) of the unfiltered listing ordered by Id, with one request
+    /// (page `position` of size 1), and the listing's `TotalItems`: a step of the search that
+    /// tells who was deleted without a full listing ([`crate::sync`]'s pinpoint).
+    fn id_at(&self, position: u32) -> impl Future<Output = Result<AtPosition, SourceError>> + Send;
+
     /// Called once at the start of every run (`full`: a full listing follows): what is reported
     /// once per run may be reported again, and a full listing reads the languages listing again
     /// (an incremental run keeps the one read by an earlier run, up to an hour old).
     fn begin_run(&self, full: bool) -> impl Future<Output = ()> + Send {
         let _ = full;
         async {}
+    }
+}
+
+/// One position of the listing ordered by Id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct AtPosition {
+    /// The Id there (`None`: the page was empty, or its record had no usable Id).
+    pub id: Option<u64>,
+    /// `TotalItems`, when the envelope carried it.
+    pub total_items: Option<u64>,
+}
+
+impl AtPosition {
+    /// What a page of size 1 says about its position.
+    pub fn of(page: &SourcePage) -> AtPosition {
+        let id = page.records.first().and_then(|record| match record {
+            Ok(user) => Some(user.id),
+            Err(bad) => bad.id,
+        });
+        AtPosition {
+            id,
+            total_items: page.total_items,
+        }
     }
 }
 
@@ -686,6 +714,16 @@ impl Source for NexudusClient {
             .run("users count", || self.fetch_once(1, 1, None))
             .await?;
         Ok(probe.total_items)
+    }
+
+    async fn id_at(&self, position: u32) -> Result<AtPosition, SourceError> {
+        // The record is not mapped: no languages are resolved for it.
+        let what = format!("user at position {position}");
+        let page = self
+            .retry
+            .run(&what, || self.fetch_once(position, 1, None))
+            .await?;
+        Ok(AtPosition::of(&page))
     }
 
     async fn begin_run(&self, full: bool) {

@@ -291,6 +291,7 @@ struct Inner {
     total_items_drift: i64,
     /// Pages after the first start one record early: a record inserted ahead of the reader.
     page_shift: bool,
+    order_descending: bool,
     /// Once page 1 has been served: remove this user and add this one (churn during a listing).
     churn_after_first_page: Option<(u64, NexudusUserSpec)>,
     /// Arrival times of admitted requests for the hour and day windows (pruned after a day).
@@ -352,6 +353,7 @@ impl FakeNexudus {
             short_pages: false,
             total_items_drift: 0,
             page_shift: false,
+            order_descending: false,
             churn_after_first_page: None,
             admitted_long: VecDeque::new(),
             pushed: VecDeque::new(),
@@ -475,6 +477,12 @@ impl FakeNexudus {
     /// user of the listing is never served.
     pub fn set_page_shift(&self, shift: bool) {
         self.lock().page_shift = shift;
+    }
+
+    /// When true, the listing is served by descending Id whatever `orderBy`/`dir` ask (the notes
+    /// call the order untrusted: the default order varies, and `dir`'s encoding with it).
+    pub fn set_order_descending(&self, descending: bool) {
+        self.lock().order_descending = descending;
     }
 
     /// When true, each non-empty page leaves out its last record while its envelope still
@@ -1092,7 +1100,8 @@ struct ListQuery {
 
 impl ListQuery {
     /// Parameter names are matched case-insensitively, as ASP.NET binds them; empty values are
-    /// ignored. `orderBy` and `dir` are accepted but the order is always Id ascending.
+    /// ignored. `orderBy` and `dir` are accepted but the order is always Id ascending (descending
+    /// with [`FakeNexudus::set_order_descending`]).
     fn parse(uri: &Uri) -> Result<Self, String> {
         let Query(raw) = Query::<Vec<(String, String)>>::try_from_uri(uri)
             .map_err(|_| "The query string is malformed.".to_owned())?;
@@ -1192,11 +1201,14 @@ async fn list_users(State(state): State<Shared>, uri: Uri) -> Response {
     if inner.revoke_access_after_pages == Some(inner.stats.list_requests) {
         inner.bearer_tokens.clear();
     }
-    let matching: Vec<&Value> = inner
+    let mut matching: Vec<&Value> = inner
         .users
         .values()
         .filter(|record| query.matches(record))
         .collect();
+    if inner.order_descending {
+        matching.reverse();
+    }
     let total = matching.len() as u64;
     let total_pages = total.div_ceil(query.size);
     let mut start = (query.page - 1).saturating_mul(query.size);

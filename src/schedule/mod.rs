@@ -4,7 +4,9 @@
 //! schedule is.
 //!
 //! The first run starts at once. Runs never overlap: a tick that finds a run in progress is
-//! skipped and counted. Each run is the same `run_once` that `--sync-now` calls. A second job on
+//! counted as skipped, and one run follows as soon as the run in progress ends (however many
+//! ticks it outlasted), so a change made during a long full listing waits for that listing, not
+//! for the next tick too. Each run is the same `run_once` that `--sync-now` calls. A second job on
 //! `sync.reconcile_schedule` marks the next run as a reconcile (compared with nevisIDM's real
 //! state); a reconcile tick that finds a run in progress is not lost, the next run reconciles.
 
@@ -43,9 +45,11 @@ pub async fn run_daemon<S: Source, T: Target>(
 ) -> Result<(), ScheduleError> {
     let running = Arc::new(AtomicBool::new(false));
     let reconcile_due = Arc::new(AtomicBool::new(false));
+    // A tick came while a run was in progress: the next run starts as soon as that one ends.
+    let missed = Arc::new(AtomicBool::new(false));
     // The sender is kept for as long as the loop runs, as the jobs' clones are.
     let (mut scheduler, _ticks, mut tick_rx) =
-        start_scheduler(&config, &state, &running, &reconcile_due).await?;
+        start_scheduler(&config, &state, [&running, &reconcile_due, &missed]).await?;
     tracing::info!(schedule = %config.sync.schedule, "daemon started; first run now");
 
     let mut opts = RunOptions {
@@ -59,7 +63,7 @@ pub async fn run_daemon<S: Source, T: Target>(
     // none until its first full listing).
     let mut budget_checked = false;
     loop {
-        if !first {
+        if !first && !missed.swap(false, Ordering::SeqCst) {
             tokio::select! {
                 biased;
                 () = shutdown.cancelled() => break,
@@ -105,28 +109,35 @@ fn scheduler_error(e: tokio_cron_scheduler::JobSchedulerError) -> ScheduleError 
 }
 
 /// Starts the cron jobs: `sync.schedule` ticks into the channel (a tick that finds a run in
-/// progress is skipped and counted); `sync.reconcile_schedule`, if set, marks the next run as a
-/// reconcile and ticks too.
+/// progress is counted as skipped and sets `missed`); `sync.reconcile_schedule`, if set, marks
+/// the next run as a reconcile and ticks too.
 async fn start_scheduler(
     config: &Config,
     state: &Arc<AppState>,
-    running: &Arc<AtomicBool>,
-    reconcile_due: &Arc<AtomicBool>,
+    [running, reconcile_due, missed]: [&Arc<AtomicBool>; 3],
 ) -> Result<(JobScheduler, mpsc::Sender<()>, mpsc::Receiver<()>), ScheduleError> {
     let (ticks, tick_rx) = mpsc::channel::<()>(1);
     let scheduler = JobScheduler::new().await.map_err(scheduler_error)?;
     let job = {
         let ticks = ticks.clone();
         let running = Arc::clone(running);
+        let missed = Arc::clone(missed);
         let state = Arc::clone(state);
         Job::new_async(config.sync.schedule.as_str(), move |_id, _scheduler| {
             let ticks = ticks.clone();
             let running = Arc::clone(&running);
+            let missed = Arc::clone(&missed);
             let state = Arc::clone(&state);
             Box::pin(async move {
-                if running.load(Ordering::SeqCst) || ticks.try_send(()).is_err() {
+                if running.load(Ordering::SeqCst) {
+                    missed.store(true, Ordering::SeqCst);
                     state.metrics.count_skipped_tick();
-                    tracing::info!("schedule tick skipped: a run is still in progress");
+                    tracing::info!(
+                        "schedule tick during a run: the next run starts as soon as it ends"
+                    );
+                } else if ticks.try_send(()).is_err() {
+                    state.metrics.count_skipped_tick();
+                    tracing::info!("schedule tick skipped: a run is already due");
                 }
             })
         })

@@ -12,7 +12,9 @@
 //! - `commit`: what the run records as true (watermark, stale failures, missing counts, flush);
 //! - `roster`: who Nexudus held at the last full listing and who appeared since; an incremental
 //!   run reads `TotalItems` first (one request, a page of size 1) and, when it differs from what
-//!   the roster expects (someone was deleted), lists everyone in the same run.
+//!   the roster expects (someone was deleted), its `pinpoint` searches the listing's positions
+//!   for who (`log2(n)` requests each, every one confirmed by a look-up) before the settlement;
+//!   what the search cannot account for is listed in full in the same run.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -32,6 +34,7 @@ use crate::watermark;
 mod census;
 mod commit;
 mod listing;
+mod pinpoint;
 mod planner;
 mod remote;
 mod roster;
@@ -41,7 +44,7 @@ use commit::Commit;
 use listing::{Ending, Listing};
 use planner::{Planner, SharedEmails};
 use remote::Remote;
-use roster::{Probe, ProbeError};
+use roster::{Probe, ProbeError, Vanished};
 use settlement::Settlement;
 
 /// Per-run choices made on the command line.
@@ -240,13 +243,21 @@ async fn run<S: Source, T: Target>(
         }
         Ending::Listed(census) => judged(census, probe.is_none(), store, opts)?,
     };
+    let vanished = match probe {
+        Some(probe) => {
+            let search = search_page_size(cfg);
+            let dry_run = opts.dry_run.is_some();
+            (probe.judge_after(&*source, &listed, store, dry_run, search)).await?
+        }
+        None => Vanished::default(),
+    };
     let decision = settlement
         .settle(
             &*source,
             remote.as_ref(),
             verdict,
             &listed,
-            report.incremental,
+            report.incremental.then_some(&vanished.gone[..]),
         )
         .await?;
     for op in decision.record(report) {
@@ -257,11 +268,7 @@ async fn run<S: Source, T: Target>(
     }
     dispatcher.finish(report).await?;
     commit.after_listing(report, settlement.kept()).await?;
-    let full_due = match probe {
-        Some(probe) => probe.judge_after(&listed, store, opts.dry_run.is_some())?,
-        None => false,
-    };
-    Ok(if full_due {
+    Ok(if vanished.full_listing_due {
         Pass::FullListingDue
     } else {
         Pass::Done
@@ -283,6 +290,13 @@ async fn probed_since<S: Source>(
         Some(probe) => (Some(since), Some(probe)),
         None => (None, None),
     })
+}
+
+/// The page size whose full listing a search for deleted users must undercut; `None` when users
+/// must be missing from several complete listings before they are disabled (a search is no
+/// listing, so it cannot count them).
+fn search_page_size(cfg: &Config) -> Option<u64> {
+    (cfg.sync.missing_runs_before_disable == 1).then_some(u64::from(cfg.nexudus.page_size))
 }
 
 /// The census's verdict on a listing that ran to its end; a full one (`full`) also becomes the
@@ -401,8 +415,8 @@ mod tests {
     use crate::mapper::UserState;
     use crate::mapper::{DesiredUser, SourceUser};
     use crate::nevis::{PageCursor, TargetError};
-    use crate::nexudus::Presence;
     use crate::nexudus::SourcePage;
+    use crate::nexudus::{AtPosition, Presence};
     use serde_json::Value;
     use std::collections::BTreeMap;
     use std::sync::Mutex;
@@ -482,6 +496,16 @@ mod tests {
                 None => Presence::Gone,
                 Some(u) if u.active => Presence::Active,
                 Some(_) => Presence::Inactive,
+            })
+        }
+
+        async fn id_at(&self, position: u32) -> Result<AtPosition, SourceError> {
+            let users = self.users.lock().unwrap();
+            let mut ids: Vec<u64> = users.iter().map(|u| u.id).collect();
+            ids.sort_unstable();
+            Ok(AtPosition {
+                id: ids.get(position as usize - 1).copied(),
+                total_items: Some((ids.len() as i64 + *self.total_skew.lock().unwrap()) as u64),
             })
         }
     }
@@ -917,6 +941,10 @@ mod tests {
 
         async fn fetch_user(&self, _id: u64) -> Result<Presence, SourceError> {
             Ok(Presence::Active)
+        }
+
+        async fn id_at(&self, _: u32) -> Result<AtPosition, SourceError> {
+            unreachable!("a full listing searches nobody")
         }
     }
 

@@ -17,6 +17,11 @@
 //! - more users than expected (one created with an `UpdatedOn` older than the overlap, never
 //!   listed incrementally): a full listing too, which learns it.
 //!
+//! A drop is searched for before anything is listed ([`super::pinpoint`]): when `log2` of the
+//! roster per missing user costs fewer requests than the pages of a full listing, a binary search
+//! over the listing's positions finds who was deleted, each confirmed by a look-up, and the roster
+//! forgets them. Whatever the search cannot account for still asks for the full listing.
+//!
 //! A user created and deleted between two ticks was never synced: nothing to revoke. What is
 //! left to the scheduled full listings: a user who is never listed incrementally, created in the
 //! same interval as another user is deleted (the two cancel out in `TotalItems`).
@@ -26,6 +31,7 @@
 
 use std::collections::HashSet;
 
+use super::pinpoint;
 use crate::nexudus::{Source, SourceError};
 use crate::store::{Store, StoreError};
 
@@ -80,6 +86,33 @@ impl Roster {
             self.new.dedup();
         }
         added
+    }
+
+    /// Every Id Nexudus should hold now, sorted: the listing ordered by Id, were nobody deleted.
+    /// `None` when the baseline is not the count of Ids listed (Nexudus's count and its listing
+    /// disagreed): the positions cannot be trusted then.
+    fn expected_ids(&self) -> Option<Vec<u64>> {
+        if self.baseline != self.listed.len() as u64 {
+            return None;
+        }
+        let mut ids = Vec::with_capacity(self.listed.len() + self.new.len());
+        ids.extend_from_slice(&self.listed);
+        ids.extend_from_slice(&self.new);
+        ids.sort_unstable();
+        ids.dedup();
+        (ids.len() == self.listed.len() + self.new.len()).then_some(ids)
+    }
+
+    /// Forgets users known to be deleted.
+    fn forget(&mut self, gone: &[u64]) {
+        for id in gone {
+            if let Ok(at) = self.listed.binary_search(id) {
+                self.listed.remove(at);
+                self.baseline = self.baseline.saturating_sub(1);
+            } else if let Ok(at) = self.new.binary_search(id) {
+                self.new.remove(at);
+            }
+        }
     }
 
     /// How many users Nexudus should hold now.
@@ -147,33 +180,79 @@ impl Probe {
         Ok(Some(Probe { total, roster }))
     }
 
-    /// After the incremental listing (`seen`: every Id it held): notes the new Ids (kept unless
-    /// `dry_run`; an idle tick writes nothing) and says whether a full listing must follow now.
-    pub fn judge_after(
+    /// After the incremental listing (`seen`: every Id it held): notes the new Ids, and when the
+    /// probe says someone is missing, searches for them when that costs fewer requests than a
+    /// full listing in pages of `page_size` (`None`: never search). What the roster learns is
+    /// kept unless `dry_run` (an idle tick writes nothing).
+    pub async fn judge_after<S: Source>(
         mut self,
+        source: &S,
         seen: &HashSet<u64>,
         store: &Store,
         dry_run: bool,
-    ) -> Result<bool, StoreError> {
+        page_size: Option<u64>,
+    ) -> Result<Vanished, StoreError> {
         if self.roster.note_incremental(seen) && !dry_run {
             self.roster.save(store)?;
         }
         let Some(total) = self.total else {
-            return Ok(false);
+            return Ok(Vanished::default());
         };
-        match self.roster.judge(total) {
-            Judgement::Steady => Ok(false),
-            Judgement::Differs { total, expected } => {
-                tracing::info!(
-                    total_items = total,
-                    expected,
-                    "Nexudus holds {total} users where {expected} were expected: someone was \
-                     deleted (or created unseen); listing everyone now"
-                );
-                Ok(true)
+        let Judgement::Differs { total, expected } = self.roster.judge(total) else {
+            return Ok(Vanished::default());
+        };
+        let searched = match (page_size, self.roster.expected_ids()) {
+            (Some(page_size), Some(ids))
+                if total < expected
+                    && pinpoint::worth_searching(expected - total, ids.len(), page_size) =>
+            {
+                let pages = (ids.len() as u64).div_ceil(page_size.max(1));
+                Some(pinpoint::search(source, &ids, total, pages).await)
+            }
+            _ => None,
+        };
+        let Some(found) = searched else {
+            tracing::info!(
+                total_items = total,
+                expected,
+                "Nexudus holds {total} users where {expected} were expected: someone was \
+                 deleted (or created unseen); listing everyone now"
+            );
+            return Ok(Vanished {
+                gone: Vec::new(),
+                full_listing_due: true,
+            });
+        };
+        if !found.gone.is_empty() {
+            self.roster.forget(&found.gone);
+            if !dry_run {
+                self.roster.save(store)?;
             }
         }
+        tracing::info!(
+            total_items = total,
+            expected,
+            found = found.gone.len(),
+            requests = found.requests,
+            "Nexudus holds {total} users where {expected} were expected: searched who was deleted"
+        );
+        if let Some(reason) = &found.unexplained {
+            tracing::info!(%reason, "the search did not account for every missing user; listing everyone now");
+        }
+        Ok(Vanished {
+            full_listing_due: found.unexplained.is_some(),
+            gone: found.gone,
+        })
     }
+}
+
+/// Who an incremental run found deleted, and whether a full listing must still follow.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Vanished {
+    /// Deleted from Nexudus, each confirmed by a look-up: to be disabled under the deletion safety.
+    pub gone: Vec<u64>,
+    /// Someone is missing whom the search did not find (or no search was worth it).
+    pub full_listing_due: bool,
 }
 
 /// After a full listing that ran to its end (complete or not): the roster starts again from it.

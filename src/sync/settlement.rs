@@ -85,20 +85,24 @@ impl<'a> Settlement<'a> {
     }
 
     /// Decides who loses access for vanishing or age, and whether the deletion safety holds.
-    /// `listed` is every Id the listing held, in scope or not.
+    /// `listed` is every Id the listing held, in scope or not. `pinpointed` is `Some` for an
+    /// incremental listing, with the users its deletion search found gone.
     pub async fn settle<S: Source>(
         &self,
         source: &S,
         remote: Option<&Remote>,
         verdict: Verdict,
         listed: &HashSet<u64>,
-        incremental: bool,
+        pinpointed: Option<&[u64]>,
     ) -> Result<Decision, StoreError> {
+        if let Some(gone) = pinpointed {
+            return self.settle_pinpointed(verdict, gone);
+        }
         let mut incomplete = verdict.into_reason();
         let mut removals = Vec::new();
         let mut known = self.known_before;
         // Only a complete full listing can tell who is gone (and archiving needs one too).
-        if incomplete.is_none() && !incremental {
+        if incomplete.is_none() {
             let gone = match remote {
                 None => vanished_from_checkpoints(self.store, &self.kept)?,
                 Some(remote) => {
@@ -122,6 +126,31 @@ impl<'a> Settlement<'a> {
             incomplete = Some(reason);
         }
         Ok(Decision::new(incomplete, too_many, removals))
+    }
+
+    /// An incremental listing tells nobody gone; the deletion search may have, each user already
+    /// confirmed by Nexudus's 404 (so neither the incremental listing's completeness nor a second
+    /// look-up is asked). The deletion safety holds as for any listing.
+    fn settle_pinpointed(&self, verdict: Verdict, gone: &[u64]) -> Result<Decision, StoreError> {
+        let mut vanished = Vec::new();
+        for &id in gone {
+            match self.store.get(id) {
+                Ok(Some(checkpoint)) => vanished.push((id, checkpoint)),
+                Ok(None) => {}
+                Err(StoreError::Corrupt(e)) => {
+                    tracing::warn!(error = %e, "unreadable checkpoint skipped for disappearance");
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        let removals = self.disables(vanished)?;
+        let too_many = mass_disable_reason(self.cfg, removals.len() as u64, self.known_before)
+            .filter(|_| !self.allow_mass_disable);
+        Ok(Decision {
+            incomplete: verdict.into_reason(),
+            held: too_many,
+            removals,
+        })
     }
 
     /// Disables for the vanished users that were missing from enough complete listings.
@@ -399,7 +428,7 @@ fn observed_user(ext_id: &str, seen: &Observed) -> DesiredUser {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::nexudus::{SourceError, SourcePage};
+    use crate::nexudus::{AtPosition, SourceError, SourcePage};
     use std::sync::Mutex;
 
     const CONFIG: &str = r#"
@@ -437,6 +466,9 @@ mod tests {
             self.asked.lock().unwrap().push(id);
             self.present.get(&id).cloned().unwrap_or(Ok(Presence::Gone))
         }
+        async fn id_at(&self, _: u32) -> Result<AtPosition, SourceError> {
+            unreachable!("the settlement never searches")
+        }
     }
 
     fn checkpoint(id: u64, state: UserState) -> DesiredUser {
@@ -472,7 +504,7 @@ mod tests {
     /// The removals a complete listing leads to.
     async fn removed(s: &Settlement<'_>, source: &Lookups) -> Vec<u64> {
         let listed = HashSet::new();
-        let d = s.settle(source, None, Verdict::Complete, &listed, false);
+        let d = s.settle(source, None, Verdict::Complete, &listed, None);
         ids(&d.await.unwrap().removals)
     }
 
@@ -486,7 +518,7 @@ mod tests {
         let source = Lookups::default();
         let s = settlement(&cfg, &store, &[1, 2, 3, 4, 5, 6, 7, 8, 9]);
         let d = s
-            .settle(&source, None, Verdict::Complete, &HashSet::new(), false)
+            .settle(&source, None, Verdict::Complete, &HashSet::new(), None)
             .await
             .unwrap();
         assert_eq!((d.incomplete, d.held), (None, None));
@@ -506,14 +538,14 @@ mod tests {
                 None,
                 Verdict::Incomplete("why".into()),
                 &HashSet::new(),
-                false,
+                None,
             )
             .await
             .unwrap();
         assert_eq!(d.incomplete.as_deref(), Some("why"));
         assert!(d.removals.is_empty() && d.held.is_none(), "nothing to hold");
         let d = s
-            .settle(&source, None, Verdict::Complete, &HashSet::new(), true)
+            .settle(&source, None, Verdict::Complete, &HashSet::new(), Some(&[]))
             .await
             .unwrap();
         assert!(d.removals.is_empty() && d.incomplete.is_none());
@@ -526,7 +558,7 @@ mod tests {
         let source = Lookups::default();
         let s = settlement(&cfg, &store, &[1, 2, 3, 4, 5, 6]);
         let d = s
-            .settle(&source, None, Verdict::Complete, &HashSet::new(), false)
+            .settle(&source, None, Verdict::Complete, &HashSet::new(), None)
             .await
             .unwrap();
         assert_eq!(
@@ -547,7 +579,7 @@ mod tests {
         let mut s = Settlement::new(&cfg, &store, &opts, 10);
         (1..=6).for_each(|id| s.keep(Some(Kept { id, active: true })));
         let d = s
-            .settle(&source, None, Verdict::Complete, &HashSet::new(), false)
+            .settle(&source, None, Verdict::Complete, &HashSet::new(), None)
             .await
             .unwrap();
         assert_eq!((d.held, d.removals.len()), (None, 4));
@@ -581,7 +613,7 @@ mod tests {
         };
         let s = settlement(&cfg, &store, &[1, 2, 3]);
         let d = s
-            .settle(&still, None, Verdict::Complete, &HashSet::new(), false)
+            .settle(&still, None, Verdict::Complete, &HashSet::new(), None)
             .await
             .unwrap();
         assert_eq!(
@@ -599,7 +631,7 @@ mod tests {
             ..Lookups::default()
         };
         let d = s
-            .settle(&failing, None, Verdict::Complete, &HashSet::new(), false)
+            .settle(&failing, None, Verdict::Complete, &HashSet::new(), None)
             .await
             .unwrap();
         assert!(
@@ -613,7 +645,7 @@ mod tests {
             ..Lookups::default()
         };
         let d = s
-            .settle(&asked, None, Verdict::Complete, &HashSet::from([4]), false)
+            .settle(&asked, None, Verdict::Complete, &HashSet::from([4]), None)
             .await
             .unwrap();
         assert_eq!((d.incomplete, ids(&d.removals)), (None, vec![4]));
@@ -664,7 +696,7 @@ mod tests {
             active: true,
         }));
         let d = s
-            .settle(&source, None, Verdict::Complete, &HashSet::new(), false)
+            .settle(&source, None, Verdict::Complete, &HashSet::new(), None)
             .await
             .unwrap();
         assert_eq!(ids(&d.removals), vec![3]);
