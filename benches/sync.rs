@@ -388,7 +388,7 @@ async fn run_phase(
 /// default 15 s), and the delays until each deactivation and deletion is disabled in nevisIDM.
 ///
 /// A one-second schedule compresses time but does not fit Nexudus's minute: two requests a tick
-/// are 120 a minute, and the pacer sustains 55 (a burst of 55, then one every 1.1 s), so its
+/// are 120 a minute, and the pacer sustains 110 (a burst of 11, then one every 0.61 s), so its
 /// delays measure the pacer's queue, not the daemon.
 async fn time_to_revoke(
     args: &Args,
@@ -432,6 +432,8 @@ async fn time_to_revoke(
     for (name, kind) in [
         ("Active set to false", revoke::Kind::Deactivation),
         ("user deleted", revoke::Kind::Deletion),
+        ("user changed", revoke::Kind::Change),
+        ("user created", revoke::Kind::Creation),
     ] {
         let count = m.delays.iter().filter(|(k, _)| *k == kind).count();
         let (p50, p99, max, missed) = revoke::summary(&m.delays, kind);

@@ -186,6 +186,53 @@ async fn more_deletions_than_a_search_can_afford_are_listed_in_full() {
 }
 
 #[tokio::test]
+async fn deletions_held_by_a_listing_pages_shifted_under_are_taken_up_at_the_next_run() {
+    let env = Env::start().await;
+    env.set("nexudus.page_size", "3");
+    env.set("sync.max_disable_percent", "100");
+    // Users last changed two hours ago: incremental listings do not show them again.
+    let two_hours_ago = chrono::Utc::now() - chrono::Duration::hours(2);
+    env.nexudus.set_clock(Some(two_hours_ago));
+    let ids = env.seed(6);
+    env.nexudus.set_clock(None);
+    env.sync(&[]).await.assert_code(0);
+    // User 5 is deleted before the full listing, user 0 while it runs (after its first page),
+    // when a newcomer is added: page 2 then serves users 4 and the newcomer, and user 3 is
+    // skipped. The look-up finds user 3 still there: the listing cannot tell who is gone, and
+    // both deletions are held.
+    assert!(env.nexudus.remove_user(ids[5]));
+    env.nexudus.churn_after_first_page(
+        ids[0],
+        NexudusUserSpec::new("New Comer", "new.comer@example.com"),
+    );
+    let run = env.sync(&[]).await;
+    run.assert_code(1);
+    assert!(run.stdout.contains("incomplete listing"), "{}", run.stdout);
+    assert_eq!(run.count("disabled"), 0);
+    // The roster did not forget users 0 and 5: the next incremental run's probe still misses
+    // them and brings a full listing, which now settles it.
+    let run = env.sync(&["--incremental"]).await;
+    run.assert_code(0);
+    assert!(run.stdout.contains("mode=full"), "{}", run.stdout);
+    assert_eq!(run.count("disabled"), 2);
+    for i in [0, 5] {
+        let user = env
+            .nevis
+            .user(&format!("nexudus-{}", ids[i]))
+            .expect("kept");
+        assert_eq!(user["userState"], "disabled");
+    }
+    let user = env
+        .nevis
+        .user(&format!("nexudus-{}", ids[3]))
+        .expect("kept");
+    assert_eq!(user["userState"], "active");
+    // Steady again.
+    let run = env.sync(&["--incremental"]).await;
+    assert!(run.stdout.contains("mode=incremental"), "{}", run.stdout);
+}
+
+#[tokio::test]
 async fn a_deletion_and_a_creation_between_two_runs_still_bring_a_full_listing() {
     let (env, ids) = imported(20).await;
     // TotalItems stays 20: only the new Id shown by the incremental listing gives it away.

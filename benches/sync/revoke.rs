@@ -1,14 +1,14 @@
 //! Time to revoke: the real daemon with its default settings (a 15-second schedule; `--revoke-
-//! schedule-s` changes it) against the fakes, a batch of
-//! deactivations (`Active` set to false) and deletions made in the Nexudus fake at random moments
-//! (seeded, so a run can be repeated), and the delay from each until nevisIDM shows the user
-//! disabled. The daemon's first (full) run is over before the first event.
+//! schedule-s` changes it) against the fakes, a batch of deactivations (`Active` set to false),
+//! deletions, changes (a new `FullName`) and creations made in the Nexudus fake at random moments
+//! (seeded, so a run can be repeated), and the delay from each until nevisIDM shows it: the user
+//! disabled, renamed or created. The daemon's first (full) run is over before the first event.
 
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use nexudus_nevis_sync::sandbox::{FakeNevis, FakeNexudus};
+use nexudus_nevis_sync::sandbox::{FakeNevis, FakeNexudus, NexudusUserSpec};
 use serde_json::json;
 
 pub struct RevokeArgs {
@@ -23,6 +23,10 @@ pub struct RevokeArgs {
 pub enum Kind {
     Deactivation,
     Deletion,
+    /// `FullName` changed: nevisIDM's `familyName` follows.
+    Change,
+    /// A new user: nevisIDM has it (`id` is known once it is made).
+    Creation,
 }
 
 struct Event {
@@ -60,7 +64,9 @@ impl Rng {
     }
 }
 
-/// One deletion for every two deactivations, on distinct active users, at random moments.
+/// Of every six events: two deactivations, two deletions, a change and a creation (deletions stay
+/// one in three, as before changes and creations were measured), on distinct active users, at
+/// random moments.
 fn plan(nexudus: &FakeNexudus, nevis: &FakeNevis, args: &RevokeArgs) -> Vec<Event> {
     let mut rng = Rng(args.seed);
     let ids: Vec<u64> = nexudus
@@ -80,10 +86,11 @@ fn plan(nexudus: &FakeNexudus, nevis: &FakeNevis, args: &RevokeArgs) -> Vec<Even
         if !chosen.insert(id) {
             continue;
         }
-        let kind = if events.len() % 3 == 2 {
-            Kind::Deletion
-        } else {
-            Kind::Deactivation
+        let kind = match events.len() % 6 {
+            2 | 5 => Kind::Deletion,
+            1 => Kind::Change,
+            4 => Kind::Creation,
+            _ => Kind::Deactivation,
         };
         let at = Duration::from_millis(rng.below(args.window.as_millis() as u64));
         events.push(Event {
@@ -132,15 +139,28 @@ pub async fn measure(
                         Kind::Deletion => {
                             nexudus.remove_user(e.id);
                         }
+                        Kind::Change => {
+                            nexudus.update_user(e.id, |u| {
+                                u.insert("FullName".into(), json!(renamed(e.id)));
+                            });
+                        }
+                        Kind::Creation => {
+                            e.id = nexudus.insert_user(NexudusUserSpec::new(
+                                "Revoke Newcomer",
+                                format!("newcomer.{}@example.com", e.id),
+                            ));
+                        }
                     }
                     e.made = Some(Instant::now());
                 }
                 Some(made) if e.delay.is_none() => {
                     let ext_id = format!("nexudus-{}", e.id);
-                    if nevis
-                        .user(&ext_id)
-                        .is_some_and(|u| u["userState"] == "disabled")
-                    {
+                    let shown = nevis.user(&ext_id).is_some_and(|u| match e.kind {
+                        Kind::Deactivation | Kind::Deletion => u["userState"] == "disabled",
+                        Kind::Change => u["name"]["familyName"] == family_name(e.id).as_str(),
+                        Kind::Creation => true,
+                    });
+                    if shown {
                         e.delay = Some(made.elapsed());
                     }
                 }
@@ -162,6 +182,15 @@ pub async fn measure(
         nexudus_throttled: stats.throttled,
         wall,
     }
+}
+
+/// The new `FullName` of a changed user, and the `familyName` it maps to.
+fn renamed(id: u64) -> String {
+    format!("Renamed {}", family_name(id))
+}
+
+fn family_name(id: u64) -> String {
+    format!("Changed{id}")
 }
 
 /// Waits (bounded) until the daemon's `/readyz` answers 200: its first run is over.

@@ -231,7 +231,7 @@ async fn run<S: Source, T: Target>(
         }
     }
 
-    let (verdict, listed) = match listing.end() {
+    let (verdict, listed, total_items) = match listing.end() {
         Ending::Interrupted => {
             let grace = cfg.sync.shutdown_grace;
             commit.after_shutdown(dispatcher, grace, report).await?;
@@ -241,8 +241,13 @@ async fn run<S: Source, T: Target>(
             commit.after_failure(&mut dispatcher, report).await?;
             return Err(e.into());
         }
-        Ending::Listed(census) => judged(census, probe.is_none(), store, opts)?,
+        Ending::Listed(census) => {
+            let total_items = census.total_items();
+            let (verdict, listed) = census.verdict();
+            (verdict, listed, total_items)
+        }
     };
+    let full = probe.is_none();
     let vanished = match probe {
         Some(probe) => {
             let search = search_page_size(cfg);
@@ -260,6 +265,7 @@ async fn run<S: Source, T: Target>(
             report.incremental.then_some(&vanished.gone[..]),
         )
         .await?;
+    record_roster(full, total_items, &listed, &decision, store, opts)?;
     for op in decision.record(report) {
         if let Err(e) = dispatcher.submit(op, report).await {
             let _ = dispatcher.finish(report).await;
@@ -299,20 +305,22 @@ fn search_page_size(cfg: &Config) -> Option<u64> {
     (cfg.sync.missing_runs_before_disable == 1).then_some(u64::from(cfg.nexudus.page_size))
 }
 
-/// The census's verdict on a listing that ran to its end; a full one (`full`) also becomes the
-/// roster the next incremental runs compare their probe with.
-fn judged(
-    census: census::Census,
+/// A full listing (`full`) that ran to its end becomes the roster the next incremental runs
+/// compare their probe with, once the settlement said whether it could tell who is gone (`None`
+/// from a dry run, which records nothing).
+fn record_roster(
     full: bool,
+    total_items: Option<u64>,
+    listed: &std::collections::HashSet<u64>,
+    decision: &settlement::Decision,
     store: &Store,
     opts: &RunOptions,
-) -> Result<(census::Verdict, std::collections::HashSet<u64>), StoreError> {
-    let total_items = census.total_items();
-    let (verdict, listed) = census.verdict();
-    if full && opts.dry_run.is_none() {
-        roster::record_full_listing(store, total_items, &listed)?;
+) -> Result<(), StoreError> {
+    if !full || opts.dry_run.is_some() {
+        return Ok(());
     }
-    Ok((verdict, listed))
+    let complete = decision.incomplete.is_none();
+    roster::record_full_listing(store, total_items, listed, complete)
 }
 
 /// With `--incremental` and a stored watermark: list only users changed since then (minus the

@@ -17,6 +17,12 @@
 //! - more users than expected (one created with an `UpdatedOn` older than the overlap, never
 //!   listed incrementally): a full listing too, which learns it.
 //!
+//! A full listing that could not tell who is gone (pages shifted under it; its disables are held)
+//! forgets nobody the roster expected: the deletions it held are still missing at the next probe
+//! and are taken up at once. After two such listings in a row, a difference the search cannot
+//! settle waits for the scheduled full listing instead (a lasting cause must not turn every tick
+//! into a full listing).
+//!
 //! A drop is searched for before anything is listed ([`super::pinpoint`]): when `log2` of the
 //! roster per missing user costs fewer requests than the pages of a full listing, a binary search
 //! over the listing's positions finds who was deleted, each confirmed by a look-up, and the roster
@@ -37,8 +43,14 @@ use crate::store::{Store, StoreError};
 
 /// Meta key of the encoded roster.
 const ROSTER_KEY: &str = "roster";
-/// Encoding version, first byte of the value.
-const FORMAT: u8 = 1;
+/// Encoding version, first byte of the value (1: without `unsettled`, still read).
+const FORMAT: u8 = 2;
+
+/// Full listings in a row that could not tell who is gone, after which a probe's difference no
+/// longer brings another one (the scheduled full listings still run; the search still runs): a
+/// listing that is incomplete for a lasting reason (a record without a usable Id, a `TotalItems`
+/// that never adds up) must not turn every tick into a full listing.
+const MAX_UNSETTLED: u32 = 2;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Roster {
@@ -48,6 +60,8 @@ pub struct Roster {
     listed: Vec<u64>,
     /// Ids first shown by an incremental listing since, sorted.
     new: Vec<u64>,
+    /// Full listings in a row that could not tell who is gone (see [`MAX_UNSETTLED`]).
+    unsettled: u32,
 }
 
 /// What the probe and the incremental listing said together.
@@ -68,6 +82,36 @@ impl Roster {
             baseline: total_items.unwrap_or(listed.len() as u64),
             listed,
             new: Vec::new(),
+            unsettled: 0,
+        }
+    }
+
+    /// The roster after a full listing that could not tell who is gone (pages shifted under it,
+    /// a user it did not list is still there, its counts did not add up): nobody the previous
+    /// roster expected is forgotten, since a user it did not list may be deleted (its disable is
+    /// held with the rest) or skipped. The next probe compares with all of them, so a deletion
+    /// held by this listing is searched for, or listed again, at the next tick instead of waiting
+    /// for the scheduled full listing.
+    pub fn after_incomplete_listing(
+        previous: Option<Roster>,
+        total_items: Option<u64>,
+        seen: &HashSet<u64>,
+    ) -> Roster {
+        let Some(previous) = previous else {
+            let mut roster = Roster::after_full_listing(total_items, seen);
+            roster.unsettled = 1;
+            return roster;
+        };
+        let mut ids: Vec<u64> = seen.iter().copied().collect();
+        ids.extend_from_slice(&previous.listed);
+        ids.extend_from_slice(&previous.new);
+        ids.sort_unstable();
+        ids.dedup();
+        Roster {
+            baseline: ids.len() as u64,
+            listed: ids,
+            new: Vec::new(),
+            unsettled: previous.unsettled.saturating_add(1),
         }
     }
 
@@ -152,6 +196,7 @@ impl Roster {
         let mut out = Vec::with_capacity(16 + 2 * (self.listed.len() + self.new.len()));
         out.push(FORMAT);
         put_varint(&mut out, self.baseline);
+        put_varint(&mut out, u64::from(self.unsettled));
         put_ids(&mut out, &self.listed);
         put_ids(&mut out, &self.new);
         out
@@ -216,11 +261,11 @@ impl Probe {
                 total_items = total,
                 expected,
                 "Nexudus holds {total} users where {expected} were expected: someone was \
-                 deleted (or created unseen); listing everyone now"
+                 deleted (or created unseen)"
             );
             return Ok(Vanished {
                 gone: Vec::new(),
-                full_listing_due: true,
+                full_listing_due: self.full_listing_allowed(),
             });
         };
         if !found.gone.is_empty() {
@@ -237,12 +282,27 @@ impl Probe {
             "Nexudus holds {total} users where {expected} were expected: searched who was deleted"
         );
         if let Some(reason) = &found.unexplained {
-            tracing::info!(%reason, "the search did not account for every missing user; listing everyone now");
+            tracing::info!(%reason, "the search did not account for every missing user");
         }
         Ok(Vanished {
-            full_listing_due: found.unexplained.is_some(),
+            full_listing_due: found.unexplained.is_some() && self.full_listing_allowed(),
             gone: found.gone,
         })
+    }
+
+    /// Whether a difference the search did not settle may bring a full listing now: not after
+    /// [`MAX_UNSETTLED`] incomplete ones in a row.
+    fn full_listing_allowed(&self) -> bool {
+        if self.roster.unsettled >= MAX_UNSETTLED {
+            tracing::warn!(
+                unsettled = self.roster.unsettled,
+                "the last full listings could not tell who is gone: this difference waits for \
+                 the scheduled full listing"
+            );
+            return false;
+        }
+        tracing::info!("listing everyone now");
+        true
     }
 }
 
@@ -255,13 +315,20 @@ pub struct Vanished {
     pub full_listing_due: bool,
 }
 
-/// After a full listing that ran to its end (complete or not): the roster starts again from it.
+/// After a full listing that ran to its end: the roster starts again from it when it was
+/// `complete` (it could tell who is gone), and keeps everyone it expected besides when not.
 pub fn record_full_listing(
     store: &Store,
     total_items: Option<u64>,
     seen: &HashSet<u64>,
+    complete: bool,
 ) -> Result<(), StoreError> {
-    Roster::after_full_listing(total_items, seen).save(store)
+    let roster = if complete {
+        Roster::after_full_listing(total_items, seen)
+    } else {
+        Roster::after_incomplete_listing(Roster::load(store)?, total_items, seen)
+    };
+    roster.save(store)
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -274,16 +341,21 @@ pub enum ProbeError {
 
 fn decode(bytes: &[u8]) -> Option<Roster> {
     let (&format, mut rest) = bytes.split_first()?;
-    if format != FORMAT {
+    if format != 1 && format != FORMAT {
         return None;
     }
     let baseline = take_varint(&mut rest)?;
+    let unsettled = match format {
+        1 => 0,
+        _ => u32::try_from(take_varint(&mut rest)?).ok()?,
+    };
     let listed = take_ids(&mut rest)?;
     let new = take_ids(&mut rest)?;
     rest.is_empty().then_some(Roster {
         baseline,
         listed,
         new,
+        unsettled,
     })
 }
 
@@ -381,6 +453,46 @@ mod tests {
         assert_eq!(both.expected(), 4);
         // More users than known: a full listing learns them.
         assert!(matches!(r.judge(4), Judgement::Differs { .. }));
+    }
+
+    #[test]
+    fn an_incomplete_listing_forgets_nobody_and_stops_asking_after_two_in_a_row() {
+        let before = Roster::after_full_listing(Some(4), &ids(&[1, 2, 3, 4]));
+        // 2 and 4 were not listed (deleted, or skipped), 5 is new.
+        let once = Roster::after_incomplete_listing(Some(before), Some(3), &ids(&[1, 3, 5]));
+        assert_eq!(once.expected(), 5);
+        assert_eq!(once.expected_ids(), Some(vec![1, 2, 3, 4, 5]));
+        // Nexudus holds 3: the probe still sees the two deletions the listing held.
+        assert!(matches!(once.judge(3), Judgement::Differs { .. }));
+        assert_eq!(once.unsettled, 1);
+        let probe = |roster: &Roster| Probe {
+            total: Some(3),
+            roster: roster.clone(),
+        };
+        assert!(probe(&once).full_listing_allowed());
+        let twice = Roster::after_incomplete_listing(Some(once), Some(3), &ids(&[1, 3, 5]));
+        assert_eq!(twice.unsettled, 2);
+        assert!(!probe(&twice).full_listing_allowed());
+        // A complete listing settles it.
+        let settled = Roster::after_full_listing(Some(3), &ids(&[1, 3, 5]));
+        assert_eq!(
+            (settled.unsettled, settled.judge(3)),
+            (0, Judgement::Steady)
+        );
+        // Without an earlier roster, the listing is all there is to go by.
+        let first = Roster::after_incomplete_listing(None, Some(3), &ids(&[1, 3]));
+        assert_eq!((first.expected(), first.unsettled), (3, 1));
+    }
+
+    #[test]
+    fn the_format_without_unsettled_is_still_read() {
+        let mut old = vec![1u8];
+        put_varint(&mut old, 2);
+        put_ids(&mut old, &[10, 11]);
+        put_ids(&mut old, &[]);
+        let roster = decode(&old).expect("format 1");
+        assert_eq!((roster.expected(), roster.unsettled), (2, 0));
+        assert_eq!(decode(&roster.encode()), Some(roster));
     }
 
     #[test]
