@@ -29,6 +29,8 @@ struct Args {
     concurrency: usize,
     page_size: u32,
     revoke: revoke::RevokeArgs,
+    /// Only the import (the daemon needs a store) and the time to revoke.
+    revoke_only: bool,
 }
 
 fn parse_args() -> Args {
@@ -43,6 +45,7 @@ fn parse_args() -> Args {
             window: Duration::from_secs(40),
             seed: 14,
         },
+        revoke_only: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -62,6 +65,7 @@ fn parse_args() -> Args {
                 args.revoke.window = Duration::from_secs(value().expect("--revoke-seconds N"));
             }
             "--seed" => args.revoke.seed = value().expect("--seed N"),
+            "--revoke-only" => args.revoke_only = true,
             // cargo bench passes --bench; ignore anything else.
             _ => {}
         }
@@ -246,7 +250,11 @@ async fn bench(args: Args) {
         args.page_size,
         seeded.as_secs_f64()
     );
-    let fakes_floor = fakes_floor(&args, &nexudus, latency).await;
+    let fakes_floor = if args.revoke_only {
+        floor::Floor::default()
+    } else {
+        fakes_floor(&args, &nexudus, latency).await
+    };
     print_header();
     let phases = [
         Phase {
@@ -274,6 +282,11 @@ async fn bench(args: Args) {
             floors: Some((floor, fakes_floor.mass_update)),
         },
     ];
+    let phases = if args.revoke_only {
+        &phases[..1]
+    } else {
+        &phases[..]
+    };
     for (i, phase) in phases.iter().enumerate() {
         if phase.config == mass.as_path() {
             nevis.set_request_log(true);
@@ -281,7 +294,9 @@ async fn bench(args: Args) {
         }
         run_phase(i, phase, &args, &nexudus, &nevis, dir.path()).await;
     }
-    time_to_revoke(&args, &nexudus, &nevis, dir.path(), properties).await;
+    // The daemon keeps the mapping of the last phase, so that its first run changes nobody.
+    let mapping = if args.revoke_only { "" } else { properties };
+    time_to_revoke(&args, &nexudus, &nevis, dir.path(), mapping).await;
 }
 
 /// The trivial client's import and mass update (printed), before the sync runs. Afterwards, when
@@ -413,6 +428,11 @@ async fn time_to_revoke(
     write_config(&config, args, nexudus, nevis, &schedule, &tail);
     let log = dir.join("daemon.log");
     let m = revoke::measure(nexudus, nevis, &config, port, &log, &args.revoke).await;
+    // The daemon's log outlives the temporary directory, to tell what each delay was made of.
+    let kept = Path::new(env!("CARGO_TARGET_TMPDIR")).join("revoke-daemon.log");
+    if std::fs::copy(&log, &kept).is_ok() {
+        println!("daemon log: {}", kept.display());
+    }
     println!(
         "time to revoke: daemon on a {} s schedule, {} events over {} s (seed {}); {} Nexudus \
          requests in {:.0} s ({:.1} a minute), {} throttled",

@@ -11,6 +11,7 @@ use serde_json::{Value, json};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
+#[derive(Default)]
 pub struct Floor {
     pub import: Duration,
     pub mass_update: Duration,
