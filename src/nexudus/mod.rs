@@ -54,10 +54,15 @@ pub trait Source: Send + Sync + 'static {
         async move { Ok(self.fetch_page(1, None).await?.total_items) }
     }
 
-    /// The user at `position` (from 1) of the unfiltered listing ordered by Id, with one request
-    /// (page `position` of size 1), and the listing's `TotalItems`: a step of the search that
-    /// tells who was deleted without a full listing ([`crate::sync`]'s pinpoint).
-    fn id_at(&self, position: u32) -> impl Future<Output = Result<AtPosition, SourceError>> + Send;
+    /// The Ids on page `page` (from 1) of size `size` of the unfiltered listing ordered by Id, with
+    /// one request, and the listing's `TotalItems`: the steps (size 1: the user at a position) and
+    /// the page reads of the search that tells who was deleted without a full listing
+    /// ([`crate::sync`]'s pinpoint).
+    fn ids_at(
+        &self,
+        page: u32,
+        size: u32,
+    ) -> impl Future<Output = Result<PageIds, SourceError>> + Send;
 
     /// Called once at the start of every run (`full`: a full listing follows): what is reported
     /// once per run may be reported again, and a full listing reads the languages listing again
@@ -68,24 +73,27 @@ pub trait Source: Send + Sync + 'static {
     }
 }
 
-/// One position of the listing ordered by Id.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct AtPosition {
-    /// The Id there (`None`: the page was empty, or its record had no usable Id).
-    pub id: Option<u64>,
+/// The Ids of one page of the listing ordered by Id.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct PageIds {
+    /// In the order served (`None`: a record without a usable Id).
+    pub ids: Vec<Option<u64>>,
     /// `TotalItems`, when the envelope carried it.
     pub total_items: Option<u64>,
 }
 
-impl AtPosition {
-    /// What a page of size 1 says about its position.
-    pub fn of(page: &SourcePage) -> AtPosition {
-        let id = page.records.first().and_then(|record| match record {
-            Ok(user) => Some(user.id),
-            Err(bad) => bad.id,
-        });
-        AtPosition {
-            id,
+impl PageIds {
+    pub fn of(page: &SourcePage) -> PageIds {
+        let ids = page
+            .records
+            .iter()
+            .map(|record| match record {
+                Ok(user) => Some(user.id),
+                Err(bad) => bad.id,
+            })
+            .collect();
+        PageIds {
+            ids,
             total_items: page.total_items,
         }
     }
@@ -716,14 +724,14 @@ impl Source for NexudusClient {
         Ok(probe.total_items)
     }
 
-    async fn id_at(&self, position: u32) -> Result<AtPosition, SourceError> {
-        // The record is not mapped: no languages are resolved for it.
-        let what = format!("user at position {position}");
-        let page = self
+    async fn ids_at(&self, page: u32, size: u32) -> Result<PageIds, SourceError> {
+        // The records are not mapped: no languages are resolved for them.
+        let what = format!("users page {page} of size {size}");
+        let listed = self
             .retry
-            .run(&what, || self.fetch_once(position, 1, None))
+            .run(&what, || self.fetch_once(page, size, None))
             .await?;
-        Ok(AtPosition::of(&page))
+        Ok(PageIds::of(&listed))
     }
 
     async fn begin_run(&self, full: bool) {

@@ -424,7 +424,7 @@ mod tests {
     use crate::mapper::{DesiredUser, SourceUser};
     use crate::nevis::{PageCursor, TargetError};
     use crate::nexudus::SourcePage;
-    use crate::nexudus::{AtPosition, Presence};
+    use crate::nexudus::{PageIds, Presence};
     use serde_json::Value;
     use std::collections::BTreeMap;
     use std::sync::Mutex;
@@ -507,12 +507,18 @@ mod tests {
             })
         }
 
-        async fn id_at(&self, position: u32) -> Result<AtPosition, SourceError> {
+        async fn ids_at(&self, page: u32, size: u32) -> Result<PageIds, SourceError> {
             let users = self.users.lock().unwrap();
             let mut ids: Vec<u64> = users.iter().map(|u| u.id).collect();
             ids.sort_unstable();
-            Ok(AtPosition {
-                id: ids.get(position as usize - 1).copied(),
+            let start = (page as usize - 1) * size as usize;
+            Ok(PageIds {
+                ids: ids
+                    .iter()
+                    .skip(start)
+                    .take(size as usize)
+                    .map(|&id| Some(id))
+                    .collect(),
                 total_items: Some((ids.len() as i64 + *self.total_skew.lock().unwrap()) as u64),
             })
         }
@@ -951,7 +957,7 @@ mod tests {
             Ok(Presence::Active)
         }
 
-        async fn id_at(&self, _: u32) -> Result<AtPosition, SourceError> {
+        async fn ids_at(&self, _: u32, _: u32) -> Result<PageIds, SourceError> {
             unreachable!("a full listing searches nobody")
         }
     }

@@ -24,9 +24,9 @@
 //! into a full listing).
 //!
 //! A drop is searched for before anything is listed ([`super::pinpoint`]): when `log2` of the
-//! roster per missing user costs fewer requests than the pages of a full listing, a binary search
-//! over the listing's positions finds who was deleted, each confirmed by a look-up, and the roster
-//! forgets them. Whatever the search cannot account for still asks for the full listing.
+//! pages, a page read and a look-up per missing user cost fewer requests than a full listing, a
+//! binary search over the listing's positions finds who was deleted, each confirmed by a look-up,
+//! and the roster forgets them. Whatever the search cannot account for still asks for the full listing.
 //!
 //! A user created and deleted between two ticks was never synced: nothing to revoke. What is
 //! left to the scheduled full listings: a user who is never listed incrementally, created in the
@@ -252,7 +252,8 @@ impl Probe {
                     && pinpoint::worth_searching(expected - total, ids.len(), page_size) =>
             {
                 let pages = (ids.len() as u64).div_ceil(page_size.max(1));
-                Some(pinpoint::search(source, &ids, total, pages).await)
+                let page_size = u32::try_from(page_size).unwrap_or(u32::MAX);
+                Some(pinpoint::search(source, ids, total, page_size, pages).await)
             }
             _ => None,
         };

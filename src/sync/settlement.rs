@@ -428,7 +428,7 @@ fn observed_user(ext_id: &str, seen: &Observed) -> DesiredUser {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::nexudus::{AtPosition, SourceError, SourcePage};
+    use crate::nexudus::{PageIds, SourceError, SourcePage};
     use std::sync::Mutex;
 
     const CONFIG: &str = r#"
@@ -466,7 +466,7 @@ mod tests {
             self.asked.lock().unwrap().push(id);
             self.present.get(&id).cloned().unwrap_or(Ok(Presence::Gone))
         }
-        async fn id_at(&self, _: u32) -> Result<AtPosition, SourceError> {
+        async fn ids_at(&self, _: u32, _: u32) -> Result<PageIds, SourceError> {
             unreachable!("the settlement never searches")
         }
     }
