@@ -13,8 +13,8 @@
 //! - `roster`: who Nexudus held at the last full listing and who appeared since; an incremental
 //!   run reads `TotalItems` first (one request, a page of size 1) and, when it differs from what
 //!   the roster expects (someone was deleted), its `pinpoint` searches the listing's positions
-//!   for who (`log2(n)` requests each, every one confirmed by a look-up) before the settlement;
-//!   what the search cannot account for is listed in full in the same run.
+//!   for who (`log2(pages)` + 2 requests each, every one confirmed by a look-up) before the
+//!   settlement; what the search cannot account for is listed in full in the same run.
 
 use std::sync::Arc;
 use std::time::Instant;

@@ -19,9 +19,11 @@
 //!
 //! A full listing that could not tell who is gone (pages shifted under it; its disables are held)
 //! forgets nobody the roster expected: the deletions it held are still missing at the next probe
-//! and are taken up at once. After two such listings in a row, a difference the search cannot
-//! settle waits for the scheduled full listing instead (a lasting cause must not turn every tick
-//! into a full listing).
+//! and are taken up at once — by the search even when it costs more than a listing (up to twice
+//! its pages), since another listing would likely meet the same churn. After two such listings in
+//! a row, a difference the search cannot settle waits for the scheduled full listing instead (a
+//! lasting cause must not turn every tick into a full listing). A search that accounts for every
+//! missing user settles the roster again.
 //!
 //! A drop is searched for before anything is listed ([`super::pinpoint`]): when `log2` of the
 //! pages, a page read and a look-up per missing user cost fewer requests than a full listing, a
@@ -247,13 +249,14 @@ impl Probe {
             return Ok(Vanished::default());
         };
         let searched = match (page_size, self.roster.expected_ids()) {
-            (Some(page_size), Some(ids))
-                if total < expected
-                    && pinpoint::worth_searching(expected - total, ids.len(), page_size) =>
-            {
-                let pages = (ids.len() as u64).div_ceil(page_size.max(1));
-                let page_size = u32::try_from(page_size).unwrap_or(u32::MAX);
-                Some(pinpoint::search(source, ids, total, page_size, pages).await)
+            (Some(page_size), Some(ids)) if total < expected => {
+                match self.search_budget(expected - total, ids.len(), page_size) {
+                    Some(budget) => {
+                        let page_size = u32::try_from(page_size).unwrap_or(u32::MAX);
+                        Some(pinpoint::search(source, ids, total, page_size, budget).await)
+                    }
+                    None => None,
+                }
             }
             _ => None,
         };
@@ -269,8 +272,12 @@ impl Probe {
                 full_listing_due: self.full_listing_allowed(),
             });
         };
-        if !found.gone.is_empty() {
+        if !found.gone.is_empty() || found.unexplained.is_none() {
             self.roster.forget(&found.gone);
+            // Accounted for: the roster agrees with Nexudus's count again.
+            if found.unexplained.is_none() {
+                self.roster.unsettled = 0;
+            }
             if !dry_run {
                 self.roster.save(store)?;
             }
@@ -289,6 +296,22 @@ impl Probe {
             full_listing_due: found.unexplained.is_some() && self.full_listing_allowed(),
             gone: found.gone,
         })
+    }
+
+    /// The requests a search for `missing` users among `n` may spend, if it is to run: when it
+    /// costs less than a full listing, the pages of one. After a full listing that could not tell
+    /// who is gone (deletions while it ran), twice that whatever it costs: another listing would
+    /// likely meet the same churn, which the search copes with. Not after [`MAX_UNSETTLED`] such
+    /// listings unless it is cheaper (a lasting cause must not make every tick pay for it).
+    fn search_budget(&self, missing: u64, n: usize, page_size: u64) -> Option<u64> {
+        let pages = (n as u64).div_ceil(page_size.max(1));
+        if pinpoint::worth_searching(missing, n, page_size) {
+            Some(pages)
+        } else if (1..MAX_UNSETTLED).contains(&self.roster.unsettled) {
+            Some(pages.saturating_mul(2))
+        } else {
+            None
+        }
     }
 
     /// Whether a difference the search did not settle may bring a full listing now: not after
@@ -471,7 +494,15 @@ mod tests {
             roster: roster.clone(),
         };
         assert!(probe(&once).full_listing_allowed());
+        // The search runs even when dearer than a listing (here 1 page), with twice its pages.
+        assert_eq!(probe(&once).search_budget(2, 5, 1000), Some(2));
+        assert_eq!(
+            probe(&Roster::after_full_listing(Some(5), &ids(&[1, 2, 3, 4, 5])))
+                .search_budget(2, 5, 1000),
+            None
+        );
         let twice = Roster::after_incomplete_listing(Some(once), Some(3), &ids(&[1, 3, 5]));
+        assert_eq!(probe(&twice).search_budget(2, 5, 1000), None);
         assert_eq!(twice.unsettled, 2);
         assert!(!probe(&twice).full_listing_allowed());
         // A complete listing settles it.
