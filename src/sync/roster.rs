@@ -28,7 +28,8 @@
 //! A drop is searched for before anything is listed ([`super::pinpoint`]): when `log2` of the
 //! pages, a page read and a look-up per missing user cost fewer requests than a full listing, a
 //! binary search over the listing's positions finds who was deleted, each confirmed by a look-up,
-//! and the roster forgets them. Whatever the search cannot account for still asks for the full listing.
+//! and the roster forgets them. Whatever the search cannot account for still asks for the full
+//! listing.
 //!
 //! A user created and deleted between two ticks was never synced: nothing to revoke. What is
 //! left to the scheduled full listings: a user who is never listed incrementally, created in the
