@@ -716,12 +716,7 @@ impl Source for NexudusClient {
     }
 
     async fn count_users(&self) -> Result<Option<u64>, SourceError> {
-        // The records of this page are not read: no languages are resolved for it.
-        let probe = self
-            .retry
-            .run("users count", || self.fetch_once(1, 1, None))
-            .await?;
-        Ok(probe.total_items)
+        Ok(self.ids_at(1, 1).await?.total_items)
     }
 
     async fn ids_at(&self, page: u32, size: u32) -> Result<PageIds, SourceError> {

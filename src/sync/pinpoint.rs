@@ -34,18 +34,21 @@ pub struct Found {
     pub requests: u64,
 }
 
+/// The pages of a full listing of `n` users in pages of `page_size`.
+pub fn pages(n: usize, page_size: u64) -> u64 {
+    (n as u64).div_ceil(page_size.max(1))
+}
+
 /// Requests the search expects to spend per deleted user among `n` in pages of `page_size`: a
 /// step per halving of the pages, the page read, and the look-up.
 pub fn cost_per_deletion(n: usize, page_size: u64) -> u64 {
-    let pages = (n as u64).div_ceil(page_size.max(1));
-    u64::from(u64::BITS - pages.leading_zeros()) + 2
+    u64::from(u64::BITS - pages(n, page_size).leading_zeros()) + 2
 }
 
 /// Whether searching for `deleted` users among `n` is cheaper than listing them all in pages of
 /// `page_size`.
 pub fn worth_searching(deleted: u64, n: usize, page_size: u64) -> bool {
-    let pages = (n as u64).div_ceil(page_size.max(1));
-    deleted.saturating_mul(cost_per_deletion(n, page_size)) < pages
+    deleted.saturating_mul(cost_per_deletion(n, page_size)) < pages(n, page_size)
 }
 
 /// Searches `expected` (the roster's Ids, sorted ascending) for the users Nexudus no longer holds,

@@ -273,10 +273,11 @@ impl Probe {
                 full_listing_due: self.full_listing_allowed(),
             });
         };
-        if !found.gone.is_empty() || found.unexplained.is_none() {
+        // Accounted for: the roster agrees with Nexudus's count again.
+        let settled = found.unexplained.is_none() && self.roster.unsettled != 0;
+        if !found.gone.is_empty() || settled {
             self.roster.forget(&found.gone);
-            // Accounted for: the roster agrees with Nexudus's count again.
-            if found.unexplained.is_none() {
+            if settled {
                 self.roster.unsettled = 0;
             }
             if !dry_run {
@@ -305,7 +306,7 @@ impl Probe {
     /// likely meet the same churn, which the search copes with. Not after [`MAX_UNSETTLED`] such
     /// listings unless it is cheaper (a lasting cause must not make every tick pay for it).
     fn search_budget(&self, missing: u64, n: usize, page_size: u64) -> Option<u64> {
-        let pages = (n as u64).div_ceil(page_size.max(1));
+        let pages = pinpoint::pages(n, page_size);
         if pinpoint::worth_searching(missing, n, page_size) {
             Some(pages)
         } else if (1..MAX_UNSETTLED).contains(&self.roster.unsettled) {
