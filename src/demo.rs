@@ -328,8 +328,8 @@ async fn mass_disappearance(demo: &Demo) -> Result<(), DemoError> {
         .iter()
         .all(|id| demo.user(*id)["userState"] == "active");
     check(
-        held.held_disables == gone.len() as u64 && held.exit_code() == 1 && still_active,
-        || format!("held {} of {}", held.held_disables, gone.len()),
+        held.counts().held_disables == gone.len() as u64 && held.exit_code() == 1 && still_active,
+        || format!("held {} of {}", held.counts().held_disables, gone.len()),
     )?;
     println!("   an operator checks, then approves with --sync-now --allow-mass-disable:");
     let approved = demo
@@ -343,8 +343,8 @@ async fn mass_disappearance(demo: &Demo) -> Result<(), DemoError> {
         .iter()
         .all(|id| demo.user(*id)["userState"] == "disabled");
     check(
-        approved.disabled == gone.len() as u64 && all_disabled,
-        || format!("disabled {} of {}", approved.disabled, gone.len()),
+        approved.counts().disabled == gone.len() as u64 && all_disabled,
+        || format!("disabled {} of {}", approved.counts().disabled, gone.len()),
     )
 }
 
@@ -363,7 +363,7 @@ async fn hand_edit(demo: &Demo, edited: u64) -> Result<(), DemoError> {
     let ordinary = demo.run(&RunOptions::default()).await?;
     println!(
         "   an ordinary run compares with its checkpoints and sees nothing -> updated={}",
-        ordinary.updated
+        ordinary.counts().updated
     );
     let reconcile = demo
         .run(&RunOptions {
@@ -373,7 +373,7 @@ async fn hand_edit(demo: &Demo, edited: u64) -> Result<(), DemoError> {
         .await?;
     println!("   --reconcile -> {}", reconcile.summary_line());
     let now = demo.user(edited)["name"]["familyName"].clone();
-    check(reconcile.drift >= 1 && now == right, || {
+    check(reconcile.counts().drift >= 1 && now == right, || {
         format!("after the reconcile the family name is {now}, expected {right}")
     })
 }

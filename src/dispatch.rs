@@ -26,10 +26,12 @@ use tokio::task::JoinSet;
 use tracing::Instrument;
 
 use crate::diff::{Changes, Observed, changes_between, create_body};
-use crate::mapper::{DesiredUser, nexudus_id_of};
-use crate::nevis::{Target, TargetError, for_each_page, list_all, version_of};
+use crate::directory::{Directory, SharedDirectory};
+use crate::mapper::DesiredUser;
+use crate::nevis::{Target, TargetError, list_all, version_of};
+use crate::ownership::Owners;
 use crate::progress::Progress;
-use crate::report::{Adoption, Conflict, Failure, RunReport};
+use crate::report::{Outcome, RunReport};
 use crate::store::{Store, StoreError, fingerprint};
 use crate::versions::BulkVersions;
 
@@ -94,23 +96,15 @@ impl Op {
 pub type PlanSink = Arc<dyn Fn(&Value) + Send + Sync>;
 
 /// How adoption recognises users (`sync.adopt = "email"`).
-#[derive(Debug)]
 pub struct AdoptRules {
-    /// extIds with this prefix and a numeric rest belong to that Nexudus Id.
-    pub ext_id_prefix: String,
     /// `mapping.login_id = "ext_id"`: an adopted user's loginId follows its kept extId.
     pub login_from_ext_id: bool,
-    /// extId → Nexudus Id of every checkpoint, read from the store the first time a candidate
-    /// needs it: users created under an earlier prefix are owned although the prefix changed.
-    pub checkpoint_owners: Mutex<Option<HashMap<String, u64>>>,
-    /// The client's users by case-folded loginId and email, read once, when the first create
-    /// of the run looks for a user to adopt (see [`AdoptIndex`]).
+    /// Who owns an extId, read before the run's writes start.
+    owners: Arc<Owners>,
+    /// The client's users by case-folded loginId and email, built once from the run's read of
+    /// nevisIDM's listing, when the first create of the run looks for a user to adopt.
     index: tokio::sync::OnceCell<Result<AdoptIndex, TargetError>>,
 }
-
-/// Page size and page bound of the one read of the client's users that adoption decides from.
-const INDEX_PAGE_LIMIT: u32 = 500;
-const INDEX_MAX_PAGES: u32 = 20_000;
 
 /// Every user of the client, indexed by case-folded loginId and by case-folded email. Adoption
 /// decides from this rather than from the listing's `loginId=` / `contacts.email=` filters: how
@@ -119,7 +113,7 @@ const INDEX_MAX_PAGES: u32 = 20_000;
 /// exists to prevent. Emails are stored as people typed them.
 #[derive(Debug, Default)]
 struct AdoptIndex {
-    users: HashMap<String, Observed>,
+    directory: Arc<Directory>,
     by_login: HashMap<String, Vec<String>>,
     by_email: HashMap<String, Vec<String>>,
 }
@@ -129,25 +123,22 @@ fn fold(value: &str) -> String {
 }
 
 impl AdoptIndex {
-    async fn read<T: Target>(target: &T) -> Result<AdoptIndex, TargetError> {
-        let mut index = AdoptIndex::default();
-        for_each_page(target, &[], INDEX_PAGE_LIMIT, INDEX_MAX_PAGES, |items| {
-            for item in &items {
-                let Some(ext_id) = item.get("extId").and_then(Value::as_str) else {
-                    continue;
-                };
-                let seen = Observed::from_nevis_json(item);
-                if let Some(login) = seen.login_id.as_deref().map(fold).filter(|l| !l.is_empty()) {
-                    index.by_login.entry(login).or_default().push(ext_id.into());
-                }
-                if let Some(email) = seen.email.as_deref().map(fold).filter(|e| !e.is_empty()) {
-                    index.by_email.entry(email).or_default().push(ext_id.into());
-                }
-                index.users.insert(ext_id.to_string(), seen);
+    fn of(directory: Arc<Directory>) -> AdoptIndex {
+        let mut by_login: HashMap<String, Vec<String>> = HashMap::new();
+        let mut by_email: HashMap<String, Vec<String>> = HashMap::new();
+        for (ext_id, seen) in &directory.users {
+            if let Some(login) = seen.login_id.as_deref().map(fold).filter(|l| !l.is_empty()) {
+                by_login.entry(login).or_default().push(ext_id.clone());
             }
-        })
-        .await?;
-        Ok(index)
+            if let Some(email) = seen.email.as_deref().map(fold).filter(|e| !e.is_empty()) {
+                by_email.entry(email).or_default().push(ext_id.clone());
+            }
+        }
+        AdoptIndex {
+            directory,
+            by_login,
+            by_email,
+        }
     }
 
     /// Users whose loginId is `desired`'s loginId, or whose email is its email, ignoring case.
@@ -159,50 +150,18 @@ impl AdoptIndex {
         keys.extend(self.by_email.get(&fold(&desired.email)));
         keys.into_iter()
             .flatten()
-            .filter_map(|ext_id| Some((ext_id.clone(), self.users.get(ext_id)?.clone())))
+            .filter_map(|ext_id| Some((ext_id.clone(), self.directory.users.get(ext_id)?.clone())))
             .collect()
     }
 }
 
 impl AdoptRules {
-    pub fn new(ext_id_prefix: String, login_from_ext_id: bool) -> Self {
+    pub fn new(owners: Arc<Owners>, login_from_ext_id: bool) -> Self {
         AdoptRules {
-            ext_id_prefix,
             login_from_ext_id,
-            checkpoint_owners: Mutex::default(),
+            owners,
             index: tokio::sync::OnceCell::new(),
         }
-    }
-
-    /// The Nexudus user that owns `ext_id`: linked by adoption, checkpointed (created by this
-    /// tool, under any prefix), or named by the configured prefix.
-    fn owner(&self, store: &Store, ext_id: &str) -> Result<Option<u64>, StoreError> {
-        if let Some(owner) = store.link_owner(ext_id)? {
-            return Ok(Some(owner));
-        }
-        let mut owners = self
-            .checkpoint_owners
-            .lock()
-            .expect("owners lock is never poisoned");
-        if owners.is_none() {
-            let mut map = HashMap::new();
-            for item in store.iter() {
-                match item {
-                    Ok((id, checkpoint)) => {
-                        map.insert(checkpoint.ext_id, id);
-                    }
-                    Err(StoreError::Corrupt(e)) => {
-                        tracing::warn!(error = %e, "unreadable checkpoint skipped for ownership");
-                    }
-                    Err(e) => return Err(e),
-                }
-            }
-            *owners = Some(map);
-        }
-        if let Some(owner) = owners.as_ref().and_then(|m| m.get(ext_id)) {
-            return Ok(Some(*owner));
-        }
-        Ok(nexudus_id_of(&self.ext_id_prefix, ext_id))
     }
 }
 
@@ -235,6 +194,32 @@ pub enum DispatchError {
     Store(#[from] StoreError),
 }
 
+/// Why a write did not happen: nevisIDM's answer, or a decision of the dispatcher's own.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum WriteError {
+    #[error(transparent)]
+    Target(#[from] TargetError),
+    /// Adoption could not pick one nevisIDM user, or a create collided with a user this tool
+    /// does not own: nothing was written.
+    #[error("conflict: {reason}; candidates: [{}]", candidates.join(", "))]
+    Conflict {
+        reason: String,
+        candidates: Vec<String>,
+    },
+    /// A PATCH answered 409 again after the user was read afresh: left for the next run.
+    #[error(
+        "nevisIDM answered 409 (concurrent modification) twice: user {ext_id} changed again \
+         between our read and our write; left as it is in this run, the next run tries again"
+    )]
+    Contended { ext_id: String },
+}
+
+impl WriteError {
+    fn is_unavailable(&self) -> bool {
+        matches!(self, WriteError::Target(TargetError::Unavailable { .. }))
+    }
+}
+
 /// How a confirmed operation ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Applied {
@@ -247,13 +232,16 @@ enum Applied {
     },
 }
 
-type Outcome = (Op, Result<Result<Applied, TargetError>, StoreError>);
+type Done = (Op, Result<Result<Applied, WriteError>, StoreError>);
 
 pub struct Dispatcher<T: Target> {
     target: Arc<T>,
     store: Store,
     permits: Arc<Semaphore>,
-    tasks: JoinSet<Outcome>,
+    tasks: JoinSet<Done>,
+    /// The user of each write in flight (Nexudus Id, extId): a write whose task ends without an
+    /// answer (a panic, or abandoned at shutdown) still gets its outcome.
+    in_flight: HashMap<tokio::task::Id, (u64, String)>,
     dry_run: Option<PlanSink>,
     unavailable_streak: u32,
     adopt: Option<Arc<AdoptRules>>,
@@ -261,6 +249,8 @@ pub struct Dispatcher<T: Target> {
     claimed: Arc<Mutex<HashSet<String>>>,
     /// Writes in flight and done, for whoever watches the run.
     progress: Option<Arc<Progress>>,
+    /// The run's one read of nevisIDM's user listing (adoption, versions).
+    directory: SharedDirectory,
     /// Versions read in bulk when many updates of this run have none.
     versions: BulkVersions,
 }
@@ -277,11 +267,13 @@ impl<T: Target> Dispatcher<T> {
             store,
             permits: Arc::new(Semaphore::new(concurrency.max(1))),
             tasks: JoinSet::new(),
+            in_flight: HashMap::new(),
             dry_run,
             unavailable_streak: 0,
             adopt: None,
             claimed: Arc::default(),
             progress: None,
+            directory: SharedDirectory::default(),
             versions: BulkVersions::default(),
         }
     }
@@ -289,6 +281,13 @@ impl<T: Target> Dispatcher<T> {
     /// Counts writes in flight and done into `progress`.
     pub fn with_progress(mut self, progress: Option<Arc<Progress>>) -> Self {
         self.progress = progress;
+        self
+    }
+
+    /// Shares the run's read of nevisIDM's user listing.
+    pub fn with_directory(mut self, directory: SharedDirectory) -> Self {
+        self.versions = BulkVersions::new(directory.clone());
+        self.directory = directory;
         self
     }
 
@@ -304,24 +303,7 @@ impl<T: Target> Dispatcher<T> {
             let sink = Arc::clone(sink);
             return self.plan(op, &sink, report).await;
         }
-        let permit = loop {
-            // Settle whatever finished first, so a fatal outcome stops new work promptly.
-            while let Some(done) = self.tasks.try_join_next() {
-                self.settle(done, report)?;
-            }
-            match Arc::clone(&self.permits).try_acquire_owned() {
-                Ok(p) => break p,
-                Err(_) => match self.tasks.join_next().await {
-                    Some(done) => self.settle(done, report)?,
-                    None => {
-                        break Arc::clone(&self.permits)
-                            .acquire_owned()
-                            .await
-                            .expect("dispatcher semaphore is never closed");
-                    }
-                },
-            }
-        };
+        let permit = self.slot(report).await?;
         let mut op = op;
         if op.changes.is_some() && op.version.is_none() {
             op.version = known_version(&self.store, &op)?;
@@ -329,36 +311,78 @@ impl<T: Target> Dispatcher<T> {
                 op.version = self.versions.lookup(&*self.target, &op.after.ext_id).await;
             }
         }
-        let target = Arc::clone(&self.target);
-        let store = self.store.clone();
-        let adopt = self.adopt.clone().filter(|_| op.adopt);
-        let claimed = Arc::clone(&self.claimed);
-        let span = tracing::info_span!("user", extId = %op.after.ext_id);
-        self.tasks.spawn(
-            async move {
-                let mut op = op;
-                let result = match adopt {
-                    Some(rules) => {
-                        adopt_or_create(&*target, &store, &rules, &claimed, &mut op).await
-                    }
-                    None => Ok(apply(&*target, &mut op).await),
-                };
-                // The slot bounds nevisIDM writes in flight, not disk work: the next write may
-                // start while this checkpoint is made durable (flushes are group-committed, so a
-                // SIGKILL loses at most the checkpoints of writes confirmed within one flush).
-                drop(permit);
-                let recorded = match result {
-                    Ok(Ok(applied)) => record(&store, &op, applied).await.map(|()| Ok(applied)),
-                    other => other,
-                };
-                (op, recorded)
-            }
-            .instrument(span),
-        );
+        let user = (op.nexudus_id, op.after.ext_id.clone());
+        let task = self.write_task(op, permit);
+        let handle = self.tasks.spawn(task);
+        self.in_flight.insert(handle.id(), user);
         if let Some(progress) = &self.progress {
             progress.write_started();
         }
         Ok(())
+    }
+
+    /// A free write slot, settling whatever finished first, so a fatal outcome stops new work
+    /// promptly.
+    async fn slot(
+        &mut self,
+        report: &mut RunReport,
+    ) -> Result<tokio::sync::OwnedSemaphorePermit, DispatchError> {
+        loop {
+            while let Some(done) = self.tasks.try_join_next_with_id() {
+                self.settle(done, report)?;
+            }
+            match Arc::clone(&self.permits).try_acquire_owned() {
+                Ok(p) => return Ok(p),
+                Err(_) => match self.tasks.join_next_with_id().await {
+                    Some(done) => self.settle(done, report)?,
+                    None => {
+                        return Ok(Arc::clone(&self.permits)
+                            .acquire_owned()
+                            .await
+                            .expect("dispatcher semaphore is never closed"));
+                    }
+                },
+            }
+        }
+    }
+
+    /// The write of `op` and its checkpoint, as a task of its own.
+    fn write_task(
+        &self,
+        mut op: Op,
+        permit: tokio::sync::OwnedSemaphorePermit,
+    ) -> impl std::future::Future<Output = Done> + Send + 'static {
+        let target = Arc::clone(&self.target);
+        let store = self.store.clone();
+        let adopt = self.adopt.clone().filter(|_| op.adopt);
+        let claimed = Arc::clone(&self.claimed);
+        let directory = self.directory.clone();
+        let span = tracing::info_span!("user", extId = %op.after.ext_id);
+        async move {
+            let result = match adopt {
+                Some(rules) => {
+                    let ctx = AdoptCtx {
+                        target: &*target,
+                        store: &store,
+                        rules: &rules,
+                        claimed: &claimed,
+                        directory: &directory,
+                    };
+                    adopt_or_create(&ctx, &mut op).await
+                }
+                None => Ok(apply(&*target, &mut op).await),
+            };
+            // The slot bounds nevisIDM writes in flight, not disk work: the next write may
+            // start while this checkpoint is made durable (flushes are group-committed, so a
+            // SIGKILL loses at most the checkpoints of writes confirmed within one flush).
+            drop(permit);
+            let recorded = match result {
+                Ok(Ok(applied)) => record(&store, &op, applied).await.map(|()| Ok(applied)),
+                other => other,
+            };
+            (op, recorded)
+        }
+        .instrument(span)
     }
 
     /// Dry run: decides as a real run would (adoption reads nevisIDM) and prints the decision.
@@ -368,65 +392,44 @@ impl<T: Target> Dispatcher<T> {
         sink: &PlanSink,
         report: &mut RunReport,
     ) -> Result<(), DispatchError> {
-        let rules = self.adopt.clone().filter(|_| op.adopt);
-        let decision = match rules {
+        let decision = match self.adopt.clone().filter(|_| op.adopt) {
             Some(rules) => {
-                match decide(&*self.target, &self.store, &rules, &self.claimed, &op).await {
-                    Ok(Ok(d)) => d,
-                    Ok(Err(e)) if e.is_fatal() => {
+                let ctx = AdoptCtx {
+                    target: &*self.target,
+                    store: &self.store,
+                    rules: &rules,
+                    claimed: &self.claimed,
+                    directory: &self.directory,
+                };
+                match decide(&ctx, &op).await? {
+                    Ok(d) => d,
+                    Err(WriteError::Target(e)) if e.is_fatal() => {
                         return Err(DispatchError::Auth(e));
                     }
-                    Ok(Err(e)) => {
+                    Err(e) => {
                         let mut line = op.plan_json();
                         line["op"] = json!("error");
                         line["reason"] = json!(e.to_string());
                         sink(&line);
-                        report.failed += 1;
+                        let reason = e.to_string();
+                        report.record(
+                            op.nexudus_id,
+                            Outcome::failed(&op.after.ext_id, reason, false),
+                        );
                         return Ok(());
                     }
-                    Err(e) => return Err(e.into()),
                 }
             }
             None => Decision::Create,
         };
-        match decision {
-            Decision::Create => {
-                sink(&op.plan_json());
-                count(&op, Applied::Written, report);
-            }
-            Decision::Adopt {
-                ext_id, changes, ..
-            } => {
-                sink(&json!({
-                    "op": "adopt",
-                    "extId": ext_id,
-                    "nexudusId": op.nexudus_id,
-                    "changes": changes.to_json(),
-                }));
-                report.adopted += 1;
-                report.adoptions.push(Adoption {
-                    nexudus_id: op.nexudus_id,
-                    ext_id,
-                });
-            }
-            Decision::Conflict { reason, candidates } => {
-                sink(&json!({
-                    "op": "conflict",
-                    "extId": op.after.ext_id,
-                    "nexudusId": op.nexudus_id,
-                    "candidates": candidates,
-                    "reason": reason,
-                }));
-                push_conflict(report, &op, reason, candidates);
-            }
-        }
+        plan_line(&op, decision, sink, report);
         Ok(())
     }
 
     /// Waits for every operation in flight.
     pub async fn finish(&mut self, report: &mut RunReport) -> Result<(), DispatchError> {
         let mut first_fatal = None;
-        while let Some(done) = self.tasks.join_next().await {
+        while let Some(done) = self.tasks.join_next_with_id().await {
             if let Err(e) = self.settle(done, report) {
                 first_fatal.get_or_insert(e);
             }
@@ -434,86 +437,139 @@ impl<T: Target> Dispatcher<T> {
         first_fatal.map_or(Ok(()), Err)
     }
 
+    /// A shutdown's grace is over: the writes still in flight are abandoned, unconfirmed and
+    /// not checkpointed, each reported failed (the next run redoes them).
+    pub fn abandon(mut self, report: &mut RunReport) {
+        self.tasks.abort_all();
+        for (_, (nexudus_id, ext_id)) in self.in_flight.drain() {
+            report.record(
+                nexudus_id,
+                Outcome::failed(
+                    &ext_id,
+                    "abandoned at shutdown: the write was not confirmed in time",
+                    false,
+                ),
+            );
+        }
+    }
+
     fn settle(
         &mut self,
-        done: Result<Outcome, tokio::task::JoinError>,
+        done: Result<(tokio::task::Id, Done), tokio::task::JoinError>,
         report: &mut RunReport,
     ) -> Result<(), DispatchError> {
         if let Some(progress) = &self.progress {
-            progress.write_done(matches!(done, Ok((_, Ok(Ok(_))))));
+            progress.write_done(matches!(done, Ok((_, (_, Ok(Ok(_)))))));
         }
         let (op, result) = match done {
-            Ok(outcome) => outcome,
+            Ok((id, outcome)) => {
+                self.in_flight.remove(&id);
+                outcome
+            }
             // A panicking write task is a bug; the user is not checkpointed and will be retried.
             Err(e) => {
                 tracing::error!(error = %e, "write task failed");
-                report.failed += 1;
+                if let Some((nexudus_id, ext_id)) = self.in_flight.remove(&e.id()) {
+                    let reason = format!("internal error: the write task failed ({e})");
+                    report.record(nexudus_id, Outcome::failed(&ext_id, reason, false));
+                }
                 return Ok(());
             }
         };
-        let ext_id = &op.after.ext_id;
         match result? {
             Ok(applied) => {
                 self.unavailable_streak = 0;
-                tracing::debug!(extId = %ext_id, op = op.kind.as_str(), "confirmed");
-                count(&op, applied, report);
-                if let Applied::Adopted { .. } = applied {
-                    report.adoptions.push(Adoption {
-                        nexudus_id: op.nexudus_id,
-                        ext_id: ext_id.clone(),
-                    });
-                }
+                tracing::debug!(extId = %op.after.ext_id, op = op.kind.as_str(), "confirmed");
+                report.record(op.nexudus_id, outcome_of(&op, applied));
                 Ok(())
             }
-            Err(e) if e.is_fatal() => Err(DispatchError::Auth(e)),
-            Err(TargetError::Conflict { reason, candidates }) => {
-                self.unavailable_streak = 0;
-                tracing::warn!(extId = %ext_id, %reason, ?candidates, "conflict: nothing written");
-                self.store.record_failure(
-                    op.nexudus_id,
-                    &format!(
-                        "conflict: {reason}; candidates: [{}]",
-                        candidates.join(", ")
-                    ),
-                )?;
-                report.watermark.problem(op.updated_on.as_deref());
-                push_conflict(report, &op, reason, candidates);
-                Ok(())
-            }
-            Err(e) => {
-                tracing::warn!(extId = %ext_id, op = op.kind.as_str(), error = %e, "write failed; will retry next run");
-                let reason = e.to_string();
-                self.store.record_failure(op.nexudus_id, &reason)?;
-                report.failed += 1;
-                report.watermark.problem(op.updated_on.as_deref());
-                report.failures.push(Failure {
-                    nexudus_id: op.nexudus_id,
-                    ext_id: ext_id.clone(),
-                    reason: reason.clone(),
-                });
-                if matches!(e, TargetError::Unavailable { .. }) {
-                    report.unavailable += 1;
-                    self.unavailable_streak += 1;
-                    if self.unavailable_streak >= UNAVAILABLE_TRIP {
-                        return Err(DispatchError::Unavailable(self.unavailable_streak, reason));
-                    }
-                } else {
-                    self.unavailable_streak = 0;
-                }
-                Ok(())
-            }
+            Err(e) => self.refused(&op, e, report),
+        }
+    }
+
+    /// A write that did not happen: fatal, a conflict, or a failure retried next run.
+    fn refused(
+        &mut self,
+        op: &Op,
+        e: WriteError,
+        report: &mut RunReport,
+    ) -> Result<(), DispatchError> {
+        let ext_id = &op.after.ext_id;
+        let e = match e {
+            WriteError::Target(e) if e.is_fatal() => return Err(DispatchError::Auth(e)),
+            e => e,
+        };
+        report.watermark.problem(op.updated_on.as_deref());
+        if let WriteError::Conflict { reason, candidates } = e {
+            self.unavailable_streak = 0;
+            tracing::warn!(extId = %ext_id, %reason, ?candidates, "conflict: nothing written");
+            self.store.record_failure(
+                op.nexudus_id,
+                &format!(
+                    "conflict: {reason}; candidates: [{}]",
+                    candidates.join(", ")
+                ),
+            )?;
+            report.record(op.nexudus_id, conflict(op, reason, candidates));
+            return Ok(());
+        }
+        tracing::warn!(extId = %ext_id, op = op.kind.as_str(), error = %e, "write failed; will retry next run");
+        let reason = e.to_string();
+        self.store.record_failure(op.nexudus_id, &reason)?;
+        let unavailable = e.is_unavailable();
+        report.record(
+            op.nexudus_id,
+            Outcome::failed(ext_id, reason.clone(), unavailable),
+        );
+        if !unavailable {
+            self.unavailable_streak = 0;
+            return Ok(());
+        }
+        self.unavailable_streak += 1;
+        if self.unavailable_streak >= UNAVAILABLE_TRIP {
+            return Err(DispatchError::Unavailable(self.unavailable_streak, reason));
+        }
+        Ok(())
+    }
+}
+
+/// A dry run's line for one decision, and the outcome it would have.
+fn plan_line(op: &Op, decision: Decision, sink: &PlanSink, report: &mut RunReport) {
+    match decision {
+        Decision::Create => {
+            sink(&op.plan_json());
+            report.record(op.nexudus_id, outcome_of(op, Applied::Written));
+        }
+        Decision::Adopt {
+            ext_id, changes, ..
+        } => {
+            sink(&json!({
+                "op": "adopt",
+                "extId": ext_id,
+                "nexudusId": op.nexudus_id,
+                "changes": changes.to_json(),
+            }));
+            report.record(op.nexudus_id, Outcome::Adopted { ext_id });
+        }
+        Decision::Conflict { reason, candidates } => {
+            sink(&json!({
+                "op": "conflict",
+                "extId": op.after.ext_id,
+                "nexudusId": op.nexudus_id,
+                "candidates": candidates,
+                "reason": reason,
+            }));
+            report.record(op.nexudus_id, conflict(op, reason, candidates));
         }
     }
 }
 
-fn push_conflict(report: &mut RunReport, op: &Op, reason: String, candidates: Vec<String>) {
-    report.conflicts += 1;
-    report.conflict_records.push(Conflict {
-        nexudus_id: op.nexudus_id,
+fn conflict(op: &Op, reason: String, candidates: Vec<String>) -> Outcome {
+    Outcome::Conflict {
         ext_id: op.after.ext_id.clone(),
         reason,
         candidates,
-    });
+    }
 }
 
 /// Checkpoints a confirmed operation (and the link of an adoption) and makes it durable.
@@ -526,46 +582,56 @@ async fn record(store: &Store, op: &Op, applied: Applied) -> Result<(), StoreErr
     store.flush().await
 }
 
-fn count(op: &Op, applied: Applied, report: &mut RunReport) {
+/// The outcome of a confirmed operation.
+fn outcome_of(op: &Op, applied: Applied) -> Outcome {
     match (applied, op.kind) {
-        (Applied::Adopted { .. }, _) => report.adopted += 1,
-        (Applied::AlreadyRight, _) => report.unchanged += 1,
-        (Applied::Written, OpKind::Create) => report.created += 1,
-        (Applied::Written, OpKind::Update) => report.updated += 1,
-        (Applied::Written, OpKind::Disable) => report.disabled += 1,
-        (Applied::Written, OpKind::Archive) => report.archived += 1,
+        (Applied::Adopted { .. }, _) => Outcome::Adopted {
+            ext_id: op.after.ext_id.clone(),
+        },
+        (Applied::AlreadyRight, _) => Outcome::Unchanged,
+        (Applied::Written, OpKind::Create) => Outcome::Created,
+        (Applied::Written, OpKind::Update) => Outcome::Updated,
+        (Applied::Written, OpKind::Disable) => Outcome::Disabled,
+        (Applied::Written, OpKind::Archive) => Outcome::Archived,
     }
 }
 
 /// Adoption reads at most this many matches per lookup (more is a conflict anyway).
 const ADOPT_LOOKUP_LIMIT: u32 = 10;
 
+/// What adoption decides from: the rules and the run's shared state.
+struct AdoptCtx<'a, T: Target> {
+    target: &'a T,
+    store: &'a Store,
+    rules: &'a AdoptRules,
+    claimed: &'a Mutex<HashSet<String>>,
+    directory: &'a SharedDirectory,
+}
+
+impl<T: Target> AdoptCtx<'_, T> {
+    /// The adoption index, built once from the run's read of nevisIDM's listing.
+    async fn index(&self) -> Result<&AdoptIndex, TargetError> {
+        let index = self
+            .rules
+            .index
+            .get_or_init(|| async {
+                let directory = self.directory.get(self.target).await?;
+                Ok(AdoptIndex::of(directory))
+            })
+            .await;
+        index.as_ref().map_err(Clone::clone)
+    }
+}
+
 /// Looks for pre-existing nevisIDM users with this user's loginId or email and decides.
 async fn decide<T: Target>(
-    target: &T,
-    store: &Store,
-    rules: &AdoptRules,
-    claimed: &Mutex<HashSet<String>>,
+    ctx: &AdoptCtx<'_, T>,
     op: &Op,
-) -> Result<Result<Decision, TargetError>, StoreError> {
+) -> Result<Result<Decision, WriteError>, StoreError> {
     let desired = &op.after;
-    let index = rules
-        .index
-        .get_or_init(|| async {
-            let read = AdoptIndex::read(target).await;
-            match &read {
-                Ok(index) => tracing::info!(
-                    users = index.users.len(),
-                    "adoption: read the client's users once for this run"
-                ),
-                Err(e) => tracing::warn!(error = %e, "adoption: cannot read the client's users"),
-            }
-            read
-        })
-        .await;
-    let mut found = match index {
+    let mut found = match ctx.index().await {
         Ok(index) => index.matches(desired),
-        Err(e) => return Ok(Err(e.clone())),
+        Err(e) => return Ok(Err(e.into())),
     };
     // Our own user (same extId) is not a candidate: creating it converges on it.
     if found.remove(&desired.ext_id).is_some() || found.is_empty() {
@@ -583,13 +649,15 @@ async fn decide<T: Target>(
         }));
     }
     let (ext_id, existing) = found.into_iter().next().expect("exactly one candidate");
-    if let Some(owner) = rules.owner(store, &ext_id)?.filter(|o| *o != op.nexudus_id) {
+    let owner = ctx.rules.owners.owner(ctx.store, &ext_id)?;
+    if let Some(owner) = owner.filter(|o| *o != op.nexudus_id) {
         return Ok(Ok(Decision::Conflict {
             reason: format!("the matching nevisIDM user is already linked to Nexudus user {owner}"),
             candidates: vec![ext_id],
         }));
     }
-    if !claimed
+    if !ctx
+        .claimed
         .lock()
         .expect("claims lock is never poisoned")
         .insert(ext_id.clone())
@@ -599,7 +667,7 @@ async fn decide<T: Target>(
             candidates: vec![ext_id],
         }));
     }
-    let after = adopted_as(desired, &ext_id, rules);
+    let after = adopted_as(desired, &ext_id, ctx.rules);
     let changes = changes_between(&after, &existing);
     let version = existing.version;
     Ok(Ok(Decision::Adopt {
@@ -642,7 +710,7 @@ async fn candidates<T: Target>(target: &T, desired: &DesiredUser) -> Result<Look
             let items = match list_all(target, &[(filter, spelling)], ADOPT_LOOKUP_LIMIT, 1).await {
                 Ok(items) => items,
                 // More than one page of matches: certainly ambiguous.
-                Err(TargetError::Unavailable { detail, .. }) if detail.contains("did not end") => {
+                Err(TargetError::EndlessListing { .. }) => {
                     return Ok(Lookup::TooMany(found.into_keys().collect()));
                 }
                 Err(e) => return Err(e),
@@ -676,20 +744,17 @@ fn adopted_as(desired: &DesiredUser, ext_id: &str, rules: &AdoptRules) -> Desire
 
 /// A create under `sync.adopt = "email"`: adopt, create, or report a conflict.
 async fn adopt_or_create<T: Target>(
-    target: &T,
-    store: &Store,
-    rules: &AdoptRules,
-    claimed: &Mutex<HashSet<String>>,
+    ctx: &AdoptCtx<'_, T>,
     op: &mut Op,
-) -> Result<Result<Applied, TargetError>, StoreError> {
-    let decision = match decide(target, store, rules, claimed, op).await? {
+) -> Result<Result<Applied, WriteError>, StoreError> {
+    let decision = match decide(ctx, op).await? {
         Ok(d) => d,
         Err(e) => return Ok(Err(e)),
     };
     Ok(match decision {
-        Decision::Create => apply(target, op).await,
+        Decision::Create => apply(ctx.target, op).await,
         Decision::Conflict { reason, candidates } => {
-            Err(TargetError::Conflict { reason, candidates })
+            Err(WriteError::Conflict { reason, candidates })
         }
         Decision::Adopt {
             ext_id,
@@ -697,12 +762,12 @@ async fn adopt_or_create<T: Target>(
             version,
         } => {
             tracing::info!(adopted = %ext_id, nexudus_id = op.nexudus_id, "adopting the pre-existing nevisIDM user");
-            op.after = adopted_as(&op.after, &ext_id, rules);
+            op.after = adopted_as(&op.after, &ext_id, ctx.rules);
             op.version = version;
             if changes.is_empty() {
                 Ok(Applied::Adopted { wrote: false })
             } else {
-                patch(target, &op.after, &changes, version)
+                patch(ctx.target, &op.after, &changes, version)
                     .await
                     .map(|after| {
                         op.version = after;
@@ -747,12 +812,12 @@ async fn patch<T: Target>(
     desired: &DesiredUser,
     changes: &Changes,
     known: Option<i64>,
-) -> Result<Option<i64>, TargetError> {
+) -> Result<Option<i64>, WriteError> {
     let ext_id = desired.ext_id.as_str();
     let version = version_for(target, ext_id, known).await?;
     match target.update(ext_id, changes, version).await {
         Err(TargetError::Stale { .. }) => {}
-        other => return other,
+        other => return Ok(other?),
     }
     tracing::info!(extId = %ext_id, "changed in nevisIDM meanwhile (409); reading it and diffing again");
     let current = target.get(ext_id).await?.ok_or(TargetError::NotFound)?;
@@ -769,15 +834,15 @@ async fn patch<T: Target>(
         return Ok(fresh);
     }
     match target.update(ext_id, &again, fresh).await {
-        Err(TargetError::Stale { .. }) => Err(TargetError::Contended {
+        Err(TargetError::Stale { .. }) => Err(WriteError::Contended {
             ext_id: ext_id.to_string(),
         }),
-        other => other,
+        other => Ok(other?),
     }
 }
 
 /// Makes one operation true in nevisIDM; `op.version` becomes the version nevisIDM reported.
-async fn apply<T: Target>(target: &T, op: &mut Op) -> Result<Applied, TargetError> {
+async fn apply<T: Target>(target: &T, op: &mut Op) -> Result<Applied, WriteError> {
     if op.kind == OpKind::Archive {
         target.archive(&op.after.ext_id).await?;
         // Archiving changes the version; its answer is not read.
@@ -792,7 +857,7 @@ async fn apply<T: Target>(target: &T, op: &mut Op) -> Result<Applied, TargetErro
             op.version = version;
             Ok(Applied::Written)
         }
-        Err(TargetError::NotFound) => {
+        Err(WriteError::Target(TargetError::NotFound)) => {
             tracing::warn!(extId = %op.after.ext_id, "user missing in nevisIDM; creating it again");
             create_or_converge(target, op).await
         }
@@ -801,7 +866,7 @@ async fn apply<T: Target>(target: &T, op: &mut Op) -> Result<Applied, TargetErro
 }
 
 /// Creates `op.after`; a duplicate converges on the existing user.
-async fn create_or_converge<T: Target>(target: &T, op: &mut Op) -> Result<Applied, TargetError> {
+async fn create_or_converge<T: Target>(target: &T, op: &mut Op) -> Result<Applied, WriteError> {
     match target.create(&op.after).await {
         Ok(()) => {
             // A create's 201 carries no version: the first update reads the user first.
@@ -809,7 +874,7 @@ async fn create_or_converge<T: Target>(target: &T, op: &mut Op) -> Result<Applie
             Ok(Applied::Written)
         }
         Err(dup @ TargetError::Duplicate { .. }) => converge_existing(target, op, dup).await,
-        Err(e) => Err(e),
+        Err(e) => Err(e.into()),
     }
 }
 
@@ -819,7 +884,7 @@ async fn converge_existing<T: Target>(
     target: &T,
     op: &mut Op,
     duplicate: TargetError,
-) -> Result<Applied, TargetError> {
+) -> Result<Applied, WriteError> {
     let desired = &op.after;
     let Some(existing) = target.get(&desired.ext_id).await? else {
         // The loginId or email belongs to a user this tool does not own: a conflict for an
@@ -828,7 +893,7 @@ async fn converge_existing<T: Target>(
             Lookup::Found(found) => found.into_keys().collect(),
             Lookup::TooMany(some) => some,
         };
-        return Err(TargetError::Conflict {
+        return Err(WriteError::Conflict {
             reason: format!(
                 "creating extId {} collided with a user this tool does not own ({duplicate})",
                 desired.ext_id

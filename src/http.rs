@@ -44,7 +44,7 @@ impl Health {
         } else {
             self.last_problem = Some(format!(
                 "last run could not reach an API for {} user(s)",
-                report.unavailable
+                report.counts().unavailable
             ));
         }
     }
@@ -164,6 +164,7 @@ async fn status(State(state): State<Arc<AppState>>) -> Response {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::report::Outcome;
 
     #[test]
     fn readiness_follows_the_last_runs() {
@@ -192,19 +193,18 @@ mod tests {
             h.readiness(max).is_err(),
             "an interrupted run proves nothing"
         );
-        h.record(&RunReport {
-            failed: 2,
-            ..RunReport::default()
-        });
+        let mut refused = RunReport::default();
+        for id in [1, 2] {
+            refused.record(id, Outcome::failed("x", "refused", false));
+        }
+        h.record(&refused);
         assert!(
             h.readiness(max).is_ok(),
             "refused users do not make the daemon unready"
         );
-        h.record(&RunReport {
-            unavailable: 1,
-            failed: 1,
-            ..RunReport::default()
-        });
+        let mut unreachable = RunReport::default();
+        unreachable.record(1, Outcome::failed("x", "down", true));
+        h.record(&unreachable);
         assert!(h.readiness(max).is_err());
         h.record(&RunReport::default());
         assert!(h.readiness(Duration::ZERO).is_err(), "too old");

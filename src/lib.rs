@@ -12,8 +12,11 @@
 //! - [`store`]    the sled checkpoint store; the only module that imports sled
 //! - [`nevis`]    the target: nevisIDM Core REST client (OAuth2 or static token), HTTP status -> outcome classification
 //! - [`retry`]    when to retry (backoff, `Retry-After`, caps); the only module that imports backon
+//! - [`directory`] nevisIDM's user listing, read at most once per run and shared by the reconcile,
+//!   adoption and versions
+//! - [`ownership`] who owns a nevisIDM extId (adoption link, checkpoint, prefix): the one rule
 //! - [`dispatch`] applies operations with bounded concurrency and checkpoints each confirmed write
-//! - [`versions`] nevisIDM versions in bulk from its user listing, when many updates lack one
+//! - [`versions`] nevisIDM versions in bulk from the run's user listing, when many updates lack one
 //! - [`schedule`] the daemon loop: cron schedule, no overlapping runs, graceful stop; its leaf
 //!   [`schedule::cron`] parses cron expressions and imports nothing of ours, so `config` uses it
 //!   without a loop
@@ -22,7 +25,7 @@
 //! - [`status`]   the status document behind `/status` and `--status`
 //! - [`sync`]     `run_once` (shared by `--sync-now` and the daemon): listing census -> planner -> dispatcher -> settlement -> commit
 //! - [`watermark`] incremental polling: the `UpdatedOn` watermark and its overlap
-//! - [`report`]   what a run did: counts, failures, invalid records, the summary line
+//! - [`report`]   what a run did: one outcome per user, the counts and problem lines derived from them
 //! - [`progress`] the run in flight: counters, a live terminal line or periodic log lines, `/status`
 //! - [`sandbox`]  stateful fakes of both APIs, used by `--demo`, the tests and the benchmark
 //! - [`demo`]     `--demo`: both fakes in-process, sample users, one real sync
@@ -34,12 +37,14 @@ pub mod client;
 pub mod config;
 pub mod demo;
 pub mod diff;
+pub mod directory;
 pub mod dispatch;
 pub mod http;
 pub mod mapper;
 pub mod metrics;
 pub mod nevis;
 pub mod nexudus;
+pub mod ownership;
 pub mod progress;
 pub mod report;
 pub mod retry;

@@ -237,20 +237,28 @@ impl Metrics {
             "problems"
         };
         self.runs.get_or_create(&OutcomeLabel { outcome }).inc();
+        // Every user's one outcome, from the report: the sum over outcomes is the users the run
+        // accounted for.
+        let c = report.counts();
         for (outcome, n) in [
-            ("created", report.created),
-            ("updated", report.updated),
-            ("disabled", report.disabled),
-            ("archived", report.archived),
-            ("unchanged", report.unchanged),
-            ("failed", report.failed),
+            ("created", c.created),
+            ("updated", c.updated),
+            ("disabled", c.disabled),
+            ("archived", c.archived),
+            ("unchanged", c.unchanged),
+            ("out_of_scope", c.out_of_scope),
+            ("failed", c.failed),
+            ("invalid", c.invalid),
+            ("held", c.held_disables),
+            ("adopted", c.adopted),
+            ("conflict", c.conflicts),
         ] {
             self.users
                 .get_or_create(&OutcomeLabel { outcome })
                 .inc_by(n);
         }
-        self.invalid_records.inc_by(report.invalid);
-        self.held_disables.inc_by(report.held_disables);
+        self.invalid_records.inc_by(c.invalid);
+        self.held_disables.inc_by(c.held_disables);
         self.run_seconds.observe(report.duration.as_secs_f64());
         if report.healthy() {
             let now = SystemTime::now()
@@ -297,11 +305,14 @@ mod tests {
     #[test]
     fn encodes_counters_after_a_run() {
         let m = Metrics::new();
-        m.record_run(&RunReport {
-            created: 3,
+        let mut report = RunReport {
             listing_complete: true,
             ..RunReport::default()
-        });
+        };
+        for id in 1..=3 {
+            report.record(id, crate::report::Outcome::Created);
+        }
+        m.record_run(&report);
         m.count_retry("nexudus", "409".into());
         m.count_throttle("nexudus", 429);
         m.observe_request("nevis", Duration::from_millis(12));

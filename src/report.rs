@@ -1,6 +1,16 @@
-//! What a run did: counts per outcome, the users that failed or were invalid (with reasons), held
-//! disables, and whether the listing was complete. The exit code is derived from it, never guessed.
+//! What a run did: one final outcome per user, from which every count, every problem line and
+//! the metrics are derived (never kept beside it), held disables, and whether the listing was
+//! complete. The exit code is derived from it, never guessed.
+//!
+//! A run may take several paths over the same user (an incremental pass, then the full listing a
+//! deletion probe asked for; a create converged after a duplicate; a disable decided by the
+//! settlement for a user listed outside the scope). Each user keeps **one** outcome: a later
+//! outcome replaces an earlier one, except that a pass that found nothing to do (unchanged, out of
+//! scope) never erases what an earlier pass did. Records without a usable Id cannot be told apart
+//! across passes: the full pass that follows an incremental one replaces them
+//! ([`RunReport::begin_full_pass`]).
 
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::time::Duration;
 
@@ -39,32 +49,151 @@ pub struct Adoption {
     pub ext_id: String,
 }
 
-#[derive(Debug, Clone, Default, Serialize)]
-pub struct RunReport {
-    pub run_id: String,
-    pub dry_run: bool,
+/// The one final outcome of a user in a run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    Created,
+    Updated,
+    Disabled,
+    Archived,
+    /// Nothing to write: nevisIDM (or the checkpoint) already held the desired user.
+    Unchanged,
+    /// Listed, but outside `[scope]` (or the mapping's email domains): never written.
+    OutOfScope,
+    /// A pre-existing nevisIDM user was linked (and updated if it differed).
+    Adopted {
+        ext_id: String,
+    },
+    /// The write was refused or could not be made; `unavailable` when an API stayed unavailable
+    /// (retries exhausted) rather than refusing.
+    Failed {
+        ext_id: String,
+        reason: String,
+        unavailable: bool,
+    },
+    /// The record could not be mapped; nothing was sent.
+    Invalid {
+        reason: String,
+    },
+    Conflict {
+        ext_id: String,
+        reason: String,
+        candidates: Vec<String>,
+    },
+    /// A disable (or archive) held back by the deletion safety or an incomplete listing.
+    Held {
+        ext_id: String,
+    },
+}
+
+impl Outcome {
+    /// A pass that found nothing to do: never replaces what an earlier pass of the run did.
+    fn is_quiet(&self) -> bool {
+        matches!(self, Outcome::Unchanged | Outcome::OutOfScope)
+    }
+
+    pub fn failed(ext_id: &str, reason: impl Into<String>, unavailable: bool) -> Outcome {
+        Outcome::Failed {
+            ext_id: ext_id.to_string(),
+            reason: reason.into(),
+            unavailable,
+        }
+    }
+}
+
+/// Who an outcome belongs to: a Nexudus user, or a record without a usable Id (numbered in the
+/// order the run met them).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Subject {
+    User(u64),
+    Unidentified(u32),
+}
+
+/// What the run knows of one user: its outcome (none yet while its write is in flight) and what
+/// a reconcile noticed on the way.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+struct Entry {
+    outcome: Option<Outcome>,
+    /// nevisIDM differed from Nexudus (reconcile); the write setting it back is the outcome.
+    drift: bool,
+    /// Disabled by hand in nevisIDM while active in Nexudus, left so: the user's extId.
+    hand_disabled: Option<String>,
+}
+
+/// The counts of a run, derived from its outcomes ([`RunReport::counts`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct Counts {
     pub created: u64,
     pub updated: u64,
     pub disabled: u64,
     pub archived: u64,
     pub unchanged: u64,
+    pub out_of_scope: u64,
     pub failed: u64,
     pub invalid: u64,
     pub held_disables: u64,
-    /// Users adopted, and users left unwritten because of a conflict (see [`Conflict`]).
+    /// Users adopted, and users left unwritten because of a conflict.
     pub adopted: u64,
     pub conflicts: u64,
-    /// Users whose nevisIDM state differed from Nexudus (reconcile); the updates setting them back
-    /// are counted in `updated`.
+    /// Users whose nevisIDM state differed from Nexudus (reconcile); the updates setting them
+    /// back are counted in `updated`.
     pub drift: u64,
     /// Users disabled by hand in nevisIDM while active in Nexudus, left disabled
     /// (`sync.reenable_on_reconcile = false`).
     pub hand_disabled: u64,
+    /// Failed users whose API stayed unavailable (retries exhausted), as opposed to users
+    /// nevisIDM refused: these make the run unhealthy for `/readyz`.
+    pub unavailable: u64,
+}
+
+impl Counts {
+    /// Every user with an outcome: each once.
+    pub fn users(&self) -> u64 {
+        self.created
+            + self.updated
+            + self.disabled
+            + self.archived
+            + self.unchanged
+            + self.out_of_scope
+            + self.failed
+            + self.invalid
+            + self.held_disables
+            + self.adopted
+            + self.conflicts
+    }
+
+    fn add(&mut self, entry: &Entry) {
+        self.drift += u64::from(entry.drift);
+        self.hand_disabled += u64::from(entry.hand_disabled.is_some());
+        let Some(outcome) = &entry.outcome else {
+            return;
+        };
+        let slot = match outcome {
+            Outcome::Created => &mut self.created,
+            Outcome::Updated => &mut self.updated,
+            Outcome::Disabled => &mut self.disabled,
+            Outcome::Archived => &mut self.archived,
+            Outcome::Unchanged => &mut self.unchanged,
+            Outcome::OutOfScope => &mut self.out_of_scope,
+            Outcome::Adopted { .. } => &mut self.adopted,
+            Outcome::Failed { unavailable, .. } => {
+                self.unavailable += u64::from(*unavailable);
+                &mut self.failed
+            }
+            Outcome::Invalid { .. } => &mut self.invalid,
+            Outcome::Conflict { .. } => &mut self.conflicts,
+            Outcome::Held { .. } => &mut self.held_disables,
+        };
+        *slot += 1;
+    }
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct RunReport {
+    pub run_id: String,
+    pub dry_run: bool,
     /// The run compared with nevisIDM's real state (`--reconcile`, `--rebuild-store`).
     pub reconcile: bool,
-    /// Users that failed because an API stayed unavailable (retries exhausted), as opposed to
-    /// users nevisIDM refused: these make the run unhealthy for `/readyz`.
-    pub unavailable: u64,
     /// The run was stopped by a shutdown before it finished.
     pub interrupted: bool,
     /// The fatal error that ended the run, if one did (the run then exits 2).
@@ -74,46 +203,228 @@ pub struct RunReport {
     pub listing_complete: bool,
     /// Why the listing was not complete, when it was not.
     pub incomplete_reason: Option<String>,
-    pub failures: Vec<Failure>,
-    pub invalid_records: Vec<Invalid>,
-    pub conflict_records: Vec<Conflict>,
-    pub adoptions: Vec<Adoption>,
-    /// extIds of the hand-disabled users found by this reconcile.
-    pub hand_disabled_users: Vec<String>,
-    /// extIds whose disable was held back by the deletion safety.
-    pub held: Vec<String>,
-    #[serde(serialize_with = "as_secs")]
     pub duration: Duration,
     /// The listing asked only for users changed since the watermark.
     pub incremental: bool,
     /// What the run saw of `UpdatedOn`, for the next watermark.
-    #[serde(skip)]
     pub watermark: crate::watermark::Tracker,
+    /// Every user's outcome: written only through [`RunReport::record`] and its siblings.
+    pub ledger: Ledger,
 }
 
-fn as_secs<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
-    s.serialize_f64(d.as_secs_f64())
+/// The outcomes of a run, one per user (see the module doc).
+#[derive(Debug, Clone, Default)]
+pub struct Ledger {
+    entries: BTreeMap<Subject, Entry>,
+    /// Records without a usable Id met so far.
+    unidentified: u32,
 }
 
 impl RunReport {
+    pub fn new(run_id: String, dry_run: bool) -> RunReport {
+        RunReport {
+            run_id,
+            dry_run,
+            ..RunReport::default()
+        }
+    }
+
+    /// Records `outcome` as what happened to Nexudus user `id` (see the module doc for how it
+    /// meets an outcome an earlier pass recorded).
+    pub fn record(&mut self, id: u64, outcome: Outcome) {
+        let entry = self.ledger.entries.entry(Subject::User(id)).or_default();
+        if entry.outcome.is_none() || !outcome.is_quiet() {
+            entry.outcome = Some(outcome);
+        }
+    }
+
+    /// A record that could not be mapped (or decoded), with its Id when it has a usable one.
+    pub fn record_invalid(&mut self, id: Option<u64>, reason: String) {
+        let outcome = Outcome::Invalid { reason };
+        match id {
+            Some(id) => self.record(id, outcome),
+            None => {
+                self.ledger.unidentified += 1;
+                let subject = Subject::Unidentified(self.ledger.unidentified);
+                self.ledger.entries.insert(
+                    subject,
+                    Entry {
+                        outcome: Some(outcome),
+                        ..Entry::default()
+                    },
+                );
+            }
+        }
+    }
+
+    /// A reconcile found user `id` differing from Nexudus in nevisIDM.
+    pub fn note_drift(&mut self, id: u64) {
+        self.ledger
+            .entries
+            .entry(Subject::User(id))
+            .or_default()
+            .drift = true;
+    }
+
+    /// User `id` (nevisIDM `ext_id`) is disabled by hand while active in Nexudus, and left so.
+    pub fn note_hand_disabled(&mut self, id: u64, ext_id: &str) {
+        self.ledger
+            .entries
+            .entry(Subject::User(id))
+            .or_default()
+            .hand_disabled = Some(ext_id.to_string());
+    }
+
+    /// The full listing after an incremental pass lists every record the pass listed again:
+    /// records without a usable Id are forgotten, to be counted once, by the full listing.
+    pub fn begin_full_pass(&mut self) {
+        self.ledger
+            .entries
+            .retain(|subject, _| matches!(subject, Subject::User(_)));
+    }
+
+    /// The outcome recorded for Nexudus user `id`, if any.
+    pub fn outcome(&self, id: u64) -> Option<&Outcome> {
+        self.ledger
+            .entries
+            .get(&Subject::User(id))?
+            .outcome
+            .as_ref()
+    }
+
+    /// The counts, derived from the outcomes.
+    pub fn counts(&self) -> Counts {
+        let mut counts = Counts::default();
+        for entry in self.ledger.entries.values() {
+            counts.add(entry);
+        }
+        counts
+    }
+
+    fn outcomes(&self) -> impl Iterator<Item = (Subject, &Outcome)> {
+        self.ledger
+            .entries
+            .iter()
+            .filter_map(|(subject, e)| Some((*subject, e.outcome.as_ref()?)))
+    }
+
+    fn users(&self) -> impl Iterator<Item = (u64, &Outcome)> {
+        self.outcomes()
+            .filter_map(|(subject, outcome)| match subject {
+                Subject::User(id) => Some((id, outcome)),
+                Subject::Unidentified(_) => None,
+            })
+    }
+
+    /// Users whose write failed, by Nexudus Id.
+    pub fn failures(&self) -> Vec<Failure> {
+        self.users()
+            .filter_map(|(nexudus_id, o)| match o {
+                Outcome::Failed { ext_id, reason, .. } => Some(Failure {
+                    nexudus_id,
+                    ext_id: ext_id.clone(),
+                    reason: reason.clone(),
+                }),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Records that could not be mapped: those with an Id by Id, then those without.
+    pub fn invalid_records(&self) -> Vec<Invalid> {
+        self.outcomes()
+            .filter_map(|(subject, o)| match o {
+                Outcome::Invalid { reason } => Some(Invalid {
+                    nexudus_id: match subject {
+                        Subject::User(id) => Some(id),
+                        Subject::Unidentified(_) => None,
+                    },
+                    reason: reason.clone(),
+                }),
+                _ => None,
+            })
+            .collect()
+    }
+
+    pub fn conflict_records(&self) -> Vec<Conflict> {
+        self.users()
+            .filter_map(|(nexudus_id, o)| match o {
+                Outcome::Conflict {
+                    ext_id,
+                    reason,
+                    candidates,
+                } => Some(Conflict {
+                    nexudus_id,
+                    ext_id: ext_id.clone(),
+                    reason: reason.clone(),
+                    candidates: candidates.clone(),
+                }),
+                _ => None,
+            })
+            .collect()
+    }
+
+    pub fn adoptions(&self) -> Vec<Adoption> {
+        self.users()
+            .filter_map(|(nexudus_id, o)| match o {
+                Outcome::Adopted { ext_id } => Some(Adoption {
+                    nexudus_id,
+                    ext_id: ext_id.clone(),
+                }),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// extIds of the users disabled by hand and left so.
+    pub fn hand_disabled_users(&self) -> Vec<String> {
+        self.ledger
+            .entries
+            .values()
+            .filter_map(|e| e.hand_disabled.clone())
+            .collect()
+    }
+
+    /// extIds whose disable was held back by the deletion safety.
+    pub fn held(&self) -> Vec<String> {
+        self.users()
+            .filter_map(|(_, o)| match o {
+                Outcome::Held { ext_id } => Some(ext_id.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
     /// 0 when everything is in sync; 1 when the run finished but something was left undone.
     pub fn exit_code(&self) -> u8 {
+        let c = self.counts();
         let clean = !self.interrupted
-            && self.failed == 0
-            && self.invalid == 0
-            && self.held_disables == 0
-            && self.conflicts == 0
+            && c.failed == 0
+            && c.invalid == 0
+            && c.held_disables == 0
+            && c.conflicts == 0
             && self.listing_complete;
         if clean { 0 } else { 1 }
     }
 
     /// The run completed and both APIs answered: what `/readyz` counts as a success.
     pub fn healthy(&self) -> bool {
-        !self.interrupted && self.unavailable == 0
+        !self.interrupted && self.counts().unavailable == 0
+    }
+
+    fn mode(&self) -> &'static str {
+        if self.reconcile {
+            "reconcile"
+        } else if self.incremental {
+            "incremental"
+        } else {
+            "full"
+        }
     }
 
     /// The one-line summary printed at the end of every run.
     pub fn summary_line(&self) -> String {
+        let c = self.counts();
         let mut s = String::from(if self.dry_run {
             "dry-run summary:"
         } else {
@@ -121,48 +432,43 @@ impl RunReport {
         });
         let _ = write!(
             s,
-            " mode={} created={} updated={} disabled={} archived={} unchanged={} failed={} invalid={} held_disables={} adopted={} conflicts={} drift={} hand_disabled={} listing_complete={} duration={:.3}s",
-            if self.reconcile {
-                "reconcile"
-            } else if self.incremental {
-                "incremental"
-            } else {
-                "full"
-            },
-            self.created,
-            self.updated,
-            self.disabled,
-            self.archived,
-            self.unchanged,
-            self.failed,
-            self.invalid,
-            self.held_disables,
-            self.adopted,
-            self.conflicts,
-            self.drift,
-            self.hand_disabled,
+            " mode={} created={} updated={} disabled={} archived={} unchanged={} failed={} invalid={} held_disables={} adopted={} conflicts={} drift={} hand_disabled={} out_of_scope={} listing_complete={} duration={:.3}s",
+            self.mode(),
+            c.created,
+            c.updated,
+            c.disabled,
+            c.archived,
+            c.unchanged,
+            c.failed,
+            c.invalid,
+            c.held_disables,
+            c.adopted,
+            c.conflicts,
+            c.drift,
+            c.hand_disabled,
+            c.out_of_scope,
             self.listing_complete,
             self.duration.as_secs_f64()
         );
         s
     }
 
-    /// Lines naming every user that needs attention, for stdout before the summary.
+    /// Lines naming every user that needs attention, for stdout before the summary: each once.
     pub fn problem_lines(&self) -> Vec<String> {
         let mut lines = Vec::new();
-        for i in &self.invalid_records {
+        for i in self.invalid_records() {
             let id = i
                 .nexudus_id
                 .map_or_else(|| "?".to_string(), |id| id.to_string());
             lines.push(format!("invalid: nexudus_id={id} reason=\"{}\"", i.reason));
         }
-        for f in &self.failures {
+        for f in self.failures() {
             lines.push(format!(
                 "failed: nexudus_id={} extId={} reason=\"{}\"",
                 f.nexudus_id, f.ext_id, f.reason
             ));
         }
-        for c in &self.conflict_records {
+        for c in self.conflict_records() {
             lines.push(format!(
                 "conflict: nexudus_id={} extId={} candidates=[{}] reason=\"{}\"",
                 c.nexudus_id,
@@ -171,22 +477,23 @@ impl RunReport {
                 c.reason
             ));
         }
-        for a in &self.adoptions {
+        for a in self.adoptions() {
             lines.push(format!(
                 "adopted: nexudus_id={} extId={}",
                 a.nexudus_id, a.ext_id
             ));
         }
-        for ext_id in &self.hand_disabled_users {
+        for ext_id in self.hand_disabled_users() {
             lines.push(format!(
                 "hand-disabled: extId={ext_id} is disabled in nevisIDM but active in Nexudus; left disabled (set sync.reenable_on_reconcile = true to re-enable)"
             ));
         }
-        if !self.held.is_empty() {
+        let held = self.held();
+        if !held.is_empty() {
             lines.push(format!(
                 "held: {} disable(s) held back by the deletion safety: {}",
-                self.held.len(),
-                self.held.join(", ")
+                held.len(),
+                held.join(", ")
             ));
         }
         if let Some(reason) = &self.incomplete_reason {
@@ -198,50 +505,94 @@ impl RunReport {
     }
 }
 
+/// The report as recorded in the store (`/status`, `--status`): the counts and the lists, derived.
+#[derive(Serialize)]
+struct Document<'a> {
+    run_id: &'a str,
+    dry_run: bool,
+    #[serde(flatten)]
+    counts: Counts,
+    reconcile: bool,
+    interrupted: bool,
+    fatal: &'a Option<String>,
+    listing_complete: bool,
+    incomplete_reason: &'a Option<String>,
+    failures: Vec<Failure>,
+    invalid_records: Vec<Invalid>,
+    conflict_records: Vec<Conflict>,
+    adoptions: Vec<Adoption>,
+    hand_disabled_users: Vec<String>,
+    held: Vec<String>,
+    duration: f64,
+    incremental: bool,
+}
+
+impl Serialize for RunReport {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        Document {
+            run_id: &self.run_id,
+            dry_run: self.dry_run,
+            counts: self.counts(),
+            reconcile: self.reconcile,
+            interrupted: self.interrupted,
+            fatal: &self.fatal,
+            listing_complete: self.listing_complete,
+            incomplete_reason: &self.incomplete_reason,
+            failures: self.failures(),
+            invalid_records: self.invalid_records(),
+            conflict_records: self.conflict_records(),
+            adoptions: self.adoptions(),
+            hand_disabled_users: self.hand_disabled_users(),
+            held: self.held(),
+            duration: self.duration.as_secs_f64(),
+            incremental: self.incremental,
+        }
+        .serialize(s)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    #[test]
-    fn exit_code_remembers_every_kind_of_trouble() {
-        let clean = RunReport {
+    fn clean() -> RunReport {
+        RunReport {
             listing_complete: true,
             ..RunReport::default()
-        };
-        assert_eq!(clean.exit_code(), 0);
-        for r in [
-            RunReport {
-                failed: 1,
-                ..clean.clone()
-            },
-            RunReport {
-                invalid: 1,
-                ..clean.clone()
-            },
-            RunReport {
-                held_disables: 1,
-                ..clean.clone()
-            },
-            RunReport {
-                conflicts: 1,
-                ..clean.clone()
-            },
-            RunReport {
-                listing_complete: false,
-                ..clean.clone()
-            },
-        ] {
-            assert_eq!(r.exit_code(), 1, "{r:?}");
         }
     }
 
     #[test]
+    fn exit_code_remembers_every_kind_of_trouble() {
+        assert_eq!(clean().exit_code(), 0);
+        let troubles = [
+            Outcome::failed("x", "refused", false),
+            Outcome::Invalid { reason: "r".into() },
+            Outcome::Held { ext_id: "x".into() },
+            Outcome::Conflict {
+                ext_id: "x".into(),
+                reason: "r".into(),
+                candidates: vec![],
+            },
+        ];
+        for outcome in troubles {
+            let mut r = clean();
+            r.record(1, outcome.clone());
+            assert_eq!(r.exit_code(), 1, "{outcome:?}");
+        }
+        let incomplete = RunReport::default();
+        assert_eq!(incomplete.exit_code(), 1);
+        let mut r = clean();
+        r.interrupted = true;
+        assert_eq!(r.exit_code(), 1);
+    }
+
+    #[test]
     fn summary_names_all_counts() {
-        let r = RunReport {
-            created: 3,
-            listing_complete: true,
-            ..RunReport::default()
-        };
+        let mut r = clean();
+        for id in 1..=3 {
+            r.record(id, Outcome::Created);
+        }
         let line = r.summary_line();
         for key in [
             "created=3",
@@ -249,9 +600,75 @@ mod tests {
             "disabled=0",
             "unchanged=0",
             "failed=0",
+            "out_of_scope=0",
             "duration=",
         ] {
             assert!(line.contains(key), "{line}");
         }
+    }
+
+    #[test]
+    fn one_outcome_per_user_whatever_the_passes() {
+        let mut r = clean();
+        // An incremental pass creates 1, fails 2, finds 3 invalid and a record without an Id.
+        r.record(1, Outcome::Created);
+        r.record(2, Outcome::failed("nexudus-2", "down", true));
+        r.record_invalid(Some(3), "no email".into());
+        r.record_invalid(None, "no Id".into());
+        // The full pass after it: 1 is unchanged now (its checkpoint exists), 2 is written, 3
+        // and the record without an Id are invalid again.
+        r.begin_full_pass();
+        r.record(1, Outcome::Unchanged);
+        r.record(2, Outcome::Updated);
+        r.record_invalid(Some(3), "no email".into());
+        r.record_invalid(None, "no Id".into());
+        r.record(4, Outcome::Unchanged);
+        let c = r.counts();
+        assert_eq!(
+            (c.created, c.updated, c.failed, c.invalid, c.unchanged),
+            (1, 1, 0, 2, 1)
+        );
+        assert_eq!((c.users(), c.unavailable), (5, 0));
+        assert_eq!(r.problem_lines().len(), 2, "{:?}", r.problem_lines());
+    }
+
+    #[test]
+    fn lists_follow_the_counts() {
+        let mut r = clean();
+        r.record(1, Outcome::OutOfScope);
+        r.record(
+            1,
+            Outcome::Held {
+                ext_id: "nexudus-1".into(),
+            },
+        );
+        r.note_hand_disabled(2, "nexudus-2");
+        r.record(2, Outcome::Unchanged);
+        r.note_drift(3);
+        r.record(3, Outcome::Updated);
+        r.record(
+            4,
+            Outcome::Adopted {
+                ext_id: "old-4".into(),
+            },
+        );
+        let c = r.counts();
+        assert_eq!((c.held_disables, c.out_of_scope), (1, 0));
+        assert_eq!(r.held(), vec!["nexudus-1"]);
+        assert_eq!((c.hand_disabled, r.hand_disabled_users().len()), (1, 1));
+        assert_eq!((c.drift, c.updated, c.adopted), (1, 1, 1));
+        assert_eq!(r.adoptions()[0].ext_id, "old-4");
+        assert_eq!(c.users(), 4);
+    }
+
+    #[test]
+    fn the_stored_document_carries_counts_and_lists() {
+        let mut r = clean();
+        r.record(7, Outcome::failed("nexudus-7", "refused", false));
+        let doc = serde_json::to_value(&r).unwrap();
+        assert_eq!(doc["failed"], 1);
+        assert_eq!(doc["created"], 0);
+        assert_eq!(doc["failures"][0]["nexudus_id"], 7);
+        assert_eq!(doc["listing_complete"], true);
     }
 }

@@ -81,8 +81,8 @@ async fn language_codes_answered_upper_case_are_no_change_and_no_drift() {
 /// Reconciles `n` users against a fake paging the way `configure` sets it, and checks that the
 /// reconcile saw every one of them (none created again, none changed).
 async fn reconcile_sees_every_user(configure: impl Fn(&Env), list_requests: usize) {
-    // More users than one page of the reconcile's listing (500).
-    let n = 620;
+    // More users than one page of the run's nevisIDM listing (1,000).
+    let n = 1100;
     let env = Env::start().await;
     env.set("sync.concurrency", "8");
     env.seed(n);

@@ -126,11 +126,7 @@ pub async fn for_each_page<T: Target>(
             None => return Ok(()),
         }
     }
-    Err(TargetError::Unavailable {
-        status: None,
-        detail: format!("user listing did not end within {max_pages} pages"),
-        retry_after: None,
-    })
+    Err(TargetError::EndlessListing { max_pages })
 }
 
 /// Every user of the client matching `filters` (see `for_each_page`).
@@ -164,12 +160,6 @@ pub enum TargetError {
     /// in the answer, nevisIDM refusing a fresh token). Fatal.
     #[error("nevisIDM OAuth2: {detail}")]
     OAuth { detail: String },
-    /// A PATCH answered 409 again after the user was read afresh: left for the next run.
-    #[error(
-        "nevisIDM answered 409 (concurrent modification) twice: user {ext_id} changed again \
-         between our read and our write; left as it is in this run, the next run tries again"
-    )]
-    Contended { ext_id: String },
     #[error("nevisIDM has no such user (HTTP 404)")]
     NotFound,
     #[error("nevisIDM rejected the user (HTTP {status} {code}: {message})")]
@@ -178,12 +168,9 @@ pub enum TargetError {
         code: String,
         message: String,
     },
-    /// Adoption could not pick one nevisIDM user: nothing was written (`sync.adopt`).
-    #[error("conflict: {reason}; candidates: [{}]", candidates.join(", "))]
-    Conflict {
-        reason: String,
-        candidates: Vec<String>,
-    },
+    /// The user listing went on past its page bound: an error, not a hang.
+    #[error("nevisIDM's user listing did not end within {max_pages} pages")]
+    EndlessListing { max_pages: u32 },
     /// The TLS settings are not usable, or the handshake failed: the server's certificate does
     /// not verify, or the server refused our client certificate (or its absence). Not retried:
     /// it will not heal by itself. `detail` says which, and names the setting to check.
@@ -246,8 +233,8 @@ impl Classify for TargetError {
             | TargetError::Duplicate { status, .. }
             | TargetError::Rejected { status, .. } => status.to_string(),
             TargetError::NotFound => "404".into(),
-            TargetError::Stale { .. } | TargetError::Contended { .. } => "409".into(),
-            TargetError::Conflict { .. } => "conflict".into(),
+            TargetError::Stale { .. } => "409".into(),
+            TargetError::EndlessListing { .. } => "endless".into(),
             TargetError::OAuth { .. } => "oauth".into(),
             TargetError::Tls { .. } => "tls".into(),
             TargetError::Redirect { status, .. }

@@ -28,7 +28,8 @@ impl<'a> Commit<'a> {
     }
 
     /// A shutdown: the writes in flight may finish and be checkpointed within `grace`; anything
-    /// still running after that is abandoned unrecorded and redone by the next run.
+    /// still running after that is abandoned unrecorded (reported failed) and redone by the next
+    /// run.
     pub async fn after_shutdown<T: Target>(
         &self,
         mut dispatcher: Dispatcher<T>,
@@ -39,10 +40,10 @@ impl<'a> Commit<'a> {
         report.interrupted = true;
         report.incomplete_reason = Some("the run was interrupted by a shutdown".into());
         let finished = tokio::time::timeout(grace, dispatcher.finish(report)).await;
-        drop(dispatcher);
         if finished.is_err() {
             tracing::warn!(?grace, "shutdown grace over: abandoning unconfirmed writes");
         }
+        dispatcher.abandon(report);
         if !self.dry_run {
             self.store.flush().await?;
         }

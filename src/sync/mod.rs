@@ -23,9 +23,11 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::config::{AdoptMode, Config, LoginIdSource};
+use crate::directory::{Directory, SharedDirectory};
 use crate::dispatch::{AdoptRules, DispatchError, Dispatcher, Op, PlanSink};
 use crate::nevis::{Target, TargetError};
 use crate::nexudus::{Source, SourceError};
+use crate::ownership::Owners;
 use crate::progress::Progress;
 use crate::report::RunReport;
 use crate::store::{Store, StoreError};
@@ -36,14 +38,12 @@ mod commit;
 mod listing;
 mod pinpoint;
 mod planner;
-mod remote;
 mod roster;
 mod settlement;
 
 use commit::Commit;
 use listing::{Ending, Listing};
 use planner::{Planner, SharedEmails};
-use remote::Remote;
 use roster::{Probe, ProbeError, Vanished};
 use settlement::Settlement;
 
@@ -89,6 +89,13 @@ impl From<ProbeError> for SyncError {
     }
 }
 
+/// The target and what a run reads of it once, shared by its passes.
+struct Nevis<T> {
+    target: Arc<T>,
+    /// nevisIDM's user listing, read at most once per run (reconcile, adoption, versions).
+    directory: SharedDirectory,
+}
+
 /// What a pass of the pipeline asks for next.
 enum Pass {
     Done,
@@ -119,28 +126,22 @@ pub async fn run_once<S: Source, T: Target>(
 ) -> Result<RunReport, SyncError> {
     let run_id = new_run_id();
     let span = tracing::info_span!("run", run_id = %run_id);
-    let mut report = RunReport {
-        run_id,
-        dry_run: opts.dry_run.is_some(),
-        ..RunReport::default()
-    };
+    let mut report = RunReport::new(run_id, opts.dry_run.is_some());
     let started = Instant::now();
-    let mut result = run(
-        cfg,
-        Arc::clone(&source),
-        Arc::clone(&target),
-        store,
-        opts,
-        &mut report,
-    )
-    .instrument(span.clone())
-    .await;
+    let nevis = Nevis {
+        target,
+        directory: SharedDirectory::default(),
+    };
+    let mut result = run(cfg, Arc::clone(&source), &nevis, store, opts, &mut report)
+        .instrument(span.clone())
+        .await;
     if let Ok(Pass::FullListingDue) = result {
         let full = RunOptions {
             incremental: false,
             ..opts.clone()
         };
-        result = run(cfg, source, target, store, &full, &mut report)
+        report.begin_full_pass();
+        result = run(cfg, source, &nevis, store, &full, &mut report)
             .instrument(span.clone())
             .await;
     }
@@ -172,7 +173,7 @@ pub async fn run_once<S: Source, T: Target>(
 async fn run<S: Source, T: Target>(
     cfg: &Config,
     source: Arc<S>,
-    target: Arc<T>,
+    nevis: &Nevis<T>,
     store: &Store,
     opts: &RunOptions,
     report: &mut RunReport,
@@ -182,13 +183,14 @@ async fn run<S: Source, T: Target>(
     let (since, probe) = probed_since(cfg, &*source, store, opts).await?;
     report.incremental = since.is_some();
     report.reconcile = opts.reconcile;
-    let remote = nevis_state(&*target, opts.reconcile, known_before).await?;
+    let remote = nevis_state(nevis, opts.reconcile, known_before).await?;
+    let owners = owners(cfg, store, opts)?;
     source.begin_run(since.is_none()).await;
     let cancel = opts.shutdown.clone().unwrap_or_default();
     let mut listing = Listing::start(Arc::clone(&source), since, page_size, cancel.clone());
-    let mut dispatcher = dispatcher(cfg, target, store, opts);
+    let mut dispatcher = dispatcher(cfg, nevis, store, opts, owners.clone());
     let mut settlement = Settlement::new(cfg, store, opts, known_before);
-    let mut planner = Planner::new(cfg, store, opts, remote.as_ref())?;
+    let mut planner = Planner::new(cfg, store, opts, remote.as_deref())?;
     let commit = Commit::new(store, opts);
 
     // With adoption on, Nexudus users sharing an email must be known before anything is written
@@ -259,7 +261,7 @@ async fn run<S: Source, T: Target>(
     let decision = settlement
         .settle(
             &*source,
-            remote.as_ref(),
+            remote.as_deref().zip(owners.as_deref()),
             verdict,
             &listed,
             report.incremental.then_some(&vanished.gone[..]),
@@ -343,12 +345,13 @@ fn listing_since(
     Ok(since)
 }
 
-/// nevisIDM's real state for a reconcile; `None` for an ordinary run, which trusts its checkpoints.
+/// nevisIDM's real state for a reconcile (the run's shared read of its listing); `None` for an
+/// ordinary run, which trusts its checkpoints.
 async fn nevis_state<T: Target>(
-    target: &T,
+    nevis: &Nevis<T>,
     reconcile: bool,
     known_before: u64,
-) -> Result<Option<Remote>, SyncError> {
+) -> Result<Option<Arc<Directory>>, SyncError> {
     if !reconcile {
         if known_before == 0 {
             tracing::info!(
@@ -358,10 +361,14 @@ async fn nevis_state<T: Target>(
         }
         return Ok(None);
     }
-    let remote = Remote::read(target).await.map_err(|e| match e {
-        e if e.is_fatal() => SyncError::Target(DispatchError::Auth(e)),
-        e => SyncError::Reconcile(e),
-    })?;
+    let remote = nevis
+        .directory
+        .get(&*nevis.target)
+        .await
+        .map_err(|e| match e {
+            e if e.is_fatal() => SyncError::Target(DispatchError::Auth(e)),
+            e => SyncError::Reconcile(e),
+        })?;
     tracing::info!(
         users = remote.users.len(),
         "reconcile: read nevisIDM's users"
@@ -369,26 +376,40 @@ async fn nevis_state<T: Target>(
     Ok(Some(remote))
 }
 
-fn dispatcher<T: Target>(
+/// Who owns each extId, read before any write when the run needs it: adoption (never adopt
+/// another user's account) and the reconcile (disable only owned users).
+fn owners(
     cfg: &Config,
-    target: Arc<T>,
     store: &Store,
     opts: &RunOptions,
+) -> Result<Option<Arc<Owners>>, StoreError> {
+    if !opts.reconcile && cfg.sync.adopt != AdoptMode::Email {
+        return Ok(None);
+    }
+    Owners::read(store, &cfg.mapping.ext_id_prefix).map(|o| Some(Arc::new(o)))
+}
+
+fn dispatcher<T: Target>(
+    cfg: &Config,
+    nevis: &Nevis<T>,
+    store: &Store,
+    opts: &RunOptions,
+    owners: Option<Arc<Owners>>,
 ) -> Dispatcher<T> {
     let dispatcher = Dispatcher::new(
-        target,
+        Arc::clone(&nevis.target),
         store.clone(),
         cfg.sync.concurrency,
         opts.dry_run.clone(),
     )
-    .with_progress(opts.progress.clone());
-    if cfg.sync.adopt != AdoptMode::Email {
-        return dispatcher;
+    .with_progress(opts.progress.clone())
+    .with_directory(nevis.directory.clone());
+    match owners {
+        Some(owners) if cfg.sync.adopt == AdoptMode::Email => dispatcher.with_adoption(
+            AdoptRules::new(owners, cfg.mapping.login_id == LoginIdSource::ExtId),
+        ),
+        _ => dispatcher,
     }
-    dispatcher.with_adoption(AdoptRules::new(
-        cfg.mapping.ext_id_prefix.clone(),
-        cfg.mapping.login_id == LoginIdSource::ExtId,
-    ))
 }
 
 /// Submits `op` unless a shutdown comes first; `Ok(false)` means the shutdown won.
@@ -669,9 +690,15 @@ mod tests {
     async fn import_then_rerun_writes_nothing() {
         let (source, target, store) = fresh(5);
         let r = run(&source, &target, &store, false).await;
-        assert_eq!((r.created, r.exit_code()), (5, 0));
+        assert_eq!((r.counts().created, r.exit_code()), (5, 0));
         let r = run(&source, &target, &store, false).await;
-        assert_eq!((r.unchanged, r.created + r.updated), (5, 0));
+        assert_eq!(
+            (
+                r.counts().unchanged,
+                r.counts().created + r.counts().updated
+            ),
+            (5, 0)
+        );
         assert_eq!(target.writes.lock().unwrap().len(), 5);
     }
 
@@ -693,7 +720,7 @@ mod tests {
         )
         .await
         .unwrap();
-        assert_eq!(r.created, 5);
+        assert_eq!(r.counts().created, 5);
         let now = counters.snapshot();
         assert_eq!(
             (
@@ -714,11 +741,11 @@ mod tests {
         let gone = source.users.lock().unwrap()[2].clone();
         source.edit(|u| u.retain(|x| x.id != 3));
         let r = run(&source, &target, &store, false).await;
-        assert_eq!((r.disabled, r.exit_code()), (1, 0));
+        assert_eq!((r.counts().disabled, r.exit_code()), (1, 0));
         assert_eq!(state(&target, "nexudus-3"), "disabled");
         source.edit(|u| u.push(gone));
         let r = run(&source, &target, &store, false).await;
-        assert_eq!(r.updated, 1);
+        assert_eq!(r.counts().updated, 1);
         assert_eq!(state(&target, "nexudus-3"), "active");
     }
 
@@ -728,10 +755,16 @@ mod tests {
         run(&source, &target, &store, false).await;
         source.edit(|u| u.truncate(6)); // 4 gone > max_disables = 3
         let r = run(&source, &target, &store, false).await;
-        assert_eq!((r.disabled, r.held_disables, r.exit_code()), (0, 4, 1));
+        assert_eq!(
+            (r.counts().disabled, r.counts().held_disables, r.exit_code()),
+            (0, 4, 1)
+        );
         assert_eq!(state(&target, "nexudus-10"), "active");
         let r = run(&source, &target, &store, true).await;
-        assert_eq!((r.disabled, r.held_disables, r.exit_code()), (4, 0, 0));
+        assert_eq!(
+            (r.counts().disabled, r.counts().held_disables, r.exit_code()),
+            (4, 0, 0)
+        );
     }
 
     #[tokio::test]
@@ -740,7 +773,10 @@ mod tests {
         run(&source, &target, &store, false).await;
         source.edit(|u| u.iter_mut().take(3).for_each(|x| x.active = false)); // 75% > 50%
         let r = run(&source, &target, &store, false).await;
-        assert_eq!((r.disabled, r.held_disables, r.exit_code()), (3, 0, 0));
+        assert_eq!(
+            (r.counts().disabled, r.counts().held_disables, r.exit_code()),
+            (3, 0, 0)
+        );
         assert_eq!(state(&target, "nexudus-1"), "disabled");
     }
 
@@ -752,7 +788,7 @@ mod tests {
         *source.total_skew.lock().unwrap() = 1; // claims 5 while listing 4
         let r = run(&source, &target, &store, false).await;
         assert!(!r.listing_complete);
-        assert_eq!((r.disabled, r.exit_code()), (0, 1));
+        assert_eq!((r.counts().disabled, r.exit_code()), (0, 1));
         assert_eq!(state(&target, "nexudus-2"), "active");
     }
 
@@ -761,11 +797,14 @@ mod tests {
         let (source, target, store) = fresh(3);
         *target.reject.lock().unwrap() = Some("nexudus-2".into());
         let r = run(&source, &target, &store, false).await;
-        assert_eq!((r.created, r.failed, r.exit_code()), (2, 1, 1));
+        assert_eq!(
+            (r.counts().created, r.counts().failed, r.exit_code()),
+            (2, 1, 1)
+        );
         assert!(
-            r.failures[0].reason.contains("errors.invalidData"),
+            r.failures()[0].reason.contains("errors.invalidData"),
             "{:?}",
-            r.failures
+            r.failures()
         );
         assert!(
             store.get(2).unwrap().is_none(),
@@ -773,7 +812,10 @@ mod tests {
         );
         *target.reject.lock().unwrap() = None;
         let r = run(&source, &target, &store, false).await;
-        assert_eq!((r.created, r.unchanged, r.exit_code()), (1, 2, 0));
+        assert_eq!(
+            (r.counts().created, r.counts().unchanged, r.exit_code()),
+            (1, 2, 0)
+        );
     }
 
     #[tokio::test]
@@ -788,7 +830,11 @@ mod tests {
             "[scope]\nadmins = \"exclude\"\nexclude_ids = [5]",
         )
         .await;
-        assert_eq!((r.created, r.exit_code()), (2, 0), "only users 1 and 3");
+        assert_eq!(
+            (r.counts().created, r.exit_code()),
+            (2, 0),
+            "only users 1 and 3"
+        );
         let r = run_with(
             &source,
             &target,
@@ -797,18 +843,22 @@ mod tests {
             "[scope]\nadmins = \"include\"",
         )
         .await;
-        assert_eq!(r.created, 4);
+        assert_eq!(r.counts().created, 4);
         // Narrowing the scope to one domain takes 5 users out: held by the safety first.
         source.edit(|u| u[0].email = Some("keep@kept.example".into()));
         let narrow = "[scope]\nemail_domains = [\"KEPT.example\"]";
         let r = run_with(&source, &target, &store, false, narrow).await;
         assert_eq!(
-            (r.disabled, r.held_disables, r.updated),
+            (
+                r.counts().disabled,
+                r.counts().held_disables,
+                r.counts().updated
+            ),
             (0, 5, 1),
             "the email change still goes out"
         );
         let r = run_with(&source, &target, &store, true, narrow).await;
-        assert_eq!((r.disabled, r.exit_code()), (5, 0));
+        assert_eq!((r.counts().disabled, r.exit_code()), (5, 0));
         assert_eq!(state(&target, "nexudus-1"), "active");
         assert_eq!(state(&target, "nexudus-2"), "disabled");
     }
@@ -822,7 +872,7 @@ mod tests {
         source.edit(|u| u.retain(|x| x.id != 3));
         let r = run_with(&source, &target, &store, false, twice).await;
         assert_eq!(
-            (r.disabled, r.exit_code()),
+            (r.counts().disabled, r.exit_code()),
             (0, 0),
             "first miss only counts"
         );
@@ -831,9 +881,9 @@ mod tests {
         run_with(&source, &target, &store, false, twice).await;
         source.edit(|u| u.retain(|x| x.id != 3));
         let r = run_with(&source, &target, &store, false, twice).await;
-        assert_eq!(r.disabled, 0);
+        assert_eq!(r.counts().disabled, 0);
         let r = run_with(&source, &target, &store, false, twice).await;
-        assert_eq!(r.disabled, 1);
+        assert_eq!(r.counts().disabled, 1);
         assert_eq!(state(&target, "nexudus-3"), "disabled");
     }
 
@@ -845,16 +895,20 @@ mod tests {
         source.edit(|u| u.retain(|x| x.id != 3));
         source.edit(|u| u[0].active = false); // user 1
         let r = run_with(&source, &target, &store, false, archive).await;
-        assert_eq!((r.disabled, r.archived), (2, 0), "not yet: just disabled");
+        assert_eq!(
+            (r.counts().disabled, r.counts().archived),
+            (2, 0),
+            "not yet: just disabled"
+        );
         // Real time must pass for the age to be reached; bounded and not asserted on.
         tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
         let r = run_with(&source, &target, &store, false, archive).await;
-        assert_eq!((r.archived, r.exit_code()), (2, 0));
+        assert_eq!((r.counts().archived, r.exit_code()), (2, 0));
         assert_eq!(state(&target, "nexudus-3"), "archived");
         assert_eq!(state(&target, "nexudus-1"), "archived");
         let r = run_with(&source, &target, &store, false, archive).await;
         assert_eq!(
-            (r.archived, r.updated, r.disabled),
+            (r.counts().archived, r.counts().updated, r.counts().disabled),
             (0, 0, 0),
             "archived once, then left alone"
         );
@@ -863,12 +917,15 @@ mod tests {
         assert_eq!(store.get(1).unwrap().unwrap().state, UserState::Archived);
         let reconcile = format!("{archive}\n# reconcile");
         let r = run_with(&source, &target, &store, false, &reconcile).await;
-        assert_eq!((r.archived, r.updated, r.disabled), (0, 0, 0));
+        assert_eq!(
+            (r.counts().archived, r.counts().updated, r.counts().disabled),
+            (0, 0, 0)
+        );
         assert_eq!(store.get(1).unwrap().unwrap().state, UserState::Archived);
         tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
         let r = run_with(&source, &target, &store, false, archive).await;
         assert_eq!(
-            (r.archived, r.updated, r.disabled),
+            (r.counts().archived, r.counts().updated, r.counts().disabled),
             (0, 0, 0),
             "never archived twice"
         );
@@ -880,7 +937,7 @@ mod tests {
         run(&source, &target, &store, false).await;
         tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
         let r = run(&source, &target, &store, false).await;
-        assert_eq!(r.archived, 0);
+        assert_eq!(r.counts().archived, 0);
     }
 
     #[tokio::test]
@@ -897,7 +954,10 @@ mod tests {
             "[mapping]\next_id_prefix = \"nx-\"\ndefault_language = \"de\"",
         )
         .await;
-        assert_eq!((r.updated, r.created, r.unchanged), (1, 0, 3));
+        assert_eq!(
+            (r.counts().updated, r.counts().created, r.counts().unchanged),
+            (1, 0, 3)
+        );
         assert_eq!(
             target.users.lock().unwrap()["nexudus-1"].language_code,
             "de"
@@ -918,11 +978,14 @@ mod tests {
             "[mapping]\next_id_prefix = \"nx-\"\ndefault_language = \"de\"",
         )
         .await;
-        assert_eq!((r.created, r.updated, r.unchanged), (1, 0, 4));
+        assert_eq!(
+            (r.counts().created, r.counts().updated, r.counts().unchanged),
+            (1, 0, 4)
+        );
         assert!(target.users.lock().unwrap().contains_key("nx-77"));
         // Splitting names the other way updates exactly the users whose names change.
         let r = run_with(&source, &target, &store, false, "[mapping]\next_id_prefix = \"nx-\"\ndefault_language = \"de\"\nname_split = \"first_word\"").await;
-        assert_eq!((r.updated, r.created), (5, 0));
+        assert_eq!((r.counts().updated, r.counts().created), (5, 0));
     }
 
     /// Says "more pages" forever, announcing this TotalItems (or none).
@@ -985,8 +1048,8 @@ mod tests {
             .await
             .unwrap();
             assert!(!r.listing_complete, "{adopt}");
-            assert_eq!(r.created, created, "{adopt}");
-            assert_eq!((r.disabled, r.exit_code()), (0, 1), "{adopt}");
+            assert_eq!(r.counts().created, created, "{adopt}");
+            assert_eq!((r.counts().disabled, r.exit_code()), (0, 1), "{adopt}");
         }
     }
 
@@ -996,8 +1059,11 @@ mod tests {
         run(&source, &target, &store, false).await;
         source.edit(|u| u[1].email = Some("broken".into()));
         let r = run(&source, &target, &store, false).await;
-        assert_eq!((r.invalid, r.disabled, r.exit_code()), (1, 0, 1));
-        assert_eq!(r.invalid_records[0].nexudus_id, Some(2));
+        assert_eq!(
+            (r.counts().invalid, r.counts().disabled, r.exit_code()),
+            (1, 0, 1)
+        );
+        assert_eq!(r.invalid_records()[0].nexudus_id, Some(2));
         assert_eq!(state(&target, "nexudus-2"), "active");
     }
 
@@ -1018,10 +1084,15 @@ mod tests {
         edit_target(&target, "nexudus-2", |u| u.family_name = "Edited".into());
         // An ordinary run trusts its checkpoints: nothing to do.
         let r = run(&source, &target, &store, false).await;
-        assert_eq!(r.updated, 0);
+        assert_eq!(r.counts().updated, 0);
         let r = run_with(&source, &target, &store, false, RECONCILE).await;
         assert_eq!(
-            (r.drift, r.updated, r.unchanged, r.exit_code()),
+            (
+                r.counts().drift,
+                r.counts().updated,
+                r.counts().unchanged,
+                r.exit_code()
+            ),
             (1, 1, 3, 0)
         );
         assert_eq!(
@@ -1037,12 +1108,12 @@ mod tests {
         edit_target(&target, "nexudus-3", |u| u.state = UserState::Disabled);
         let before = writes(&target);
         let r = run_with(&source, &target, &store, false, RECONCILE).await;
-        assert_eq!((r.hand_disabled, r.updated), (1, 0));
-        assert_eq!(r.hand_disabled_users, vec!["nexudus-3".to_string()]);
+        assert_eq!((r.counts().hand_disabled, r.counts().updated), (1, 0));
+        assert_eq!(r.hand_disabled_users(), vec!["nexudus-3".to_string()]);
         assert_eq!(state(&target, "nexudus-3"), "disabled");
         // Ordinary runs do not undo it through the checkpoint either.
         let r = run(&source, &target, &store, false).await;
-        assert_eq!((r.updated, r.exit_code()), (0, 0));
+        assert_eq!((r.counts().updated, r.exit_code()), (0, 0));
         assert_eq!(writes(&target), before);
         assert_eq!(state(&target, "nexudus-3"), "disabled");
         // Opting in re-enables it.
@@ -1054,10 +1125,10 @@ mod tests {
             "[sync]\nreenable_on_reconcile = true\n# reconcile",
         )
         .await;
-        assert_eq!((r.updated, r.hand_disabled), (1, 0));
+        assert_eq!((r.counts().updated, r.counts().hand_disabled), (1, 0));
         assert_eq!(state(&target, "nexudus-3"), "active");
         let r = run(&source, &target, &store, false).await;
-        assert_eq!(r.updated + r.disabled, 0);
+        assert_eq!(r.counts().updated + r.counts().disabled, 0);
     }
 
     #[tokio::test]
@@ -1069,11 +1140,14 @@ mod tests {
         let before = writes(&target);
         let rebuilt = Store::temporary().unwrap();
         let r = run_with(&source, &target, &rebuilt, false, RECONCILE).await;
-        assert_eq!((r.unchanged, r.updated, r.created), (4, 1, 0));
+        assert_eq!(
+            (r.counts().unchanged, r.counts().updated, r.counts().created),
+            (4, 1, 0)
+        );
         assert_eq!(writes(&target), before + 1);
         assert_eq!(rebuilt.len(), 5);
         let r = run(&source, &target, &rebuilt, false).await;
-        assert_eq!((r.unchanged, writes(&target)), (5, before + 1));
+        assert_eq!((r.counts().unchanged, writes(&target)), (5, before + 1));
     }
 
     #[tokio::test]
@@ -1102,7 +1176,7 @@ mod tests {
             RECONCILE,
         )
         .await;
-        assert_eq!((r.disabled, r.unchanged), (1, 6));
+        assert_eq!((r.counts().disabled, r.counts().unchanged), (1, 6));
         assert_eq!(state(&target, "nexudus-99"), "disabled");
         assert_eq!(state(&target, "hr-42"), "active", "not ours: never touched");
     }
@@ -1120,11 +1194,14 @@ mod tests {
             .unwrap()
             .state = UserState::Disabled;
         let r = run_with(&source, &target, &store, false, RECONCILE).await;
-        assert_eq!((r.disabled, r.updated, r.exit_code()), (0, 0, 0));
+        assert_eq!(
+            (r.counts().disabled, r.counts().updated, r.exit_code()),
+            (0, 0, 0)
+        );
         assert_eq!(store.get(2).unwrap().unwrap().state, UserState::Disabled);
         let writes = target.writes.lock().unwrap().len();
         let r = run(&source, &target, &store, false).await;
-        assert_eq!((r.disabled, r.exit_code()), (0, 0));
+        assert_eq!((r.counts().disabled, r.exit_code()), (0, 0));
         assert_eq!(
             target.writes.lock().unwrap().len(),
             writes,
@@ -1153,7 +1230,10 @@ mod tests {
         let (source, target, store) = fresh(2);
         legacy(&target, "legacy-1", "USER1@example.com");
         let r = run_with(&source, &target, &store, false, ADOPT).await;
-        assert_eq!((r.adopted, r.created, r.exit_code()), (1, 1, 0));
+        assert_eq!(
+            (r.counts().adopted, r.counts().created, r.exit_code()),
+            (1, 1, 0)
+        );
         assert_eq!(store.link(1).unwrap().as_deref(), Some("legacy-1"));
         let users = target.users.lock().unwrap().clone();
         assert!(!users.contains_key("nexudus-1"));
@@ -1162,10 +1242,13 @@ mod tests {
         assert_eq!(users["legacy-1"].login_id, "USER1@example.com");
         drop(users);
         let r = run_with(&source, &target, &store, false, ADOPT).await;
-        assert_eq!((r.unchanged, r.adopted, r.exit_code()), (2, 0, 0));
+        assert_eq!(
+            (r.counts().unchanged, r.counts().adopted, r.exit_code()),
+            (2, 0, 0)
+        );
         source.edit(|u| u[0].full_name = Some("User Renamed".into()));
         let r = run_with(&source, &target, &store, false, ADOPT).await;
-        assert_eq!(r.updated, 1);
+        assert_eq!(r.counts().updated, 1);
         assert_eq!(
             target.users.lock().unwrap()["legacy-1"].family_name,
             "Renamed"
@@ -1185,21 +1268,19 @@ mod tests {
         let before = writes(&target);
         let r = run_with(&source, &target, &store, false, ADOPT).await;
         assert_eq!(
-            (r.conflicts, r.adopted, r.created, r.exit_code()),
+            (
+                r.counts().conflicts,
+                r.counts().adopted,
+                r.counts().created,
+                r.exit_code()
+            ),
             (2, 0, 0, 1)
         );
         assert_eq!(writes(&target), before);
-        let c1 = r
-            .conflict_records
-            .iter()
-            .find(|c| c.nexudus_id == 1)
-            .unwrap();
+        let conflicts = r.conflict_records();
+        let c1 = conflicts.iter().find(|c| c.nexudus_id == 1).unwrap();
         assert_eq!(c1.candidates, vec!["legacy-a", "legacy-b"]);
-        let c2 = r
-            .conflict_records
-            .iter()
-            .find(|c| c.nexudus_id == 2)
-            .unwrap();
+        let c2 = conflicts.iter().find(|c| c.nexudus_id == 2).unwrap();
         assert_eq!(c2.candidates, vec!["nexudus-7"]);
         assert!(store.link(1).unwrap().is_none());
     }
@@ -1209,7 +1290,10 @@ mod tests {
         let (source, target, store) = fresh(4);
         source.edit(|u| u[3].email = Some("USER1@example.com".into()));
         let r = run_with(&source, &target, &store, false, ADOPT).await;
-        assert_eq!((r.conflicts, r.created, r.exit_code()), (2, 2, 1));
+        assert_eq!(
+            (r.counts().conflicts, r.counts().created, r.exit_code()),
+            (2, 2, 1)
+        );
         let users = target.users.lock().unwrap();
         assert!(!users.contains_key("nexudus-1") && !users.contains_key("nexudus-4"));
     }
@@ -1226,7 +1310,7 @@ mod tests {
             "[mapping.properties]\nsource = \"nexudus\"\n",
         )
         .await;
-        assert_eq!(r.updated, 3);
+        assert_eq!(r.counts().updated, 3);
         assert_eq!(
             target.users.lock().unwrap()["nexudus-1"].properties["source"],
             "nexudus"
@@ -1239,14 +1323,128 @@ mod tests {
             "[mapping.properties]\nsource = \"nexudus\"\n",
         )
         .await;
-        assert_eq!((r.updated, r.unchanged), (0, 3));
+        assert_eq!((r.counts().updated, r.counts().unchanged), (0, 3));
         // Dropping the option removes what this tool set.
         let r = run(&source, &target, &store, false).await;
-        assert_eq!(r.updated, 3);
+        assert_eq!(r.counts().updated, 3);
         assert!(
             target.users.lock().unwrap()["nexudus-1"]
                 .properties
                 .is_empty()
         );
+    }
+
+    /// What a randomized run does to its users before the run under test.
+    #[derive(Debug, Clone)]
+    struct Scenario {
+        users: u64,
+        /// Per user: 0 nothing, 1 renamed, 2 email broken, 3 Active false, 4 deleted, 5 made
+        /// an admin (outside the scope when `scope` is set).
+        edits: Vec<u8>,
+        /// This user's write is refused by nevisIDM in the run under test.
+        reject: Option<u64>,
+        scope: bool,
+        mode: u8,
+    }
+
+    fn scenario() -> impl proptest::strategy::Strategy<Value = Scenario> {
+        use proptest::prelude::*;
+        (1u64..14).prop_flat_map(|users| {
+            (
+                proptest::collection::vec(0u8..6, users as usize),
+                proptest::option::of(1..=users),
+                any::<bool>(),
+                0u8..3,
+            )
+                .prop_map(move |(edits, reject, scope, mode)| Scenario {
+                    users,
+                    edits,
+                    reject,
+                    scope,
+                    mode,
+                })
+        })
+    }
+
+    /// Runs `scenario`: an import, the edits, then one run (full, incremental — which may list
+    /// everyone again when the probe sees a deletion — or reconcile).
+    async fn account_of(s: &Scenario) -> (RunReport, Vec<u64>, Vec<u64>) {
+        let (source, target, store) = fresh(s.users);
+        source.edit(|u| {
+            for user in u.iter_mut() {
+                user.is_admin = false;
+                user.updated_on = Some("2025-01-15T10:30:00Z".into());
+            }
+        });
+        let scope = if s.scope {
+            "[scope]\nadmins = \"exclude\"\n"
+        } else {
+            ""
+        };
+        let text = CONFIG.replace("max_disables = 3", "max_disables = 5");
+        let cfg = Config::from_toml_str(&format!("{text}\n{scope}")).unwrap();
+        let go = |opts: RunOptions| {
+            let (cfg, source, target, store) = (&cfg, &source, &target, &store);
+            async move {
+                run_once(cfg, Arc::clone(source), Arc::clone(target), store, &opts)
+                    .await
+                    .unwrap()
+            }
+        };
+        go(RunOptions::default()).await;
+        let mut deleted = Vec::new();
+        source.edit(|u| {
+            for (user, edit) in u.iter_mut().zip(&s.edits) {
+                match edit {
+                    1 => user.full_name = Some(format!("Renamed Person{}", user.id)),
+                    2 => user.email = Some("broken".into()),
+                    3 => user.active = false,
+                    4 => deleted.push(user.id),
+                    5 => user.is_admin = true,
+                    _ => {}
+                }
+            }
+            u.retain(|user| !deleted.contains(&user.id));
+        });
+        *target.reject.lock().unwrap() = s.reject.map(|id| format!("nexudus-{id}"));
+        let listed: Vec<u64> = source.users.lock().unwrap().iter().map(|u| u.id).collect();
+        let opts = RunOptions {
+            incremental: s.mode == 1,
+            reconcile: s.mode == 2,
+            ..RunOptions::default()
+        };
+        (go(opts).await, listed, deleted)
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(48))]
+        /// Whatever paths a run takes, every user listed has one outcome, a deleted user at
+        /// most one (a removal), the counts add up to them, and each problem line is printed
+        /// once.
+        #[test]
+        fn every_user_has_one_outcome_and_the_counts_add_up(s in scenario()) {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            let (r, listed, deleted) = rt.block_on(account_of(&s));
+            for id in &listed {
+                proptest::prop_assert!(r.outcome(*id).is_some(), "user {id} has no outcome: {s:?}");
+            }
+            let mut removed = 0;
+            for id in &deleted {
+                match r.outcome(*id) {
+                    None => {}
+                    Some(crate::report::Outcome::Disabled | crate::report::Outcome::Held { .. }) => removed += 1,
+                    Some(other) => proptest::prop_assert!(false, "deleted user {id}: {other:?}"),
+                }
+            }
+            let c = r.counts();
+            proptest::prop_assert_eq!(c.users(), listed.len() as u64 + removed, "{:?} {}", s, r.summary_line());
+            let lines = r.problem_lines();
+            let unique: std::collections::HashSet<&String> = lines.iter().collect();
+            proptest::prop_assert_eq!(unique.len(), lines.len(), "{:?}", lines);
+            let starting = |p: &str| lines.iter().filter(|l| l.starts_with(p)).count() as u64;
+            proptest::prop_assert_eq!(starting("invalid:"), c.invalid);
+            proptest::prop_assert_eq!(starting("failed:"), c.failed);
+            proptest::prop_assert_eq!(starting("hand-disabled:"), c.hand_disabled);
+        }
     }
 }

@@ -13,13 +13,13 @@ use serde_json::json;
 
 use super::RunOptions;
 use super::listing::Fetched;
-use super::remote::Remote;
 use crate::config::{AdoptMode, Config, LoginIdSource};
 use crate::diff::{Changes, Observed, Plan, changes_between, diff};
+use crate::directory::Directory;
 use crate::dispatch::{Op, OpKind, PlanSink};
 use crate::mapper::{DesiredUser, InvalidReason, SourceUser, UserState, map_user};
 use crate::nexudus::InvalidRecord;
-use crate::report::{Conflict, Invalid, RunReport};
+use crate::report::{Outcome, RunReport};
 use crate::store::{Lookup, Store, StoreError, fingerprint};
 
 /// Where the scope and the mapping put one Nexudus user.
@@ -95,7 +95,7 @@ pub struct Planner<'a> {
     store: &'a Store,
     opts: &'a RunOptions,
     /// nevisIDM's real state in a reconcile; `None` plans from the checkpoints.
-    remote: Option<&'a Remote>,
+    remote: Option<&'a Directory>,
     /// Users a reconcile found disabled by hand and left so, read once at the start of the run.
     hand_disabled: HashSet<u64>,
     shared: SharedEmails,
@@ -106,7 +106,7 @@ impl<'a> Planner<'a> {
         cfg: &'a Config,
         store: &'a Store,
         opts: &'a RunOptions,
-        remote: Option<&'a Remote>,
+        remote: Option<&'a Directory>,
     ) -> Result<Planner<'a>, StoreError> {
         Ok(Planner {
             cfg,
@@ -155,6 +155,7 @@ impl<'a> Planner<'a> {
         let desired = match scope(self.cfg, &user) {
             Scoped::Out(why) => {
                 tracing::debug!(nexudus_id = user.id, "{why}");
+                report.record(user.id, Outcome::OutOfScope);
                 return Ok(Planned::default());
             }
             Scoped::Invalid(reason) => {
@@ -187,7 +188,7 @@ impl<'a> Planner<'a> {
             Some(remote) => self.against_remote(remote, desired, &user, report)?,
         };
         if op.is_none() {
-            report.unchanged += 1;
+            report.record(user.id, Outcome::Unchanged);
         }
         Ok(Planned { kept, op })
     }
@@ -233,7 +234,9 @@ impl<'a> Planner<'a> {
         // A reconcile found this user disabled by hand and left it so: ordinary runs keep it so.
         if desired.state == UserState::Active && self.hand_disabled.contains(&user.id) {
             desired.state = UserState::Disabled;
-            report.hand_disabled += 1;
+            let held = store.get(user.id).ok().flatten();
+            let ext_id = held.map_or_else(|| desired.ext_id.clone(), |c| c.ext_id);
+            report.note_hand_disabled(user.id, &ext_id);
         }
         let fp = fingerprint(&desired);
         match store.lookup(user.id, fp)? {
@@ -277,7 +280,7 @@ impl<'a> Planner<'a> {
     /// gets its checkpoint refreshed without a write.
     fn against_remote(
         &self,
-        remote: &Remote,
+        remote: &Directory,
         mut desired: DesiredUser,
         user: &SourceUser,
         report: &mut RunReport,
@@ -343,7 +346,7 @@ impl<'a> Planner<'a> {
             return Ok(None);
         }
         tracing::info!(extId = %ext_id, changes = %changes.to_json(), "drift: nevisIDM differs from Nexudus; setting it back");
-        report.drift += 1;
+        report.note_drift(user.id);
         let mut op = write_op(user, desired, Some(changes), fp);
         op.version = seen.version;
         Ok(Some(op))
@@ -376,8 +379,7 @@ impl<'a> Planner<'a> {
             } else {
                 tracing::warn!(extId = %ext_id, "disabled by hand in nevisIDM while active in Nexudus; left disabled (sync.reenable_on_reconcile = false)");
                 desired.state = UserState::Disabled;
-                report.hand_disabled += 1;
-                report.hand_disabled_users.push(ext_id.to_string());
+                report.note_hand_disabled(nexudus_id, ext_id);
                 match &self.opts.dry_run {
                     Some(sink) => sink(&json!({
                         "op": "keep-disabled",
@@ -450,13 +452,14 @@ fn note_conflict(
             ),
         )?,
     }
-    report.conflicts += 1;
-    report.conflict_records.push(Conflict {
+    report.record(
         nexudus_id,
-        ext_id: ext_id.to_string(),
-        reason,
-        candidates,
-    });
+        Outcome::Conflict {
+            ext_id: ext_id.to_string(),
+            reason,
+            candidates,
+        },
+    );
     Ok(())
 }
 
@@ -471,8 +474,7 @@ fn note_invalid(
     if let (Some(id), false) = (nexudus_id, dry_run) {
         store.record_failure(id, &format!("invalid: {reason}"))?;
     }
-    report.invalid += 1;
-    report.invalid_records.push(Invalid { nexudus_id, reason });
+    report.record_invalid(nexudus_id, reason);
     Ok(())
 }
 

@@ -13,18 +13,19 @@
 //!
 //! (A record that says `Active` false is an instruction, planned and sent at once like any change.)
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 
 use super::RunOptions;
 use super::census::Verdict;
 use super::planner::Kept;
-use super::remote::Remote;
 use crate::config::Config;
 use crate::diff::{Changes, Observed, disappeared};
+use crate::directory::Directory;
 use crate::dispatch::{Op, OpKind};
-use crate::mapper::{DesiredUser, UserState, nexudus_id_of};
+use crate::mapper::{DesiredUser, UserState};
 use crate::nexudus::{Presence, Source};
-use crate::report::RunReport;
+use crate::ownership::Owners;
+use crate::report::{Outcome, RunReport};
 use crate::store::{Store, StoreError};
 
 pub struct Settlement<'a> {
@@ -90,7 +91,7 @@ impl<'a> Settlement<'a> {
     pub async fn settle<S: Source>(
         &self,
         source: &S,
-        remote: Option<&Remote>,
+        remote: Option<(&Directory, &Owners)>,
         verdict: Verdict,
         listed: &HashSet<u64>,
         pinpointed: Option<&[u64]>,
@@ -105,8 +106,8 @@ impl<'a> Settlement<'a> {
         if incomplete.is_none() {
             let gone = match remote {
                 None => vanished_from_checkpoints(self.store, &self.kept)?,
-                Some(remote) => {
-                    let (gone, owned) = self.vanished_from_remote(remote)?;
+                Some((remote, owners)) => {
+                    let (gone, owned) = self.vanished_from_remote(remote, owners)?;
                     known = known.max(owned);
                     gone
                 }
@@ -209,76 +210,75 @@ impl<'a> Settlement<'a> {
         Ok(archives)
     }
 
-    /// Reconcile: the nevisIDM users this tool owns whose Nexudus user a complete listing did not
-    /// list (in scope) and that nevisIDM shows active, whatever the checkpoint says; and how many
-    /// users this tool owns in nevisIDM (the base of `sync.max_disable_percent`).
-    ///
-    /// Owned means: the extId is the configured prefix and a Nexudus Id, or is linked in the store
-    /// (adopted), or is the extId of a checkpoint (created under an earlier prefix). Nothing else
-    /// in nevisIDM is ever touched.
+    /// Reconcile: the nevisIDM users this tool owns ([`Owners`]) whose Nexudus user a complete
+    /// listing did not list (in scope) and that nevisIDM shows active, whatever the checkpoint
+    /// says; and how many users this tool owns in nevisIDM (the base of
+    /// `sync.max_disable_percent`). Nothing else in nevisIDM is ever touched.
     fn vanished_from_remote(
         &self,
-        remote: &Remote,
+        remote: &Directory,
+        owners: &Owners,
     ) -> Result<(Vec<(u64, DesiredUser)>, u64), StoreError> {
-        let store = self.store;
-        let mut checkpoints: HashMap<String, (u64, DesiredUser)> = HashMap::new();
-        for item in store.iter() {
-            match item {
-                Ok((id, c)) => {
-                    checkpoints.insert(c.ext_id.clone(), (id, c));
-                }
-                Err(StoreError::Corrupt(e)) => {
-                    tracing::warn!(error = %e, "unreadable checkpoint skipped for disappearance");
-                }
-                Err(e) => return Err(e),
-            }
-        }
         let mut gone = Vec::new();
         let mut owned = 0u64;
         for (ext_id, seen) in &remote.users {
-            let checkpoint = checkpoints.remove(ext_id);
-            let id = match &checkpoint {
-                Some((id, _)) => Some(*id),
-                None => match store.link_owner(ext_id)? {
-                    Some(id) => Some(id),
-                    None => nexudus_id_of(&self.cfg.mapping.ext_id_prefix, ext_id),
-                },
+            let Some(id) = owners.owner(self.store, ext_id)? else {
+                continue;
             };
-            let Some(id) = id else { continue };
             owned += 1;
             if self.kept.contains(&id) {
                 continue;
             }
-            let inactive = match seen.state.as_deref() {
-                Some("disabled") => Some(UserState::Disabled),
-                Some("archived") => Some(UserState::Archived),
-                _ => None,
-            };
-            if let Some(state) = inactive {
-                // Gone from Nexudus and already inactive in nevisIDM (by hand, or a disable whose
-                // checkpoint was lost): the checkpoint is refreshed to say so, so that no later
-                // run sends a disable that is already true.
-                if !self.dry_run
-                    && let Some((_, mut c)) = checkpoint
-                    && c.state == UserState::Active
-                {
-                    c.state = state;
-                    store.put(id, &c)?;
-                }
-                continue;
+            let checkpoint = self.checkpoint_of(id, ext_id)?;
+            if let Some(current) = self.still_active(ext_id, seen, id, checkpoint)? {
+                gone.push((id, current));
             }
-            if seen.state.as_deref() != Some("active") {
-                continue;
-            }
-            // What nevisIDM holds now, active (the checkpoint may say otherwise: drift).
-            let mut current = match checkpoint {
-                Some((_, c)) => c,
-                None => observed_user(ext_id, seen),
-            };
-            current.state = UserState::Active;
-            gone.push((id, current));
         }
         Ok((gone, owned))
+    }
+
+    /// The checkpoint of `id`, when it is the one of `ext_id`.
+    fn checkpoint_of(&self, id: u64, ext_id: &str) -> Result<Option<DesiredUser>, StoreError> {
+        match self.store.get(id) {
+            Ok(c) => Ok(c.filter(|c| c.ext_id == ext_id)),
+            Err(StoreError::Corrupt(e)) => {
+                tracing::warn!(error = %e, "unreadable checkpoint skipped for disappearance");
+                Ok(None)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// An owned user gone from Nexudus, as nevisIDM holds it when it is still active there.
+    /// Already inactive in nevisIDM (by hand, or a disable whose checkpoint was lost): the
+    /// checkpoint is refreshed to say so, so that no later run sends a disable that is true.
+    fn still_active(
+        &self,
+        ext_id: &str,
+        seen: &Observed,
+        id: u64,
+        checkpoint: Option<DesiredUser>,
+    ) -> Result<Option<DesiredUser>, StoreError> {
+        let inactive = match seen.state.as_deref() {
+            Some("disabled") => Some(UserState::Disabled),
+            Some("archived") => Some(UserState::Archived),
+            Some("active") => None,
+            _ => return Ok(None),
+        };
+        if let Some(state) = inactive {
+            if !self.dry_run
+                && let Some(mut c) = checkpoint
+                && c.state == UserState::Active
+            {
+                c.state = state;
+                self.store.put(id, &c)?;
+            }
+            return Ok(None);
+        }
+        // What nevisIDM holds now, active (the checkpoint may say otherwise: drift).
+        let mut current = checkpoint.unwrap_or_else(|| observed_user(ext_id, seen));
+        current.state = UserState::Active;
+        Ok(Some(current))
     }
 }
 
@@ -311,12 +311,10 @@ impl Decision {
             %reason,
             "DELETION SAFETY: holding back every disable of this run; rerun with --allow-mass-disable to approve"
         );
-        report.held_disables = self.removals.len() as u64;
-        report.held = self
-            .removals
-            .into_iter()
-            .map(|op| op.after.ext_id)
-            .collect();
+        for op in self.removals {
+            let ext_id = op.after.ext_id;
+            report.record(op.nexudus_id, Outcome::Held { ext_id });
+        }
         Vec::new()
     }
 }
@@ -429,6 +427,7 @@ fn observed_user(ext_id: &str, seen: &Observed) -> DesiredUser {
 mod tests {
     use super::*;
     use crate::nexudus::{PageIds, SourceError, SourcePage};
+    use std::collections::HashMap;
     use std::sync::Mutex;
 
     const CONFIG: &str = r#"
@@ -568,9 +567,9 @@ mod tests {
         assert!(source.asked.lock().unwrap().is_empty());
         let mut report = RunReport::default();
         assert!(d.record(&mut report).is_empty());
-        assert_eq!(report.held_disables, 4);
+        assert_eq!(report.counts().held_disables, 4);
         assert!(report.listing_complete);
-        assert_eq!(report.held.len(), 4);
+        assert_eq!(report.held().len(), 4);
 
         let opts = RunOptions {
             allow_mass_disable: true,
