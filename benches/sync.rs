@@ -320,7 +320,7 @@ async fn fakes_floor(args: &Args, nexudus: &FakeNexudus, latency: Duration) -> f
 
 fn print_header() {
     println!(
-        "{:<24} {:>4} {:>9} {:>9} {:>7} {:>9} {:>7} {:>8} {:>8} {:>8} {:>9} {:>8} {:>10} {:>9} {:>10}",
+        "{:<24} {:>4} {:>9} {:>9} {:>7} {:>9} {:>7} {:>8} {:>8} {:>8} {:>9} {:>8} {:>10} {:>9} {:>10} {:>11}",
         "phase",
         "exit",
         "wall_s",
@@ -335,7 +335,8 @@ fn print_header() {
         "nv_get1",
         "cpu_us/usr",
         "rss_MiB",
-        "fake_cpu%"
+        "fake_cpu%",
+        "plan_us/usr"
     );
 }
 
@@ -380,7 +381,7 @@ async fn run_phase(
         None => ("-".into(), "-".into(), "-".into(), "-".into()),
     };
     println!(
-        "{:<24} {:>4} {:>9.2} {:>9} {:>7} {:>9} {:>7} {:>8} {:>8} {:>8} {:>9} {:>8} {:>10.2} {:>9.1} {:>10.1}",
+        "{:<24} {:>4} {:>9.2} {:>9} {:>7} {:>9} {:>7} {:>8} {:>8} {:>8} {:>9} {:>8} {:>10.2} {:>9.1} {:>10.1} {:>11.2}",
         phase.name,
         child.code,
         wall,
@@ -396,7 +397,23 @@ async fn run_phase(
         child.cpu.as_secs_f64() * 1e6 / args.users as f64,
         child.max_rss_kib as f64 / 1024.0,
         100.0 * fake_cpu.as_secs_f64() / wall,
+        planning_seconds(dir) * 1e6 / args.users as f64,
     );
+}
+
+/// The time the last run's driving task spent planning records (its per-record store work
+/// included), from the report it recorded in the store.
+fn planning_seconds(dir: &Path) -> f64 {
+    let Ok(store) = nexudus_nevis_sync::store::Store::open(&dir.join("store"), 64 << 20) else {
+        return f64::NAN;
+    };
+    store
+        .last_run()
+        .ok()
+        .flatten()
+        .and_then(|json| serde_json::from_slice::<serde_json::Value>(&json).ok())
+        .and_then(|doc| doc["planning_seconds"].as_f64())
+        .unwrap_or(f64::NAN)
 }
 
 /// The daemon with the default settings (the schedule from `--revoke-schedule-s`, default the

@@ -204,6 +204,9 @@ pub struct RunReport {
     /// Why the listing was not complete, when it was not.
     pub incomplete_reason: Option<String>,
     pub duration: Duration,
+    /// Of `duration`, the time the run's driving task spent planning records: scope, mapping,
+    /// the diff and the checkpoint look-up of each (the per-record store work between pages).
+    pub planning: Duration,
     /// The listing asked only for users changed since the watermark.
     pub incremental: bool,
     /// What the run saw of `UpdatedOn`, for the next watermark.
@@ -524,6 +527,7 @@ struct Document<'a> {
     hand_disabled_users: Vec<String>,
     held: Vec<String>,
     duration: f64,
+    planning_seconds: f64,
     incremental: bool,
 }
 
@@ -545,6 +549,7 @@ impl Serialize for RunReport {
             hand_disabled_users: self.hand_disabled_users(),
             held: self.held(),
             duration: self.duration.as_secs_f64(),
+            planning_seconds: self.planning.as_secs_f64(),
             incremental: self.incremental,
         }
         .serialize(s)

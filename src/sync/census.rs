@@ -20,15 +20,62 @@ const PAGE_SLACK: u64 = 2;
 pub(crate) const MAX_PAGES_WITHOUT_TOTAL: u64 = 10_000;
 
 /// The page after which a listing that still says `HasNextPage` has run too long.
-pub(super) fn page_limit(total_items: Option<u64>, served: u64) -> u64 {
+fn page_limit(total_items: Option<u64>, served: u64) -> u64 {
     total_items.map_or(MAX_PAGES_WITHOUT_TOTAL, |t| {
         t.div_ceil(served.max(1)) + PAGE_SLACK
     })
 }
 
 /// The size Nexudus says it served a page with (`CurrentPageSize`), else the size asked for.
-pub(super) fn served_size(page: &SourcePage, asked: u64) -> u64 {
+fn served_size(page: &SourcePage, asked: u64) -> u64 {
     page.page_size.filter(|&s| s > 0).unwrap_or(asked)
+}
+
+/// Where a listing stands after a page.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    /// More pages follow.
+    More,
+    /// The page said none follows.
+    Last,
+    /// The page said more follow, but the listing reached its bound (what `TotalItems`
+    /// announced, plus slack; or [`MAX_PAGES_WITHOUT_TOTAL`]): read no further.
+    Bound,
+}
+
+/// Where a listing ends: the one rule, used by the census and by the listing read whole.
+#[derive(Debug)]
+pub struct End {
+    /// The page size asked for.
+    page_size: u64,
+    pages: u64,
+    /// `TotalItems` as first announced.
+    first_total: Option<u64>,
+}
+
+impl End {
+    pub fn new(page_size: u64) -> End {
+        End {
+            page_size,
+            pages: 0,
+            first_total: None,
+        }
+    }
+
+    /// Counts `page` and says whether the listing goes on.
+    pub fn after(&mut self, page: &SourcePage) -> Step {
+        self.pages += 1;
+        self.first_total = self.first_total.or(page.total_items);
+        if !page.has_next_page {
+            return Step::Last;
+        }
+        let limit = page_limit(self.first_total, served_size(page, self.page_size));
+        if self.pages >= limit {
+            Step::Bound
+        } else {
+            Step::More
+        }
+    }
 }
 
 /// What the census concluded about a whole listing.
@@ -57,6 +104,7 @@ pub struct Census {
     /// `TotalItems` as first announced.
     total_items: Option<u64>,
     pages: u64,
+    end: End,
     /// Every Id listed, in scope or not (duplicates; the look-ups before disabling skip them).
     seen: HashSet<u64>,
     /// The first reason found, if any.
@@ -73,6 +121,7 @@ impl Census {
             page_size,
             total_items: None,
             pages: 0,
+            end: End::new(page_size),
             seen: HashSet::new(),
             incomplete: None,
             finished: false,
@@ -99,12 +148,12 @@ impl Census {
             let held = page.records.len();
             self.note(|| format!("page {pages} held {held} records but more pages followed"));
         }
-        let limit = page_limit(self.total_items, served);
-        if page.has_next_page && pages >= limit {
+        let step = self.end.after(page);
+        if step == Step::Bound {
             self.note(|| format!("the listing ran past {pages} pages, beyond what it announced"));
         }
-        self.finished = !page.has_next_page;
-        self.bounded = page.has_next_page && pages >= limit;
+        self.finished = step == Step::Last;
+        self.bounded = step == Step::Bound;
     }
 
     /// Whether no further page is to be read: the last one said so, or the bound is reached.
@@ -304,6 +353,22 @@ mod tests {
             "the listing ran past 4 pages, beyond what it announced"
         );
         assert_eq!(page_limit(None, 100), MAX_PAGES_WITHOUT_TOTAL);
+    }
+
+    #[test]
+    fn where_a_listing_ends_is_one_rule() {
+        let mut end = End::new(2);
+        let steps: Vec<Step> = (1..=4u64)
+            .map(|n| end.after(&page(&[2 * n, 2 * n + 1], Some(4), true)))
+            .collect();
+        assert_eq!(steps, [Step::More, Step::More, Step::More, Step::Bound]);
+        assert_eq!(End::new(2).after(&page(&[1], Some(4), false)), Step::Last);
+        // CurrentPageSize rules over the size asked for: 4 users served 1 a page.
+        let mut end = End::new(2);
+        let mut served_one = page(&[1], Some(4), true);
+        served_one.page_size = Some(1);
+        let bound = (1..=10).position(|_| end.after(&served_one) == Step::Bound);
+        assert_eq!(bound, Some(5));
     }
 
     #[test]

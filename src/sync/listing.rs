@@ -11,7 +11,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use super::census::{Census, page_limit, served_size};
+use super::census::{Census, End, Step};
 use crate::nexudus::{Source, SourceError, SourcePage};
 
 /// Users one listing may hold before it is cut off when it is read whole before the first write:
@@ -90,7 +90,7 @@ impl Listing {
     /// the replay then reports it.
     pub async fn read_whole(&mut self, page_size: u64) -> Vec<Fetched> {
         let mut buffered = Vec::new();
-        let (mut read, mut users, mut first_total) = (0u64, 0usize, None);
+        let (mut end, mut users) = (End::new(page_size), 0usize);
         loop {
             let msg = tokio::select! {
                 biased;
@@ -100,11 +100,8 @@ impl Listing {
             let Some(msg) = msg else { break };
             let mut stop = false;
             if let Fetched::Page(page) = &msg {
-                read += 1;
                 users += page.records.len();
-                first_total = first_total.or(page.total_items);
-                let limit = page_limit(first_total, served_size(page, page_size));
-                stop = page.has_next_page && read >= limit;
+                stop = end.after(page) == Step::Bound;
                 if page.has_next_page && users >= MAX_LISTED_USERS {
                     self.census.cut_off(format!(
                         "the listing went past {MAX_LISTED_USERS} users and was cut off there"

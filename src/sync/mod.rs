@@ -149,7 +149,11 @@ pub async fn run_once<S: Source, T: Target>(
     report.duration = started.elapsed();
     let _enter = span.enter();
     match &result {
-        Ok(()) => tracing::info!(summary = %report.summary_line(), "run finished"),
+        Ok(()) => tracing::info!(
+            summary = %report.summary_line(),
+            planning_s = report.planning.as_secs_f64(),
+            "run finished"
+        ),
         Err(e) => {
             tracing::error!(error = %e, "run failed");
             report.fatal = Some(e.to_string());
@@ -214,8 +218,10 @@ async fn run<S: Source, T: Target>(
             if !listing.census().record(&record) {
                 continue;
             }
+            let planning = Instant::now();
             let planned = planner.plan(record, report)?;
             settlement.keep(planned.kept);
+            report.planning += planning.elapsed();
             let Some(op) = planned.op else { continue };
             // A record that says Active=false is an explicit instruction from the source and
             // goes out at once, like any change: access must not outlive its revocation.
