@@ -4,7 +4,9 @@
 
 use std::collections::BTreeMap;
 
+use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
+use unicode_normalization::UnicodeNormalization;
 
 use crate::mapper::{DesiredUser, UserState};
 
@@ -187,32 +189,111 @@ impl Observed {
     }
 }
 
-/// The fields of `desired` that differ from `seen`. `loginId` compares case-insensitively, since
-/// nevisIDM treats login ids that way and a case-only difference is not worth a write; so does
-/// `languageCode`, which nevisIDM answers upper or lower case depending on the deployment.
+/// A field this tool owns, as the equivalence rules and the directory's forms
+/// ([`crate::forms`]) name it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum Field {
+    LoginId,
+    FirstName,
+    FamilyName,
+    Email,
+    LanguageCode,
+}
+
+impl Field {
+    pub const ALL: [Field; 5] = [
+        Field::LoginId,
+        Field::FirstName,
+        Field::FamilyName,
+        Field::Email,
+        Field::LanguageCode,
+    ];
+
+    /// The field as nevisIDM's documents name it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Field::LoginId => "loginId",
+            Field::FirstName => "name.firstName",
+            Field::FamilyName => "name.familyName",
+            Field::Email => "contacts.email",
+            Field::LanguageCode => "languageCode",
+        }
+    }
+
+    /// The value `user` wants for this field.
+    pub fn of(self, user: &DesiredUser) -> &str {
+        match self {
+            Field::LoginId => &user.login_id,
+            Field::FirstName => &user.first_name,
+            Field::FamilyName => &user.family_name,
+            Field::Email => &user.email,
+            Field::LanguageCode => &user.language_code,
+        }
+    }
+
+    /// The value nevisIDM was seen holding, if it holds one.
+    pub fn seen(self, seen: &Observed) -> Option<&str> {
+        match self {
+            Field::LoginId => seen.login_id.as_deref(),
+            Field::FirstName => seen.first_name.as_deref(),
+            Field::FamilyName => seen.family_name.as_deref(),
+            Field::Email => seen.email.as_deref(),
+            Field::LanguageCode => seen.language_code.as_deref(),
+        }
+    }
+
+    /// Reads `seen` as holding `value` for this field.
+    pub fn set_seen(self, seen: &mut Observed, value: &str) {
+        let slot = match self {
+            Field::LoginId => &mut seen.login_id,
+            Field::FirstName => &mut seen.first_name,
+            Field::FamilyName => &mut seen.family_name,
+            Field::Email => &mut seen.email,
+            Field::LanguageCode => &mut seen.language_code,
+        };
+        *slot = Some(value.to_string());
+    }
+}
+
+/// Whether nevisIDM holding `held` in `field` is the `wanted` value, compared the way a directory
+/// compares — the one home of these rules, used wherever a desired value meets a held one:
+/// - `loginId` and `languageCode` without regard to (ASCII) case: nevisIDM treats login ids so,
+///   and answers `EN` (on-prem schema) or `en` (Identity Cloud) for the same language;
+/// - emails without regard to case, after trimming;
+/// - names after collapsing whitespace (as the mapper does) and Unicode NFC normalization.
+pub fn equivalent(field: Field, wanted: &str, held: &str) -> bool {
+    match field {
+        Field::LoginId | Field::LanguageCode => held.eq_ignore_ascii_case(wanted),
+        Field::Email => held.trim().to_lowercase() == wanted.trim().to_lowercase(),
+        Field::FirstName | Field::FamilyName => normal_name(held) == normal_name(wanted),
+    }
+}
+
+/// A name in the one form the mapper sends: whitespace collapsed, Unicode NFC.
+pub fn normal_name(name: &str) -> String {
+    name.split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ")
+        .nfc()
+        .collect()
+}
+
+/// The fields of `desired` that differ from `seen`, under the equivalence rules ([`equivalent`]).
 pub fn changes_between(desired: &DesiredUser, seen: &Observed) -> Changes {
-    let differs = |want: &str, have: &Option<String>| have.as_deref() != Some(want);
+    let differs = |field: Field| {
+        Field::seen(field, seen).is_none_or(|have| !equivalent(field, field.of(desired), have))
+    };
     // An archived user is "more than disabled": a source that says inactive is satisfied by it.
-    let state_differs = differs(desired.state.as_str(), &seen.state)
+    let state_differs = seen.state.as_deref() != Some(desired.state.as_str())
         && !(desired.state == UserState::Disabled && seen.state.as_deref() == Some("archived"));
     // An empty desired loginId means nevisIDM generated it: never ours to change.
-    let login_differs = !desired.login_id.is_empty()
-        && seen
-            .login_id
-            .as_deref()
-            .is_none_or(|have| !have.eq_ignore_ascii_case(&desired.login_id));
+    let login_differs = !desired.login_id.is_empty() && differs(Field::LoginId);
     Changes {
         login_id: login_differs.then(|| desired.login_id.clone()),
-        name: (differs(&desired.first_name, &seen.first_name)
-            || differs(&desired.family_name, &seen.family_name))
-        .then(|| (desired.first_name.clone(), desired.family_name.clone())),
-        email: differs(&desired.email, &seen.email).then(|| desired.email.clone()),
-        // nevisIDM's on-prem schema answers `EN`, Identity Cloud `en`: the same language.
-        language_code: seen
-            .language_code
-            .as_deref()
-            .is_none_or(|have| !have.eq_ignore_ascii_case(&desired.language_code))
-            .then(|| desired.language_code.clone()),
+        name: (differs(Field::FirstName) || differs(Field::FamilyName))
+            .then(|| (desired.first_name.clone(), desired.family_name.clone())),
+        email: differs(Field::Email).then(|| desired.email.clone()),
+        language_code: differs(Field::LanguageCode).then(|| desired.language_code.clone()),
         state: state_differs.then_some(desired.state),
         properties: property_changes(desired, seen),
     }

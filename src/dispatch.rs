@@ -25,8 +25,9 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tracing::Instrument;
 
-use crate::diff::{Changes, Observed, changes_between, create_body};
+use crate::diff::{Changes, Field, Observed, changes_between, create_body};
 use crate::directory::{Directory, SharedDirectory};
+use crate::forms::{Form, Forms};
 use crate::mapper::DesiredUser;
 use crate::nevis::{Target, TargetError, list_all, version_of};
 use crate::ownership::Owners;
@@ -79,6 +80,20 @@ pub struct Op {
     /// listing); else the one kept with the checkpoint is used, else the user is read first.
     /// After the write: the version nevisIDM reported for it, kept with the checkpoint.
     pub version: Option<i64>,
+    /// The directory's forms around this write ([`crate::forms`]).
+    pub forms: FormNotes,
+}
+
+/// The directory's forms around one write.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FormNotes {
+    /// The forms to keep with the checkpoint once the write is confirmed (a reconcile's reading
+    /// of the user); `None` keeps what is stored.
+    pub keep: Option<Forms>,
+    /// nevisIDM's answer to the PATCH (the user), with what that PATCH sent.
+    answer: Option<(Changes, Observed)>,
+    /// Forms the answer taught.
+    pub learned: Vec<(Field, Form)>,
 }
 
 impl Op {
@@ -377,7 +392,7 @@ impl<T: Target> Dispatcher<T> {
             // SIGKILL loses at most the checkpoints of writes confirmed within one flush).
             drop(permit);
             let recorded = match result {
-                Ok(Ok(applied)) => record(&store, &op, applied).await.map(|()| Ok(applied)),
+                Ok(Ok(applied)) => record(&store, &mut op, applied).await.map(|()| Ok(applied)),
                 other => other,
             };
             (op, recorded)
@@ -481,6 +496,7 @@ impl<T: Target> Dispatcher<T> {
                 self.unavailable_streak = 0;
                 tracing::debug!(extId = %op.after.ext_id, op = op.kind.as_str(), "confirmed");
                 report.record(op.nexudus_id, outcome_of(&op, applied));
+                note_forms(&op, report);
                 Ok(())
             }
             Err(e) => self.refused(&op, e, report),
@@ -533,6 +549,31 @@ impl<T: Target> Dispatcher<T> {
     }
 }
 
+/// Reports the forms nevisIDM's answer taught. A write whose every field the answer showed in
+/// the directory's own form set back no drift: the difference was that form.
+fn note_forms(op: &Op, report: &mut RunReport) {
+    let learned = &op.forms.learned;
+    for (field, form) in learned {
+        tracing::info!(extId = %op.after.ext_id, field = field.as_str(), "nevisIDM keeps this value in its own form; not written again");
+        report.note_form(
+            op.nexudus_id,
+            &op.after.ext_id,
+            (field.as_str(), &form.sent, &form.held),
+        );
+    }
+    let Some(changes) = &op.changes else { return };
+    let explained = |f: Field| learned.iter().any(|(l, _)| *l == f);
+    let all = changes.state.is_none()
+        && changes.properties.is_empty()
+        && (changes.login_id.is_none() || explained(Field::LoginId))
+        && (changes.email.is_none() || explained(Field::Email))
+        && (changes.language_code.is_none() || explained(Field::LanguageCode))
+        && (changes.name.is_none() || explained(Field::FirstName) || explained(Field::FamilyName));
+    if !learned.is_empty() && all {
+        report.unnote_drift(op.nexudus_id);
+    }
+}
+
 /// A dry run's line for one decision, and the outcome it would have.
 fn plan_line(op: &Op, decision: Decision, sink: &PlanSink, report: &mut RunReport) {
     match decision {
@@ -572,14 +613,33 @@ fn conflict(op: &Op, reason: String, candidates: Vec<String>) -> Outcome {
     }
 }
 
-/// Checkpoints a confirmed operation (and the link of an adoption) and makes it durable.
-async fn record(store: &Store, op: &Op, applied: Applied) -> Result<(), StoreError> {
+/// Checkpoints a confirmed operation (with the link of an adoption and the directory's forms)
+/// and makes it durable.
+async fn record(store: &Store, op: &mut Op, applied: Applied) -> Result<(), StoreError> {
     if let Applied::Adopted { .. } = applied {
         store.set_link(op.nexudus_id, &op.after.ext_id)?;
     }
     let fp = op.fingerprint.unwrap_or_else(|| fingerprint(&op.after));
     store.put_versioned(op.nexudus_id, &op.after, fp, op.version)?;
+    keep_forms(store, op)?;
     store.flush().await
+}
+
+/// Keeps the forms of a confirmed write: a reconcile's reading, and what nevisIDM's answer to
+/// the PATCH taught (noted in `op.forms.learned` for the report).
+fn keep_forms(store: &Store, op: &mut Op) -> Result<(), StoreError> {
+    let notes = &mut op.forms;
+    if notes.keep.is_none() && notes.answer.is_none() {
+        return Ok(());
+    }
+    let mut forms = match notes.keep.take() {
+        Some(forms) => forms,
+        None => store.forms(op.nexudus_id)?,
+    };
+    if let Some((sent, answer)) = notes.answer.take() {
+        notes.learned = forms.learn_from_answer(&op.after, &sent, &answer);
+    }
+    store.set_forms(op.nexudus_id, &forms)
 }
 
 /// The outcome of a confirmed operation.
@@ -769,8 +829,8 @@ async fn adopt_or_create<T: Target>(
             } else {
                 patch(ctx.target, &op.after, &changes, version)
                     .await
-                    .map(|after| {
-                        op.version = after;
+                    .map(|patched| {
+                        patched.into_op(op);
                         Applied::Adopted { wrote: true }
                     })
             }
@@ -802,22 +862,44 @@ pub async fn version_for<T: Target>(
     }
 }
 
+/// What a PATCH left: the version nevisIDM reported after it, and its answer (the user, when it
+/// answered 200 with one) with the changes that PATCH sent.
+#[derive(Debug, Default)]
+struct Patched {
+    version: Option<i64>,
+    answer: Option<(Changes, Observed)>,
+}
+
+impl Patched {
+    fn of(sent: &Changes, answer: Option<Value>) -> Patched {
+        Patched {
+            version: answer.as_ref().and_then(version_of),
+            answer: answer.map(|user| (sent.clone(), Observed::from_nevis_json(&user))),
+        }
+    }
+
+    /// Notes what the PATCH left in `op`.
+    fn into_op(self, op: &mut Op) {
+        op.version = self.version;
+        op.forms.answer = self.answer;
+    }
+}
+
 /// PATCHes `changes` towards `desired` under optimistic locking. A 409 (the user changed under
 /// us) is never retried with the same body: the user is read, `desired` is diffed against what
 /// nevisIDM holds now (owned fields are set back, fields this tool does not own keep the hand
 /// edit) and PATCHed once more with the fresh version. A second 409 fails the user for this run.
-/// Answers the version nevisIDM reported after the write.
 async fn patch<T: Target>(
     target: &T,
     desired: &DesiredUser,
     changes: &Changes,
     known: Option<i64>,
-) -> Result<Option<i64>, WriteError> {
+) -> Result<Patched, WriteError> {
     let ext_id = desired.ext_id.as_str();
     let version = version_for(target, ext_id, known).await?;
     match target.update(ext_id, changes, version).await {
         Err(TargetError::Stale { .. }) => {}
-        other => return Ok(other?),
+        other => return Ok(Patched::of(changes, other?)),
     }
     tracing::info!(extId = %ext_id, "changed in nevisIDM meanwhile (409); reading it and diffing again");
     let current = target.get(ext_id).await?.ok_or(TargetError::NotFound)?;
@@ -831,13 +913,16 @@ async fn patch<T: Target>(
     }
     let fresh = version_of(&current);
     if again.is_empty() {
-        return Ok(fresh);
+        return Ok(Patched {
+            version: fresh,
+            answer: None,
+        });
     }
     match target.update(ext_id, &again, fresh).await {
         Err(TargetError::Stale { .. }) => Err(WriteError::Contended {
             ext_id: ext_id.to_string(),
         }),
-        other => Ok(other?),
+        other => Ok(Patched::of(&again, other?)),
     }
 }
 
@@ -853,8 +938,8 @@ async fn apply<T: Target>(target: &T, op: &mut Op) -> Result<Applied, WriteError
         return create_or_converge(target, op).await;
     };
     match patch(target, &op.after, &changes, op.version).await {
-        Ok(version) => {
-            op.version = version;
+        Ok(patched) => {
+            patched.into_op(op);
             Ok(Applied::Written)
         }
         Err(WriteError::Target(TargetError::NotFound)) => {
@@ -908,6 +993,7 @@ async fn converge_existing<T: Target>(
         return Ok(Applied::AlreadyRight);
     }
     tracing::info!(extId = %desired.ext_id, "already present in nevisIDM; updating it to the desired values");
-    op.version = patch(target, desired, &changes, version_of(&existing)).await?;
+    let patched = patch(target, desired, &changes, version_of(&existing)).await?;
+    patched.into_op(op);
     Ok(Applied::Written)
 }

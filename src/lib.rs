@@ -8,7 +8,10 @@
 //! - [`nexudus`]  the source: paced, paged HTTP client for `GET /api/sys/users` (and the languages
 //!   listing), its pacer under Nexudus's four limits, and its wire types
 //! - [`mapper`]   pure: one Nexudus record -> the desired nevisIDM user, or the reason it is invalid
-//! - [`diff`]     pure: desired user + checkpoint -> create / update (changed fields) / disable / nothing
+//! - [`limits`]   pure: nevisIDM's documented limits, checked on every mapped user before a request
+//! - [`diff`]     pure: desired user + checkpoint -> create / update (changed fields) / disable / nothing;
+//!   the one home of the equivalence rules (how a directory compares values)
+//! - [`forms`]    pure: the directory's own forms, learned when a difference survives a write
 //! - [`store`]    the sled checkpoint store; the only module that imports sled
 //! - [`nevis`]    the target: nevisIDM Core REST client (OAuth2 or static token), HTTP status -> outcome classification
 //! - [`retry`]    when to retry (backoff, `Retry-After`, caps); the only module that imports backon
@@ -39,7 +42,9 @@ pub mod demo;
 pub mod diff;
 pub mod directory;
 pub mod dispatch;
+pub mod forms;
 pub mod http;
+pub mod limits;
 pub mod mapper;
 pub mod metrics;
 pub mod nevis;

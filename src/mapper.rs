@@ -8,6 +8,8 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use unicode_normalization::UnicodeNormalization;
+
 use crate::config::{LoginIdSource, MappingConfig, NameSplit};
 
 /// Prefix of every `extId` this tool creates (the default of `mapping.ext_id_prefix`, which is
@@ -91,6 +93,8 @@ pub enum InvalidReason {
     FieldMissing(&'static str),
     #[error("record has no usable Id")]
     NoId,
+    #[error(transparent)]
+    Limit(#[from] crate::limits::Breach),
 }
 
 /// The default `extId` of a Nexudus user (with the built-in prefix).
@@ -119,7 +123,7 @@ pub fn map_user(user: &SourceUser, mapping: &MappingConfig) -> Result<DesiredUse
         LoginIdSource::None => String::new(),
     };
     let language_code = language_of(user, mapping).to_string();
-    Ok(DesiredUser {
+    let desired = DesiredUser {
         ext_id,
         login_id,
         first_name,
@@ -132,7 +136,27 @@ pub fn map_user(user: &SourceUser, mapping: &MappingConfig) -> Result<DesiredUse
             UserState::Disabled
         },
         properties: mapping.properties.clone(),
-    })
+    };
+    within_limits(&desired)?;
+    Ok(desired)
+}
+
+/// nevisIDM's documented limits ([`crate::limits`]) on every value of `user`.
+fn within_limits(user: &DesiredUser) -> Result<(), crate::limits::Breach> {
+    let strings = [
+        ("name.firstName", &user.first_name),
+        ("name.familyName", &user.family_name),
+        ("contacts.email", &user.email),
+        ("languageCode", &user.language_code),
+    ]
+    .into_iter()
+    .map(|(field, value)| (field.to_string(), value.as_str()))
+    .chain(
+        user.properties
+            .iter()
+            .map(|(name, value)| (format!("properties.{name}"), value.as_str())),
+    );
+    crate::limits::check(&user.ext_id, &user.login_id, strings)
 }
 
 /// The user's nevisIDM language: the language of `PreferredLanguageId` when the languages listing
@@ -154,7 +178,7 @@ pub const MAX_EMAIL_CHARS: usize = 254;
 
 /// A value as shown in a report: at most 80 characters, escaped (control and formatting
 /// characters, such as a right-to-left override, print as `\u{…}` and cannot reorder the line).
-fn shown(value: &str) -> String {
+pub fn shown(value: &str) -> String {
     const MAX: usize = 80;
     let mut out: String = value
         .chars()
@@ -220,7 +244,9 @@ fn split_name(raw: Option<&str>, split: NameSplit) -> Result<(String, String), I
     {
         return Err(InvalidReason::NameControlCharacters);
     }
-    let words: Vec<&str> = raw.split_whitespace().collect();
+    // One canonical Unicode form (NFC), whatever form Nexudus stored: nevisIDM receives one.
+    let composed: String = raw.nfc().collect();
+    let words: Vec<&str> = composed.split_whitespace().collect();
     let parts = match split {
         NameSplit::LastWord => words.split_last(),
         NameSplit::FirstWord => words.split_first(),

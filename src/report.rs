@@ -101,6 +101,17 @@ impl Outcome {
     }
 }
 
+/// A value nevisIDM keeps in its own form, learned in this run ([`crate::forms`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct LearnedForm {
+    pub nexudus_id: u64,
+    pub ext_id: String,
+    /// The field as nevisIDM names it (`contacts.email`).
+    pub field: &'static str,
+    pub sent: String,
+    pub held: String,
+}
+
 /// Who an outcome belongs to: a Nexudus user, or a record without a usable Id (numbered in the
 /// order the run met them).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -118,6 +129,8 @@ struct Entry {
     drift: bool,
     /// Disabled by hand in nevisIDM while active in Nexudus, left so: the user's extId.
     hand_disabled: Option<String>,
+    /// Values nevisIDM keeps in its own form, learned in this run: (extId, field, sent, held).
+    forms: Vec<(String, &'static str, String, String)>,
 }
 
 /// The counts of a run, derived from its outcomes ([`RunReport::counts`]).
@@ -144,6 +157,8 @@ pub struct Counts {
     /// Failed users whose API stayed unavailable (retries exhausted), as opposed to users
     /// nevisIDM refused: these make the run unhealthy for `/readyz`.
     pub unavailable: u64,
+    /// Values nevisIDM keeps in its own form, learned in this run (one per user and field).
+    pub forms: u64,
 }
 
 impl Counts {
@@ -165,6 +180,7 @@ impl Counts {
     fn add(&mut self, entry: &Entry) {
         self.drift += u64::from(entry.drift);
         self.hand_disabled += u64::from(entry.hand_disabled.is_some());
+        self.forms += entry.forms.len() as u64;
         let Some(outcome) = &entry.outcome else {
             return;
         };
@@ -276,6 +292,49 @@ impl RunReport {
             .entry(Subject::User(id))
             .or_default()
             .hand_disabled = Some(ext_id.to_string());
+    }
+
+    /// nevisIDM keeps `field` of user `id` (`ext_id`) as `held` when sent `sent`: its own form,
+    /// learned in this run.
+    pub fn note_form(&mut self, id: u64, ext_id: &str, learned: (&'static str, &str, &str)) {
+        let (field, sent, held) = learned;
+        let entry = self.ledger.entries.entry(Subject::User(id)).or_default();
+        entry.forms.push((
+            ext_id.to_string(),
+            field,
+            sent.to_string(),
+            held.to_string(),
+        ));
+    }
+
+    /// A reconcile's difference turned out to be the directory's form: not drift.
+    pub fn unnote_drift(&mut self, id: u64) {
+        if let Some(entry) = self.ledger.entries.get_mut(&Subject::User(id)) {
+            entry.drift = false;
+        }
+    }
+
+    /// Values nevisIDM keeps in its own form, learned in this run.
+    pub fn learned_forms(&self) -> Vec<LearnedForm> {
+        self.ledger
+            .entries
+            .iter()
+            .filter_map(|(subject, e)| match subject {
+                Subject::User(id) => Some((*id, e)),
+                Subject::Unidentified(_) => None,
+            })
+            .flat_map(|(nexudus_id, e)| {
+                e.forms
+                    .iter()
+                    .map(move |(ext_id, field, sent, held)| LearnedForm {
+                        nexudus_id,
+                        ext_id: ext_id.clone(),
+                        field,
+                        sent: sent.clone(),
+                        held: held.clone(),
+                    })
+            })
+            .collect()
     }
 
     /// The full listing after an incremental pass lists every record the pass listed again:
@@ -435,7 +494,7 @@ impl RunReport {
         });
         let _ = write!(
             s,
-            " mode={} created={} updated={} disabled={} archived={} unchanged={} failed={} invalid={} held_disables={} adopted={} conflicts={} drift={} hand_disabled={} out_of_scope={} listing_complete={} duration={:.3}s",
+            " mode={} created={} updated={} disabled={} archived={} unchanged={} failed={} invalid={} held_disables={} adopted={} conflicts={} drift={} hand_disabled={} out_of_scope={} forms={} listing_complete={} duration={:.3}s",
             self.mode(),
             c.created,
             c.updated,
@@ -450,6 +509,7 @@ impl RunReport {
             c.drift,
             c.hand_disabled,
             c.out_of_scope,
+            c.forms,
             self.listing_complete,
             self.duration.as_secs_f64()
         );
@@ -491,6 +551,16 @@ impl RunReport {
                 "hand-disabled: extId={ext_id} is disabled in nevisIDM but active in Nexudus; left disabled (set sync.reenable_on_reconcile = true to re-enable)"
             ));
         }
+        for f in self.learned_forms() {
+            lines.push(format!(
+                "form: nexudus_id={} extId={} nevisIDM keeps {} as {} (sent {}): its own form, not written again",
+                f.nexudus_id,
+                f.ext_id,
+                f.field,
+                crate::mapper::shown(&f.held),
+                crate::mapper::shown(&f.sent)
+            ));
+        }
         let held = self.held();
         if !held.is_empty() {
             lines.push(format!(
@@ -526,6 +596,7 @@ struct Document<'a> {
     adoptions: Vec<Adoption>,
     hand_disabled_users: Vec<String>,
     held: Vec<String>,
+    learned_forms: Vec<LearnedForm>,
     duration: f64,
     planning_seconds: f64,
     incremental: bool,
@@ -548,6 +619,7 @@ impl Serialize for RunReport {
             adoptions: self.adoptions(),
             hand_disabled_users: self.hand_disabled_users(),
             held: self.held(),
+            learned_forms: self.learned_forms(),
             duration: self.duration.as_secs_f64(),
             planning_seconds: self.planning.as_secs_f64(),
             incremental: self.incremental,

@@ -22,6 +22,8 @@
 //!   it (`sync.adopt`); `O` + extId -> its Nexudus Id (one nevisIDM user is never linked twice);
 //!   `H` + Nexudus Id -> empty: disabled by hand in nevisIDM while active in Nexudus, found by a
 //!   reconcile and left disabled (`sync.reenable_on_reconcile = false`).
+//! - `forms`: Nexudus Id -> JSON of the user's [`Forms`]: values nevisIDM keeps in its own form,
+//!   and values written over a different held one, not read back since (only users with any).
 //!
 //! A checkpoint is written only after nevisIDM confirmed the write; `flush` makes it durable.
 
@@ -32,6 +34,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use crate::forms::Forms;
 use crate::mapper::{DesiredUser, UserState};
 
 #[derive(Debug, thiserror::Error)]
@@ -81,6 +84,7 @@ pub struct Store {
     missing: sled::Tree,
     disabled_at: sled::Tree,
     operator: sled::Tree,
+    forms: sled::Tree,
     commits: Arc<GroupCommit>,
 }
 
@@ -177,6 +181,7 @@ impl Store {
             missing: db.open_tree("missing")?,
             disabled_at: db.open_tree("disabled_at")?,
             operator: db.open_tree("operator")?,
+            forms: db.open_tree("forms")?,
             commits: Arc::default(),
             db,
         })
@@ -257,6 +262,50 @@ impl Store {
             self.disabled_at.remove(key)?;
         }
         Ok(())
+    }
+
+    /// The forms kept for this user ([`Forms`]); empty when none, or when unreadable (a form not
+    /// known is learned again).
+    pub fn forms(&self, nexudus_id: u64) -> Result<Forms, StoreError> {
+        let Some(bytes) = self.forms.get(nexudus_id.to_be_bytes())? else {
+            return Ok(Forms::default());
+        };
+        Ok(serde_json::from_slice(&bytes).unwrap_or_else(|e| {
+            tracing::warn!(nexudus_id, error = %e, "unreadable forms record; learning them again");
+            Forms::default()
+        }))
+    }
+
+    /// Keeps `forms` for this user (none: the record is removed).
+    pub fn set_forms(&self, nexudus_id: u64, forms: &Forms) -> Result<(), StoreError> {
+        let key = nexudus_id.to_be_bytes();
+        if forms.is_empty() {
+            self.forms.remove(key)?;
+        } else {
+            let json = serde_json::to_vec(forms).map_err(|e| StoreError::Io(e.to_string()))?;
+            self.forms.insert(key, json)?;
+        }
+        Ok(())
+    }
+
+    /// Users with learned forms: how many, and the first `limit` of them, in Id order.
+    pub fn learned_forms(&self, limit: usize) -> Result<(usize, Vec<(u64, Forms)>), StoreError> {
+        let mut total = 0;
+        let mut first = Vec::new();
+        for item in self.forms.iter() {
+            let (k, v) = item?;
+            let Ok(forms) = serde_json::from_slice::<Forms>(&v) else {
+                continue;
+            };
+            if forms.learned.is_empty() {
+                continue;
+            }
+            total += 1;
+            if first.len() < limit {
+                first.push((id_of(&k, "forms")?, forms));
+            }
+        }
+        Ok((total, first))
     }
 
     /// Users whose checkpoint has said `disabled` for longer than `age`.
@@ -522,6 +571,7 @@ impl Store {
             &self.failures,
             &self.missing,
             &self.disabled_at,
+            &self.forms,
         ] {
             tree.clear()?;
         }

@@ -394,6 +394,7 @@ pub(super) fn mapping(raw: RawMapping) -> Result<MappingConfig, ConfigError> {
             ));
         }
     };
+    const NEXUDUS_ID_DIGITS: usize = 10;
     let prefix = raw.ext_id_prefix;
     if prefix.is_empty()
         || !prefix
@@ -403,6 +404,18 @@ pub(super) fn mapping(raw: RawMapping) -> Result<MappingConfig, ConfigError> {
         return Err(invalid(
             "mapping.ext_id_prefix",
             "must be non-empty ASCII letters, digits, '-', '_' or '.'",
+        ));
+    }
+    // A Nexudus Id has up to 10 digits; nevisIDM's identifiers are at most 129 characters.
+    let longest = crate::limits::MAX_EXT_ID_CHARS - NEXUDUS_ID_DIGITS;
+    if prefix.chars().count() > longest {
+        return Err(invalid(
+            "mapping.ext_id_prefix",
+            format!(
+                "is {} characters; at most {longest} leave room for a {NEXUDUS_ID_DIGITS}-digit \
+                 Nexudus Id within nevisIDM's 129-character extId",
+                prefix.chars().count()
+            ),
         ));
     }
     let default_language = language_code("mapping.default_language", &raw.default_language)?;

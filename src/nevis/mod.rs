@@ -39,13 +39,14 @@ pub trait Target: Send + Sync + 'static {
     fn create(&self, user: &DesiredUser) -> impl Future<Output = Result<(), TargetError>> + Send;
     /// `PATCH …/users/{extId}` with only the changed fields and, when known, the `version`
     /// nevisIDM last reported for the user (optimistic locking: a stale one answers
-    /// [`TargetError::Stale`]). Answers the version nevisIDM reports after the write, if any.
+    /// [`TargetError::Stale`]). Answers the user as nevisIDM holds it after the write when it
+    /// answered 200 with it (its `version`, and the form it keeps each value in), `None` for 204.
     fn update(
         &self,
         ext_id: &str,
         changes: &Changes,
         version: Option<i64>,
-    ) -> impl Future<Output = Result<Option<i64>, TargetError>> + Send;
+    ) -> impl Future<Output = Result<Option<Value>, TargetError>> + Send;
     /// `POST …/users/{extId}/archive` (archives profiles and deletes credentials).
     fn archive(&self, ext_id: &str) -> impl Future<Output = Result<(), TargetError>> + Send;
     /// `GET …/users/{extId}`; `None` when nevisIDM has no such user.
@@ -503,7 +504,7 @@ impl Target for NevisClient {
         ext_id: &str,
         changes: &Changes,
         version: Option<i64>,
-    ) -> Result<Option<i64>, TargetError> {
+    ) -> Result<Option<Value>, TargetError> {
         let mut body = changes.to_json();
         if let Some(comment) = &self.modification_comment {
             body["modificationComment"] = Value::from(comment.as_str());
@@ -532,7 +533,7 @@ impl Target for NevisClient {
                     detail: format!("updating user {ext_id} answered a document of another extId"),
                 })
             }
-            answer => Ok(answer.as_ref().and_then(version_of)),
+            answer => Ok(answer),
         })
     }
 

@@ -582,7 +582,7 @@ mod tests {
             ext_id: &str,
             changes: &Changes,
             _version: Option<i64>,
-        ) -> Result<Option<i64>, TargetError> {
+        ) -> Result<Option<Value>, TargetError> {
             self.writes
                 .lock()
                 .unwrap()

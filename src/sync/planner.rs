@@ -14,7 +14,7 @@ use serde_json::json;
 use super::RunOptions;
 use super::listing::Fetched;
 use crate::config::{AdoptMode, Config, LoginIdSource};
-use crate::diff::{Changes, Observed, Plan, changes_between, diff};
+use crate::diff::{Changes, Observed, Plan, diff};
 use crate::directory::Directory;
 use crate::dispatch::{Op, OpKind, PlanSink};
 use crate::mapper::{DesiredUser, InvalidReason, SourceUser, UserState, map_user};
@@ -325,7 +325,12 @@ impl<'a> Planner<'a> {
         if let Some(kept) = &kept {
             keep_ext_id(&mut desired, kept, cfg);
         }
-        let mut changes = changes_between(&desired, seen);
+        let stored = store.forms(user.id)?;
+        let reading = stored.read(&desired, seen);
+        for (field, form) in &reading.learned {
+            report.note_form(user.id, &ext_id, (field.as_str(), &form.sent, &form.held));
+        }
+        let mut changes = reading.changes;
         // nevisIDM's properties include ones other tools set, so only the checkpoint can say
         // which were ours: one this tool set that the config no longer has is removed.
         if let Some(old) = &checkpoint {
@@ -342,6 +347,9 @@ impl<'a> Planner<'a> {
             }
             if !dry_run {
                 store.put_versioned(user.id, &desired, fp, seen.version)?;
+                if reading.forms != stored {
+                    store.set_forms(user.id, &reading.forms)?;
+                }
             }
             return Ok(None);
         }
@@ -349,6 +357,7 @@ impl<'a> Planner<'a> {
         report.note_drift(user.id);
         let mut op = write_op(user, desired, Some(changes), fp);
         op.version = seen.version;
+        op.forms.keep = Some(reading.forms);
         Ok(Some(op))
     }
 
@@ -423,6 +432,7 @@ fn write_op(user: &SourceUser, after: DesiredUser, changes: Option<Changes>, fp:
         fingerprint: Some(fp),
         adopt: false,
         version: None,
+        forms: Default::default(),
     }
 }
 

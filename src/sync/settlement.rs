@@ -329,6 +329,7 @@ fn removal(id: u64, kind: OpKind, checkpoint: &DesiredUser, changes: Changes) ->
         fingerprint: None,
         adopt: false,
         version: None,
+        forms: Default::default(),
     }
 }
 
