@@ -15,6 +15,9 @@
 //!   the roster expects (someone was deleted), its `pinpoint` searches the listing's positions
 //!   for who (`log2(pages)` + 2 requests each, every one confirmed by a look-up) before the
 //!   settlement; what the search cannot account for is listed in full in the same run.
+//!
+//! A shutdown is heard in every phase by one rule (`stop`): the phase's future is dropped, with
+//! whatever it waits on; writes already sent get `sync.shutdown_grace` (`commit`).
 
 use std::sync::Arc;
 use std::time::Instant;
