@@ -223,6 +223,17 @@ async fn a_stop_during_a_removal_abandons_it_after_the_grace_and_claims_nothing(
     run.reach("the disable", |_| env.nevis.slowed() > 0).await;
     let (run, took) = run.stop().await;
     assert_heard(&env, &run, took, GRACE, 1).await;
+    // The abandoned write has its one outcome: failed, not confirmed.
+    let status = run_cmd(env.command(&["--status", "--json"])).await;
+    let doc: Value = serde_json::from_str(&status.stdout).expect("--status --json is JSON");
+    let failures = &doc["last_run"]["failures"];
+    assert_eq!(failures[0]["nexudus_id"], ids[0], "{doc}");
+    assert!(
+        failures[0]["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("abandoned at shutdown")),
+        "{doc}"
+    );
 
     // The stopped run did not record who Nexudus holds: the next incremental run still sees
     // one user fewer than expected, and disables them.
