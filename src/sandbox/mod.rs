@@ -5,8 +5,9 @@
 //! - [`nexudus`]: the source (`/api/sys/users`, Basic auth, 409 throttling, hard deletes);
 //! - [`nevis`]: the target (nevisIDM Core REST API v1 users, bearer auth, 422 business errors).
 //!
-//! This file holds what both share: the [`Fault`] type, the fault/latency/outage controls and the
-//! server plumbing (bind, spawn, abort on drop, cut a response off mid-body).
+//! This file holds what both share: the [`Fault`] type, the fault/latency/outage controls (with
+//! the selective delay, [`RequestLine`]) and the server plumbing (bind, spawn, abort on drop, cut
+//! a response off mid-body).
 
 pub mod nevis;
 pub mod nexudus;
@@ -19,6 +20,7 @@ pub use nexudus::{
 
 use std::collections::VecDeque;
 use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
@@ -55,17 +57,74 @@ pub enum Fault {
     Stall(Duration),
 }
 
-/// The knobs both fakes share: queued faults, added latency and a simulated outage.
+/// The knobs both fakes share: queued faults, added latency, a selective delay and a simulated
+/// outage.
 #[derive(Debug, Default)]
 struct Controls {
     faults: VecDeque<Fault>,
     latency: Duration,
+    slow: Option<Slow>,
+    /// Requests the selective delay picked so far (counted on arrival).
+    slowed: usize,
     down: Option<u16>,
 }
 
 impl Controls {
     fn push_faults(&mut self, n: usize, fault: Fault) {
         self.faults.extend(std::iter::repeat_n(fault, n));
+    }
+
+    /// How long to hold `request` back before answering it: the latency of every request, plus
+    /// the selective delay when it picks this one.
+    fn delay(&mut self, request: &RequestLine<'_>) -> Duration {
+        match &self.slow {
+            Some(slow) if (slow.picks)(request) => {
+                self.slowed += 1;
+                self.latency + slow.delay
+            }
+            _ => self.latency,
+        }
+    }
+
+    fn set_slow(&mut self, slow: Option<Slow>) {
+        self.slow = slow;
+        self.slowed = 0;
+    }
+}
+
+/// A request as the selective delay (`set_slow` on either fake) sees it.
+#[derive(Debug, Clone, Copy)]
+pub struct RequestLine<'a> {
+    pub method: &'a str,
+    pub path: &'a str,
+    /// The query string, without the `?` (empty when there is none).
+    pub query: &'a str,
+}
+
+/// Which requests to answer late, and how late: one phase of a run made slow (the deletion
+/// probe, a look-up, nevisIDM's listing, a PATCH) so that a test can stop the run in it.
+struct Slow {
+    delay: Duration,
+    picks: Arc<dyn Fn(&RequestLine<'_>) -> bool + Send + Sync>,
+}
+
+impl Slow {
+    fn new(
+        delay: Duration,
+        picks: impl Fn(&RequestLine<'_>) -> bool + Send + Sync + 'static,
+    ) -> Slow {
+        Slow {
+            delay,
+            picks: Arc::new(picks),
+        }
+    }
+}
+
+impl std::fmt::Debug for Slow {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Slow")
+            .field("delay", &self.delay)
+            .finish_non_exhaustive()
     }
 }
 

@@ -32,7 +32,10 @@ use base64::Engine as _;
 use chrono::{DateTime, NaiveDate, NaiveDateTime, SecondsFormat, Utc};
 use serde_json::{Map, Value, json};
 
-use super::{Controls, Fault, Server, cut_off, empty_response, fake_uuid, json_response, stalled};
+use super::{
+    Controls, Fault, RequestLine, Server, Slow, cut_off, empty_response, fake_uuid, json_response,
+    stalled,
+};
 
 /// Route templates; the gate classifies requests by the one the router matched.
 const CREATE_ROUTE: &str = "/nevisidm/api/core/v1/{client}/users";
@@ -352,6 +355,28 @@ impl FakeNevis {
         self.lock().controls.latency = latency;
     }
 
+    /// Delays the answers to the requests `picks` chooses by `delay` (on top of any latency), in
+    /// place of any earlier choice: e.g. only the user listing, or only PATCHes. A write is
+    /// applied once its delay is over.
+    pub fn set_slow(
+        &self,
+        delay: Duration,
+        picks: impl Fn(&RequestLine<'_>) -> bool + Send + Sync + 'static,
+    ) {
+        self.lock().controls.set_slow(Some(Slow::new(delay, picks)));
+    }
+
+    /// Answers every request without the selective delay again.
+    pub fn clear_slow(&self) {
+        self.lock().controls.set_slow(None);
+    }
+
+    /// Requests the selective delay picked since it was set (counted on arrival, before the
+    /// delay): a test knows the run is waiting in the slow phase.
+    pub fn slowed(&self) -> usize {
+        self.lock().controls.slowed
+    }
+
     /// While `Some(status)`, every request (authorised or not) is answered with that status.
     pub fn set_down(&self, status: Option<u16>) {
         self.lock().controls.down = status;
@@ -642,7 +667,12 @@ async fn gate(State(state): State<Shared>, request: Request, next: Next) -> Resp
                 status: 0,
             });
         }
-        (inner.controls.latency, log_index)
+        let delay = inner.controls.delay(&RequestLine {
+            method: parts.method.as_str(),
+            path: parts.uri.path(),
+            query: parts.uri.query().unwrap_or_default(),
+        });
+        (delay, log_index)
     };
     let _in_flight = InFlight(state.clone());
     if !latency.is_zero() {
@@ -1993,6 +2023,27 @@ mod tests {
             [Some("nevis".to_owned()), Some("nevis".to_owned())]
         );
         assert_eq!(fake.stats().token_requests, 2);
+    }
+
+    #[tokio::test]
+    async fn a_selective_delay_holds_back_only_the_requests_it_picks() {
+        let fake = start().await;
+        let delay = Duration::from_millis(150);
+        fake.set_slow(delay, |r| r.method == "GET" && r.path.ends_with("/users"));
+        let client = reqwest::Client::new();
+        let started = std::time::Instant::now();
+        let listed = client.get(list_url(&fake)).bearer_auth(TOKEN).send().await;
+        assert_eq!(listed.expect("sent").status(), StatusCode::OK);
+        assert!(started.elapsed() >= delay);
+        let read = client
+            .get(format!("{}/nobody", users_url(&fake)))
+            .bearer_auth(TOKEN)
+            .send()
+            .await;
+        assert_eq!(read.expect("sent").status(), StatusCode::NOT_FOUND);
+        assert_eq!(fake.slowed(), 1, "only the listing was picked");
+        fake.clear_slow();
+        assert_eq!(fake.slowed(), 0);
     }
 
     #[tokio::test]

@@ -33,7 +33,10 @@ use chrono::{DateTime, NaiveDateTime, Utc};
 use serde_json::{Map, Value, json};
 use tokio::time::Instant;
 
-use super::{Controls, Fault, Server, cut_off, empty_response, fake_uuid, json_response, stalled};
+use super::{
+    Controls, Fault, RequestLine, Server, Slow, cut_off, empty_response, fake_uuid, json_response,
+    stalled,
+};
 
 const DENIED: &str = "Authorization has been denied for this request.";
 /// Ids of users created by the fake start here, so they never look like list positions: real
@@ -412,6 +415,28 @@ impl FakeNexudus {
     /// Delays every answer by `latency` (zero for none).
     pub fn set_latency(&self, latency: Duration) {
         self.lock().controls.latency = latency;
+    }
+
+    /// Delays the answers to the requests `picks` chooses by `delay` (on top of any latency), in
+    /// place of any earlier choice: e.g. only the deletion probe (`page=1&size=1`), the search's
+    /// steps, or the look-ups `GET /api/sys/users/{id}`.
+    pub fn set_slow(
+        &self,
+        delay: Duration,
+        picks: impl Fn(&RequestLine<'_>) -> bool + Send + Sync + 'static,
+    ) {
+        self.lock().controls.set_slow(Some(Slow::new(delay, picks)));
+    }
+
+    /// Answers every request without the selective delay again.
+    pub fn clear_slow(&self) {
+        self.lock().controls.set_slow(None);
+    }
+
+    /// Requests the selective delay picked since it was set (counted on arrival, before the
+    /// delay): a test knows the run is waiting in the slow phase.
+    pub fn slowed(&self) -> usize {
+        self.lock().controls.slowed
     }
 
     /// While `Some(status)`, every request (authorised or not) is answered with that status.
@@ -844,7 +869,11 @@ async fn gate_inner(state: &Shared, request: Request, next: Next) -> Response {
     let latency = {
         let mut inner = lock(state);
         inner.stats.requests += 1;
-        inner.controls.latency
+        inner.controls.delay(&RequestLine {
+            method: request.method().as_str(),
+            path: request.uri().path(),
+            query: request.uri().query().unwrap_or_default(),
+        })
     };
     if !latency.is_zero() {
         tokio::time::sleep(latency).await;
@@ -2203,6 +2232,32 @@ mod tests {
         let started = std::time::Instant::now();
         assert_eq!(get(&fake, "/api/sys/users").await.0, StatusCode::OK);
         assert!(started.elapsed() >= Duration::from_millis(150));
+    }
+
+    #[tokio::test]
+    async fn a_selective_delay_holds_back_only_the_requests_it_picks() {
+        let fake = unthrottled().await;
+        let id = fake.insert_user(NexudusUserSpec::new("Anna Smith", "anna@example.com"));
+        let delay = Duration::from_millis(150);
+        fake.set_slow(delay, |r| {
+            r.method == "GET" && r.path.starts_with("/api/sys/users/")
+        });
+        let probe = "/api/sys/users?page=1&size=1&orderBy=Id";
+        assert_eq!(get(&fake, probe).await.0, StatusCode::OK);
+        assert_eq!(fake.slowed(), 0, "the listing is not picked");
+        let started = std::time::Instant::now();
+        let look_up = format!("/api/sys/users/{id}");
+        assert_eq!(get(&fake, &look_up).await.0, StatusCode::OK);
+        assert!(started.elapsed() >= delay);
+        assert_eq!(fake.slowed(), 1, "counted");
+        // The query is seen too; a new choice replaces the old one and starts counting afresh.
+        fake.set_slow(delay, |r| r.query.starts_with("page=1&size=1&"));
+        assert_eq!(get(&fake, &look_up).await.0, StatusCode::OK);
+        assert_eq!(get(&fake, probe).await.0, StatusCode::OK);
+        assert_eq!(fake.slowed(), 1);
+        fake.clear_slow();
+        assert_eq!(get(&fake, probe).await.0, StatusCode::OK);
+        assert_eq!(fake.slowed(), 0);
     }
 
     #[tokio::test]

@@ -2,8 +2,9 @@
 //!
 //! After a listing: the `UpdatedOn` watermark (held back by failed and invalid users), and —
 //! only when the listing was complete and full — stale failures of users no longer listed and
-//! the missing-run counts of users listed again are dropped; then the store is flushed. A run
-//! stopped by a shutdown or a failed listing keeps what was confirmed and flushes it.
+//! the missing-run counts of users listed again are dropped, and those of users missing from it
+//! go up; then the store is flushed. A run stopped by a shutdown (in any phase) or a failed
+//! listing keeps what was confirmed and flushes it.
 
 use std::collections::HashSet;
 use std::time::Duration;
@@ -37,13 +38,22 @@ impl<'a> Commit<'a> {
         report: &mut RunReport,
     ) -> Result<(), StoreError> {
         tracing::warn!("shutdown requested: finishing the writes in flight");
-        report.interrupted = true;
-        report.incomplete_reason = Some("the run was interrupted by a shutdown".into());
         let finished = tokio::time::timeout(grace, dispatcher.finish(report)).await;
         if finished.is_err() {
             tracing::warn!(?grace, "shutdown grace over: abandoning unconfirmed writes");
         }
         dispatcher.abandon(report);
+        self.interrupted(report).await
+    }
+
+    /// A shutdown, once no write is in flight (or none was ever sent): the run says it was
+    /// interrupted and keeps only what was confirmed — no watermark, no roster, no missing
+    /// counts, no stale failures dropped, since the run did not get to the end that makes them
+    /// true.
+    pub async fn interrupted(&self, report: &mut RunReport) -> Result<(), StoreError> {
+        tracing::warn!("the run stops here, interrupted by a shutdown");
+        report.interrupted = true;
+        report.incomplete_reason = Some("the run was interrupted by a shutdown".into());
         if !self.dry_run {
             self.store.flush().await?;
         }
@@ -61,11 +71,13 @@ impl<'a> Commit<'a> {
         self.store.flush().await
     }
 
-    /// A listing that ended and whose writes are confirmed; `kept` are the Ids it kept in scope.
+    /// A listing that ended and whose writes are confirmed; `kept` are the Ids it kept in scope,
+    /// `missing` those the settlement found missing from it (see `Decision::missing`).
     pub async fn after_listing(
         &self,
         report: &RunReport,
         kept: &HashSet<u64>,
+        missing: &[u64],
     ) -> Result<(), StoreError> {
         if self.dry_run {
             return Ok(());
@@ -79,6 +91,9 @@ impl<'a> Commit<'a> {
             // longer missing.
             store.retain_failures(|id| kept.contains(&id))?;
             store.retain_missing(|id| !kept.contains(&id))?;
+            for &id in missing {
+                store.count_missing(id)?;
+            }
         }
         store.flush().await
     }
@@ -109,11 +124,11 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_complete_full_listing_drops_stale_failures_and_missing_counts() {
+    async fn a_complete_full_listing_drops_stale_failures_and_counts_who_is_missing() {
         let store = store();
         let commit = Commit::new(&store, &RunOptions::default());
         commit
-            .after_listing(&report(true, false), &HashSet::from([1]))
+            .after_listing(&report(true, false), &HashSet::from([1]), &[2])
             .await
             .unwrap();
         assert_eq!(
@@ -127,8 +142,8 @@ mod tests {
                 store.missing_count(1).unwrap(),
                 store.missing_count(2).unwrap()
             ),
-            (0, 1),
-            "user 1 is listed again"
+            (0, 2),
+            "user 1 is listed again, user 2 missing once more"
         );
     }
 
@@ -137,7 +152,7 @@ mod tests {
         for (complete, incremental) in [(false, false), (true, true)] {
             let store = store();
             Commit::new(&store, &RunOptions::default())
-                .after_listing(&report(complete, incremental), &HashSet::new())
+                .after_listing(&report(complete, incremental), &HashSet::new(), &[2])
                 .await
                 .unwrap();
             assert_eq!(store.failures().unwrap().len(), 2);
@@ -150,10 +165,29 @@ mod tests {
             ..RunOptions::default()
         };
         Commit::new(&store, &dry)
-            .after_listing(&report(true, false), &HashSet::new())
+            .after_listing(&report(true, false), &HashSet::new(), &[2])
             .await
             .unwrap();
         assert_eq!(store.failures().unwrap().len(), 2);
+        assert_eq!(store.missing_count(2).unwrap(), 1);
         assert_eq!(store.watermark().unwrap(), None);
+    }
+
+    #[tokio::test]
+    async fn an_interrupted_run_says_so_and_records_nothing_it_did_not_finish() {
+        let store = store();
+        let mut r = report(true, false);
+        Commit::new(&store, &RunOptions::default())
+            .interrupted(&mut r)
+            .await
+            .unwrap();
+        assert!(r.interrupted && r.exit_code() == 1);
+        assert_eq!(
+            r.incomplete_reason.as_deref(),
+            Some("the run was interrupted by a shutdown")
+        );
+        assert_eq!(store.watermark().unwrap(), None);
+        assert_eq!(store.failures().unwrap().len(), 2);
+        assert_eq!(store.missing_count(2).unwrap(), 1);
     }
 }

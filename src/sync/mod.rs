@@ -15,6 +15,9 @@
 //!   the roster expects (someone was deleted), its `pinpoint` searches the listing's positions
 //!   for who (`log2(pages)` + 2 requests each, every one confirmed by a look-up) before the
 //!   settlement; what the search cannot account for is listed in full in the same run.
+//!
+//! A shutdown is heard in every phase by one rule (`stop`): the phase's future is dropped, with
+//! whatever it waits on; writes already sent get `sync.shutdown_grace` (`commit`).
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -40,12 +43,14 @@ mod pinpoint;
 mod planner;
 mod roster;
 mod settlement;
+mod stop;
 
 use commit::Commit;
 use listing::{Ending, Listing};
 use planner::{Planner, SharedEmails};
 use roster::{Probe, ProbeError, Vanished};
 use settlement::Settlement;
+use stop::{Stopped, until_stopped};
 
 /// Per-run choices made on the command line.
 #[derive(Clone, Default)]
@@ -182,20 +187,28 @@ async fn run<S: Source, T: Target>(
     opts: &RunOptions,
     report: &mut RunReport,
 ) -> Result<Pass, SyncError> {
+    let cancel = opts.shutdown.clone().unwrap_or_default();
+    let commit = Commit::new(store, opts);
     let known_before = store.len() as u64;
     let page_size = u64::from(cfg.nexudus.page_size);
-    let (since, probe) = probed_since(cfg, &*source, store, opts).await?;
+    let probed = probed_since(cfg, &*source, store, opts);
+    let Ok(probed) = until_stopped(&cancel, probed).await else {
+        return stopped(&commit, report).await;
+    };
+    let (since, probe) = probed?;
     report.incremental = since.is_some();
     report.reconcile = opts.reconcile;
-    let remote = nevis_state(nevis, opts.reconcile, known_before).await?;
+    let remote = nevis_state(nevis, opts.reconcile, known_before);
+    let Ok(remote) = until_stopped(&cancel, remote).await else {
+        return stopped(&commit, report).await;
+    };
+    let remote = remote?;
     let owners = owners(cfg, store, opts)?;
     source.begin_run(since.is_none()).await;
-    let cancel = opts.shutdown.clone().unwrap_or_default();
     let mut listing = Listing::start(Arc::clone(&source), since, page_size, cancel.clone());
     let mut dispatcher = dispatcher(cfg, nevis, store, opts, owners.clone());
     let mut settlement = Settlement::new(cfg, store, opts, known_before);
     let mut planner = Planner::new(cfg, store, opts, remote.as_deref())?;
-    let commit = Commit::new(store, opts);
 
     // With adoption on, Nexudus users sharing an email must be known before anything is written
     // (adopting one nevisIDM user for the wrong person is the worst outcome): the listing is read
@@ -240,11 +253,7 @@ async fn run<S: Source, T: Target>(
     }
 
     let (verdict, listed, total_items) = match listing.end() {
-        Ending::Interrupted => {
-            let grace = cfg.sync.shutdown_grace;
-            commit.after_shutdown(dispatcher, grace, report).await?;
-            return Ok(Pass::Done);
-        }
+        Ending::Interrupted => return stopped_writing(&commit, dispatcher, cfg, report).await,
         Ending::Failed(e) => {
             commit.after_failure(&mut dispatcher, report).await?;
             return Err(e.into());
@@ -260,28 +269,40 @@ async fn run<S: Source, T: Target>(
         Some(probe) => {
             let search = search_page_size(cfg);
             let dry_run = opts.dry_run.is_some();
-            (probe.judge_after(&*source, &listed, store, dry_run, search)).await?
+            let judged = probe.judge_after(&*source, &listed, store, dry_run, search);
+            let Ok(judged) = until_stopped(&cancel, judged).await else {
+                return stopped_writing(&commit, dispatcher, cfg, report).await;
+            };
+            judged?
         }
         None => Vanished::default(),
     };
-    let decision = settlement
-        .settle(
-            &*source,
-            remote.as_deref().zip(owners.as_deref()),
-            verdict,
-            &listed,
-            report.incremental.then_some(&vanished.gone[..]),
-        )
+    let settled = settlement.settle(
+        &*source,
+        remote.as_deref().zip(owners.as_deref()),
+        verdict,
+        &listed,
+        report.incremental.then_some(&vanished.gone[..]),
+    );
+    let Ok(decision) = until_stopped(&cancel, settled).await else {
+        return stopped_writing(&commit, dispatcher, cfg, report).await;
+    };
+    let mut decision = decision?;
+    let (complete, missing) = (
+        decision.incomplete.is_none(),
+        std::mem::take(&mut decision.missing),
+    );
+    let removals = decision.record(report);
+    let Ok(written) = write_out(&mut dispatcher, removals, report, &cancel).await else {
+        return stopped_writing(&commit, dispatcher, cfg, report).await;
+    };
+    written?;
+    // Only now is the listing's account of who Nexudus holds true of nevisIDM too: an
+    // interrupted run leaves the roster as it was, so its undone disables are found again.
+    record_roster(full, total_items, &listed, complete, store, opts)?;
+    commit
+        .after_listing(report, settlement.kept(), &missing)
         .await?;
-    record_roster(full, total_items, &listed, &decision, store, opts)?;
-    for op in decision.record(report) {
-        if let Err(e) = dispatcher.submit(op, report).await {
-            let _ = dispatcher.finish(report).await;
-            return Err(e.into());
-        }
-    }
-    dispatcher.finish(report).await?;
-    commit.after_listing(report, settlement.kept()).await?;
     Ok(if vanished.full_listing_due {
         Pass::FullListingDue
     } else {
@@ -314,20 +335,19 @@ fn search_page_size(cfg: &Config) -> Option<u64> {
 }
 
 /// A full listing (`full`) that ran to its end becomes the roster the next incremental runs
-/// compare their probe with, once the settlement said whether it could tell who is gone (`None`
-/// from a dry run, which records nothing).
+/// compare their probe with, once the settlement said whether it could tell who is gone
+/// (`complete`); a dry run records nothing.
 fn record_roster(
     full: bool,
     total_items: Option<u64>,
     listed: &std::collections::HashSet<u64>,
-    decision: &settlement::Decision,
+    complete: bool,
     store: &Store,
     opts: &RunOptions,
 ) -> Result<(), StoreError> {
     if !full || opts.dry_run.is_some() {
         return Ok(());
     }
-    let complete = decision.incomplete.is_none();
     roster::record_full_listing(store, total_items, listed, complete)
 }
 
@@ -425,11 +445,50 @@ async fn submit_unless_cancelled<T: Target>(
     report: &mut RunReport,
     cancel: &CancellationToken,
 ) -> Result<bool, DispatchError> {
-    tokio::select! {
-        biased;
-        () = cancel.cancelled() => Ok(false),
-        submitted = dispatcher.submit(op, report) => submitted.map(|()| true),
+    match until_stopped(cancel, dispatcher.submit(op, report)).await {
+        Ok(submitted) => submitted.map(|()| true),
+        Err(Stopped) => Ok(false),
     }
+}
+
+/// Sends the settlement's `removals`, then waits for every write of the run to be confirmed,
+/// unless a shutdown comes first (`Err(Stopped)`: the writes in flight are then the commit's).
+async fn write_out<T: Target>(
+    dispatcher: &mut Dispatcher<T>,
+    removals: Vec<Op>,
+    report: &mut RunReport,
+    cancel: &CancellationToken,
+) -> Result<Result<(), DispatchError>, Stopped> {
+    for op in removals {
+        match submit_unless_cancelled(dispatcher, op, report, cancel).await {
+            Ok(true) => {}
+            Ok(false) => return Err(Stopped),
+            Err(e) => {
+                let _ = dispatcher.finish(report).await;
+                return Ok(Err(e));
+            }
+        }
+    }
+    until_stopped(cancel, dispatcher.finish(report)).await
+}
+
+/// A shutdown before anything was written: the run records itself interrupted.
+async fn stopped(commit: &Commit<'_>, report: &mut RunReport) -> Result<Pass, SyncError> {
+    commit.interrupted(report).await?;
+    Ok(Pass::Done)
+}
+
+/// A shutdown once writes may be in flight: they get `sync.shutdown_grace` to be confirmed and
+/// checkpointed, then the run records itself interrupted.
+async fn stopped_writing<T: Target>(
+    commit: &Commit<'_>,
+    dispatcher: Dispatcher<T>,
+    cfg: &Config,
+    report: &mut RunReport,
+) -> Result<Pass, SyncError> {
+    let grace = cfg.sync.shutdown_grace;
+    commit.after_shutdown(dispatcher, grace, report).await?;
+    Ok(Pass::Done)
 }
 
 fn new_run_id() -> String {

@@ -51,6 +51,10 @@ pub struct Decision {
     pub held: Option<String>,
     /// Disables of vanished users and archives.
     pub removals: Vec<Op>,
+    /// Users missing from this complete listing, counted towards
+    /// `sync.missing_runs_before_disable` by the commit of a run that gets to its end (an
+    /// interrupted run, or a dry run, counts nobody).
+    pub missing: Vec<u64>,
 }
 
 impl<'a> Settlement<'a> {
@@ -101,6 +105,7 @@ impl<'a> Settlement<'a> {
         }
         let mut incomplete = verdict.into_reason();
         let mut removals = Vec::new();
+        let mut missing = Vec::new();
         let mut known = self.known_before;
         // Only a complete full listing can tell who is gone (and archiving needs one too).
         if incomplete.is_none() {
@@ -112,7 +117,7 @@ impl<'a> Settlement<'a> {
                     gone
                 }
             };
-            removals = self.disables(gone)?;
+            removals = self.disables(gone, &mut missing)?;
             if let Some(age) = self.cfg.sync.archive_after {
                 removals.extend(self.archives(age)?);
             }
@@ -126,7 +131,10 @@ impl<'a> Settlement<'a> {
         {
             incomplete = Some(reason);
         }
-        Ok(Decision::new(incomplete, too_many, removals))
+        Ok(Decision {
+            missing,
+            ..Decision::new(incomplete, too_many, removals)
+        })
     }
 
     /// An incremental listing tells nobody gone; the deletion search may have, each user already
@@ -144,18 +152,25 @@ impl<'a> Settlement<'a> {
                 Err(e) => return Err(e),
             }
         }
-        let removals = self.disables(vanished)?;
+        let mut missing = Vec::new();
+        let removals = self.disables(vanished, &mut missing)?;
         let too_many = mass_disable_reason(self.cfg, removals.len() as u64, self.known_before)
             .filter(|_| !self.allow_mass_disable);
         Ok(Decision {
             incomplete: verdict.into_reason(),
             held: too_many,
             removals,
+            missing,
         })
     }
 
-    /// Disables for the vanished users that were missing from enough complete listings.
-    fn disables(&self, gone: Vec<(u64, DesiredUser)>) -> Result<Vec<Op>, StoreError> {
+    /// Disables for the vanished users that were missing from enough complete listings; with
+    /// `sync.missing_runs_before_disable` above 1, every vanished user's Id goes to `missing`.
+    fn disables(
+        &self,
+        gone: Vec<(u64, DesiredUser)>,
+        missing: &mut Vec<u64>,
+    ) -> Result<Vec<Op>, StoreError> {
         let mut disables = Vec::new();
         let threshold = self.cfg.sync.missing_runs_before_disable;
         for (id, checkpoint) in gone {
@@ -163,17 +178,14 @@ impl<'a> Settlement<'a> {
                 continue;
             };
             if threshold > 1 {
-                // A dry run must not count (it would bring real disables forward), but it shows
-                // what the real run would decide: the count so far plus this listing.
-                let missing = if self.dry_run {
-                    self.store.missing_count(id)?.saturating_add(1)
-                } else {
-                    self.store.count_missing(id)?
-                };
-                if missing < threshold {
+                // The count so far plus this listing; stored by the commit once the run ends
+                // (a dry run never stores it: it would bring real disables forward).
+                missing.push(id);
+                let count = self.store.missing_count(id)?.saturating_add(1);
+                if count < threshold {
                     tracing::info!(
                         extId = %checkpoint.ext_id,
-                        missing,
+                        missing = count,
                         threshold,
                         "missing from a complete listing; disabled once sync.missing_runs_before_disable is reached"
                     );
@@ -296,6 +308,7 @@ impl Decision {
             incomplete,
             held,
             removals,
+            missing: Vec::new(),
         }
     }
 
@@ -653,28 +666,20 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn missing_runs_are_counted_by_real_runs_only() {
+    async fn missing_runs_are_named_by_the_settlement_and_counted_by_the_commit() {
         let (cfg, store) = (config("missing_runs_before_disable = 2"), store(3));
         let source = Lookups::default();
-        let dry = RunOptions {
-            dry_run: Some(std::sync::Arc::new(|_: &serde_json::Value| {})),
-            ..RunOptions::default()
-        };
-        let mut s = Settlement::new(&cfg, &store, &dry, 3);
-        s.keep(Some(Kept {
-            id: 1,
-            active: true,
-        }));
-        s.keep(Some(Kept {
-            id: 2,
-            active: true,
-        }));
-        assert_eq!(removed(&s, &source).await, Vec::<u64>::new(), "first miss");
-        // A dry run shows what the real run would decide, without counting.
-        assert_eq!(store.missing_count(3).unwrap(), 0);
         let s = settlement(&cfg, &store, &[1, 2]);
-        assert_eq!(removed(&s, &source).await, Vec::<u64>::new());
-        assert_eq!(store.missing_count(3).unwrap(), 1);
+        let d = s
+            .settle(&source, None, Verdict::Complete, &HashSet::new(), None)
+            .await
+            .unwrap();
+        assert_eq!(ids(&d.removals), Vec::<u64>::new(), "first miss");
+        assert_eq!(d.missing, vec![3]);
+        // Deciding counts nobody: a run stopped before its end must not bring disables forward.
+        assert_eq!(store.missing_count(3).unwrap(), 0);
+        // What the commit of a run that got to its end records.
+        store.count_missing(3).unwrap();
         assert_eq!(removed(&s, &source).await, vec![3]);
     }
 
