@@ -575,23 +575,44 @@ impl Target for NevisClient {
     }
 }
 
-/// nevisIDM's error document: `{"errors":[{"code":"errors.…","message":"…"}]}`.
-fn first_error(body: &[u8]) -> (String, String) {
+/// Longest message kept of one error item (messages may quote whole values).
+const ERROR_MESSAGE_CHARS: usize = 200;
+/// Error items reported at most from one answer.
+const ERROR_ITEMS: usize = 10;
+
+/// nevisIDM's error document, `{"errors":[{"code":"errors.…","message":"…"}, …]}`: the first
+/// item's code (what the answer is classified by) and every item's message, each cut to a
+/// sensible length, the later ones with their code: `first message; errors.x: second message`.
+/// An answer that is no such document gives its first 200 characters.
+fn errors(body: &[u8]) -> (String, String) {
     let doc: Option<Value> = serde_json::from_slice(body).ok();
-    let first = doc.as_ref().and_then(|d| d.pointer("/errors/0"));
-    let field = |k: &str| {
-        first
-            .and_then(|e| e.get(k))
+    let items: Vec<&Value> = doc
+        .as_ref()
+        .and_then(|d| d.get("errors"))
+        .and_then(Value::as_array)
+        .map(|items| items.iter().take(ERROR_ITEMS).collect())
+        .unwrap_or_default();
+    let field = |item: &Value, k: &str| {
+        item.get(k)
             .and_then(Value::as_str)
-            .map(String::from)
+            .map(|v| v.chars().take(ERROR_MESSAGE_CHARS).collect::<String>())
+            .unwrap_or_default()
     };
-    match (field("code"), field("message")) {
-        (None, None) => (
+    let Some(first) = items.first() else {
+        return (
             String::new(),
             String::from_utf8_lossy(body).chars().take(200).collect(),
-        ),
-        (code, message) => (code.unwrap_or_default(), message.unwrap_or_default()),
+        );
+    };
+    let mut message = field(first, "message");
+    for item in &items[1..] {
+        message.push_str(&format!(
+            "; {}: {}",
+            field(item, "code"),
+            field(item, "message")
+        ));
     }
+    (field(first, "code"), message)
 }
 
 /// A header's value as text, if it is text.
@@ -671,7 +692,7 @@ fn classify(
     body: &[u8],
 ) -> TargetError {
     let code = status.as_u16();
-    let (err_code, message) = first_error(body);
+    let (err_code, message) = errors(body);
     match (code, call) {
         (401 | 403, _) => TargetError::Auth { status: code },
         (404, _) => TargetError::NotFound,
@@ -875,6 +896,35 @@ mod tests {
             other => panic!("{other:?}"),
         }
         assert_eq!(e_verdict(400), Verdict::Final);
+    }
+
+    #[test]
+    fn every_error_item_is_reported_each_cut_to_a_sensible_length() {
+        let long = "x".repeat(500);
+        let answer = serde_json::json!({"errors": [
+            {"code": "errors.invalidData", "message": "firstName is too long"},
+            {"code": "errors.invalidData", "message": long},
+            {"code": "errors.policyViolation", "message": "loginId breaks the policy"},
+        ]});
+        let e = classify(
+            Call::Create,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            None,
+            answer.to_string().as_bytes(),
+        );
+        let text = e.to_string();
+        assert!(
+            text.contains("errors.invalidData: firstName is too long"),
+            "{text}"
+        );
+        assert!(
+            text.contains("errors.policyViolation: loginId breaks the policy"),
+            "{text}"
+        );
+        assert!(
+            text.contains(&"x".repeat(200)) && !text.contains(&"x".repeat(201)),
+            "{text}"
+        );
     }
 
     fn e_verdict(status: u16) -> Verdict {
