@@ -6,10 +6,9 @@
 
 mod common;
 
-use std::process::Stdio;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::{Env, Run, quote};
+use common::{Daemon, Env, Run, quote};
 use nexudus_nevis_sync::sandbox::{
     FakeNevis, FakeNexudus, Fault, NevisFakeConfig, NexudusFakeConfig,
 };
@@ -160,37 +159,14 @@ async fn the_access_token_is_renewed_before_it_expires_between_daemon_ticks() {
     // a 401 would present the expired token once and be refused: the fake counts that.
     let env = env_with(Duration::from_secs(3), None).await;
     env.seed(2);
-    env.set("sync.schedule", &quote("*/1 * * * * *"));
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    env.set("http.listen", &quote(&format!("127.0.0.1:{port}")));
-    let log_path = env.dir.path().join("daemon.log");
-    let mut daemon = env
-        .command(&[])
-        .stderr(std::fs::File::create(&log_path).unwrap())
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("start daemon");
-    let deadline = Instant::now() + Duration::from_secs(40);
-    while env.nexudus.stats().refresh_grants < 2 && Instant::now() < deadline {
-        if let Some(status) = daemon.try_wait().unwrap() {
-            panic!(
-                "daemon exited ({status}):\n{}",
-                std::fs::read_to_string(&log_path).unwrap_or_default()
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    daemon.kill().await.unwrap();
+    let daemon = Daemon::start(&env).await;
+    daemon
+        .wait_for("two renewals", |_| async {
+            env.nexudus.stats().refresh_grants >= 2
+        })
+        .await;
+    let log = daemon.stop().await;
     let stats = env.nexudus.stats();
-    let log = std::fs::read_to_string(&log_path).unwrap_or_default();
-    assert!(
-        stats.refresh_grants >= 2,
-        "two renewals within the deadline: {stats:?}\n{log}"
-    );
     assert_eq!(stats.password_grants, 1, "signed in once: {stats:?}");
     assert_eq!(
         stats.unauthorized, 0,

@@ -9,7 +9,7 @@ mod common;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use common::{Env, Run, quote, run_cmd};
+use common::{Daemon, Env, Run, quote, run_cmd};
 use nexudus_nevis_sync::sandbox::{
     DateForm, FakeNevis, FakeNexudus, NevisFakeConfig, NexudusFakeConfig, NexudusUserSpec, Throttle,
 };
@@ -384,67 +384,6 @@ async fn the_day_budget_is_kept_across_runs_and_waited_for_rather_than_throttled
     );
 }
 
-struct Daemon {
-    child: tokio::process::Child,
-    base: String,
-}
-
-impl Daemon {
-    async fn start(env: &Env) -> Daemon {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .map(|a| a.port())
-            .expect("free port");
-        env.set("http.listen", &quote(&format!("127.0.0.1:{port}")));
-        env.set("sync.schedule", &quote("*/1 * * * * *"));
-        let log = std::fs::File::create(env.dir.path().join("daemon.log")).expect("log file");
-        let child = env
-            .command(&[])
-            .stderr(log)
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("start daemon");
-        Daemon {
-            child,
-            base: format!("http://127.0.0.1:{port}"),
-        }
-    }
-
-    async fn get(&self, path: &str) -> String {
-        let answer = reqwest::Client::new()
-            .get(format!("{}{path}", self.base))
-            .timeout(Duration::from_secs(5))
-            .send()
-            .await;
-        match answer {
-            Ok(r) => r.text().await.unwrap_or_default(),
-            Err(_) => String::new(),
-        }
-    }
-
-    /// Polls `path` every 100 ms until its text satisfies `check`; fails after `WAIT`.
-    async fn wait_for(&self, path: &str, check: impl Fn(&str) -> bool) -> String {
-        let deadline = Instant::now() + WAIT;
-        loop {
-            let text = self.get(path).await;
-            if check(&text) {
-                return text;
-            }
-            assert!(Instant::now() < deadline, "timed out on {path}: {text}");
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-
-    async fn stop(mut self) {
-        if let Some(pid) = self.child.id() {
-            let _ = std::process::Command::new("kill")
-                .args(["-TERM", &pid.to_string()])
-                .status();
-        }
-        let _ = tokio::time::timeout(WAIT, self.child.wait()).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_daemon_waits_for_the_hour_budget_says_so_and_warns_at_start() {
     let env = env_with(NexudusFakeConfig {
@@ -459,7 +398,7 @@ async fn the_daemon_waits_for_the_hour_budget_says_so_and_warns_at_start() {
 
     let daemon = Daemon::start(&env).await;
     let status = daemon
-        .wait_for("/status", |t| t.contains("\"window\":\"hour\""))
+        .wait_for_body("/status", |t| t.contains("\"window\":\"hour\""))
         .await;
     let doc: Value = serde_json::from_str(&status).expect("status is JSON");
     let wait = &doc["nexudus_quota_wait"];
@@ -470,12 +409,11 @@ async fn the_daemon_waits_for_the_hour_budget_says_so_and_warns_at_start() {
     );
     assert!(wait["until"].as_u64() > wait["since"].as_u64(), "{doc}");
     daemon
-        .wait_for("/metrics", |t| {
+        .wait_for_body("/metrics", |t| {
             t.contains("nexudus_nevis_sync_quota_waits_total{window=\"hour\"} 1")
         })
         .await;
-    daemon.stop().await;
-    let log = std::fs::read_to_string(env.dir.path().join("daemon.log")).unwrap_or_default();
+    let log = daemon.stop().await;
     assert!(log.contains("over the hourly budget"), "{log}");
     assert!(log.contains("budget of the hour is used up"), "{log}");
     assert!(
@@ -499,7 +437,7 @@ async fn throttles_are_counted_in_the_metrics_by_status() {
         "nexudus_nevis_sync_throttles_total{api=\"nexudus\",status=\"409\"} 1",
     ];
     daemon
-        .wait_for("/metrics", |t| wanted.iter().all(|w| t.contains(w)))
+        .wait_for_body("/metrics", |t| wanted.iter().all(|w| t.contains(w)))
         .await;
     daemon.stop().await;
 }
