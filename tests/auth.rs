@@ -9,9 +9,7 @@ mod common;
 use std::time::Duration;
 
 use common::{Daemon, Env, Run, quote};
-use nexudus_nevis_sync::sandbox::{
-    FakeNevis, FakeNexudus, Fault, NevisFakeConfig, NexudusFakeConfig,
-};
+use nexudus_nevis_sync::sandbox::{Fault, NexudusFakeConfig};
 
 /// The fatal line (`error: …`) of a failed run.
 fn fatal_line(run: &Run) -> &str {
@@ -23,15 +21,12 @@ fn fatal_line(run: &Run) -> &str {
 
 /// Fakes where Nexudus issues access tokens living `ttl` (and wants `totp`, when given).
 async fn env_with(ttl: Duration, totp: Option<&str>) -> Env {
-    let nexudus = FakeNexudus::start(NexudusFakeConfig {
+    let env = Env::with_nexudus(NexudusFakeConfig {
         token_ttl: ttl,
         totp: totp.map(String::from),
-        ..NexudusFakeConfig::default()
+        ..common::loose_nexudus()
     })
-    .await
-    .unwrap();
-    let nevis = FakeNevis::start(NevisFakeConfig::default()).await.unwrap();
-    let env = Env::with_fakes(nexudus, nevis).await;
+    .await;
     env.set("nexudus.auth", &quote("token"));
     env
 }
@@ -126,15 +121,7 @@ async fn wrong_password_with_token_auth_is_fatal_and_names_the_sign_in() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn totp_is_sent_with_the_password_grant_and_client_id_binds_the_refresh() {
-    let nexudus = FakeNexudus::start(NexudusFakeConfig {
-        totp: Some("424242".into()),
-        ..NexudusFakeConfig::default()
-    })
-    .await
-    .unwrap();
-    let nevis = FakeNevis::start(NevisFakeConfig::default()).await.unwrap();
-    let env = Env::with_fakes(nexudus, nevis).await;
-    env.set("nexudus.auth", &quote("token"));
+    let env = env_with(NexudusFakeConfig::default().token_ttl, Some("424242")).await;
     env.seed(1);
     // Without the code the sign-in is refused.
     env.sync(&[]).await.assert_code(2);

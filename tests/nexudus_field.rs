@@ -10,9 +10,7 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use common::{Daemon, Env, Run, quote, run_cmd};
-use nexudus_nevis_sync::sandbox::{
-    DateForm, FakeNevis, FakeNexudus, NevisFakeConfig, NexudusFakeConfig, NexudusUserSpec, Throttle,
-};
+use nexudus_nevis_sync::sandbox::{DateForm, NexudusFakeConfig, NexudusUserSpec, Throttle};
 use serde_json::{Value, json};
 use tokio::io::AsyncReadExt;
 
@@ -34,13 +32,12 @@ fn fatal_line(run: &Run) -> &str {
         .unwrap_or_else(|| panic!("no fatal line in stderr:\n{}", run.stderr))
 }
 
-/// Fakes where Nexudus has no per-second limit (the client's own pacing is what is tested).
-async fn env_with(cfg: NexudusFakeConfig) -> Env {
-    let nexudus = FakeNexudus::start(cfg).await.expect("fake Nexudus");
-    let nevis = FakeNevis::start(NevisFakeConfig::default())
-        .await
-        .expect("fake nevisIDM");
-    Env::with_fakes(nexudus, nevis).await
+/// Fakes enforcing the windows of `cfg`, and a client pacing by its defaults: these tests are
+/// about pacing.
+async fn paced(cfg: NexudusFakeConfig) -> Env {
+    let env = Env::with_nexudus(cfg).await;
+    env.pace_as_documented();
+    env
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -298,7 +295,7 @@ async fn token_refusals_each_tell_the_operator_what_to_do() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn all_four_windows_enforced_by_the_fake_draw_no_throttle_from_the_default_pacing() {
-    let env = env_with(NexudusFakeConfig {
+    let env = paced(NexudusFakeConfig {
         per_second_limit: None,
         min_gap: Some(Duration::from_millis(100)),
         per_minute_limit: Some(120),
@@ -352,7 +349,7 @@ async fn run_until_logged(env: &Env, needle: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_day_budget_is_kept_across_runs_and_waited_for_rather_than_throttled() {
-    let env = env_with(NexudusFakeConfig {
+    let env = paced(NexudusFakeConfig {
         per_day_limit: Some(6),
         ..NexudusFakeConfig::default()
     })
@@ -386,7 +383,7 @@ async fn the_day_budget_is_kept_across_runs_and_waited_for_rather_than_throttled
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_daemon_waits_for_the_hour_budget_says_so_and_warns_at_start() {
-    let env = env_with(NexudusFakeConfig {
+    let env = paced(NexudusFakeConfig {
         per_hour_limit: Some(7),
         ..NexudusFakeConfig::default()
     })

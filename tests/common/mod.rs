@@ -79,16 +79,64 @@ impl Run {
     }
 }
 
+/// The fake Nexudus with its short windows off (no limit a second or a minute, no gap between
+/// requests); the hour and the day keep their documented limits, which no test reaches by
+/// accident. Pacing is not what most tests are about, and paced as documented a listing of 30
+/// pages takes 15 s: a test of pacing opts back in with [`Env::start_paced`] or
+/// [`Env::pace_as_documented`].
+pub fn loose_nexudus() -> NexudusFakeConfig {
+    NexudusFakeConfig {
+        per_second_limit: None,
+        per_minute_limit: None,
+        min_gap: None,
+        ..NexudusFakeConfig::default()
+    }
+}
+
+/// The client's pacing keys [`Env`] loosens to match [`loose_nexudus`], with their loose values.
+const LOOSE_PACING: [(&str, &str); 2] = [
+    ("nexudus.min_request_interval", "\"0s\""),
+    ("nexudus.max_requests_per_minute", "1000000"),
+];
+
 impl Env {
-    /// Fakes with default settings and a config that retries quickly.
+    /// Fakes with default settings but loose pacing ([`loose_nexudus`]), and a config that
+    /// retries quickly and paces as loosely.
     pub async fn start() -> Env {
+        Env::with_nexudus(loose_nexudus()).await
+    }
+
+    /// Fakes enforcing Nexudus's documented limits and a client pacing by its defaults: for the
+    /// tests of pacing.
+    pub async fn start_paced() -> Env {
         let (nexudus, nevis) = nexudus_nevis_sync::sandbox::start_both()
             .await
             .expect("start the fakes");
+        let env = Env::with_fakes(nexudus, nevis).await;
+        env.pace_as_documented();
+        env
+    }
+
+    /// A fake Nexudus configured by the test (start from [`loose_nexudus`] unless pacing is
+    /// tested) and a default fake nevisIDM; the client paces loosely.
+    pub async fn with_nexudus(cfg: NexudusFakeConfig) -> Env {
+        let nexudus = FakeNexudus::start(cfg)
+            .await
+            .expect("start the fake Nexudus");
+        let nevis = FakeNevis::start(NevisFakeConfig::default())
+            .await
+            .expect("start the fake nevisIDM");
         Env::with_fakes(nexudus, nevis).await
     }
 
-    /// Like [`Env::start`], with fakes the test configured itself.
+    /// Back to the client's default pacing (Nexudus's documented limits with a margin).
+    pub fn pace_as_documented(&self) {
+        for (key, _) in LOOSE_PACING {
+            self.unset(key);
+        }
+    }
+
+    /// Like [`Env::start`], with fakes the test configured itself; the client paces loosely.
     pub async fn with_fakes(nexudus: FakeNexudus, nevis: FakeNevis) -> Env {
         let dir = tempfile::tempdir().expect("temp dir");
         let config = dir.path().join("config.toml");
@@ -112,6 +160,9 @@ impl Env {
             ("store.path", quote(&store)),
         ] {
             keys.insert(k.to_string(), v);
+        }
+        for (k, v) in LOOSE_PACING {
+            keys.insert(k.to_string(), v.to_string());
         }
         let env = Env {
             nexudus,
