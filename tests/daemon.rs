@@ -61,45 +61,6 @@ async fn daemon_imports_at_start_then_follows_changes_on_schedule() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_tick_during_a_run_brings_the_next_run_as_soon_as_it_ends() {
-    let env = Env::start().await;
-    env.set("sync.concurrency", "1");
-    env.nevis.set_latency(Duration::from_millis(400));
-    env.seed(12);
-    // One tick a minute, three seconds from now: during the import, which takes about 5 s.
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .expect("clock after 1970")
-        .as_secs();
-    let daemon = Daemon::start_on(&env, &format!("{} * * * * *", (now + 3) % 60)).await;
-    daemon
-        .wait_for("the start-up import", |_| async {
-            env.nevis.user_count() == 12
-        })
-        .await;
-    env.nevis.set_latency(Duration::ZERO);
-    // The next run (an incremental one, starting with the deletion probe) follows at once, not
-    // at the next tick a minute later.
-    let probes = || {
-        env.nexudus
-            .request_log()
-            .iter()
-            .filter(|r| r.path == "/api/sys/users" && r.query.contains("size=1&"))
-            .count()
-    };
-    daemon
-        .wait_for("the run the tick asked for", |_| async { probes() >= 1 })
-        .await;
-    daemon.sigterm();
-    assert_eq!(daemon.exit_code(WAIT).await, 0);
-    let log = std::fs::read_to_string(env.dir.path().join("daemon.log")).unwrap_or_default();
-    assert!(
-        log.contains("schedule tick during a run"),
-        "the tick came during the import\n{log}"
-    );
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn daemon_reconciles_on_its_reconcile_schedule() {
     let env = Env::start().await;
     let ids = env.seed(3);
