@@ -311,7 +311,9 @@ async fn all_four_windows_enforced_by_the_fake_draw_no_throttle_from_the_default
     assert_eq!(run.count("created"), 25);
     assert_eq!(env.nexudus.stats().throttled, 0);
 
-    // The fake does enforce them: a client paced faster than 100 ms draws throttles.
+    // The fake does enforce them: a client paced faster than 100 ms draws throttles. (Pages of
+    // 5: a few requests back to back show it; each throttle costs the second it asks to wait.)
+    env.set("nexudus.page_size", "5");
     env.set("nexudus.min_request_interval", &quote("1ms"));
     env.set("nexudus.max_requests_per_minute", "10000");
     env.sync(&[]).await;
