@@ -7,12 +7,20 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Output, Stdio};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use nexudus_nevis_sync::clock::Clock;
+use nexudus_nevis_sync::config::Config;
+use nexudus_nevis_sync::metrics::Metrics;
+use nexudus_nevis_sync::nevis::NevisClient;
+use nexudus_nevis_sync::nexudus::NexudusClient;
+use nexudus_nevis_sync::report::RunReport;
 use nexudus_nevis_sync::sandbox::{
     FakeNevis, FakeNexudus, FakeOAuth, NevisFakeConfig, NexudusFakeConfig, NexudusUserSpec,
 };
+use nexudus_nevis_sync::store::Store;
+use nexudus_nevis_sync::sync::{RunOptions, run_once};
 use tempfile::TempDir;
 use tokio::process::{Child, Command};
 
@@ -234,6 +242,41 @@ impl Env {
         let mut all = vec!["--sync-now"];
         all.extend_from_slice(args);
         run_cmd(self.command(&all)).await
+    }
+
+    /// One full run through the library instead of the binary, with the store keeping time by
+    /// `clock`: for what depends on the store's clock (a test moves it instead of waiting). The
+    /// same config, store and real HTTP clients as `--sync-now`.
+    pub async fn run_in_process(&self, clock: &Clock) -> RunReport {
+        let config = Config::load(&self.config).expect("the test config loads");
+        let store = Store::open(&config.store.path, config.store.cache_capacity_bytes)
+            .expect("open the store")
+            .with_clock(clock.clone());
+        let metrics = Arc::new(Metrics::new());
+        let source = NexudusClient::new(
+            &config.nexudus,
+            config.retry.clone(),
+            Arc::clone(&metrics),
+            Some(store.clone()),
+        )
+        .expect("Nexudus client");
+        let target =
+            NevisClient::new(&config.nevis, config.retry.clone(), metrics).expect("nevis client");
+        let report = tokio::time::timeout(
+            RUN_LIMIT,
+            run_once(
+                &config,
+                Arc::new(source),
+                Arc::new(target),
+                &store,
+                &RunOptions::default(),
+            ),
+        )
+        .await
+        .expect("run finished within the limit")
+        .expect("the run is not fatal");
+        store.flush().await.expect("flush the store");
+        report
     }
 
     /// Adds `n` valid users named "First{i} Last{i}" and returns their Ids.
