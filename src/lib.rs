@@ -13,6 +13,8 @@
 //!   the one home of the equivalence rules (how a directory compares values)
 //! - [`forms`]    pure: the directory's own forms, learned when a difference survives a write
 //! - [`store`]    the sled checkpoint store; the only module that imports sled
+//! - [`clock`]    the wall clock the store and the Nexudus pacer read: the system's, or one a
+//!   test moves by hand
 //! - [`nevis`]    the target: nevisIDM Core REST client (OAuth2 or static token), HTTP status -> outcome classification
 //! - [`retry`]    when to retry (backoff, `Retry-After`, caps); the only module that imports backon
 //! - [`directory`] nevisIDM's user listing, read at most once per run and shared by the reconcile,
@@ -37,6 +39,7 @@
 //! one and names it).
 
 pub mod client;
+pub mod clock;
 pub mod config;
 pub mod demo;
 pub mod diff;

@@ -175,8 +175,12 @@ async fn daemon(config: Config) -> u8 {
         Ok(c) => c,
         Err(e) => return fatal(&e),
     };
-    let listener = match tokio::net::TcpListener::bind(config.http.listen).await {
-        Ok(l) => l,
+    // Port 0 lets the system pick a free port; the address really bound is what is logged.
+    let bound = tokio::net::TcpListener::bind(config.http.listen)
+        .await
+        .and_then(|l| l.local_addr().map(|addr| (l, addr)));
+    let (listener, listen) = match bound {
+        Ok(bound) => bound,
         Err(e) => {
             return fatal(&format!(
                 "cannot listen on http.listen {}: {e}",
@@ -194,7 +198,7 @@ async fn daemon(config: Config) -> u8 {
     let shutdown = CancellationToken::new();
     tokio::spawn(stop_on_signal(shutdown.clone()));
     let server = tokio::spawn(http::serve(listener, Arc::clone(&state), shutdown.clone()));
-    tracing::info!(listen = %config.http.listen, "serving /healthz /readyz /metrics /status");
+    tracing::info!(%listen, "serving /healthz /readyz /metrics /status");
 
     let result = run_daemon(Arc::new(config), source, target, state, shutdown.clone()).await;
     shutdown.cancel();
@@ -264,6 +268,13 @@ async fn status(config: &Config, json: bool) -> u8 {
 
 async fn daemon_status(config: &Config) -> Result<serde_json::Value, String> {
     let mut addr = config.http.listen;
+    if addr.port() == 0 {
+        return Err(format!(
+            "the store is in use, and the daemon holding it listens on a port of its choosing \
+             (http.listen {addr}): its log names it (\"serving /healthz …\" listen=); set \
+             http.listen to that address for --status"
+        ));
+    }
     if addr.ip().is_unspecified() {
         addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
     }

@@ -358,25 +358,12 @@ mod tests {
 
     #[test]
     fn mapping_options_change_split_login_and_prefix() {
-        let m = crate::config::Config::from_toml_str(
-            r#"
-            [nexudus]
-            base_url = "http://127.0.0.1:9"
-            username = "u"
-            password = "p"
-            [nevis]
-            base_url = "http://127.0.0.1:9"
-            client_ext_id = "c"
-            token = "t"
-            [store]
-            path = "/x"
+        let m = crate::config::testing::config(&[r#"
             [mapping]
             name_split = "first_word"
             login_id = "ext_id"
             ext_id_prefix = "nx-"
-            "#,
-        )
-        .unwrap()
+            "#])
         .mapping;
         let d = map_user(&user(Some("Smith Anna Maria"), Some("a@b.c")), &m).unwrap();
         assert_eq!(

@@ -32,8 +32,9 @@ use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
+use crate::clock::Clock;
 use crate::forms::Forms;
 use crate::mapper::{DesiredUser, UserState};
 
@@ -86,6 +87,8 @@ pub struct Store {
     operator: sled::Tree,
     forms: sled::Tree,
     commits: Arc<GroupCommit>,
+    /// What "now" is for the times kept here (and for the pacer that counts in this store).
+    clock: Clock,
 }
 
 /// Group commit: callers that need their writes durable share one flush at a time. Concurrent
@@ -148,7 +151,7 @@ impl Store {
             Err(e @ (StoreError::InUse { .. } | StoreError::Unwritable { .. })) => Err(e),
             Err(e) => {
                 let mut aside = path.as_os_str().to_owned();
-                aside.push(format!(".damaged-{}", unix_now()));
+                aside.push(format!(".damaged-{}", Clock::system().now()));
                 let aside = std::path::PathBuf::from(aside);
                 tracing::warn!(
                     error = %e,
@@ -183,8 +186,20 @@ impl Store {
             operator: db.open_tree("operator")?,
             forms: db.open_tree("forms")?,
             commits: Arc::default(),
+            clock: Clock::system(),
             db,
         })
+    }
+
+    /// This store with `clock` for the times it keeps (tests: a [`Clock::manual`]).
+    pub fn with_clock(mut self, clock: Clock) -> Store {
+        self.clock = clock;
+        self
+    }
+
+    /// The clock the store keeps times by.
+    pub fn clock(&self) -> &Clock {
+        &self.clock
     }
 
     /// Compares a fingerprint with the stored one without decoding the stored user when they match.
@@ -256,7 +271,8 @@ impl Store {
         self.failures.remove(key)?;
         if user.state == UserState::Disabled {
             if !self.disabled_at.contains_key(key)? {
-                self.disabled_at.insert(key, &unix_now().to_le_bytes())?;
+                self.disabled_at
+                    .insert(key, &self.clock.now().to_le_bytes())?;
             }
         } else {
             self.disabled_at.remove(key)?;
@@ -310,7 +326,7 @@ impl Store {
 
     /// Users whose checkpoint has said `disabled` for longer than `age`.
     pub fn disabled_longer_than(&self, age: Duration) -> Result<Vec<u64>, StoreError> {
-        let now = unix_now();
+        let now = self.clock.now();
         let mut out = Vec::new();
         for item in self.disabled_at.iter() {
             let (k, v) = item?;
@@ -350,7 +366,7 @@ impl Store {
             .failures
             .get(key)?
             .and_then(|v| split_failure(&v).0)
-            .unwrap_or_else(unix_now);
+            .unwrap_or_else(|| self.clock.now());
         let mut value = Vec::with_capacity(9 + reason.len());
         value.push(FAILURE_WITH_TIME);
         value.extend_from_slice(&since.to_le_bytes());
@@ -419,7 +435,8 @@ impl Store {
     /// Records the last run's report, and when it was recorded (for `--status`).
     pub fn set_last_run(&self, json: &[u8]) -> Result<(), StoreError> {
         self.meta.insert("last_run", json)?;
-        self.meta.insert("last_run_at", &unix_now().to_le_bytes())?;
+        self.meta
+            .insert("last_run_at", &self.clock.now().to_le_bytes())?;
         Ok(())
     }
 
@@ -726,13 +743,6 @@ fn id_of(key: &[u8], tree: &str) -> Result<u64, StoreError> {
         .map_err(|_| StoreError::Corrupt(format!("{tree} key is not 8 bytes")))
 }
 
-fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
-
 fn classify_open_error(path: &str, e: sled::Error) -> StoreError {
     match &e {
         // sled takes an exclusive advisory lock on the db file; a second process gets WouldBlock
@@ -821,7 +831,7 @@ mod tests {
 
     #[test]
     fn a_failure_keeps_the_time_it_began_and_legacy_reasons_still_read() {
-        let store = Store::temporary().unwrap();
+        let store = Store::temporary().unwrap().with_clock(Clock::manual(5_000));
         assert_eq!(store.oldest_failure_since().unwrap(), None);
         // A value from before the time was kept: the reason alone.
         store
@@ -847,8 +857,36 @@ mod tests {
             ]
         );
         store.clear_failure(7).unwrap();
-        let since = store.oldest_failure_since().unwrap().unwrap();
-        assert!(since > 1_000, "user 8's failure began now: {since}");
+        assert_eq!(
+            store.oldest_failure_since().unwrap(),
+            Some(5_000),
+            "user 8's failure began at the clock's now"
+        );
+    }
+
+    #[test]
+    fn a_disabled_checkpoint_ages_by_the_store_clock() {
+        let clock = Clock::manual(10_000);
+        let store = Store::temporary().unwrap().with_clock(clock.clone());
+        let mut disabled = user("A");
+        disabled.state = UserState::Disabled;
+        store.put(7, &disabled).unwrap();
+        let hour = Duration::from_secs(3600);
+        clock.advance(hour - Duration::from_secs(1));
+        assert!(store.disabled_longer_than(hour).unwrap().is_empty());
+        clock.advance(Duration::from_secs(1));
+        assert_eq!(store.disabled_longer_than(hour).unwrap(), vec![7]);
+        // Written again while still disabled: the age is not restarted.
+        store.put(7, &disabled).unwrap();
+        assert_eq!(store.disabled_longer_than(hour).unwrap(), vec![7]);
+        // Active again: no age at all.
+        store.put(7, &user("A")).unwrap();
+        assert!(
+            store
+                .disabled_longer_than(Duration::ZERO)
+                .unwrap()
+                .is_empty()
+        );
     }
 
     #[test]

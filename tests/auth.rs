@@ -6,13 +6,10 @@
 
 mod common;
 
-use std::process::Stdio;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::{Env, Run, quote};
-use nexudus_nevis_sync::sandbox::{
-    FakeNevis, FakeNexudus, Fault, NevisFakeConfig, NexudusFakeConfig,
-};
+use common::{Daemon, Env, Run, quote};
+use nexudus_nevis_sync::sandbox::{Fault, NexudusFakeConfig};
 
 /// The fatal line (`error: …`) of a failed run.
 fn fatal_line(run: &Run) -> &str {
@@ -24,15 +21,12 @@ fn fatal_line(run: &Run) -> &str {
 
 /// Fakes where Nexudus issues access tokens living `ttl` (and wants `totp`, when given).
 async fn env_with(ttl: Duration, totp: Option<&str>) -> Env {
-    let nexudus = FakeNexudus::start(NexudusFakeConfig {
+    let env = Env::with_nexudus(NexudusFakeConfig {
         token_ttl: ttl,
         totp: totp.map(String::from),
-        ..NexudusFakeConfig::default()
+        ..common::loose_nexudus()
     })
-    .await
-    .unwrap();
-    let nevis = FakeNevis::start(NevisFakeConfig::default()).await.unwrap();
-    let env = Env::with_fakes(nexudus, nevis).await;
+    .await;
     env.set("nexudus.auth", &quote("token"));
     env
 }
@@ -127,15 +121,7 @@ async fn wrong_password_with_token_auth_is_fatal_and_names_the_sign_in() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn totp_is_sent_with_the_password_grant_and_client_id_binds_the_refresh() {
-    let nexudus = FakeNexudus::start(NexudusFakeConfig {
-        totp: Some("424242".into()),
-        ..NexudusFakeConfig::default()
-    })
-    .await
-    .unwrap();
-    let nevis = FakeNevis::start(NevisFakeConfig::default()).await.unwrap();
-    let env = Env::with_fakes(nexudus, nevis).await;
-    env.set("nexudus.auth", &quote("token"));
+    let env = env_with(NexudusFakeConfig::default().token_ttl, Some("424242")).await;
     env.seed(1);
     // Without the code the sign-in is refused.
     env.sync(&[]).await.assert_code(2);
@@ -160,37 +146,14 @@ async fn the_access_token_is_renewed_before_it_expires_between_daemon_ticks() {
     // a 401 would present the expired token once and be refused: the fake counts that.
     let env = env_with(Duration::from_secs(3), None).await;
     env.seed(2);
-    env.set("sync.schedule", &quote("*/1 * * * * *"));
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    env.set("http.listen", &quote(&format!("127.0.0.1:{port}")));
-    let log_path = env.dir.path().join("daemon.log");
-    let mut daemon = env
-        .command(&[])
-        .stderr(std::fs::File::create(&log_path).unwrap())
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("start daemon");
-    let deadline = Instant::now() + Duration::from_secs(40);
-    while env.nexudus.stats().refresh_grants < 2 && Instant::now() < deadline {
-        if let Some(status) = daemon.try_wait().unwrap() {
-            panic!(
-                "daemon exited ({status}):\n{}",
-                std::fs::read_to_string(&log_path).unwrap_or_default()
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    daemon.kill().await.unwrap();
+    let daemon = Daemon::start(&env).await;
+    daemon
+        .wait_for("two renewals", |_| async {
+            env.nexudus.stats().refresh_grants >= 2
+        })
+        .await;
+    let log = daemon.stop().await;
     let stats = env.nexudus.stats();
-    let log = std::fs::read_to_string(&log_path).unwrap_or_default();
-    assert!(
-        stats.refresh_grants >= 2,
-        "two renewals within the deadline: {stats:?}\n{log}"
-    );
     assert_eq!(stats.password_grants, 1, "signed in once: {stats:?}");
     assert_eq!(
         stats.unauthorized, 0,

@@ -5,105 +5,12 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{Env, Run, quote, run_cmd};
+use common::{Daemon, Env, Run, quote, run_cmd};
 use nexudus_nevis_sync::sandbox::NexudusUserSpec;
 use serde_json::{Value, json};
-use tokio::process::Child;
 
 /// Upper bound for anything the tests wait on.
-const WAIT: Duration = Duration::from_secs(30);
-
-struct Daemon {
-    child: Child,
-    base: String,
-}
-
-impl Daemon {
-    async fn start(env: &Env) -> Daemon {
-        Daemon::start_on(env, "*/1 * * * * *").await
-    }
-
-    async fn start_on(env: &Env, schedule: &str) -> Daemon {
-        let port = free_port();
-        env.set("http.listen", &quote(&format!("127.0.0.1:{port}")));
-        env.set("sync.schedule", &quote(schedule));
-        // The daemon's logs go to a file next to its config, so test output stays readable.
-        let log = std::fs::File::create(env.dir.path().join("daemon.log")).expect("log file");
-        let child = env
-            .command(&[])
-            .stderr(log)
-            .stdout(std::process::Stdio::null())
-            .spawn()
-            .expect("start daemon");
-        let daemon = Daemon {
-            child,
-            base: format!("http://127.0.0.1:{port}"),
-        };
-        daemon
-            .wait_for("the daemon to listen", |d| async move {
-                d.get("/healthz").await.0 == 200
-            })
-            .await;
-        daemon
-    }
-
-    async fn get(&self, path: &str) -> (u16, String) {
-        let client = reqwest::Client::new();
-        match client
-            .get(format!("{}{path}", self.base))
-            .timeout(Duration::from_secs(5))
-            .send()
-            .await
-        {
-            Ok(r) => {
-                let status = r.status().as_u16();
-                (status, r.text().await.unwrap_or_default())
-            }
-            Err(_) => (0, String::new()),
-        }
-    }
-
-    /// Polls `check` every 50 ms until it holds; fails after `WAIT`.
-    async fn wait_for<'a, F, Fut>(&'a self, what: &str, check: F)
-    where
-        F: Fn(&'a Daemon) -> Fut,
-        Fut: std::future::Future<Output = bool>,
-    {
-        let deadline = Instant::now() + WAIT;
-        while Instant::now() < deadline {
-            if check(self).await {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        panic!("timed out waiting for {what}");
-    }
-
-    fn sigterm(&self) {
-        let pid = self.child.id().expect("daemon still running");
-        let ok = std::process::Command::new("kill")
-            .args(["-TERM", &pid.to_string()])
-            .status()
-            .expect("run kill")
-            .success();
-        assert!(ok, "kill -TERM {pid}");
-    }
-
-    async fn exit_code(mut self, within: Duration) -> i32 {
-        let status = tokio::time::timeout(within, self.child.wait())
-            .await
-            .expect("daemon exited in time")
-            .expect("wait for daemon");
-        status.code().unwrap_or(-1)
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
-}
+const WAIT: Duration = common::DAEMON_WAIT;
 
 fn metric(text: &str, name: &str, label: Option<(&str, &str)>) -> f64 {
     let lines = text.lines().map(|l| Ok(l.to_string()));
@@ -151,45 +58,6 @@ async fn daemon_imports_at_start_then_follows_changes_on_schedule() {
 
     daemon.sigterm();
     assert_eq!(daemon.exit_code(WAIT).await, 0);
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_tick_during_a_run_brings_the_next_run_as_soon_as_it_ends() {
-    let env = Env::start().await;
-    env.set("sync.concurrency", "1");
-    env.nevis.set_latency(Duration::from_millis(400));
-    env.seed(12);
-    // One tick a minute, three seconds from now: during the import, which takes about 5 s.
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .expect("clock after 1970")
-        .as_secs();
-    let daemon = Daemon::start_on(&env, &format!("{} * * * * *", (now + 3) % 60)).await;
-    daemon
-        .wait_for("the start-up import", |_| async {
-            env.nevis.user_count() == 12
-        })
-        .await;
-    env.nevis.set_latency(Duration::ZERO);
-    // The next run (an incremental one, starting with the deletion probe) follows at once, not
-    // at the next tick a minute later.
-    let probes = || {
-        env.nexudus
-            .request_log()
-            .iter()
-            .filter(|r| r.path == "/api/sys/users" && r.query.contains("size=1&"))
-            .count()
-    };
-    daemon
-        .wait_for("the run the tick asked for", |_| async { probes() >= 1 })
-        .await;
-    daemon.sigterm();
-    assert_eq!(daemon.exit_code(WAIT).await, 0);
-    let log = std::fs::read_to_string(env.dir.path().join("daemon.log")).unwrap_or_default();
-    assert!(
-        log.contains("schedule tick during a run"),
-        "the tick came during the import\n{log}"
-    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -317,6 +185,16 @@ async fn health_readiness_metrics_and_status_follow_the_runs() {
             .any(|f| f["ext_id"] == json!(format!("nexudus-{}", ids[1]))),
         "{doc}"
     );
+    // The daemon chose its port: --status cannot guess it, and says where to look ...
+    let run: Run = run_cmd(env.command(&["--status"])).await;
+    run.assert_code(2);
+    assert!(
+        run.stderr.contains("port of its choosing"),
+        "{}",
+        run.stderr
+    );
+    // ... and finds the daemon at the address its log names.
+    env.set("http.listen", &quote(&daemon.addr.to_string()));
     let run: Run = run_cmd(env.command(&["--status"])).await;
     run.assert_code(1);
     assert!(
@@ -525,4 +403,17 @@ async fn status_shows_the_run_in_flight_with_its_counts() {
         .await;
     daemon.sigterm();
     assert_eq!(daemon.exit_code(WAIT).await, 0);
+}
+
+#[test]
+fn the_daemons_logged_address_is_read_in_both_log_formats() {
+    let pretty = "2026-01-01T00:00:00Z  INFO nexudus_nevis_sync: serving /healthz /readyz /metrics /status listen=127.0.0.1:40123";
+    let json = r#"{"timestamp":"2026-01-01T00:00:00Z","level":"INFO","fields":{"message":"serving /healthz /readyz /metrics /status","listen":"127.0.0.1:40124"}}"#;
+    let addr = |port: u16| Some(std::net::SocketAddr::from(([127, 0, 0, 1], port)));
+    assert_eq!(
+        common::logged_address(&format!("other\n{pretty}\n")),
+        addr(40123)
+    );
+    assert_eq!(common::logged_address(json), addr(40124));
+    assert_eq!(common::logged_address("listen=127.0.0.1:1 elsewhere"), None);
 }

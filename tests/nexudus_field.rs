@@ -9,10 +9,8 @@ mod common;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use common::{Env, Run, quote, run_cmd};
-use nexudus_nevis_sync::sandbox::{
-    DateForm, FakeNevis, FakeNexudus, NevisFakeConfig, NexudusFakeConfig, NexudusUserSpec, Throttle,
-};
+use common::{Daemon, Env, Run, quote, run_cmd};
+use nexudus_nevis_sync::sandbox::{DateForm, NexudusFakeConfig, NexudusUserSpec, Throttle};
 use serde_json::{Value, json};
 use tokio::io::AsyncReadExt;
 
@@ -34,13 +32,12 @@ fn fatal_line(run: &Run) -> &str {
         .unwrap_or_else(|| panic!("no fatal line in stderr:\n{}", run.stderr))
 }
 
-/// Fakes where Nexudus has no per-second limit (the client's own pacing is what is tested).
-async fn env_with(cfg: NexudusFakeConfig) -> Env {
-    let nexudus = FakeNexudus::start(cfg).await.expect("fake Nexudus");
-    let nevis = FakeNevis::start(NevisFakeConfig::default())
-        .await
-        .expect("fake nevisIDM");
-    Env::with_fakes(nexudus, nevis).await
+/// Fakes enforcing the windows of `cfg`, and a client pacing by its defaults: these tests are
+/// about pacing.
+async fn paced(cfg: NexudusFakeConfig) -> Env {
+    let env = Env::with_nexudus(cfg).await;
+    env.pace_as_documented();
+    env
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -298,7 +295,7 @@ async fn token_refusals_each_tell_the_operator_what_to_do() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn all_four_windows_enforced_by_the_fake_draw_no_throttle_from_the_default_pacing() {
-    let env = env_with(NexudusFakeConfig {
+    let env = paced(NexudusFakeConfig {
         per_second_limit: None,
         min_gap: Some(Duration::from_millis(100)),
         per_minute_limit: Some(120),
@@ -314,7 +311,9 @@ async fn all_four_windows_enforced_by_the_fake_draw_no_throttle_from_the_default
     assert_eq!(run.count("created"), 25);
     assert_eq!(env.nexudus.stats().throttled, 0);
 
-    // The fake does enforce them: a client paced faster than 100 ms draws throttles.
+    // The fake does enforce them: a client paced faster than 100 ms draws throttles. (Pages of
+    // 5: a few requests back to back show it; each throttle costs the second it asks to wait.)
+    env.set("nexudus.page_size", "5");
     env.set("nexudus.min_request_interval", &quote("1ms"));
     env.set("nexudus.max_requests_per_minute", "10000");
     env.sync(&[]).await;
@@ -352,7 +351,7 @@ async fn run_until_logged(env: &Env, needle: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_day_budget_is_kept_across_runs_and_waited_for_rather_than_throttled() {
-    let env = env_with(NexudusFakeConfig {
+    let env = paced(NexudusFakeConfig {
         per_day_limit: Some(6),
         ..NexudusFakeConfig::default()
     })
@@ -384,70 +383,9 @@ async fn the_day_budget_is_kept_across_runs_and_waited_for_rather_than_throttled
     );
 }
 
-struct Daemon {
-    child: tokio::process::Child,
-    base: String,
-}
-
-impl Daemon {
-    async fn start(env: &Env) -> Daemon {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .map(|a| a.port())
-            .expect("free port");
-        env.set("http.listen", &quote(&format!("127.0.0.1:{port}")));
-        env.set("sync.schedule", &quote("*/1 * * * * *"));
-        let log = std::fs::File::create(env.dir.path().join("daemon.log")).expect("log file");
-        let child = env
-            .command(&[])
-            .stderr(log)
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("start daemon");
-        Daemon {
-            child,
-            base: format!("http://127.0.0.1:{port}"),
-        }
-    }
-
-    async fn get(&self, path: &str) -> String {
-        let answer = reqwest::Client::new()
-            .get(format!("{}{path}", self.base))
-            .timeout(Duration::from_secs(5))
-            .send()
-            .await;
-        match answer {
-            Ok(r) => r.text().await.unwrap_or_default(),
-            Err(_) => String::new(),
-        }
-    }
-
-    /// Polls `path` every 100 ms until its text satisfies `check`; fails after `WAIT`.
-    async fn wait_for(&self, path: &str, check: impl Fn(&str) -> bool) -> String {
-        let deadline = Instant::now() + WAIT;
-        loop {
-            let text = self.get(path).await;
-            if check(&text) {
-                return text;
-            }
-            assert!(Instant::now() < deadline, "timed out on {path}: {text}");
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-
-    async fn stop(mut self) {
-        if let Some(pid) = self.child.id() {
-            let _ = std::process::Command::new("kill")
-                .args(["-TERM", &pid.to_string()])
-                .status();
-        }
-        let _ = tokio::time::timeout(WAIT, self.child.wait()).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_daemon_waits_for_the_hour_budget_says_so_and_warns_at_start() {
-    let env = env_with(NexudusFakeConfig {
+    let env = paced(NexudusFakeConfig {
         per_hour_limit: Some(7),
         ..NexudusFakeConfig::default()
     })
@@ -459,7 +397,7 @@ async fn the_daemon_waits_for_the_hour_budget_says_so_and_warns_at_start() {
 
     let daemon = Daemon::start(&env).await;
     let status = daemon
-        .wait_for("/status", |t| t.contains("\"window\":\"hour\""))
+        .wait_for_body("/status", |t| t.contains("\"window\":\"hour\""))
         .await;
     let doc: Value = serde_json::from_str(&status).expect("status is JSON");
     let wait = &doc["nexudus_quota_wait"];
@@ -470,12 +408,11 @@ async fn the_daemon_waits_for_the_hour_budget_says_so_and_warns_at_start() {
     );
     assert!(wait["until"].as_u64() > wait["since"].as_u64(), "{doc}");
     daemon
-        .wait_for("/metrics", |t| {
+        .wait_for_body("/metrics", |t| {
             t.contains("nexudus_nevis_sync_quota_waits_total{window=\"hour\"} 1")
         })
         .await;
-    daemon.stop().await;
-    let log = std::fs::read_to_string(env.dir.path().join("daemon.log")).unwrap_or_default();
+    let log = daemon.stop().await;
     assert!(log.contains("over the hourly budget"), "{log}");
     assert!(log.contains("budget of the hour is used up"), "{log}");
     assert!(
@@ -499,7 +436,7 @@ async fn throttles_are_counted_in_the_metrics_by_status() {
         "nexudus_nevis_sync_throttles_total{api=\"nexudus\",status=\"409\"} 1",
     ];
     daemon
-        .wait_for("/metrics", |t| wanted.iter().all(|w| t.contains(w)))
+        .wait_for_body("/metrics", |t| wanted.iter().all(|w| t.contains(w)))
         .await;
     daemon.stop().await;
 }

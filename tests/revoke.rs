@@ -8,7 +8,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{Env, quote};
+use common::{Daemon, Env};
 use nexudus_nevis_sync::sandbox::{NexudusUserSpec, RequestRecord};
 use nexudus_nevis_sync::versions::BULK_AFTER;
 
@@ -329,19 +329,7 @@ async fn the_daemon_revokes_a_deleted_user_at_the_next_tick_and_idles_cheaply() 
         spec.preferred_language_id = Some(5001);
         ids.push(env.nexudus.insert_user(spec));
     }
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port");
-    env.set("http.listen", &quote(&format!("127.0.0.1:{port}")));
-    env.set("sync.schedule", &quote("*/1 * * * * *"));
-    let log = std::fs::File::create(env.dir.path().join("daemon.log")).expect("log file");
-    let mut child = env
-        .command(&[])
-        .stderr(log)
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .expect("start daemon");
+    let daemon = Daemon::start(&env).await;
     let imported = wait_until(|| env.nevis.user_count() == 10).await;
     assert!(imported, "the first run imports everyone");
     // Let a few idle ticks pass, then count what three more cost.
@@ -378,9 +366,7 @@ async fn the_daemon_revokes_a_deleted_user_at_the_next_tick_and_idles_cheaply() 
             .is_some_and(|u| u["userState"] == "disabled")
     })
     .await;
-    let _ = child.start_kill();
-    let _ = tokio::time::timeout(WAIT, child.wait()).await;
-    let text = std::fs::read_to_string(env.dir.path().join("daemon.log")).unwrap_or_default();
+    let text = daemon.stop().await;
     assert!(
         disabled,
         "the deleted user is disabled by a later tick\n{text}"

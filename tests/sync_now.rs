@@ -406,7 +406,7 @@ async fn invalid_records_are_named_skipped_and_retried_each_run() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn paced_listing_draws_no_throttling() {
-    let env = Env::start().await;
+    let env = Env::start_paced().await;
     env.set("nexudus.page_size", "5");
     env.seed(75); // 15 pages against 10 requests/s and 120/minute
     let run = env.sync(&[]).await;

@@ -320,9 +320,9 @@ impl Config {
     }
 }
 
-/// What the unit tests of every part of the config share: a minimal valid file.
+/// What the crate's unit tests share: a minimal valid file, and configs built on it.
 #[cfg(test)]
-mod testing {
+pub(crate) mod testing {
     use super::Config;
 
     pub const MINIMAL: &str = r#"
@@ -340,6 +340,34 @@ mod testing {
 
     pub fn err(toml: &str) -> String {
         Config::from_toml_str(toml).unwrap_err().to_string()
+    }
+
+    /// [`MINIMAL`] with each of `parts` (TOML) merged over it in turn, key by key: a part's
+    /// `[sync]` adds its keys to the `[sync]` an earlier part has (or replaces the same key),
+    /// where two `[sync]` headers in one text would not parse. The APIs are never contacted: unit
+    /// tests run the pipeline over in-memory sources and targets.
+    pub fn config(parts: &[&str]) -> Config {
+        let toml = |text: &str| ::config::File::from_str(text, ::config::FileFormat::Toml);
+        let builder = parts.iter().fold(
+            ::config::Config::builder().add_source(toml(MINIMAL)),
+            |builder, part| builder.add_source(toml(part)),
+        );
+        Config::build(builder).unwrap_or_else(|e| panic!("test config {parts:?}: {e}"))
+    }
+
+    #[test]
+    fn parts_merge_into_the_tables_before_them() {
+        let c = config(&[
+            "[sync]\nmax_disables = 3\n[nexudus]\npage_size = 2",
+            "[sync]\nmax_disables = 4\nmax_disable_percent = 50\n[scope]\nexclude_ids = [5]",
+        ]);
+        assert_eq!(
+            (c.sync.max_disables, c.sync.max_disable_percent),
+            (4, 50.0),
+            "the later part wins, the tables merge"
+        );
+        assert_eq!(c.nexudus.page_size, 2);
+        assert_eq!(c.nevis.client_ext_id, "client-123", "MINIMAL underneath");
     }
 }
 

@@ -11,7 +11,8 @@
 //! limit. Counting whole buckets overstates a window by at most one bucket, never understates it:
 //! the sliding window this enforces is never over the limit, whatever window Nexudus counts in
 //! (sliding or fixed to the clock hour). The wall clock is used (counts must survive a restart);
-//! a clock set back only makes the window look fuller.
+//! a clock set back only makes the window look fuller. It is the store's [`Clock`], so a test
+//! that moves the store's clock moves the budgets' too.
 //!
 //! When a window is full the next request waits until it is not, rather than drawing throttles;
 //! the wait is logged once and kept in the store for `/status` and `--status`.
@@ -19,12 +20,13 @@
 use std::collections::BTreeMap;
 use std::num::NonZeroU32;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
+use crate::clock::Clock;
 use crate::metrics::Metrics;
 use crate::store::Store;
 
@@ -109,6 +111,8 @@ struct LongWindows {
     store: Option<Store>,
     /// A failing store is reported once, and pacing goes on in memory.
     store_failed: bool,
+    /// The store's clock (the system clock without a store).
+    clock: Clock,
 }
 
 impl LongWindows {
@@ -116,6 +120,9 @@ impl LongWindows {
         let mut windows = LongWindows {
             hour: Window::new("hour", 60, 3600, hour_limit),
             day: Window::new("day", 3600, 86_400, day_limit),
+            clock: store
+                .as_ref()
+                .map_or_else(Clock::system, |s| s.clock().clone()),
             store,
             store_failed: false,
         };
@@ -232,7 +239,7 @@ impl Pacer {
         loop {
             let wait = {
                 let mut long = self.long.lock().await;
-                let now = unix_now();
+                let now = long.clock.now();
                 match long.wait(now).map(|(w, d)| (w.clone(), d)) {
                     None => {
                         long.record(now);
@@ -289,7 +296,7 @@ impl Pacer {
     /// Requests counted in the last hour, with its limit.
     pub async fn hour_used(&self) -> (u32, u32) {
         let long = self.long.lock().await;
-        (long.hour.used(unix_now()), long.hour.limit)
+        (long.hour.used(long.clock.now()), long.hour.limit)
     }
 }
 
@@ -307,12 +314,6 @@ fn set_wait(store: Option<&Store>, wait: Option<serde_json::Value>) {
     if let Err(e) = store.set_meta_bytes(WAIT_KEY, &bytes) {
         tracing::debug!(error = %e, "cannot record the quota wait for /status");
     }
-}
-
-fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
 }
 
 /// Requests an idle incremental run costs: the deletion probe and one page of changes.
@@ -386,15 +387,52 @@ mod tests {
 
     #[test]
     fn counts_survive_a_restart_through_the_store() {
-        let store = Store::temporary().unwrap();
+        let store = Store::temporary()
+            .unwrap()
+            .with_clock(Clock::manual(1_000_000 * 60));
         let mut a = LongWindows::load(2, 100, Some(store.clone()));
-        let now = unix_now();
+        let now = store.clock().now();
         a.record(now);
         a.record(now);
         a.save();
         let b = LongWindows::load(2, 100, Some(store));
         assert_eq!(b.hour.used(now), 2);
         assert_eq!(b.wait(now).map(|(w, _)| w.name), Some("hour"));
+    }
+
+    /// The hour's wait is re-checked every (paused) minute and ends when the store's clock has
+    /// moved past the oldest bucket: nothing here waits for the wall clock.
+    #[tokio::test(start_paused = true)]
+    async fn a_full_hour_is_waited_out_by_the_store_clock() {
+        let clock = Clock::manual(1_000_000 * 60);
+        let store = Store::temporary().unwrap().with_clock(clock.clone());
+        let limits = Limits {
+            min_interval: Duration::ZERO,
+            per_minute: 1_000,
+            per_hour: 2,
+            per_day: 100,
+        };
+        let pacer = Pacer::new(&limits, Some(store.clone()), Arc::new(Metrics::new()));
+        pacer.wait().await;
+        pacer.wait().await;
+        assert_eq!(pacer.hour_used().await, (2, 2));
+        let third = pacer.wait();
+        tokio::pin!(third);
+        assert!(
+            tokio::time::timeout(Duration::from_secs(90), &mut third)
+                .await
+                .is_err(),
+            "the third request waits while the hour is full"
+        );
+        let wait = store.meta_bytes(WAIT_KEY).unwrap().unwrap_or_default();
+        assert!(!wait.is_empty(), "the wait is kept for /status");
+        clock.advance(Duration::from_secs(3600 + 60));
+        tokio::time::timeout(Duration::from_secs(61), third)
+            .await
+            .expect("admitted at the next re-check once the hour has moved on");
+        assert_eq!(pacer.hour_used().await, (1, 2));
+        let wait = store.meta_bytes(WAIT_KEY).unwrap().unwrap_or_default();
+        assert!(wait.is_empty(), "the wait is over");
     }
 
     #[test]

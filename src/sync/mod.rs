@@ -505,6 +505,7 @@ mod tests {
     //! by the integration tests against the sandbox fakes.
     use super::census::MAX_PAGES_WITHOUT_TOTAL;
     use super::*;
+    use crate::config::testing::config;
     use crate::diff::Changes;
     use crate::mapper::UserState;
     use crate::mapper::{DesiredUser, SourceUser};
@@ -515,22 +516,9 @@ mod tests {
     use std::collections::BTreeMap;
     use std::sync::Mutex;
 
-    const CONFIG: &str = r#"
-        [nexudus]
-        base_url = "http://127.0.0.1:9"
-        username = "u"
-        password = "p"
-        page_size = 2
-        [nevis]
-        base_url = "http://127.0.0.1:9"
-        client_ext_id = "c"
-        token = "t"
-        [sync]
-        max_disables = 3
-        max_disable_percent = 50
-        [store]
-        path = "/nonexistent"
-    "#;
+    /// Small pages and a tight deletion safety, over the crate's test config.
+    const SETTINGS: &str =
+        "[nexudus]\npage_size = 2\n[sync]\nmax_disables = 3\nmax_disable_percent = 50";
 
     struct MemSource {
         users: Mutex<Vec<SourceUser>>,
@@ -715,12 +703,7 @@ mod tests {
         allow: bool,
         extra: &str,
     ) -> RunReport {
-        // Keys for [sync] join the table CONFIG already has; other tables are appended.
-        let text = match extra.strip_prefix("[sync]\n") {
-            Some(keys) => CONFIG.replace("[sync]\n", &format!("[sync]\n{keys}\n")),
-            None => format!("{CONFIG}\n{extra}"),
-        };
-        let cfg = Config::from_toml_str(&text).unwrap();
+        let cfg = config(&[SETTINGS, extra]);
         let opts = RunOptions {
             dry_run: None,
             allow_mass_disable: allow,
@@ -775,7 +758,7 @@ mod tests {
             progress: Some(Arc::clone(&counters)),
             ..RunOptions::default()
         };
-        let cfg = Config::from_toml_str(CONFIG).unwrap();
+        let cfg = config(&[SETTINGS]);
         let r = run_once(
             &cfg,
             Arc::clone(&source),
@@ -955,6 +938,10 @@ mod tests {
     #[tokio::test]
     async fn users_disabled_longer_than_archive_after_are_archived_once() {
         let (source, target, store) = fresh(5);
+        // The age is reached by moving the store's clock, not by waiting.
+        let clock = crate::clock::Clock::manual(1_700_000_000);
+        let store = store.with_clock(clock.clone());
+        let second = std::time::Duration::from_secs(1);
         let archive = "[sync]\narchive_after = \"1s\"";
         run_with(&source, &target, &store, false, archive).await;
         source.edit(|u| u.retain(|x| x.id != 3));
@@ -965,8 +952,7 @@ mod tests {
             (2, 0),
             "not yet: just disabled"
         );
-        // Real time must pass for the age to be reached; bounded and not asserted on.
-        tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+        clock.advance(second);
         let r = run_with(&source, &target, &store, false, archive).await;
         assert_eq!((r.counts().archived, r.exit_code()), (2, 0));
         assert_eq!(state(&target, "nexudus-3"), "archived");
@@ -987,7 +973,7 @@ mod tests {
             (0, 0, 0)
         );
         assert_eq!(store.get(1).unwrap().unwrap().state, UserState::Archived);
-        tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+        clock.advance(second);
         let r = run_with(&source, &target, &store, false, archive).await;
         assert_eq!(
             (r.counts().archived, r.counts().updated, r.counts().disabled),
@@ -1000,7 +986,7 @@ mod tests {
         // Without archive_after nothing is ever archived.
         source.edit(|u| u[1].active = false);
         run(&source, &target, &store, false).await;
-        tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+        clock.advance(second);
         let r = run(&source, &target, &store, false).await;
         assert_eq!(r.counts().archived, 0);
     }
@@ -1099,8 +1085,7 @@ mod tests {
             ("", Some(6), 10),
             ("adopt = \"email\"\n", Some(6), 10),
         ] {
-            let text = CONFIG.replace("[sync]\n", &format!("[sync]\n{adopt}"));
-            let cfg = Config::from_toml_str(&text).unwrap();
+            let cfg = config(&[SETTINGS, &format!("[sync]\n{adopt}")]);
             let (target, store) = (Arc::new(MemTarget::default()), Store::temporary().unwrap());
             let opts = RunOptions::default();
             let r = run_once(
@@ -1446,8 +1431,7 @@ mod tests {
         } else {
             ""
         };
-        let text = CONFIG.replace("max_disables = 3", "max_disables = 5");
-        let cfg = Config::from_toml_str(&format!("{text}\n{scope}")).unwrap();
+        let cfg = config(&[SETTINGS, "[sync]\nmax_disables = 5", scope]);
         let go = |opts: RunOptions| {
             let (cfg, source, target, store) = (&cfg, &source, &target, &store);
             async move {

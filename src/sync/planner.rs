@@ -493,17 +493,7 @@ mod tests {
     use super::*;
     use crate::nexudus::SourcePage;
 
-    const CONFIG: &str = r#"
-        [nexudus]
-        base_url = "http://127.0.0.1:9"
-        username = "u"
-        password = "p"
-        [nevis]
-        base_url = "http://127.0.0.1:9"
-        client_ext_id = "c"
-        token = "t"
-        [store]
-        path = "/nonexistent"
+    const SCOPE: &str = r#"
         [scope]
         admins = "exclude"
         exclude_ids = [5]
@@ -523,7 +513,7 @@ mod tests {
 
     #[test]
     fn scope_and_mapping_decide_before_anything_is_planned() {
-        let cfg = Config::from_toml_str(CONFIG).unwrap();
+        let cfg = crate::config::testing::config(&[SCOPE]);
         assert!(matches!(
             scope(&cfg, &user(1, "a@example.com", true)),
             Scoped::Out("outside scope.admins / scope.exclude_ids")
@@ -548,7 +538,7 @@ mod tests {
 
     #[test]
     fn shared_emails_count_users_in_scope_only_whatever_the_case() {
-        let cfg = Config::from_toml_str(CONFIG).unwrap();
+        let cfg = crate::config::testing::config(&[SCOPE]);
         let page = SourcePage {
             records: vec![
                 Ok(user(1, "Same@example.com", false)),

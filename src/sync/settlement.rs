@@ -444,24 +444,11 @@ mod tests {
     use std::collections::HashMap;
     use std::sync::Mutex;
 
-    const CONFIG: &str = r#"
-        [nexudus]
-        base_url = "http://127.0.0.1:9"
-        username = "u"
-        password = "p"
-        [nevis]
-        base_url = "http://127.0.0.1:9"
-        client_ext_id = "c"
-        token = "t"
-        [sync]
-        max_disables = 3
-        max_disable_percent = 50
-        [store]
-        path = "/nonexistent"
-    "#;
-
+    /// The crate's test config with a tight deletion safety and `extra` keys of `[sync]`.
     fn config(extra: &str) -> Config {
-        Config::from_toml_str(&CONFIG.replace("[sync]\n", &format!("[sync]\n{extra}\n"))).unwrap()
+        crate::config::testing::config(&[&format!(
+            "[sync]\nmax_disables = 3\nmax_disable_percent = 50\n{extra}"
+        )])
     }
 
     /// Answers look-ups from a table (absent: gone) and remembers who was asked.
