@@ -141,7 +141,12 @@ impl AdoptIndex {
     fn of(directory: Arc<Directory>) -> AdoptIndex {
         let mut by_login: HashMap<String, Vec<String>> = HashMap::new();
         let mut by_email: HashMap<String, Vec<String>> = HashMap::new();
-        for (ext_id, seen) in &directory.users {
+        // An archived account is never adopted: archiving cannot be undone.
+        let adoptable = directory
+            .users
+            .iter()
+            .filter(|(_, seen)| seen.state.as_deref() != Some("archived"));
+        for (ext_id, seen) in adoptable {
             if let Some(login) = seen.login_id.as_deref().map(fold).filter(|l| !l.is_empty()) {
                 by_login.entry(login).or_default().push(ext_id.clone());
             }
@@ -227,6 +232,18 @@ pub enum WriteError {
          between our read and our write; left as it is in this run, the next run tries again"
     )]
     Contended { ext_id: String },
+    /// A create refused because an archived account holds the loginId (a person who
+    /// re-registered in Nexudus with the same email): archiving cannot be undone.
+    #[error(
+        "creating extId {ext_id} was refused: the archived nevisIDM account {holder} holds \
+         loginId {login_id:?} (an archived account keeps its loginId and extId for good); free \
+         the loginId in nevisIDM or give this user another email; retried when something changes"
+    )]
+    ArchivedHolder {
+        ext_id: String,
+        login_id: String,
+        holder: String,
+    },
 }
 
 impl WriteError {
@@ -532,6 +549,9 @@ impl<T: Target> Dispatcher<T> {
         tracing::warn!(extId = %ext_id, op = op.kind.as_str(), error = %e, "write failed; will retry next run");
         let reason = e.to_string();
         self.store.record_failure(op.nexudus_id, &reason)?;
+        if let (WriteError::ArchivedHolder { .. }, Some(fp)) = (&e, op.fingerprint) {
+            self.store.set_blocked(op.nexudus_id, fp)?;
+        }
         let unavailable = e.is_unavailable();
         report.record(
             op.nexudus_id,
@@ -950,6 +970,15 @@ async fn apply<T: Target>(target: &T, op: &mut Op) -> Result<Applied, WriteError
     }
 }
 
+/// The extId of an archived account among the users holding a loginId or email, if any: an
+/// archived account keeps its `loginId` and `extId` for good.
+fn archived_holder(found: &BTreeMap<String, Value>) -> Option<String> {
+    found
+        .iter()
+        .find(|(_, user)| user.get("userState").and_then(Value::as_str) == Some("archived"))
+        .map(|(ext_id, _)| ext_id.clone())
+}
+
 /// Creates `op.after`; a duplicate converges on the existing user.
 async fn create_or_converge<T: Target>(target: &T, op: &mut Op) -> Result<Applied, WriteError> {
     match target.create(&op.after).await {
@@ -975,7 +1004,16 @@ async fn converge_existing<T: Target>(
         // The loginId or email belongs to a user this tool does not own: a conflict for an
         // operator (or for `sync.adopt`), reported with whoever holds it.
         let held_by = match candidates(target, desired).await? {
-            Lookup::Found(found) => found.into_keys().collect(),
+            Lookup::Found(found) => {
+                if let Some(archived) = archived_holder(&found) {
+                    return Err(WriteError::ArchivedHolder {
+                        ext_id: desired.ext_id.clone(),
+                        login_id: desired.login_id.clone(),
+                        holder: archived,
+                    });
+                }
+                found.into_keys().collect()
+            }
             Lookup::TooMany(some) => some,
         };
         return Err(WriteError::Conflict {

@@ -20,6 +20,11 @@ pub struct OutcomeLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FieldLabel {
+    pub field: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ApiLabel {
     pub api: &'static str,
 }
@@ -44,6 +49,7 @@ pub struct Metrics {
     users: Family<OutcomeLabel, Counter>,
     invalid_records: Counter,
     held_disables: Counter,
+    directory_forms: Family<FieldLabel, Counter>,
     retries: Family<RetryLabel, Counter>,
     throttles: Family<RetryLabel, Counter>,
     quota_waits: Family<WindowLabel, Counter>,
@@ -81,6 +87,7 @@ impl Metrics {
             users: Family::default(),
             invalid_records: Counter::default(),
             held_disables: Counter::default(),
+            directory_forms: Family::default(),
             retries: Family::default(),
             throttles: Family::default(),
             quota_waits: Family::default(),
@@ -112,7 +119,7 @@ impl Metrics {
         );
         self.registry.register(
             "users",
-            "Users by outcome of their run (created, updated, disabled, archived, unchanged, failed)",
+            "Users by the one outcome of their run (created, updated, disabled, archived, unchanged, out_of_scope, failed, invalid, held, adopted, conflict)",
             self.users.clone(),
         );
         self.registry.register(
@@ -124,6 +131,11 @@ impl Metrics {
             "held_disables",
             "Disables held back by the deletion safety",
             self.held_disables.clone(),
+        );
+        self.registry.register(
+            "directory_forms",
+            "Values nevisIDM keeps in its own form, learned (one per user and field): not written again",
+            self.directory_forms.clone(),
         );
         self.registry.register(
             "retries",
@@ -259,6 +271,12 @@ impl Metrics {
         }
         self.invalid_records.inc_by(c.invalid);
         self.held_disables.inc_by(c.held_disables);
+        for form in report.learned_forms() {
+            let field = form.field;
+            self.directory_forms
+                .get_or_create(&FieldLabel { field })
+                .inc();
+        }
         self.run_seconds.observe(report.duration.as_secs_f64());
         if report.healthy() {
             let now = SystemTime::now()

@@ -47,11 +47,35 @@ pub fn document(
         "last_run": last_run,
         "failing_users": failing,
         "nexudus_quota_wait": quota_wait,
+        "directory_forms": directory_forms(store)?,
     });
     if let (Some(Value::Object(live)), Value::Object(doc)) = (live, &mut doc) {
         doc.extend(live);
     }
     Ok(doc)
+}
+
+/// Users shown at most in the list of forms nevisIDM keeps (the count covers all).
+const FORMS_SHOWN: usize = 50;
+
+/// Values nevisIDM keeps in its own form ([`crate::forms`]): how many users have any, and the
+/// first of them with each field's value sent and held.
+fn directory_forms(store: &Store) -> Result<Value, StoreError> {
+    let (users, first) = store.learned_forms(FORMS_SHOWN)?;
+    let shown: Vec<Value> = first
+        .into_iter()
+        .flat_map(|(id, forms)| {
+            forms.learned.into_iter().map(move |(field, form)| {
+                json!({
+                    "nexudus_id": id,
+                    "field": field.as_str(),
+                    "sent": form.sent,
+                    "held": form.held,
+                })
+            })
+        })
+        .collect();
+    Ok(json!({ "users": users, "shown": shown }))
 }
 
 /// `--status` for a person: the last run as a small table of counts, what the daemon is doing,
@@ -105,8 +129,44 @@ pub fn render(doc: &Value) -> String {
             when(wait.get("until")),
         ));
     }
+    render_forms(doc, &mut out);
     render_failing(doc, &mut out);
     out
+}
+
+/// The values nevisIDM keeps in its own form, when there are any.
+fn render_forms(doc: &Value, out: &mut String) {
+    let Some(forms) = doc.get("directory_forms") else {
+        return;
+    };
+    let users = count(forms, "users");
+    if users == 0 {
+        return;
+    }
+    out.push_str(&format!(
+        "{:<13}nevisIDM keeps values of {users} user(s) in its own form (not drift, not written again):\n",
+        "Forms"
+    ));
+    let mut rows = vec![vec![
+        "nexudus_id".to_string(),
+        "field".into(),
+        "sent".into(),
+        "held".into(),
+    ]];
+    for f in forms
+        .get("shown")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        rows.push(vec![
+            count(f, "nexudus_id").to_string(),
+            text(f, "field", "?").to_string(),
+            printable(text(f, "sent", "")),
+            printable(text(f, "held", "")),
+        ]);
+    }
+    table(&rows, out);
 }
 
 fn text<'a>(v: &'a Value, key: &str, default: &'a str) -> &'a str {

@@ -21,7 +21,9 @@
 //!   sled tree costs memory): `L` + Nexudus Id -> extId of a pre-existing nevisIDM user adopted for
 //!   it (`sync.adopt`); `O` + extId -> its Nexudus Id (one nevisIDM user is never linked twice);
 //!   `H` + Nexudus Id -> empty: disabled by hand in nevisIDM while active in Nexudus, found by a
-//!   reconcile and left disabled (`sync.reenable_on_reconcile = false`).
+//!   reconcile and left disabled (`sync.reenable_on_reconcile = false`); `B` + Nexudus Id ->
+//!   fingerprint (u64 LE) of a user whose create an archived account's loginId blocks, retried
+//!   when the user changes (or by a reconcile).
 //! - `forms`: Nexudus Id -> JSON of the user's [`Forms`]: values nevisIDM keeps in its own form,
 //!   and values written over a different held one, not read back since (only users with any).
 //!
@@ -269,6 +271,7 @@ impl Store {
         let key = nexudus_id.to_be_bytes();
         self.users.insert(key, encode(user, fingerprint, version))?;
         self.failures.remove(key)?;
+        self.operator.remove(op_key(BLOCKED, &key))?;
         if user.state == UserState::Disabled {
             if !self.disabled_at.contains_key(key)? {
                 self.disabled_at
@@ -507,6 +510,33 @@ impl Store {
             .collect()
     }
 
+    /// Why the user's last attempt failed, if it did.
+    pub fn failure(&self, nexudus_id: u64) -> Result<Option<String>, StoreError> {
+        Ok(self
+            .failures
+            .get(nexudus_id.to_be_bytes())?
+            .map(|v| String::from_utf8_lossy(split_failure(&v).1).into_owned()))
+    }
+
+    /// The create of this user was refused for a reason only a change can lift (an archived
+    /// account holds its loginId): the fingerprint of the user as it was refused. Cleared by
+    /// the next confirmed write.
+    pub fn set_blocked(&self, nexudus_id: u64, fingerprint: u64) -> Result<(), StoreError> {
+        let key = op_key(BLOCKED, &nexudus_id.to_be_bytes());
+        self.operator.insert(key, &fingerprint.to_le_bytes())?;
+        Ok(())
+    }
+
+    /// The fingerprint a blocked create was refused with, if the user is blocked.
+    pub fn blocked(&self, nexudus_id: u64) -> Result<Option<u64>, StoreError> {
+        let key = op_key(BLOCKED, &nexudus_id.to_be_bytes());
+        Ok(self
+            .operator
+            .get(key)?
+            .and_then(|v| <[u8; 8]>::try_from(v.as_ref()).ok())
+            .map(u64::from_le_bytes))
+    }
+
     /// Users whose last attempt failed or was invalid, with the reason.
     pub fn failures(&self) -> Result<Vec<(u64, String)>, StoreError> {
         Ok(self
@@ -592,8 +622,10 @@ impl Store {
         ] {
             tree.clear()?;
         }
-        for key in self.operator.scan_prefix([HAND_DISABLED]).keys() {
-            self.operator.remove(key?)?;
+        for prefix in [HAND_DISABLED, BLOCKED] {
+            for key in self.operator.scan_prefix([prefix]).keys() {
+                self.operator.remove(key?)?;
+            }
         }
         // The refresh token in `meta` stays: it is a credential, not a checkpoint.
         self.meta.remove("last_run")?;
@@ -728,6 +760,7 @@ fn panic_text(panic: &Box<dyn std::any::Any + Send>) -> String {
 const LINK: u8 = b'L';
 const OWNER: u8 = b'O';
 const HAND_DISABLED: u8 = b'H';
+const BLOCKED: u8 = b'B';
 
 fn op_key(prefix: u8, rest: &[u8]) -> Vec<u8> {
     let mut key = Vec::with_capacity(1 + rest.len());

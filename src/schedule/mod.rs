@@ -332,7 +332,7 @@ mod tests {
             _: &str,
             _: &Changes,
             _: Option<i64>,
-        ) -> Result<Option<i64>, TargetError> {
+        ) -> Result<Option<Value>, TargetError> {
             Ok(None)
         }
         async fn archive(&self, _: &str) -> Result<(), TargetError> {

@@ -241,6 +241,15 @@ impl<'a> Planner<'a> {
         let fp = fingerprint(&desired);
         match store.lookup(user.id, fp)? {
             Lookup::Same => Ok(None),
+            Lookup::Missing if store.blocked(user.id)? == Some(fp) => {
+                // Refused because an archived account holds its loginId, and unchanged since:
+                // still failing, not asked again until something changes (or a reconcile).
+                let reason = store.failure(user.id)?.unwrap_or_default();
+                let outcome = Outcome::failed(&desired.ext_id, reason, false);
+                report.record(user.id, outcome);
+                report.watermark.problem(user.updated_on.as_deref());
+                Ok(None)
+            }
             Lookup::Missing => {
                 let link = store.link(user.id)?;
                 if let Some(linked) = &link {
