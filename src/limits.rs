@@ -124,7 +124,8 @@ mod tests {
 
     #[test]
     fn each_limit_names_its_field() {
-        let cases: [(fn(&mut User), &str); 6] = [
+        type Edit = fn(&mut User);
+        let cases: [(Edit, &str); 6] = [
             (|u| u.ext_id = "x".repeat(130), "extId"),
             (|u| u.ext_id.clear(), "extId"),
             (|u| u.login_id = "a".repeat(301), "loginId"),

@@ -9,9 +9,11 @@
 //! the selective delay, [`RequestLine`]) and the server plumbing (bind, spawn, abort on drop, cut
 //! a response off mid-body).
 
+pub mod directory_forms;
 pub mod nevis;
 pub mod nexudus;
 
+pub use directory_forms::StoredForms;
 pub use nevis::{FakeNevis, FakeOAuth, LoggedRequest, NevisFakeConfig, NevisStats};
 pub use nexudus::{
     DateForm, FakeNexudus, NexudusFakeConfig, NexudusStats, NexudusUserSpec, RequestRecord,

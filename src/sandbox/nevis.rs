@@ -32,6 +32,7 @@ use base64::Engine as _;
 use chrono::{DateTime, NaiveDate, NaiveDateTime, SecondsFormat, Utc};
 use serde_json::{Map, Value, json};
 
+use super::directory_forms::{self, StoredForms};
 use super::{
     Controls, Fault, RequestLine, Server, Slow, cut_off, empty_response, fake_uuid, json_response,
     stalled,
@@ -193,6 +194,12 @@ struct Inner {
     version_required: bool,
     /// The `loginId` and `contacts.email` filters compare exactly (case-sensitive).
     exact_filters: bool,
+    /// The forms values are kept in.
+    stored_forms: StoredForms,
+    /// A PATCH is answered 204 without the user.
+    patch_no_content: bool,
+    /// Values breaking the documented limits are refused (422, an item per breach).
+    limits_enforced: bool,
     /// OAuth2 on: only access tokens from the token endpoint are accepted, until they expire.
     oauth: Option<FakeOAuth>,
     /// Access tokens issued, with when they expire, in issue order.
@@ -293,6 +300,9 @@ impl FakeNevis {
             token_on_every_page: false,
             version_required: false,
             exact_filters: false,
+            stored_forms: StoredForms::default(),
+            patch_no_content: false,
+            limits_enforced: false,
             oauth: None,
             issued: Vec::new(),
             token_scopes: Vec::new(),
@@ -422,6 +432,22 @@ impl FakeNevis {
 
     /// Makes the listing's `loginId=` and `contacts.email=` filters compare exactly (case
     /// matters), as nothing documents that they do not.
+    /// Keeps values in these forms from now on (each switch off: as sent).
+    pub fn set_stored_forms(&self, forms: StoredForms) {
+        self.lock().stored_forms = forms;
+    }
+
+    /// Answers a PATCH 204 without the user (documented besides 200 with the user).
+    pub fn set_patch_no_content(&self, on: bool) {
+        self.lock().patch_no_content = on;
+    }
+
+    /// Refuses values that break nevisIDM's documented limits: 422 `errors.invalidData`, one
+    /// error item per breach.
+    pub fn set_limits_enforced(&self, on: bool) {
+        self.lock().limits_enforced = on;
+    }
+
     pub fn set_exact_filters(&self, on: bool) {
         self.lock().exact_filters = on;
     }
@@ -504,6 +530,22 @@ impl FakeNevis {
     /// [`FakeNevis::clear_rejections`].
     pub fn reject_user(&self, ext_id: &str, status: u16, code: &str, message: &str) {
         let rejection = error(status, code, message);
+        self.lock().rejections.insert(ext_id.to_owned(), rejection);
+    }
+
+    /// Like [`FakeNevis::reject_user`], with several error items in the one answer.
+    pub fn reject_user_with_items(&self, ext_id: &str, status: u16, items: &[(&str, &str)]) {
+        let Some(((code, message), rest)) = items.split_first() else {
+            return;
+        };
+        let also = rest
+            .iter()
+            .map(|(c, m)| (c.to_string(), m.to_string()))
+            .collect();
+        let rejection = ApiError {
+            also,
+            ..error(status, code, message)
+        };
         self.lock().rejections.insert(ext_id.to_owned(), rejection);
     }
 
@@ -789,12 +831,17 @@ struct ApiError {
     status: u16,
     code: String,
     message: String,
+    /// Further error items of the same answer: (code, message).
+    also: Vec<(String, String)>,
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = json!({ "errors": [{ "code": self.code, "message": self.message }] });
-        json_response(self.status, &body, None)
+        let items: Vec<Value> = std::iter::once((self.code, self.message))
+            .chain(self.also)
+            .map(|(code, message)| json!({ "code": code, "message": message }))
+            .collect();
+        json_response(self.status, &json!({ "errors": items }), None)
     }
 }
 
@@ -803,7 +850,25 @@ fn error(status: u16, code: &str, message: &str) -> ApiError {
         status,
         code: code.to_owned(),
         message: message.to_owned(),
+        also: Vec::new(),
     }
+}
+
+/// 422 `errors.invalidData` with an item per breach of the documented limits, when enforced.
+fn check_limits(inner: &Inner, user: &Map<String, Value>) -> Result<(), ApiError> {
+    if !inner.limits_enforced {
+        return Ok(());
+    }
+    let mut items = directory_forms::breaches(user)
+        .into_iter()
+        .map(|(_, message)| ("errors.invalidData".to_string(), message));
+    let Some((code, message)) = items.next() else {
+        return Ok(());
+    };
+    Err(ApiError {
+        also: items.collect(),
+        ..error(422, &code, &message)
+    })
 }
 
 /// An injected or outage status with a plausible nevisIDM error body. Codes other than those in
@@ -1122,6 +1187,7 @@ async fn create_user(
         ));
     }
     let mut user = without_nulls(body);
+    check_limits(inner, &user)?;
     check_policy(inner, &user)?;
     let ext_id = match user.get("extId").and_then(Value::as_str) {
         Some(ext_id) if inner.users.contains_key(ext_id) => {
@@ -1148,6 +1214,7 @@ async fn create_user(
     user.insert("created".into(), json!(now));
     user.insert("lastModified".into(), json!(now));
     user.insert("version".into(), json!(0));
+    inner.stored_forms.keep(&mut user);
     let user = Value::Object(user);
     inner.users.insert(ext_id.clone(), user.clone());
     let mut response = json_response(201, &shown(inner, &user), None);
@@ -1233,11 +1300,17 @@ async fn patch_user(
     let mut patch = patch;
     patch.remove("version");
     merge(&mut user, patch);
+    check_limits(inner, &user)?;
     check_policy(inner, &user)?;
     check_login_unique(inner, &user, &ext_id)?;
     touch(&mut user);
+    inner.stored_forms.keep(&mut user);
     let user = Value::Object(user);
-    let response = json_response(200, &shown(inner, &user), None);
+    let response = if inner.patch_no_content {
+        empty_response(204, None)
+    } else {
+        json_response(200, &shown(inner, &user), None)
+    };
     inner.users.insert(ext_id, user);
     Ok(response)
 }
