@@ -916,6 +916,21 @@ mod damage {
         s.flush().await.unwrap();
     }
 
+    /// `open` once the store a test just dropped is free: sled releases its file lock when its
+    /// background threads let go of the database, a moment after the drop (a busy machine made
+    /// an immediate reopen fail with `InUse`). Bounded: 5 s.
+    async fn when_free<T>(open: impl Fn() -> Result<T, StoreError>) -> Result<T, StoreError> {
+        for _ in 0..250 {
+            match open() {
+                Err(StoreError::InUse { .. }) => {
+                    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                }
+                other => return other,
+            }
+        }
+        open()
+    }
+
     #[tokio::test]
     async fn a_damaged_store_says_how_to_rebuild_and_is_moved_aside_by_a_rebuild() {
         let dir = tempfile::tempdir().unwrap();
@@ -929,7 +944,10 @@ mod damage {
             let len = std::fs::metadata(&file).unwrap().len() as usize;
             std::fs::write(&file, vec![0xA5u8; len.max(64)]).unwrap();
         }
-        let err = Store::open(&path, 1 << 20).unwrap_err().to_string();
+        let err = match when_free(|| Store::open(&path, 1 << 20)).await {
+            Err(e) => e.to_string(),
+            Ok(_) => panic!("a damaged store opened"),
+        };
         assert!(err.contains("--rebuild-store"), "{err}");
         let store = Store::open_for_rebuild(&path, 1 << 20).unwrap();
         assert!(store.is_empty());
@@ -946,7 +964,9 @@ mod damage {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("store");
         filled(&path).await;
-        let store = Store::open_for_rebuild(&path, 1 << 20).unwrap();
+        let store = when_free(|| Store::open_for_rebuild(&path, 1 << 20))
+            .await
+            .unwrap();
         assert!(store.is_empty());
         assert_eq!(store.link(7).unwrap().as_deref(), Some("legacy-7"));
         assert_eq!(store.link_owner("legacy-7").unwrap(), Some(7));
