@@ -249,8 +249,8 @@ impl Env {
     /// same config, store and real HTTP clients as `--sync-now`.
     pub async fn run_in_process(&self, clock: &Clock) -> RunReport {
         let config = Config::load(&self.config).expect("the test config loads");
-        let store = Store::open(&config.store.path, config.store.cache_capacity_bytes)
-            .expect("open the store")
+        let store = open_when_free(&config.store.path, config.store.cache_capacity_bytes)
+            .await
             .with_clock(clock.clone());
         let metrics = Arc::new(Metrics::new());
         let source = NexudusClient::new(
@@ -501,4 +501,20 @@ impl Daemon {
         let _ = tokio::time::timeout(DAEMON_WAIT, child.wait()).await;
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
+}
+
+/// Opens the store at `path` once the run before (in this process) let go of it: sled releases
+/// its file lock when its background threads drop the database, a moment after the store is
+/// dropped. Bounded: 5 s, then the error.
+pub async fn open_when_free(path: &std::path::Path, cache: u64) -> Store {
+    for _ in 0..250 {
+        match Store::open(path, cache) {
+            Ok(store) => return store,
+            Err(nexudus_nevis_sync::store::StoreError::InUse { .. }) => {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Err(e) => panic!("open the store: {e}"),
+        }
+    }
+    Store::open(path, cache).expect("the store is free within 5 s")
 }
