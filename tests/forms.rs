@@ -193,6 +193,24 @@ async fn users_beyond_nevis_limits_are_invalid_and_never_sent() {
         run.stdout
     );
 
+    // A string beyond 4,000 characters (a static property): every user invalid, none sent.
+    let env4000 = Env::start().await;
+    env4000.set(
+        "mapping.properties",
+        &format!("{{ note = {} }}", quote(&"n".repeat(4001))),
+    );
+    env4000.seed(2);
+    let run = env4000.sync(&[]).await;
+    run.assert_code(1);
+    assert_eq!((run.count("created"), run.count("invalid")), (0, 2));
+    assert!(
+        run.stdout
+            .contains("properties.note breaks nevisIDM's limit (at most 4,000 characters)"),
+        "{}",
+        run.stdout
+    );
+    assert_eq!(env4000.nevis.stats().requests, 0);
+
     // A prefix that cannot fit a 10-digit Id is refused by the config check.
     env.set("mapping.ext_id_prefix", &quote(&"p".repeat(120)));
     let refused = env.sync(&[]).await;
