@@ -33,6 +33,8 @@ use chrono::{DateTime, NaiveDateTime, Utc};
 use serde_json::{Map, Value, json};
 use tokio::time::Instant;
 
+mod roles;
+
 use super::{
     Controls, Fault, RequestLine, Server, Slow, cut_off, empty_response, fake_uuid, json_response,
     stalled,
@@ -311,6 +313,8 @@ struct Inner {
     date_form: DateForm,
     request_log: Vec<RequestRecord>,
     stats: NexudusStats,
+    /// A UserRole's membership change moves its `UpdatedOn` (undocumented: a switch).
+    role_updates_move_updated_on: bool,
 }
 
 /// Requests the log keeps (the oldest are dropped beyond it).
@@ -366,6 +370,7 @@ impl FakeNexudus {
             date_form: DateForm::default(),
             request_log: Vec::new(),
             stats: NexudusStats::default(),
+            role_updates_move_updated_on: true,
         }));
         let router = Router::new()
             .route(
@@ -374,7 +379,11 @@ impl FakeNexudus {
             )
             .route("/api/sys/users/{id}", get(get_user))
             .route("/api/sys/languages", get(list_languages))
-            .route("/api/security/userroles", post(create_user_role))
+            .route(
+                "/api/security/userroles",
+                get(roles::list_user_roles).post(create_user_role),
+            )
+            .route("/api/security/userroles/{id}", get(roles::get_user_role))
             .route(TOKEN_PATH, post(token))
             .fallback(no_route)
             .method_not_allowed_fallback(method_not_allowed)
