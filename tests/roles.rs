@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{Env, Run};
+use common::{Env, Run, run_cmd};
 
 /// Roles that exist in the fake nevisIDM: two owned, one granted by hand, one the policy's.
 const ROLES: [&str; 4] = ["frontdesk", "finance", "vip", "basic"];
@@ -333,4 +333,33 @@ async fn full_administrators_are_mapped_from_is_admin() {
     run.assert_code(0);
     assert_eq!(run.count("granted"), 1);
     assert_eq!(env.nevis.user_roles(&ext(ids[2])), ["basic", "finance"]);
+}
+
+#[tokio::test]
+async fn a_failed_membership_read_revokes_nothing() {
+    let (env, ids, role) = env().await;
+    env.sync(&[]).await.assert_code(0);
+    env.nexudus.set_role_members(role, &[]);
+    // Every retry of the membership read meets an HTML error page.
+    env.nexudus
+        .push_html_at(&format!("/api/security/userroles/{role}"), 20, 503);
+    let run = env.sync(&[]).await;
+    assert_eq!(run.count("revoked"), 0, "{}", all(&run));
+    assert_eq!(env.nevis.user_roles(&ext(ids[0])), ["basic", "frontdesk"]);
+    assert!(all(&run).contains("nothing is revoked"), "{}", all(&run));
+}
+
+#[tokio::test]
+async fn status_shows_role_failures() {
+    let (env, _, _) = env().await;
+    env.nevis.set_default_profile(false);
+    env.sync(&[]).await.assert_code(1);
+    let status = run_cmd(env.command(&["--status"])).await;
+    assert!(status.stdout.contains("Roles"), "{}", status.stdout);
+    assert!(
+        status.stdout.contains("roles.profile_unit_ext_id"),
+        "{}",
+        status.stdout
+    );
+    assert!(status.stdout.contains("frontdesk"), "{}", status.stdout);
 }
