@@ -15,6 +15,9 @@
 //! ([`FakeNevis::set_upper_case_languages`]), a continuation token on every page and the total
 //! only on request ([`FakeNevis::set_token_on_every_page`]), exact-match query filters
 //! ([`FakeNevis::set_exact_filters`]) and offset-only paging ([`FakeNevis::set_offset_paging_only`]).
+//! The role side (`roles`): roles by extId, permissions (or 404), profiles (a default one at user
+//! creation, or none), authorizations (a duplicate grant refused or accepted) and a policy
+//! default role, each variant behind a switch.
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;

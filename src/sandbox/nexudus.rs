@@ -15,6 +15,8 @@
 //! minute, hour, day) enforced; the `/api/token` refusal codes
 //! ([`FakeNexudus::set_token_refusal`]); `UpdatedOn` in each form seen ([`DateForm`]); and Ids of
 //! 9 and 10 digits. Every request's arrival and answer is logged ([`FakeNexudus::request_log`]).
+//! UserRoles (`roles`): the listing without `Users`, the single GET with them, the same Name in
+//! two businesses, and whether a membership change moves `UpdatedOn`, by a switch.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::SocketAddr;
