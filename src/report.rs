@@ -270,6 +270,9 @@ pub struct RunReport {
     pub watermark: crate::watermark::Tracker,
     /// Every user's outcome: written only through [`RunReport::record`] and its siblings.
     pub ledger: Ledger,
+    /// Why the role sync could not trust its memberships in this run (a read failed or was
+    /// incomplete): nothing was revoked, and the run is not in sync.
+    pub roles_incomplete: Option<String>,
 }
 
 /// The outcomes of a run, one per user (see the module doc).
@@ -550,6 +553,7 @@ impl RunReport {
             && c.conflicts == 0
             && c.held_revokes == 0
             && c.role_failures == 0
+            && self.roles_incomplete.is_none()
             && self.listing_complete;
         if clean { 0 } else { 1 }
     }
@@ -677,6 +681,9 @@ impl RunReport {
                 held.join(", ")
             ));
         }
+        if let Some(reason) = &self.roles_incomplete {
+            lines.push(format!("roles incomplete: {reason}; no role was revoked"));
+        }
         if let Some(reason) = &self.incomplete_reason {
             lines.push(format!(
                 "incomplete listing: {reason}; no user was disabled for disappearing"
@@ -706,6 +713,7 @@ struct Document<'a> {
     held: Vec<String>,
     learned_forms: Vec<LearnedForm>,
     role_problems: Vec<RoleProblem>,
+    roles_incomplete: &'a Option<String>,
     duration: f64,
     planning_seconds: f64,
     incremental: bool,
@@ -730,6 +738,7 @@ impl Serialize for RunReport {
             held: self.held(),
             learned_forms: self.learned_forms(),
             role_problems: self.role_problems(),
+            roles_incomplete: &self.roles_incomplete,
             duration: self.duration.as_secs_f64(),
             planning_seconds: self.planning.as_secs_f64(),
             incremental: self.incremental,

@@ -266,7 +266,8 @@ fn render_last_run(run: Option<&Value>, out: &mut String) {
         ]
         .iter()
         .map(|k| count(run, k))
-        .sum::<u64>();
+        .sum::<u64>()
+            + u64::from(run.get("roles_incomplete").is_some_and(|v| !v.is_null()));
         let listing = if complete {
             "listing complete".to_string()
         } else {
@@ -307,7 +308,8 @@ fn render_roles(run: &Value, out: &mut String) {
         .map(Vec::as_slice)
         .unwrap_or_default();
     let keys = ["granted", "revoked", "held_revokes", "role_failures"];
-    if problems.is_empty() && keys.iter().all(|k| count(run, k) == 0) {
+    let incomplete = run.get("roles_incomplete").and_then(Value::as_str);
+    if problems.is_empty() && incomplete.is_none() && keys.iter().all(|k| count(run, k) == 0) {
         return;
     }
     out.push_str(&format!(
@@ -318,6 +320,9 @@ fn render_roles(run: &Value, out: &mut String) {
         count(run, "held_revokes"),
         count(run, "role_failures"),
     ));
+    if let Some(reason) = incomplete {
+        out.push_str(&format!("{:<13}{reason}; no role was revoked\n", ""));
+    }
     if problems.is_empty() {
         return;
     }

@@ -85,6 +85,12 @@ pub async fn sync_roles<S: Source>(
         state.save(store).map_err(RolesError::Store)?;
     }
     let members = state.members(roles, reads_complete);
+    if !members.complete {
+        report.roles_incomplete = Some(
+            "a UserRole membership read failed or was incomplete (or @admin is not known yet)"
+                .into(),
+        );
+    }
     let writer = Writer {
         target,
         store,
@@ -216,9 +222,6 @@ impl Steps<'_> {
             for entry in store.iter() {
                 users.insert(entry.map_err(RolesError::Store)?.0);
             }
-        }
-        if !self.members.complete {
-            tracing::warn!("a membership read was incomplete: no role is revoked in this run");
         }
         let mut out = Vec::new();
         for id in users {
