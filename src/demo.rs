@@ -8,14 +8,16 @@
 //!    `--dry-run` plan, then applied;
 //! 3. a mass disappearance held by the deletion safety, then approved (`--allow-mass-disable`);
 //! 4. a hand edit in nevisIDM, invisible to the checkpoints, set back by `--reconcile`;
-//! 5. the final state as a small table.
+//! 5. roles (`[[roles.map]]`): a Nexudus UserRole grants a nevisIDM role, leaving it revokes the
+//!    role, and a role granted by hand is left alone;
+//! 6. the final state as a small table.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use crate::config::Config;
+use crate::config::{Config, RoleMapping, RoleSourceName, RolesConfig};
 use crate::metrics::Metrics;
 use crate::nevis::NevisClient;
 use crate::nexudus::NexudusClient;
@@ -182,7 +184,7 @@ impl Demo {
 /// should.
 pub async fn run(users: usize) -> Result<(), DemoError> {
     let started = Instant::now();
-    let demo = Demo::start(users.max(100)).await?;
+    let mut demo = Demo::start(users.max(100)).await?;
     println!(
         "demo: fake Nexudus at {} with {} users, fake nevisIDM at {}",
         demo.nexudus.base_url(),
@@ -194,6 +196,7 @@ pub async fn run(users: usize) -> Result<(), DemoError> {
     changes(&demo, picks).await?;
     mass_disappearance(&demo).await?;
     hand_edit(&demo, picks[4]).await?;
+    roles(&mut demo, [picks[0], picks[1]]).await?;
     final_table(&demo, &picks);
     println!(
         "demo: every step did what it should ({:.1} s)",
@@ -378,10 +381,52 @@ async fn hand_edit(demo: &Demo, edited: u64) -> Result<(), DemoError> {
     })
 }
 
-/// Step 5: what nevisIDM holds now, in numbers and for the users the steps touched.
+/// Step 5: a UserRole "Receptionist" is mapped onto the nevisIDM role `frontdesk`: its members
+/// are granted it, a member who leaves loses it, and a role granted by hand stays.
+async fn roles(demo: &mut Demo, picks: [u64; 2]) -> Result<(), DemoError> {
+    println!(
+        "\n5. Roles: the Nexudus UserRole \"Receptionist\" is mapped onto nevisIDM's frontdesk."
+    );
+    demo.nevis.add_roles(&["frontdesk", "vip"]);
+    let role = demo
+        .nexudus
+        .add_user_role(1, "Main Street", "Receptionist", &picks);
+    demo.config.roles = Some(RolesConfig {
+        map: vec![RoleMapping {
+            nexudus: RoleSourceName::Name("Receptionist".into()),
+            nevis: vec!["frontdesk".into()],
+        }],
+        profile_unit_ext_id: None,
+        max_revokes: 50,
+        max_revoke_percent: 10,
+        full_read_every: Duration::from_secs(600),
+    });
+    let (kept, left) = (demo.ext(picks[0]), demo.ext(picks[1]));
+    demo.nevis.grant_by_hand(&kept, "vip");
+    println!("   an administrator grants {kept} the unmapped role vip by hand");
+    let granted = demo.run(&RunOptions::default()).await?;
+    println!("   both receptionists -> {}", granted.summary_line());
+    check(granted.counts().granted == 2, || {
+        format!("{} roles granted, expected 2", granted.counts().granted)
+    })?;
+    demo.nexudus.set_role_members(role, &picks[..1]);
+    println!("   {left} leaves the front desk in Nexudus");
+    let revoked = demo.run(&RunOptions::default()).await?;
+    println!("   -> {}", revoked.summary_line());
+    let (kept_roles, left_roles) = (demo.nevis.user_roles(&kept), demo.nevis.user_roles(&left));
+    println!("   {kept} holds {kept_roles:?}; {left} holds {left_roles:?}");
+    check(
+        revoked.counts().revoked == 1
+            && kept_roles == ["frontdesk", "vip"]
+            && !left_roles.iter().any(|r| r == "frontdesk"),
+        || format!("{kept} holds {kept_roles:?}, {left} holds {left_roles:?}"),
+    )
+}
+
+/// Step 6: what nevisIDM holds now, in numbers and for the users the steps touched.
 fn final_table(demo: &Demo, picks: &[u64]) {
     println!(
-        "\n5. nevisIDM now: {} users, {} active, {} disabled. The users the steps touched:",
+        "\n6. nevisIDM now: {} users, {} active, {} disabled. The users the steps touched:",
         demo.nevis.user_count(),
         demo.state_count("active"),
         demo.state_count("disabled")

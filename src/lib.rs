@@ -21,6 +21,8 @@
 //!   adoption and versions
 //! - [`ownership`] who owns a nevisIDM extId (adoption link, checkpoint, prefix): the one rule
 //! - [`dispatch`] applies operations with bounded concurrency and checkpoints each confirmed write
+//! - [`roles`]    Nexudus UserRoles -> owned nevisIDM roles: resolution, memberships per UserRole,
+//!   the pure per-user plan, the revocation safety, grants and revocations checkpointed
 //! - [`versions`] nevisIDM versions in bulk from the run's user listing, when many updates lack one
 //! - [`schedule`] the daemon loop: cron schedule, no overlapping runs, graceful stop; its leaf
 //!   [`schedule::cron`] parses cron expressions and imports nothing of ours, so `config` uses it
@@ -56,6 +58,7 @@ pub mod ownership;
 pub mod progress;
 pub mod report;
 pub mod retry;
+pub mod roles;
 pub mod sandbox;
 pub mod schedule;
 pub mod status;

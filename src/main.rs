@@ -38,7 +38,9 @@ struct Cli {
     /// With --sync-now: print the plan as JSON lines and write nothing.
     #[arg(long, requires = "sync_now")]
     dry_run: bool,
-    /// With --sync-now: approve disables beyond the deletion-safety limits for this run only.
+    /// With --sync-now: approve, for this run only, disables beyond the deletion safety
+    /// (sync.max_disables, sync.max_disable_percent) and role revocations beyond the revocation
+    /// safety (roles.max_revokes, roles.max_revoke_percent).
     #[arg(long, requires = "sync_now")]
     allow_mass_disable: bool,
     /// Print the last run's summary and the failing users (asks the running daemon if it holds

@@ -49,6 +49,9 @@ pub struct Metrics {
     users: Family<OutcomeLabel, Counter>,
     invalid_records: Counter,
     held_disables: Counter,
+    roles_granted: Counter,
+    roles_revoked: Counter,
+    held_revokes: Counter,
     directory_forms: Family<FieldLabel, Counter>,
     retries: Family<RetryLabel, Counter>,
     throttles: Family<RetryLabel, Counter>,
@@ -87,6 +90,9 @@ impl Metrics {
             users: Family::default(),
             invalid_records: Counter::default(),
             held_disables: Counter::default(),
+            roles_granted: Counter::default(),
+            roles_revoked: Counter::default(),
+            held_revokes: Counter::default(),
             directory_forms: Family::default(),
             retries: Family::default(),
             throttles: Family::default(),
@@ -131,6 +137,21 @@ impl Metrics {
             "held_disables",
             "Disables held back by the deletion safety",
             self.held_disables.clone(),
+        );
+        self.registry.register(
+            "roles_granted",
+            "Owned nevisIDM roles granted ([[roles.map]])",
+            self.roles_granted.clone(),
+        );
+        self.registry.register(
+            "roles_revoked",
+            "Owned nevisIDM roles revoked ([[roles.map]])",
+            self.roles_revoked.clone(),
+        );
+        self.registry.register(
+            "held_revokes",
+            "Role revocations held back by the revocation safety",
+            self.held_revokes.clone(),
         );
         self.registry.register(
             "directory_forms",
@@ -271,6 +292,9 @@ impl Metrics {
         }
         self.invalid_records.inc_by(c.invalid);
         self.held_disables.inc_by(c.held_disables);
+        self.roles_granted.inc_by(c.granted);
+        self.roles_revoked.inc_by(c.revoked);
+        self.held_revokes.inc_by(c.held_revokes);
         for form in report.learned_forms() {
             let field = form.field;
             self.directory_forms

@@ -112,6 +112,31 @@ pub struct LearnedForm {
     pub held: String,
 }
 
+/// What the role sync did to one owned role of a user ([`crate::roles`]): notes beside the
+/// user's outcome, never an outcome of their own.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RoleChange {
+    Granted,
+    Revoked,
+    /// A revocation held back by the revocation safety.
+    Held,
+    /// A grant or revocation that could not be made (retried on the next run).
+    Failed {
+        reason: String,
+    },
+}
+
+/// A role change that needs an operator: a failure or a held revocation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RoleProblem {
+    pub nexudus_id: u64,
+    pub ext_id: String,
+    pub role: String,
+    /// `grant`, `revoke` or `held`.
+    pub op: &'static str,
+    pub reason: String,
+}
+
 /// Who an outcome belongs to: a Nexudus user, or a record without a usable Id (numbered in the
 /// order the run met them).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -131,6 +156,8 @@ struct Entry {
     hand_disabled: Option<String>,
     /// Values nevisIDM keeps in its own form, learned in this run: (extId, field, sent, held).
     forms: Vec<(String, &'static str, String, String)>,
+    /// Role changes of this run: (extId, roleExtId, wanted: grant or revoke, what happened).
+    roles: Vec<(String, String, bool, RoleChange)>,
 }
 
 /// The counts of a run, derived from its outcomes ([`RunReport::counts`]).
@@ -159,6 +186,12 @@ pub struct Counts {
     pub unavailable: u64,
     /// Values nevisIDM keeps in its own form, learned in this run (one per user and field).
     pub forms: u64,
+    /// Owned nevisIDM roles granted, revoked, revocations held by the revocation safety, and
+    /// role changes that failed (each role of each user once).
+    pub granted: u64,
+    pub revoked: u64,
+    pub held_revokes: u64,
+    pub role_failures: u64,
 }
 
 impl Counts {
@@ -181,6 +214,14 @@ impl Counts {
         self.drift += u64::from(entry.drift);
         self.hand_disabled += u64::from(entry.hand_disabled.is_some());
         self.forms += entry.forms.len() as u64;
+        for (_, _, _, change) in &entry.roles {
+            *match change {
+                RoleChange::Granted => &mut self.granted,
+                RoleChange::Revoked => &mut self.revoked,
+                RoleChange::Held => &mut self.held_revokes,
+                RoleChange::Failed { .. } => &mut self.role_failures,
+            } += 1;
+        }
         let Some(outcome) = &entry.outcome else {
             return;
         };
@@ -229,6 +270,9 @@ pub struct RunReport {
     pub watermark: crate::watermark::Tracker,
     /// Every user's outcome: written only through [`RunReport::record`] and its siblings.
     pub ledger: Ledger,
+    /// Why the role sync could not trust its memberships in this run (a read failed or was
+    /// incomplete): nothing was revoked, and the run is not in sync.
+    pub roles_incomplete: Option<String>,
 }
 
 /// The outcomes of a run, one per user (see the module doc).
@@ -305,6 +349,48 @@ impl RunReport {
             sent.to_string(),
             held.to_string(),
         ));
+    }
+
+    /// The role sync granted (`grant`) or revoked `role` of user `id` (`ext_id`), or tried to:
+    /// `change` says what happened.
+    pub fn note_role(
+        &mut self,
+        id: u64,
+        ext_id: &str,
+        role: &str,
+        grant: bool,
+        change: RoleChange,
+    ) {
+        let entry = self.ledger.entries.entry(Subject::User(id)).or_default();
+        entry
+            .roles
+            .push((ext_id.to_string(), role.to_string(), grant, change));
+    }
+
+    /// Role failures and held revocations, by Nexudus Id.
+    pub fn role_problems(&self) -> Vec<RoleProblem> {
+        let mut out = Vec::new();
+        for (subject, entry) in &self.ledger.entries {
+            let Subject::User(nexudus_id) = *subject else {
+                continue;
+            };
+            for (ext_id, role, grant, change) in &entry.roles {
+                let (op, reason) = match change {
+                    RoleChange::Failed { reason } if *grant => ("grant", reason.clone()),
+                    RoleChange::Failed { reason } => ("revoke", reason.clone()),
+                    RoleChange::Held => ("held", "held back by the revocation safety".into()),
+                    RoleChange::Granted | RoleChange::Revoked => continue,
+                };
+                out.push(RoleProblem {
+                    nexudus_id,
+                    ext_id: ext_id.clone(),
+                    role: role.clone(),
+                    op,
+                    reason,
+                });
+            }
+        }
+        out
     }
 
     /// A reconcile's difference turned out to be the directory's form: not drift.
@@ -465,6 +551,9 @@ impl RunReport {
             && c.invalid == 0
             && c.held_disables == 0
             && c.conflicts == 0
+            && c.held_revokes == 0
+            && c.role_failures == 0
+            && self.roles_incomplete.is_none()
             && self.listing_complete;
         if clean { 0 } else { 1 }
     }
@@ -494,7 +583,7 @@ impl RunReport {
         });
         let _ = write!(
             s,
-            " mode={} created={} updated={} disabled={} archived={} unchanged={} failed={} invalid={} held_disables={} adopted={} conflicts={} drift={} hand_disabled={} out_of_scope={} forms={} listing_complete={} duration={:.3}s",
+            " mode={} created={} updated={} disabled={} archived={} unchanged={} failed={} invalid={} held_disables={} adopted={} conflicts={} drift={} hand_disabled={} out_of_scope={} forms={} granted={} revoked={} held_revokes={} listing_complete={} duration={:.3}s",
             self.mode(),
             c.created,
             c.updated,
@@ -510,6 +599,9 @@ impl RunReport {
             c.hand_disabled,
             c.out_of_scope,
             c.forms,
+            c.granted,
+            c.revoked,
+            c.held_revokes,
             self.listing_complete,
             self.duration.as_secs_f64()
         );
@@ -569,6 +661,29 @@ impl RunReport {
                 held.join(", ")
             ));
         }
+        let problems = self.role_problems();
+        let held: Vec<String> = problems
+            .iter()
+            .filter(|p| p.op == "held")
+            .map(|p| format!("{}:{}", p.ext_id, p.role))
+            .collect();
+        for p in problems.iter().filter(|p| p.op != "held") {
+            lines.push(format!(
+                "role failed: nexudus_id={} extId={} op={} roleExtId={} reason=\"{}\"",
+                p.nexudus_id, p.ext_id, p.op, p.role, p.reason
+            ));
+        }
+        if !held.is_empty() {
+            lines.push(format!(
+                "held: {} role revocation(s) held back by the revocation safety (roles.max_revokes, \
+                 roles.max_revoke_percent; --allow-mass-disable approves them for one run): {}",
+                held.len(),
+                held.join(", ")
+            ));
+        }
+        if let Some(reason) = &self.roles_incomplete {
+            lines.push(format!("roles incomplete: {reason}; no role was revoked"));
+        }
         if let Some(reason) = &self.incomplete_reason {
             lines.push(format!(
                 "incomplete listing: {reason}; no user was disabled for disappearing"
@@ -597,6 +712,8 @@ struct Document<'a> {
     hand_disabled_users: Vec<String>,
     held: Vec<String>,
     learned_forms: Vec<LearnedForm>,
+    role_problems: Vec<RoleProblem>,
+    roles_incomplete: &'a Option<String>,
     duration: f64,
     planning_seconds: f64,
     incremental: bool,
@@ -620,6 +737,8 @@ impl Serialize for RunReport {
             hand_disabled_users: self.hand_disabled_users(),
             held: self.held(),
             learned_forms: self.learned_forms(),
+            role_problems: self.role_problems(),
+            roles_incomplete: &self.roles_incomplete,
             duration: self.duration.as_secs_f64(),
             planning_seconds: self.planning.as_secs_f64(),
             incremental: self.incremental,
@@ -657,6 +776,25 @@ mod tests {
             r.record(1, outcome.clone());
             assert_eq!(r.exit_code(), 1, "{outcome:?}");
         }
+        for change in [RoleChange::Held, RoleChange::Failed { reason: "r".into() }] {
+            let mut r = clean();
+            r.note_role(1, "x", "frontdesk", false, change.clone());
+            assert_eq!(r.exit_code(), 1, "{change:?}");
+            assert_eq!(r.problem_lines().len(), 1, "{change:?}");
+        }
+        let mut r = clean();
+        r.note_role(1, "x", "frontdesk", true, RoleChange::Granted);
+        r.note_role(2, "y", "frontdesk", false, RoleChange::Revoked);
+        assert_eq!(r.exit_code(), 0);
+        assert!(
+            r.summary_line()
+                .contains(" granted=1 revoked=1 held_revokes=0 ")
+        );
+        assert_eq!(
+            r.counts().users(),
+            0,
+            "role changes are notes, not outcomes"
+        );
         let incomplete = RunReport::default();
         assert_eq!(incomplete.exit_code(), 1);
         let mut r = clean();

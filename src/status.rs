@@ -256,10 +256,18 @@ fn render_last_run(run: Option<&Value>, out: &mut String) {
         "interrupted by a shutdown".into()
     } else {
         let complete = run.get("listing_complete").and_then(Value::as_bool) == Some(true);
-        let problems = ["failed", "invalid", "held_disables", "conflicts"]
-            .iter()
-            .map(|k| count(run, k))
-            .sum::<u64>();
+        let problems = [
+            "failed",
+            "invalid",
+            "held_disables",
+            "conflicts",
+            "role_failures",
+            "held_revokes",
+        ]
+        .iter()
+        .map(|k| count(run, k))
+        .sum::<u64>()
+            + u64::from(run.get("roles_incomplete").is_some_and(|v| !v.is_null()));
         let listing = if complete {
             "listing complete".to_string()
         } else {
@@ -289,6 +297,52 @@ fn render_last_run(run: Option<&Value>, out: &mut String) {
     let header = columns.iter().map(|c| c.replace('_', " ")).collect();
     let values = columns.iter().map(|c| count(run, c).to_string()).collect();
     table(&[header, values], out);
+    render_roles(run, out);
+}
+
+/// The role sync's part of the last run: its counts, then each failure and held revocation.
+fn render_roles(run: &Value, out: &mut String) {
+    let problems = run
+        .get("role_problems")
+        .and_then(Value::as_array)
+        .map(Vec::as_slice)
+        .unwrap_or_default();
+    let keys = ["granted", "revoked", "held_revokes", "role_failures"];
+    let incomplete = run.get("roles_incomplete").and_then(Value::as_str);
+    if problems.is_empty() && incomplete.is_none() && keys.iter().all(|k| count(run, k) == 0) {
+        return;
+    }
+    out.push_str(&format!(
+        "{:<13}granted {}, revoked {}, revocations held {}, failed {}\n",
+        "Roles",
+        count(run, "granted"),
+        count(run, "revoked"),
+        count(run, "held_revokes"),
+        count(run, "role_failures"),
+    ));
+    if let Some(reason) = incomplete {
+        out.push_str(&format!("{:<13}{reason}; no role was revoked\n", ""));
+    }
+    if problems.is_empty() {
+        return;
+    }
+    let mut rows = vec![vec![
+        "NEXUDUS ID".to_string(),
+        "EXTID".into(),
+        "OP".into(),
+        "ROLE".into(),
+        "REASON".into(),
+    ]];
+    for p in problems {
+        rows.push(vec![
+            count(p, "nexudus_id").to_string(),
+            text(p, "ext_id", "?").to_string(),
+            text(p, "op", "?").to_string(),
+            text(p, "role", "?").to_string(),
+            printable(text(p, "reason", "")),
+        ]);
+    }
+    table(&rows, out);
 }
 
 fn render_failing(doc: &Value, out: &mut String) {

@@ -27,6 +27,10 @@
 //! - `forms`: Nexudus Id -> JSON of the user's [`Forms`]: values nevisIDM keeps in its own form,
 //!   and values written over a different held one, not read back since (only users with any).
 //!
+//! - `roles`: Nexudus Id -> JSON of the roles the sync granted the user and nevisIDM confirmed
+//!   (the profile and each owned roleExtId with its authorization), kept by [`crate::roles`];
+//!   `meta` keys `roles_*` hold its resolution, memberships and watermark.
+//!
 //! A checkpoint is written only after nevisIDM confirmed the write; `flush` makes it durable.
 
 use std::collections::HashSet;
@@ -88,6 +92,7 @@ pub struct Store {
     disabled_at: sled::Tree,
     operator: sled::Tree,
     forms: sled::Tree,
+    roles: sled::Tree,
     commits: Arc<GroupCommit>,
     /// What "now" is for the times kept here (and for the pacer that counts in this store).
     clock: Clock,
@@ -187,6 +192,7 @@ impl Store {
             disabled_at: db.open_tree("disabled_at")?,
             operator: db.open_tree("operator")?,
             forms: db.open_tree("forms")?,
+            roles: db.open_tree("roles")?,
             commits: Arc::default(),
             clock: Clock::system(),
             db,
@@ -489,6 +495,39 @@ impl Store {
         Ok(())
     }
 
+    /// The role checkpoint of a user (its encoding is [`crate::roles`]'s), if any.
+    pub fn role_holding(&self, nexudus_id: u64) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self
+            .roles
+            .get(nexudus_id.to_be_bytes())?
+            .map(|v| v.to_vec()))
+    }
+
+    /// Replaces a user's role checkpoint; `None` removes it.
+    pub fn set_role_holding(
+        &self,
+        nexudus_id: u64,
+        value: Option<&[u8]>,
+    ) -> Result<(), StoreError> {
+        let key = nexudus_id.to_be_bytes();
+        match value {
+            Some(value) => self.roles.insert(key, value)?,
+            None => self.roles.remove(key)?,
+        };
+        Ok(())
+    }
+
+    /// Every role checkpoint, in Id order.
+    pub fn role_holdings(&self) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
+        self.roles
+            .iter()
+            .map(|item| {
+                let (k, v) = item?;
+                Ok((id_of(&k, "roles")?, v.to_vec()))
+            })
+            .collect()
+    }
+
     pub fn last_run(&self) -> Result<Option<Vec<u8>>, StoreError> {
         Ok(self.meta.get("last_run")?.map(|v| v.to_vec()))
     }
@@ -619,6 +658,7 @@ impl Store {
             &self.missing,
             &self.disabled_at,
             &self.forms,
+            &self.roles,
         ] {
             tree.clear()?;
         }

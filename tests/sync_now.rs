@@ -608,7 +608,10 @@ async fn demo_runs_the_whole_job() {
         "disabled=35",
         "4. An administrator renames",
         "drift=1",
-        "5. nevisIDM now: 300 users",
+        "5. Roles",
+        "granted=2",
+        "revoked=1",
+        "6. nevisIDM now: 300 users",
         "demo: every step did what it should",
     ] {
         assert!(

@@ -55,8 +55,89 @@ pub struct Config {
     pub mapping: MappingConfig,
     pub log: LogConfig,
     pub scope: ScopeConfig,
+    /// `[roles]`: `None` without `[[roles.map]]`, and then nothing about roles changes.
+    pub roles: Option<RolesConfig>,
     /// Problems worth a warning at start-up that do not stop it (logged by `main`).
     pub warnings: Vec<String>,
+}
+
+/// Nexudus UserRoles -> nevisIDM roles (`[roles]`, issue 21). The sync owns exactly the
+/// roleExtIds on the right-hand side of the map.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RolesConfig {
+    pub map: Vec<RoleMapping>,
+    /// Unit of the profile created for a user who has none; without it such a user fails.
+    pub profile_unit_ext_id: Option<String>,
+    /// The revocation safety, in users losing a role in one run.
+    pub max_revokes: u64,
+    pub max_revoke_percent: u64,
+    /// Every mapped UserRole is read in full at least this often (the safety net for membership
+    /// changes that do not move the UserRole's `UpdatedOn`).
+    pub full_read_every: Duration,
+}
+
+impl RolesConfig {
+    /// Every roleExtId the sync owns, each once, in map order.
+    pub fn owned(&self) -> Vec<String> {
+        let mut owned: Vec<String> = Vec::new();
+        for role in self.map.iter().flat_map(|m| &m.nevis) {
+            if !owned.contains(role) {
+                owned.push(role.clone());
+            }
+        }
+        owned
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RoleMapping {
+    pub nexudus: RoleSourceName,
+    /// nevisIDM roleExtIds this source role implies.
+    pub nevis: Vec<String>,
+}
+
+/// The left-hand side of a `[[roles.map]]` entry.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum RoleSourceName {
+    /// A UserRole's `Name`, resolved to its Id at the start of a run.
+    Name(String),
+    /// `id:<UserRole Id>`: picks one of several UserRoles sharing a name.
+    Id(u64),
+    /// `@admin`: Nexudus full administrators (`IsAdmin`).
+    Admin,
+}
+
+impl RoleSourceName {
+    pub fn parse(text: &str) -> Result<RoleSourceName, String> {
+        let text = text.trim();
+        if text.is_empty() {
+            return Err("is empty".into());
+        }
+        if text == "@admin" {
+            return Ok(RoleSourceName::Admin);
+        }
+        if text.starts_with('@') {
+            return Err(format!("{text:?}: the only special name is \"@admin\""));
+        }
+        match text.strip_prefix("id:") {
+            Some(id) => id
+                .trim()
+                .parse()
+                .map(RoleSourceName::Id)
+                .map_err(|_| format!("{text:?}: id: takes a UserRole Id (digits)")),
+            None => Ok(RoleSourceName::Name(text.to_string())),
+        }
+    }
+}
+
+impl std::fmt::Display for RoleSourceName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RoleSourceName::Name(name) => write!(f, "{name:?}"),
+            RoleSourceName::Id(id) => write!(f, "id:{id}"),
+            RoleSourceName::Admin => f.write_str("@admin"),
+        }
+    }
 }
 
 /// Which Nexudus users the sync manages. A user who leaves the scope is treated like one who

@@ -28,6 +28,41 @@ pub(super) struct RawConfig {
     pub(super) log: RawLog,
     #[serde(default)]
     pub(super) scope: RawScope,
+    #[serde(default)]
+    pub(super) roles: RawRoles,
+}
+
+/// `[roles]` and its `[[roles.map]]` entries (issue 21): without a map, roles are not synced.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(super) struct RawRoles {
+    pub(super) map: Vec<RawRoleMap>,
+    pub(super) profile_unit_ext_id: Option<String>,
+    pub(super) max_revokes: i64,
+    pub(super) max_revoke_percent: i64,
+    #[serde(with = "humantime_serde")]
+    pub(super) full_read_every: Duration,
+}
+
+impl Default for RawRoles {
+    fn default() -> Self {
+        RawRoles {
+            map: Vec::new(),
+            profile_unit_ext_id: None,
+            max_revokes: 50,
+            max_revoke_percent: 10,
+            // Memberships may change without the UserRole's UpdatedOn moving: every mapped
+            // UserRole is read in full at least this often (the 15-minute target, with room).
+            full_read_every: Duration::from_secs(600),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawRoleMap {
+    pub(super) nexudus: String,
+    pub(super) nevis: Vec<String>,
 }
 
 #[derive(Deserialize, Default)]

@@ -10,13 +10,15 @@ use secrecy::SecretString;
 use url::Url;
 
 use super::raw::{
-    RawConfig, RawLog, RawMapping, RawNevis, RawNexudus, RawRetry, RawScope, RawStore, RawSync,
+    RawConfig, RawLog, RawMapping, RawNevis, RawNexudus, RawRetry, RawRoles, RawScope, RawStore,
+    RawSync,
 };
 use super::secrets::{optional_secret, read_pem, secret};
 use super::{
     AdminScope, AdoptMode, Config, ConfigError, HttpConfig, LogConfig, LogFormat, LoginIdSource,
     MappingConfig, NameSplit, NevisConfig, NevisOAuth, NevisTls, NexudusAuth, NexudusConfig,
-    RetryConfig, ScopeConfig, StoreConfig, SyncConfig, invalid,
+    RetryConfig, RoleMapping, RoleSourceName, RolesConfig, ScopeConfig, StoreConfig, SyncConfig,
+    invalid,
 };
 
 /// The sections are checked in the order they always were, so a file with several mistakes names
@@ -35,6 +37,7 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
         .map_err(|e| invalid("http.listen", format!("not an address:port ({e})")))?;
     let log = log(raw.log)?;
     let scope = scope(raw.scope)?;
+    let roles = roles(raw.roles)?;
     let mut warnings = Vec::new();
     if nevis.tls.insecure_skip_verify {
         warnings.push(
@@ -60,6 +63,7 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
     Ok(Config {
         warnings,
         scope,
+        roles,
         nexudus,
         nevis,
         sync,
@@ -363,6 +367,69 @@ fn scope(raw: RawScope) -> Result<ScopeConfig, ConfigError> {
     Ok(scope)
 }
 
+/// `[roles]`: `None` without `[[roles.map]]` (nothing about roles changes). Names and ids are
+/// checked for form here; whether they exist is asked of both APIs at the start of a run.
+fn roles(raw: RawRoles) -> Result<Option<RolesConfig>, ConfigError> {
+    if raw.map.is_empty() {
+        return Ok(None);
+    }
+    let mut map = Vec::with_capacity(raw.map.len());
+    for (i, entry) in raw.map.into_iter().enumerate() {
+        let key = format!("roles.map[{i}]");
+        let source = RoleSourceName::parse(&entry.nexudus)
+            .map_err(|why| invalid(&format!("{key}.nexudus"), why))?;
+        if entry.nevis.is_empty() {
+            return Err(invalid(
+                &format!("{key}.nevis"),
+                "names no nevisIDM roleExtId",
+            ));
+        }
+        for role in &entry.nevis {
+            let len = role.chars().count();
+            if role.trim() != role || !(1..=129).contains(&len) {
+                return Err(invalid(
+                    &format!("{key}.nevis"),
+                    format!(
+                        "{role:?} is no roleExtId (1 to 129 characters, no surrounding spaces)"
+                    ),
+                ));
+            }
+        }
+        if map.iter().any(|m: &RoleMapping| m.nexudus == source) {
+            return Err(invalid(
+                &format!("{key}.nexudus"),
+                format!(
+                    "{:?} is mapped twice; list every roleExtId in one entry",
+                    entry.nexudus
+                ),
+            ));
+        }
+        map.push(RoleMapping {
+            nexudus: source,
+            nevis: entry.nevis,
+        });
+    }
+    let unit = match raw.profile_unit_ext_id {
+        Some(unit) if unit.trim().is_empty() => {
+            return Err(invalid("roles.profile_unit_ext_id", "is empty"));
+        }
+        other => other,
+    };
+    let max_revokes = u64::try_from(raw.max_revokes)
+        .map_err(|_| invalid("roles.max_revokes", "must not be negative"))?;
+    let max_revoke_percent = u64::try_from(raw.max_revoke_percent)
+        .ok()
+        .filter(|p| *p <= 100)
+        .ok_or_else(|| invalid("roles.max_revoke_percent", "must be between 0 and 100"))?;
+    Ok(Some(RolesConfig {
+        map,
+        profile_unit_ext_id: unit,
+        max_revokes,
+        max_revoke_percent,
+        full_read_every: positive("roles.full_read_every", raw.full_read_every)?,
+    }))
+}
+
 pub(super) fn mapping(raw: RawMapping) -> Result<MappingConfig, ConfigError> {
     let mut languages = BTreeMap::new();
     for (k, v) in raw.languages {
@@ -655,6 +722,43 @@ mod tests {
             "{MINIMAL}\n[http]\nready_max_age = \"0s\"\n[mapping]\nname_split = \"x\"\n"
         ));
         assert!(e.contains("http.ready_max_age"), "{e}");
+    }
+
+    #[test]
+    fn roles_are_validated_and_absent_without_a_map() {
+        assert!(Config::from_toml_str(MINIMAL).unwrap().roles.is_none());
+        let c = Config::from_toml_str(&format!(
+            "{MINIMAL}\n[roles]\nprofile_unit_ext_id = \"members\"\n\
+             [[roles.map]]\nnexudus = \"Receptionist\"\nnevis = [\"frontdesk\"]\n\
+             [[roles.map]]\nnexudus = \"id:42\"\nnevis = [\"finance\", \"frontdesk\"]\n\
+             [[roles.map]]\nnexudus = \"@admin\"\nnevis = [\"space-admin\"]\n"
+        ))
+        .unwrap();
+        let roles = c.roles.unwrap();
+        assert_eq!(roles.map[1].nexudus, crate::config::RoleSourceName::Id(42));
+        assert_eq!(roles.map[2].nexudus, crate::config::RoleSourceName::Admin);
+        assert_eq!(roles.owned(), ["frontdesk", "finance", "space-admin"]);
+        assert_eq!((roles.max_revokes, roles.max_revoke_percent), (50, 10));
+        assert_eq!(roles.profile_unit_ext_id.as_deref(), Some("members"));
+        for (entry, key) in [
+            (
+                "nexudus = \"@boss\"\nnevis = [\"x\"]",
+                "roles.map[0].nexudus",
+            ),
+            (
+                "nexudus = \"id:abc\"\nnevis = [\"x\"]",
+                "roles.map[0].nexudus",
+            ),
+            ("nexudus = \"R\"\nnevis = []", "roles.map[0].nevis"),
+            ("nexudus = \"R\"\nnevis = [\" x\"]", "roles.map[0].nevis"),
+        ] {
+            let e = err(&format!("{MINIMAL}\n[[roles.map]]\n{entry}\n"));
+            assert!(e.contains(key), "{e}");
+        }
+        let e = err(&format!(
+            "{MINIMAL}\n[roles]\nmax_revoke_percent = 101\n[[roles.map]]\nnexudus = \"R\"\nnevis = [\"x\"]\n"
+        ));
+        assert!(e.contains("roles.max_revoke_percent"), "{e}");
     }
 
     #[test]

@@ -13,6 +13,7 @@
 //! announced as JSON (an HTML page is a login page, fatal). Access tokens come from a static
 //! `nevis.token` or from OAuth2 client credentials (`oauth`).
 
+mod authorizations;
 mod oauth;
 
 use std::future::Future;
@@ -59,7 +60,69 @@ pub trait Target: Send + Sync + 'static {
         limit: u32,
         cursor: &PageCursor,
     ) -> impl Future<Output = Result<UserPage, TargetError>> + Send;
+
+    /// The role side (issue 21), only called with `[[roles.map]]`; a target without roles
+    /// refuses every call (the in-memory fakes of unit tests).
+    fn roles(&self) -> Option<&dyn RoleTarget> {
+        None
+    }
 }
+
+/// A user's profile in nevisIDM (authorizations hang off it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Profile {
+    pub ext_id: String,
+    pub is_default: bool,
+    /// `profileState` is `active` (or absent).
+    pub active: bool,
+}
+
+/// One authorization of a profile: the role it grants.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Authorization {
+    pub ext_id: String,
+    pub role_ext_id: String,
+}
+
+/// What the role sync asks of nevisIDM. Boxed futures: the trait is used as `dyn`.
+pub trait RoleTarget: Send + Sync {
+    /// `GET /core/v1/roles/{extId}`: whether the role exists.
+    fn role_exists<'a>(&'a self, role_ext_id: &'a str) -> BoxFuture<'a, Result<bool, TargetError>>;
+    /// `GET /principal/v1/permissions`; `None` when the endpoint does not exist (404).
+    fn permissions(&self) -> BoxFuture<'_, Result<Option<Vec<String>>, TargetError>>;
+    /// `GET …/users/{extId}/profiles`.
+    fn profiles<'a>(
+        &'a self,
+        user_ext_id: &'a str,
+    ) -> BoxFuture<'a, Result<Vec<Profile>, TargetError>>;
+    /// `POST …/users/{extId}/profiles` in `unit_ext_id`: the new profile's extId, when its
+    /// `Location` names it.
+    fn create_profile<'a>(
+        &'a self,
+        user_ext_id: &'a str,
+        unit_ext_id: &'a str,
+    ) -> BoxFuture<'a, Result<Option<String>, TargetError>>;
+    /// `GET …/profiles/{extId}/authorizations`.
+    fn authorizations<'a>(
+        &'a self,
+        profile_ext_id: &'a str,
+    ) -> BoxFuture<'a, Result<Vec<Authorization>, TargetError>>;
+    /// `POST …/profiles/{extId}/authorizations` with `{"roleExtId"}`: the authorization's
+    /// extId when its `Location` names it; a duplicate is [`TargetError::Duplicate`].
+    fn grant<'a>(
+        &'a self,
+        profile_ext_id: &'a str,
+        role_ext_id: &'a str,
+    ) -> BoxFuture<'a, Result<Option<String>, TargetError>>;
+    /// `DELETE …/profiles/{extId}/authorizations/{authExtId}`.
+    fn revoke<'a>(
+        &'a self,
+        profile_ext_id: &'a str,
+        authorization_ext_id: &'a str,
+    ) -> BoxFuture<'a, Result<(), TargetError>>;
+}
+
+pub type BoxFuture<'a, T> = std::pin::Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
 /// nevisIDM's optimistic-locking counter in a user document (a read, a listing item, the
 /// answer to a PATCH); `None` when the document has none.
@@ -259,10 +322,17 @@ enum Call {
     Archive,
     /// A read or a listing: 200 with a JSON object.
     Get,
+    /// `POST` of a sub-resource (a profile, an authorization): 201, its `Location` is the answer.
+    Add,
+    /// `DELETE` of an authorization: 200 or 204.
+    Remove,
 }
 
 pub struct NevisClient {
     http: reqwest::Client,
+    /// `…/nevisidm/api/`: profiles, authorizations, roles and permissions hang off it.
+    api_url: Url,
+    client_ext_id: String,
     users_url: Url,
     /// `GET /nevisidm/api/core/v1/clients/{clientExtId}/users`: the paged, filterable listing.
     list_url: Url,
@@ -309,6 +379,8 @@ impl NevisClient {
         );
         Ok(NevisClient {
             http,
+            api_url: join(&cfg.base_url, "nevisidm/api/"),
+            client_ext_id: cfg.client_ext_id.clone(),
             users_url,
             list_url,
             token: cfg.token.clone(),
@@ -349,6 +421,7 @@ impl NevisClient {
         let status = response.status();
         let retry_after = retry_after(response.headers());
         let location = client::location(response.headers());
+        let created_at = header_text(response.headers(), reqwest::header::LOCATION);
         let content_type = header_text(response.headers(), reqwest::header::CONTENT_TYPE);
         let bytes = response.bytes().await.map_err(|e| self.unavailable(e))?;
         self.metrics.observe_request("nevis", started.elapsed());
@@ -359,7 +432,12 @@ impl NevisClient {
             });
         }
         if status.is_success() {
-            return success(call, status.as_u16(), content_type.as_deref(), &bytes);
+            let answer = success(call, status.as_u16(), content_type.as_deref(), &bytes)?;
+            // What an `Add` created is named by its Location (the body is not documented).
+            return Ok(match call {
+                Call::Add => created_at.map(Value::String),
+                _ => answer,
+            });
         }
         Err(classify(call, status, retry_after, &bytes))
     }
@@ -557,6 +635,10 @@ impl Target for NevisClient {
         self.list_page_http(filters, limit, cursor).await
     }
 
+    fn roles(&self) -> Option<&dyn RoleTarget> {
+        Some(self)
+    }
+
     async fn get(&self, ext_id: &str) -> Result<Option<Value>, TargetError> {
         let what = format!("read {ext_id}");
         match self
@@ -643,8 +725,8 @@ fn success(
         });
     }
     let allowed: &[u16] = match call {
-        Call::Create => &[201],
-        Call::Update | Call::Archive => &[200, 204],
+        Call::Create | Call::Add => &[201],
+        Call::Update | Call::Archive | Call::Remove => &[200, 204],
         Call::Get => &[200],
     };
     if !allowed.contains(&status) {
@@ -656,7 +738,7 @@ fn success(
     // A create's 201 carries no body worth reading (the Location header names the user); an
     // archive's answer is not needed either.
     let wants_body = match call {
-        Call::Create | Call::Archive => false,
+        Call::Create | Call::Archive | Call::Add | Call::Remove => false,
         Call::Update => status == 200 && !body.iter().all(u8::is_ascii_whitespace),
         Call::Get => true,
     };
@@ -696,16 +778,18 @@ fn classify(
     match (code, call) {
         (401 | 403, _) => TargetError::Auth { status: code },
         (404, _) => TargetError::NotFound,
-        (409, Call::Create) => TargetError::Duplicate {
+        (409, Call::Create | Call::Add) => TargetError::Duplicate {
             status: code,
             code: err_code,
             message,
         },
-        (422, Call::Create) if err_code.starts_with("errors.duplicate") => TargetError::Duplicate {
-            status: code,
-            code: err_code,
-            message,
-        },
+        (422, Call::Create | Call::Add) if err_code.starts_with("errors.duplicate") => {
+            TargetError::Duplicate {
+                status: code,
+                code: err_code,
+                message,
+            }
+        }
         // A stale `version` (or a concurrent writer): never retried with the same body; the
         // dispatcher reads the user, diffs again and sends a fresh version once.
         (409, Call::Update) => TargetError::Stale {

@@ -10,6 +10,7 @@
 mod answer;
 pub mod auth;
 pub mod pacer;
+pub mod userroles;
 pub mod wire;
 
 use std::collections::{HashMap, HashSet};
@@ -30,6 +31,7 @@ use crate::retry::{Classify, RetryPolicy, Verdict};
 use crate::store::Store;
 use auth::{Grant, GrantError, TokenAuth};
 use pacer::Pacer;
+pub use userroles::{UserRole, UserRolePage};
 pub use wire::{InvalidRecord, SourcePage};
 
 /// Anything that can list Nexudus users page by page (the HTTP client, or a fake in unit tests).
@@ -70,6 +72,27 @@ pub trait Source: Send + Sync + 'static {
     fn begin_run(&self, full: bool) -> impl Future<Output = ()> + Send {
         let _ = full;
         async {}
+    }
+
+    /// Page `page` (from 1) of `GET /api/security/userroles` (no `Users` in it), only the
+    /// UserRoles changed since `updated_since` when given. Only called with `[[roles.map]]`;
+    /// a source without UserRoles answers that it has none.
+    fn userroles_page(
+        &self,
+        page: u32,
+        updated_since: Option<&str>,
+    ) -> impl Future<Output = Result<UserRolePage, SourceError>> + Send {
+        let _ = (page, updated_since);
+        async { Ok(UserRolePage::default()) }
+    }
+
+    /// `GET /api/security/userroles/{id}` with its `Users`; `None` when it does not exist.
+    fn userrole(
+        &self,
+        id: u64,
+    ) -> impl Future<Output = Result<Option<UserRole>, SourceError>> + Send {
+        let _ = id;
+        async { Ok(None) }
     }
 }
 
@@ -212,6 +235,7 @@ enum Auth {
 pub struct NexudusClient {
     http: reqwest::Client,
     users_url: Url,
+    userroles_url: Url,
     languages_url: Url,
     token_url: Url,
     auth: Auth,
@@ -283,6 +307,7 @@ impl NexudusClient {
         Ok(NexudusClient {
             http,
             users_url,
+            userroles_url: join(&cfg.base_url, "api/security/userroles"),
             languages_url: join(&cfg.base_url, "api/sys/languages"),
             token_url: join(&cfg.base_url, "api/token"),
             auth,
@@ -771,6 +796,22 @@ impl Source for NexudusClient {
     async fn fetch_user(&self, id: u64) -> Result<Presence, SourceError> {
         let what = format!("user {id}");
         self.retry.run(&what, || self.fetch_user_once(id)).await
+    }
+
+    async fn userroles_page(
+        &self,
+        page: u32,
+        updated_since: Option<&str>,
+    ) -> Result<UserRolePage, SourceError> {
+        let what = format!("UserRoles page {page}");
+        self.retry
+            .run(&what, || self.userroles_once(page, updated_since))
+            .await
+    }
+
+    async fn userrole(&self, id: u64) -> Result<Option<UserRole>, SourceError> {
+        let what = format!("UserRole {id}");
+        self.retry.run(&what, || self.userrole_once(id)).await
     }
 }
 

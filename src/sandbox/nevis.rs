@@ -15,6 +15,9 @@
 //! ([`FakeNevis::set_upper_case_languages`]), a continuation token on every page and the total
 //! only on request ([`FakeNevis::set_token_on_every_page`]), exact-match query filters
 //! ([`FakeNevis::set_exact_filters`]) and offset-only paging ([`FakeNevis::set_offset_paging_only`]).
+//! The role side (`roles`): roles by extId, permissions (or 404), profiles (a default one at user
+//! creation, or none), authorizations (a duplicate grant refused or accepted) and a policy
+//! default role, each variant behind a switch.
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
@@ -32,6 +35,8 @@ use base64::Engine as _;
 use chrono::{DateTime, NaiveDate, NaiveDateTime, SecondsFormat, Utc};
 use serde_json::{Map, Value, json};
 
+mod roles;
+
 use super::directory_forms::{self, StoredForms};
 use super::{
     Controls, Fault, RequestLine, Server, Slow, cut_off, empty_response, fake_uuid, json_response,
@@ -45,6 +50,13 @@ const ARCHIVE_ROUTE: &str = "/nevisidm/api/core/v1/{client}/users/{ext_id}/archi
 const LIST_ROUTE: &str = "/nevisidm/api/core/v1/clients/{client}/users";
 /// The OAuth2 token endpoint (on a real deployment, `https://login.<instance>/oauth/token`).
 const TOKEN_ROUTE: &str = "/oauth/token";
+const ROLE_ROUTE: &str = "/nevisidm/api/core/v1/roles/{role}";
+const PERMISSIONS_ROUTE: &str = "/nevisidm/api/principal/v1/permissions";
+const PROFILES_ROUTE: &str = "/nevisidm/api/core/v1/{client}/users/{ext_id}/profiles";
+const AUTHORIZATIONS_ROUTE: &str =
+    "/nevisidm/api/core/v1/{client}/profiles/{profile}/authorizations";
+const AUTHORIZATION_ROUTE: &str =
+    "/nevisidm/api/core/v1/{client}/profiles/{profile}/authorizations/{auth}";
 
 const DEFAULT_LIMIT: u64 = 100;
 const MAX_LIMIT: u64 = 1000;
@@ -214,6 +226,8 @@ struct Inner {
     log_cleared: usize,
     in_flight: usize,
     max_in_flight: usize,
+    /// Roles, permissions, profiles and authorizations (`roles`).
+    roles: roles::RoleState,
 }
 
 /// Users by extId, with a case-insensitive loginId index so that the uniqueness check stays
@@ -312,6 +326,7 @@ impl FakeNevis {
             log_cleared: 0,
             in_flight: 0,
             max_in_flight: 0,
+            roles: roles::RoleState::default(),
         }));
         let router = Router::new()
             .route(CREATE_ROUTE, post(create_user))
@@ -322,6 +337,17 @@ impl FakeNevis {
             .route(ARCHIVE_ROUTE, post(archive_user))
             .route(LIST_ROUTE, get(list_users))
             .route(TOKEN_ROUTE, post(token_grant))
+            .route(ROLE_ROUTE, get(roles::get_role))
+            .route(PERMISSIONS_ROUTE, get(roles::permissions))
+            .route(
+                PROFILES_ROUTE,
+                get(roles::list_profiles).post(roles::create_profile),
+            )
+            .route(
+                AUTHORIZATIONS_ROUTE,
+                get(roles::list_authorizations).post(roles::grant),
+            )
+            .route(AUTHORIZATION_ROUTE, axum::routing::delete(roles::revoke))
             .fallback(no_route)
             .method_not_allowed_fallback(method_not_allowed)
             .layer(middleware::from_fn_with_state(state.clone(), gate))
@@ -507,7 +533,9 @@ impl FakeNevis {
         ] {
             user.entry(key).or_insert(default);
         }
-        self.lock().users.insert(ext_id, Value::Object(user));
+        let mut inner = self.lock();
+        inner.roles.user_created(&ext_id);
+        inner.users.insert(ext_id, Value::Object(user));
     }
 
     /// Edits a user by hand, as an administrator in the nevisIDM console would: bumps `version`
@@ -1217,6 +1245,7 @@ async fn create_user(
     inner.stored_forms.keep(&mut user);
     let user = Value::Object(user);
     inner.users.insert(ext_id.clone(), user.clone());
+    inner.roles.user_created(&ext_id);
     let mut response = json_response(201, &shown(inner, &user), None);
     let location = format!(
         "{}/nevisidm/api/core/v1/{client}/users/{ext_id}",

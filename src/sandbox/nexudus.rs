@@ -15,6 +15,8 @@
 //! minute, hour, day) enforced; the `/api/token` refusal codes
 //! ([`FakeNexudus::set_token_refusal`]); `UpdatedOn` in each form seen ([`DateForm`]); and Ids of
 //! 9 and 10 digits. Every request's arrival and answer is logged ([`FakeNexudus::request_log`]).
+//! UserRoles (`roles`): the listing without `Users`, the single GET with them, the same Name in
+//! two businesses, and whether a membership change moves `UpdatedOn`, by a switch.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::SocketAddr;
@@ -32,6 +34,8 @@ use base64::Engine as _;
 use chrono::{DateTime, NaiveDateTime, Utc};
 use serde_json::{Map, Value, json};
 use tokio::time::Instant;
+
+mod roles;
 
 use super::{
     Controls, Fault, RequestLine, Server, Slow, cut_off, empty_response, fake_uuid, json_response,
@@ -311,6 +315,8 @@ struct Inner {
     date_form: DateForm,
     request_log: Vec<RequestRecord>,
     stats: NexudusStats,
+    /// A UserRole's membership change moves its `UpdatedOn` (undocumented: a switch).
+    role_updates_move_updated_on: bool,
 }
 
 /// Requests the log keeps (the oldest are dropped beyond it).
@@ -366,6 +372,7 @@ impl FakeNexudus {
             date_form: DateForm::default(),
             request_log: Vec::new(),
             stats: NexudusStats::default(),
+            role_updates_move_updated_on: true,
         }));
         let router = Router::new()
             .route(
@@ -374,7 +381,11 @@ impl FakeNexudus {
             )
             .route("/api/sys/users/{id}", get(get_user))
             .route("/api/sys/languages", get(list_languages))
-            .route("/api/security/userroles", post(create_user_role))
+            .route(
+                "/api/security/userroles",
+                get(roles::list_user_roles).post(create_user_role),
+            )
+            .route("/api/security/userroles/{id}", get(roles::get_user_role))
             .route(TOKEN_PATH, post(token))
             .fallback(no_route)
             .method_not_allowed_fallback(method_not_allowed)

@@ -33,6 +33,7 @@ use crate::nexudus::{Source, SourceError};
 use crate::ownership::Owners;
 use crate::progress::Progress;
 use crate::report::RunReport;
+use crate::roles::{self, Admins, RolesError, RolesRun};
 use crate::store::{Store, StoreError};
 use crate::watermark;
 
@@ -83,6 +84,8 @@ pub enum SyncError {
     Store(#[from] StoreError),
     #[error("cannot read nevisIDM's users for the reconcile: {0}")]
     Reconcile(TargetError),
+    #[error(transparent)]
+    Roles(#[from] RolesError),
 }
 
 impl From<ProbeError> for SyncError {
@@ -116,6 +119,7 @@ impl SyncError {
             SyncError::Store(_)
                 | SyncError::Target(DispatchError::Store(_))
                 | SyncError::Source(SourceError::TokenStore(_))
+                | SyncError::Roles(RolesError::Store(_))
         )
     }
 }
@@ -137,20 +141,44 @@ pub async fn run_once<S: Source, T: Target>(
         target,
         directory: SharedDirectory::default(),
     };
-    let mut result = run(cfg, Arc::clone(&source), &nevis, store, opts, &mut report)
-        .instrument(span.clone())
-        .await;
+    let mut admins = Admins::new(cfg.roles.as_ref());
+    let mut result = run(
+        cfg,
+        Arc::clone(&source),
+        &nevis,
+        store,
+        opts,
+        &mut report,
+        &mut admins,
+    )
+    .instrument(span.clone())
+    .await;
     if let Ok(Pass::FullListingDue) = result {
         let full = RunOptions {
             incremental: false,
             ..opts.clone()
         };
         report.begin_full_pass();
-        result = run(cfg, source, &nevis, store, &full, &mut report)
-            .instrument(span.clone())
-            .await;
+        result = run(
+            cfg,
+            Arc::clone(&source),
+            &nevis,
+            store,
+            &full,
+            &mut report,
+            &mut admins,
+        )
+        .instrument(span.clone())
+        .await;
     }
-    let result = result.map(|_| ());
+    let result = match result {
+        Ok(_) if !report.interrupted => {
+            roles_stage(cfg, &*source, &nevis, store, opts, &mut report, admins)
+                .instrument(span.clone())
+                .await
+        }
+        other => other.map(|_| ()),
+    };
     report.duration = started.elapsed();
     let _enter = span.enter();
     match &result {
@@ -186,6 +214,7 @@ async fn run<S: Source, T: Target>(
     store: &Store,
     opts: &RunOptions,
     report: &mut RunReport,
+    admins: &mut Admins,
 ) -> Result<Pass, SyncError> {
     let cancel = opts.shutdown.clone().unwrap_or_default();
     let commit = Commit::new(store, opts);
@@ -231,6 +260,7 @@ async fn run<S: Source, T: Target>(
             if !listing.census().record(&record) {
                 continue;
             }
+            admins.note(&record);
             let planning = Instant::now();
             let planned = planner.plan(record, report)?;
             settlement.keep(planned.kept);
@@ -308,6 +338,42 @@ async fn run<S: Source, T: Target>(
     } else {
         Pass::Done
     })
+}
+
+/// The role stage (`[[roles.map]]`, issue 21), once the users' own writes are confirmed: a user
+/// must exist before their profile gets a role. A shutdown stops it like any phase; each grant
+/// and revocation was checkpointed as it was confirmed. Without a map: nothing, no request.
+async fn roles_stage<S: Source, T: Target>(
+    cfg: &Config,
+    source: &S,
+    nevis: &Nevis<T>,
+    store: &Store,
+    opts: &RunOptions,
+    report: &mut RunReport,
+    admins: Admins,
+) -> Result<(), SyncError> {
+    if cfg.roles.is_none() {
+        return Ok(());
+    }
+    let cancel = opts.shutdown.clone().unwrap_or_default();
+    let run = RolesRun {
+        full_listing: !report.incremental,
+        listing_complete: report.listing_complete,
+        reconcile: opts.reconcile,
+        allow_mass_revoke: opts.allow_mass_disable,
+        dry_run: opts.dry_run.as_ref(),
+        overlap: cfg.sync.incremental_overlap,
+        admins,
+    };
+    let stage = roles::sync_roles(cfg, source, nevis.target.roles(), store, run, report);
+    match until_stopped(&cancel, stage).await {
+        Ok(done) => done.map_err(SyncError::from),
+        Err(Stopped) => {
+            tracing::warn!("the role stage stops here, interrupted by a shutdown");
+            report.interrupted = true;
+            Ok(())
+        }
+    }
 }
 
 /// Where the listing starts, and the deletion probe of an incremental one (read before it). An

@@ -1,0 +1,175 @@
+//! Memberships: who holds each mapped UserRole, read per UserRole (`GET …/userroles/{id}` →
+//! `Users`), never per user, and kept in the store between runs so that an idle tick reads only
+//! what changed.
+//!
+//! Cost and timeliness: an ordinary tick asks the UserRole listing for the UserRoles whose
+//! `UpdatedOn` moved since the roles watermark (minus `sync.incremental_overlap`): one request,
+//! then one read per changed mapped UserRole. Because Nexudus may change members without moving
+//! `UpdatedOn`, every mapped UserRole is read in full at every full listing and at least every
+//! `roles.full_read_every` (default 10 minutes) as the safety net. `@admin` comes from the users
+//! listing's `IsAdmin` (the full listing replaces it, an incremental one updates it).
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::{RoleSourceName, RolesConfig};
+use crate::mapper::SourceUser;
+use crate::nexudus::{InvalidRecord, Source, UserRole};
+use crate::store::{Store, StoreError};
+
+use super::plan::Members;
+
+/// Meta key of the [`State`].
+const KEY: &str = "roles_state";
+
+/// What the role sync keeps between runs (one JSON document in the store's `meta` tree).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct State {
+    /// The map the Ids were resolved for: another map resolves again.
+    pub map_key: String,
+    /// Each mapping's UserRole Id (`None` for `@admin`), in map order.
+    pub ids: Vec<Option<u64>>,
+    /// Members of each mapped UserRole as last read completely.
+    pub members: BTreeMap<u64, BTreeSet<u64>>,
+    /// Full administrators, and whether a complete listing has told them yet.
+    pub admins: BTreeSet<u64>,
+    pub admins_known: bool,
+    /// Newest UserRole `UpdatedOn` seen (minute precision).
+    pub watermark: Option<String>,
+    /// Unix seconds of the last full read of every mapped UserRole.
+    pub full_read_at: Option<u64>,
+}
+
+impl State {
+    pub fn load(store: &Store) -> Result<State, StoreError> {
+        match store.meta_bytes(KEY)? {
+            None => Ok(State::default()),
+            Some(bytes) => serde_json::from_slice(&bytes)
+                .map_err(|e| StoreError::Corrupt(format!("{KEY}: {e}"))),
+        }
+    }
+
+    pub fn save(&self, store: &Store) -> Result<(), StoreError> {
+        let json = serde_json::to_vec(self).map_err(|e| StoreError::Io(e.to_string()))?;
+        store.set_meta_bytes(KEY, &json)
+    }
+
+    pub fn mapped_ids(&self) -> Vec<u64> {
+        self.ids.iter().flatten().copied().collect()
+    }
+
+    /// Moves the watermark to the newest `UpdatedOn` among `roles`.
+    pub fn saw(&mut self, roles: &[UserRole]) {
+        for m in roles
+            .iter()
+            .filter_map(|r| r.updated_on.as_deref())
+            .filter_map(crate::watermark::minute)
+        {
+            if self.watermark.as_ref().is_none_or(|w| m > *w) {
+                self.watermark = Some(m);
+            }
+        }
+    }
+
+    /// The memberships of every mapping as this state knows them; `complete` when every one is
+    /// known and `reads_complete` (this run's reads all succeeded).
+    pub fn members(&self, cfg: &RolesConfig, reads_complete: bool) -> Members {
+        let mut out = Members {
+            complete: reads_complete,
+            ..Members::default()
+        };
+        for (m, id) in cfg.map.iter().zip(&self.ids) {
+            let known = match (&m.nexudus, id) {
+                (RoleSourceName::Admin, _) if self.admins_known => Some(self.admins.clone()),
+                (RoleSourceName::Admin, _) => None,
+                (_, Some(id)) => self.members.get(id).cloned(),
+                (_, None) => None,
+            };
+            match known {
+                Some(set) => {
+                    out.of.insert(m.nexudus.clone(), set);
+                }
+                None => out.complete = false,
+            }
+        }
+        out
+    }
+}
+
+/// Reads `ids` in full into `state`; `false` when any read failed or was incomplete (its old
+/// membership stays, and nothing is revoked in this run).
+pub async fn read_members<S: Source>(source: &S, ids: &[u64], state: &mut State) -> bool {
+    let mut complete = true;
+    for &id in ids {
+        match source.userrole(id).await {
+            Ok(Some(UserRole {
+                users: Some(users), ..
+            })) => {
+                state.members.insert(id, users.into_iter().collect());
+            }
+            Ok(Some(_)) => {
+                tracing::warn!(
+                    id,
+                    "UserRole answered without Users: nothing is revoked in this run"
+                );
+                complete = false;
+            }
+            Ok(None) => {
+                tracing::warn!(
+                    id,
+                    "mapped UserRole id:{id} no longer exists in Nexudus (check roles.map): \
+                     nothing is revoked in this run"
+                );
+                complete = false;
+            }
+            Err(e) => {
+                tracing::warn!(id, error = %e, "cannot read UserRole {id}: nothing is revoked in this run");
+                complete = false;
+            }
+        }
+    }
+    complete
+}
+
+/// Who the users listing of this run said is a full administrator (only with `@admin` mapped).
+#[derive(Debug, Default)]
+pub struct Admins {
+    on: bool,
+    seen: BTreeMap<u64, bool>,
+}
+
+impl Admins {
+    pub fn new(cfg: Option<&RolesConfig>) -> Admins {
+        Admins {
+            on: cfg.is_some_and(|c| c.map.iter().any(|m| m.nexudus == RoleSourceName::Admin)),
+            seen: BTreeMap::new(),
+        }
+    }
+
+    pub fn note(&mut self, record: &Result<SourceUser, InvalidRecord>) {
+        if self.on
+            && let Ok(user) = record
+        {
+            self.seen.insert(user.id, user.is_admin);
+        }
+    }
+
+    /// Into `state`: a complete full listing replaces what is known, any other updates it.
+    pub fn record(self, state: &mut State, full_and_complete: bool) {
+        if !self.on {
+            return;
+        }
+        if full_and_complete {
+            state.admins.clear();
+            state.admins_known = true;
+        }
+        for (id, admin) in self.seen {
+            if admin {
+                state.admins.insert(id);
+            } else {
+                state.admins.remove(&id);
+            }
+        }
+    }
+}

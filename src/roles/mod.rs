@@ -1,0 +1,267 @@
+//! Roles (issue 21): what a person may do in nevisIDM follows their UserRoles in Nexudus.
+//!
+//! The sync owns exactly the roleExtIds on the right-hand side of `[[roles.map]]`: it grants the
+//! owned roles a user's UserRoles imply and they lack, revokes the owned roles no longer implied,
+//! and never touches any other role (hand grants, the profile policy's defaults). Without a map
+//! this module is never entered: no request to either API.
+//!
+//! The stage runs after the users' own writes (a user must exist before their profile gets a
+//! role), one file per step:
+//! - `resolve`: each mapped name to its one UserRole Id, and nevisIDM's roles and permissions,
+//!   at start and at every full listing; a problem here is fatal (exit 2);
+//! - `members`: memberships per mapped UserRole, kept between runs, with the cheap change
+//!   detection and the slower full read;
+//! - `plan`: pure: desired owned roles against held ones, and the revocation safety;
+//! - `holding`: the per-user checkpoint of the roles the sync granted;
+//! - `write`: profile selection or creation, grants and revocations, each checkpointed.
+
+mod holding;
+mod members;
+mod plan;
+mod resolve;
+mod write;
+
+use std::collections::BTreeSet;
+
+use crate::config::{Config, RolesConfig};
+use crate::dispatch::PlanSink;
+use crate::mapper::UserState;
+use crate::nevis::{RoleTarget, TargetError};
+use crate::nexudus::{Source, SourceError};
+use crate::report::{RoleChange, RunReport};
+use crate::store::{Store, StoreError};
+
+pub use members::Admins;
+
+use holding::Holding;
+use members::State;
+use write::Writer;
+
+/// What ends the run (exit 2): a name that resolves to none or several UserRoles, an unknown
+/// roleExtId, a missing permission, or an API that refuses us.
+#[derive(Debug, thiserror::Error)]
+pub enum RolesError {
+    #[error("{0}")]
+    Fatal(String),
+    #[error("roles: Nexudus UserRoles: {0}")]
+    Source(SourceError),
+    #[error("roles: nevisIDM: {0}")]
+    Target(TargetError),
+    #[error(transparent)]
+    Store(StoreError),
+}
+
+/// How this run meets the roles.
+pub struct RolesRun<'a> {
+    /// The run listed every user, completely or not (`complete`).
+    pub full_listing: bool,
+    pub listing_complete: bool,
+    pub reconcile: bool,
+    pub allow_mass_revoke: bool,
+    pub dry_run: Option<&'a PlanSink>,
+    /// The overlap incremental reads reach back before the watermark.
+    pub overlap: std::time::Duration,
+    pub admins: Admins,
+}
+
+/// The role stage of one run. Does nothing without `[[roles.map]]`.
+pub async fn sync_roles<S: Source>(
+    cfg: &Config,
+    source: &S,
+    target: Option<&dyn RoleTarget>,
+    store: &Store,
+    run: RolesRun<'_>,
+    report: &mut RunReport,
+) -> Result<(), RolesError> {
+    let Some(roles) = &cfg.roles else {
+        return Ok(());
+    };
+    let target = target.ok_or_else(|| RolesError::Fatal("this target holds no roles".into()))?;
+    let mut state = State::load(store).map_err(RolesError::Store)?;
+    let reads_complete = refresh(roles, source, target, store, &run, &mut state).await?;
+    let full = run.full_listing && run.listing_complete;
+    run.admins.record(&mut state, full);
+    if run.dry_run.is_none() {
+        state.save(store).map_err(RolesError::Store)?;
+    }
+    let members = state.members(roles, reads_complete);
+    if !members.complete {
+        report.roles_incomplete = Some(
+            "a UserRole membership read failed or was incomplete (or @admin is not known yet)"
+                .into(),
+        );
+    }
+    let writer = Writer {
+        target,
+        store,
+        dry_run: run.dry_run,
+        profile_unit: roles.profile_unit_ext_id.as_deref(),
+    };
+    let steps = Steps {
+        roles,
+        writer: &writer,
+        members: &members,
+        reconcile: run.reconcile,
+        allow: run.allow_mass_revoke,
+    };
+    steps.apply(store, report).await
+}
+
+/// Brings `state` up to date with Nexudus: resolution (when due), then memberships, in full or
+/// only the changed UserRoles. `false` when a membership read failed or was incomplete.
+async fn refresh<S: Source>(
+    roles: &RolesConfig,
+    source: &S,
+    target: &dyn RoleTarget,
+    store: &Store,
+    run: &RolesRun<'_>,
+    state: &mut State,
+) -> Result<bool, RolesError> {
+    let map_key = format!("{:?}", roles.map);
+    let now = store.clock().now();
+    if run.full_listing || state.map_key != map_key || state.ids.len() != roles.map.len() {
+        let listed = resolve::list_all(source, None).await?;
+        state.ids = resolve::resolve(roles, &listed)?;
+        resolve::check_target(roles, target).await?;
+        state.map_key = map_key;
+        state.saw(&listed);
+        state.members.retain(|id, _| state.ids.contains(&Some(*id)));
+        return Ok(full_read(source, state, now).await);
+    }
+    let due = state
+        .full_read_at
+        .is_none_or(|at| now.saturating_sub(at) >= roles.full_read_every.as_secs());
+    if due || run.reconcile {
+        return Ok(full_read(source, state, now).await);
+    }
+    // The cheap path: one request for the UserRoles changed since the watermark.
+    let since = state
+        .watermark
+        .as_deref()
+        .and_then(|w| crate::watermark::minus(w, run.overlap));
+    let changed = match resolve::list_all(source, since.as_deref()).await {
+        Ok(changed) => changed,
+        Err(RolesError::Source(e)) if !e.is_auth() => {
+            tracing::warn!(error = %e, "cannot list changed UserRoles: nothing is revoked in this run");
+            return Ok(false);
+        }
+        Err(e) => return Err(e),
+    };
+    let mapped = state.mapped_ids();
+    let read: Vec<u64> = changed
+        .iter()
+        .map(|r| r.id)
+        .filter(|id| mapped.contains(id))
+        .collect();
+    let complete = members::read_members(source, &read, state).await;
+    if complete {
+        state.saw(&changed);
+    }
+    Ok(complete)
+}
+
+async fn full_read<S: Source>(source: &S, state: &mut State, now: u64) -> bool {
+    let ids = state.mapped_ids();
+    let complete = members::read_members(source, &ids, state).await;
+    if complete {
+        state.full_read_at = Some(now);
+    }
+    complete
+}
+
+/// The plan and its writes over every user concerned.
+struct Steps<'a> {
+    roles: &'a RolesConfig,
+    writer: &'a Writer<'a>,
+    members: &'a plan::Members,
+    reconcile: bool,
+    allow: bool,
+}
+
+/// A user the plan concerns: Nexudus Id, nevisIDM extId, the checkpoint, and the plan.
+type Planned = (u64, String, Holding, plan::UserPlan);
+
+impl Steps<'_> {
+    async fn apply(&self, store: &Store, report: &mut RunReport) -> Result<(), RolesError> {
+        let planned = self.plan(store, report).await?;
+        let losing = planned.iter().filter(|p| !p.3.revoke.is_empty()).count() as u64;
+        let held = losing > 0
+            && plan::revocations_held(self.roles, losing, store.len() as u64)
+            && !self.allow;
+        if held {
+            tracing::warn!(
+                losing,
+                "role revocations held back: {losing} users would lose a role (roles.max_revokes \
+                 = {}, roles.max_revoke_percent = {}); --allow-mass-disable approves them for one run",
+                self.roles.max_revokes,
+                self.roles.max_revoke_percent
+            );
+        }
+        for (id, ext_id, mut holding, user_plan) in planned {
+            self.writer
+                .apply(id, &ext_id, &mut holding, &user_plan, held, report)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Every user in a mapped role or holding a role the sync granted (in a reconcile: every
+    /// user), with their plan.
+    async fn plan(
+        &self,
+        store: &Store,
+        report: &mut RunReport,
+    ) -> Result<Vec<Planned>, RolesError> {
+        let owned: BTreeSet<String> = self.roles.owned().into_iter().collect();
+        let mut users = self.members.everyone();
+        let holdings = store.role_holdings().map_err(RolesError::Store)?;
+        users.extend(holdings.iter().map(|(id, _)| *id));
+        if self.reconcile {
+            // An owned role granted by hand to anyone is the sync's too: a reconcile reads every
+            // user's authorizations (two requests a user), an ordinary run only its checkpoints.
+            for entry in store.iter() {
+                users.insert(entry.map_err(RolesError::Store)?.0);
+            }
+        }
+        let mut out = Vec::new();
+        for id in users {
+            let Some(user) = store.get(id).map_err(RolesError::Store)? else {
+                continue; // not (yet) in nevisIDM: planned once its create is confirmed
+            };
+            if user.state == UserState::Archived {
+                continue;
+            }
+            let mut holding = Holding::read(store, id)
+                .map_err(RolesError::Store)?
+                .unwrap_or_default();
+            let desired = plan::desired(self.roles, self.members, id);
+            if self.reconcile {
+                if let Err(reason) = self
+                    .writer
+                    .actual(&user.ext_id, &owned, &mut holding)
+                    .await?
+                {
+                    for role in &desired {
+                        let reason = reason.clone();
+                        report.note_role(
+                            id,
+                            &user.ext_id,
+                            role,
+                            true,
+                            RoleChange::Failed { reason },
+                        );
+                    }
+                    continue;
+                }
+                if self.writer.dry_run.is_none() {
+                    holding.write(store, id).map_err(RolesError::Store)?;
+                }
+            }
+            let user_plan = plan::plan(&owned, &desired, &holding.roles(), self.members.complete);
+            if !user_plan.is_empty() {
+                out.push((id, user.ext_id, holding, user_plan));
+            }
+        }
+        Ok(out)
+    }
+}

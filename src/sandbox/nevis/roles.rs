@@ -1,0 +1,375 @@
+//! The fake's role side: roles by extId (`GET /core/v1/roles/{extId}`), the caller's
+//! permissions (`GET /principal/v1/permissions`, or 404 as older releases answer, by a switch),
+//! profiles of a user (a default profile at user creation, or none, by a switch; `POST` creates
+//! one in a unit), and authorizations of a profile (201 with `Location`; a duplicate grant
+//! answered `422 errors.duplicateValue` or accepted, by a switch; `DELETE` 204). A profile
+//! policy grants a default role to every new profile ([`FakeNevis::set_policy_default_role`]).
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::{HeaderValue, header};
+use axum::response::Response;
+use serde_json::{Value, json};
+
+use super::{
+    ApiError, FakeNevis, Inner, Shared, check_client, empty_response, error, json_response, lock,
+    no_user, parse_object,
+};
+
+/// Every permission the role sync asks for, as a fresh fake grants them.
+const ALL_PERMISSIONS: [&str; 5] = [
+    "AccessControl.AuthorizationView",
+    "AccessControl.AuthorizationCreate",
+    "AccessControl.AuthorizationDelete",
+    "AccessControl.ProfileView",
+    "AccessControl.ProfileCreate",
+];
+
+#[derive(Debug, Clone)]
+struct FakeProfile {
+    ext_id: String,
+    unit: String,
+    is_default: bool,
+}
+
+/// The role side's state, inside the fake's.
+pub(super) struct RoleState {
+    roles: BTreeSet<String>,
+    /// `None`: the permissions endpoint answers 404.
+    permissions: Option<Vec<String>>,
+    profiles: BTreeMap<String, Vec<FakeProfile>>,
+    /// profile extId -> (authorization extId, roleExtId)
+    authorizations: BTreeMap<String, Vec<(String, String)>>,
+    default_profile: bool,
+    policy_default_role: Option<String>,
+    accept_duplicate_grants: bool,
+    next: u64,
+}
+
+impl Default for RoleState {
+    fn default() -> Self {
+        RoleState {
+            roles: BTreeSet::new(),
+            permissions: Some(ALL_PERMISSIONS.map(String::from).to_vec()),
+            profiles: BTreeMap::new(),
+            authorizations: BTreeMap::new(),
+            default_profile: true,
+            policy_default_role: None,
+            accept_duplicate_grants: false,
+            next: 0,
+        }
+    }
+}
+
+impl RoleState {
+    fn new_profile(&mut self, user: &str, unit: &str, is_default: bool) -> String {
+        self.next += 1;
+        let ext_id = format!("profile-{}", self.next);
+        self.profiles
+            .entry(user.to_string())
+            .or_default()
+            .push(FakeProfile {
+                ext_id: ext_id.clone(),
+                unit: unit.to_string(),
+                is_default,
+            });
+        let auths = self.authorizations.entry(ext_id.clone()).or_default();
+        if let Some(role) = self.policy_default_role.clone() {
+            self.next += 1;
+            auths.push((format!("auth-{}", self.next), role));
+        }
+        ext_id
+    }
+
+    fn add_authorization(&mut self, profile: &str, role: &str) -> String {
+        self.next += 1;
+        let ext_id = format!("auth-{}", self.next);
+        self.authorizations
+            .entry(profile.to_string())
+            .or_default()
+            .push((ext_id.clone(), role.to_string()));
+        ext_id
+    }
+
+    /// The policy's default profile for a user just created (unless switched off).
+    pub(super) fn user_created(&mut self, user: &str) {
+        if self.default_profile {
+            self.new_profile(user, "root", true);
+        }
+    }
+}
+
+impl FakeNevis {
+    /// Roles that exist (by roleExtId).
+    pub fn add_roles(&self, roles: &[&str]) {
+        self.lock()
+            .roles
+            .roles
+            .extend(roles.iter().map(|r| r.to_string()));
+    }
+
+    /// What `GET /principal/v1/permissions` answers; `None`: 404 (an older release).
+    pub fn set_permissions(&self, permissions: Option<&[&str]>) {
+        self.lock().roles.permissions =
+            permissions.map(|p| p.iter().map(|s| s.to_string()).collect());
+    }
+
+    /// Whether user creation gives the user a default profile (default on).
+    pub fn set_default_profile(&self, on: bool) {
+        self.lock().roles.default_profile = on;
+    }
+
+    /// A role the profile policy grants every new profile.
+    pub fn set_policy_default_role(&self, role: Option<&str>) {
+        self.lock().roles.policy_default_role = role.map(String::from);
+    }
+
+    /// Whether a second grant of a held role is accepted (201) instead of refused (422).
+    pub fn set_accept_duplicate_grants(&self, on: bool) {
+        self.lock().roles.accept_duplicate_grants = on;
+    }
+
+    /// Grants `role` on the user's first profile by hand; answers the authorization's extId.
+    pub fn grant_by_hand(&self, user: &str, role: &str) -> Option<String> {
+        let mut inner = self.lock();
+        let profile = inner.roles.profiles.get(user)?.first()?.ext_id.clone();
+        Some(inner.roles.add_authorization(&profile, role))
+    }
+
+    /// Removes every authorization of `role` from the user's profiles by hand.
+    pub fn revoke_by_hand(&self, user: &str, role: &str) {
+        let mut inner = self.lock();
+        let profiles: Vec<String> = inner
+            .roles
+            .profiles
+            .get(user)
+            .map(|p| p.iter().map(|p| p.ext_id.clone()).collect())
+            .unwrap_or_default();
+        for p in profiles {
+            if let Some(auths) = inner.roles.authorizations.get_mut(&p) {
+                auths.retain(|(_, r)| r != role);
+            }
+        }
+    }
+
+    /// The roleExtIds the user's profiles hold, sorted (a role held twice shows twice).
+    pub fn user_roles(&self, user: &str) -> Vec<String> {
+        let inner = self.lock();
+        let mut roles: Vec<String> = inner
+            .roles
+            .profiles
+            .get(user)
+            .into_iter()
+            .flatten()
+            .flat_map(|p| {
+                inner
+                    .roles
+                    .authorizations
+                    .get(&p.ext_id)
+                    .into_iter()
+                    .flatten()
+            })
+            .map(|(_, r)| r.clone())
+            .collect();
+        roles.sort();
+        roles
+    }
+
+    /// The user's profiles as (extId, unit, isDefault).
+    pub fn profiles_of(&self, user: &str) -> Vec<(String, String, bool)> {
+        let inner = self.lock();
+        inner
+            .roles
+            .profiles
+            .get(user)
+            .into_iter()
+            .flatten()
+            .map(|p| (p.ext_id.clone(), p.unit.clone(), p.is_default))
+            .collect()
+    }
+}
+
+fn no_profile(profile: &str) -> ApiError {
+    error(
+        404,
+        "errors.noRecord",
+        &format!("Profile '{profile}' does not exist."),
+    )
+}
+
+fn with_location(mut response: Response, location: &str) -> Response {
+    if let Ok(location) = HeaderValue::from_str(location) {
+        response.headers_mut().insert(header::LOCATION, location);
+    }
+    response
+}
+
+fn profile_exists(inner: &Inner, profile: &str) -> bool {
+    inner.roles.authorizations.contains_key(profile)
+}
+
+pub(super) async fn get_role(
+    State(state): State<Shared>,
+    Path(role): Path<String>,
+) -> Result<Response, ApiError> {
+    let inner = lock(&state);
+    if !inner.roles.roles.contains(&role) {
+        return Err(error(
+            404,
+            "errors.noRecord",
+            &format!("Role '{role}' does not exist."),
+        ));
+    }
+    let body = json!({"extId": role, "name": role, "applicationName": "spaces"});
+    Ok(json_response(200, &body, None))
+}
+
+pub(super) async fn permissions(State(state): State<Shared>) -> Result<Response, ApiError> {
+    let inner = lock(&state);
+    match &inner.roles.permissions {
+        Some(p) => Ok(json_response(
+            200,
+            &json!({"elementaryPermissions": p}),
+            None,
+        )),
+        None => Err(error(
+            404,
+            "errors.noRecord",
+            "No resource at /principal/v1/permissions.",
+        )),
+    }
+}
+
+pub(super) async fn list_profiles(
+    State(state): State<Shared>,
+    Path((client, user)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    let inner = lock(&state);
+    check_client(&inner, &client)?;
+    if !inner.users.contains_key(&user) {
+        return Err(no_user(&user));
+    }
+    let items: Vec<Value> = inner
+        .roles
+        .profiles
+        .get(&user)
+        .into_iter()
+        .flatten()
+        .map(|p| {
+            json!({"extId": p.ext_id, "unitExtId": p.unit, "isDefaultProfile": p.is_default,
+                   "profileState": "active"})
+        })
+        .collect();
+    Ok(json_response(200, &json!({"items": items}), None))
+}
+
+pub(super) async fn create_profile(
+    State(state): State<Shared>,
+    Path((client, user)): Path<(String, String)>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let mut guard = lock(&state);
+    let inner = &mut *guard;
+    check_client(inner, &client)?;
+    if !inner.users.contains_key(&user) {
+        return Err(no_user(&user));
+    }
+    let body = parse_object(&body)?;
+    let Some(unit) = body.get("unitExtId").and_then(Value::as_str) else {
+        return Err(error(422, "errors.invalidData", "unitExtId is mandatory."));
+    };
+    let first = inner.roles.profiles.get(&user).is_none_or(Vec::is_empty);
+    let profile = inner.roles.new_profile(&user, unit, first);
+    let location = format!(
+        "{}/nevisidm/api/core/v1/{client}/profiles/{profile}",
+        inner.base_url
+    );
+    Ok(with_location(empty_response(201, None), &location))
+}
+
+pub(super) async fn list_authorizations(
+    State(state): State<Shared>,
+    Path((client, profile)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    let inner = lock(&state);
+    check_client(&inner, &client)?;
+    let auths = inner
+        .roles
+        .authorizations
+        .get(&profile)
+        .ok_or_else(|| no_profile(&profile))?;
+    let items: Vec<Value> = auths
+        .iter()
+        .map(|(ext_id, role)| json!({"extId": ext_id, "roleExtId": role, "version": 0}))
+        .collect();
+    Ok(json_response(200, &json!({"items": items}), None))
+}
+
+pub(super) async fn grant(
+    State(state): State<Shared>,
+    Path((client, profile)): Path<(String, String)>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let mut guard = lock(&state);
+    let inner = &mut *guard;
+    check_client(inner, &client)?;
+    if !profile_exists(inner, &profile) {
+        return Err(no_profile(&profile));
+    }
+    let body = parse_object(&body)?;
+    let Some(role) = body.get("roleExtId").and_then(Value::as_str) else {
+        return Err(error(422, "errors.invalidData", "roleExtId is mandatory."));
+    };
+    if !inner.roles.roles.contains(role) {
+        return Err(error(
+            422,
+            "errors.invalidData",
+            &format!("Role '{role}' does not exist."),
+        ));
+    }
+    let held = inner.roles.authorizations[&profile]
+        .iter()
+        .find(|(_, r)| r == role)
+        .map(|(a, _)| a.clone());
+    let auth = match held {
+        Some(_) if !inner.roles.accept_duplicate_grants => {
+            return Err(error(
+                422,
+                "errors.duplicateValue",
+                &format!("The profile already holds role '{role}'."),
+            ));
+        }
+        Some(existing) => existing,
+        None => inner.roles.add_authorization(&profile, role),
+    };
+    let location = format!(
+        "{}/nevisidm/api/core/v1/{client}/profiles/{profile}/authorizations/{auth}",
+        inner.base_url
+    );
+    Ok(with_location(empty_response(201, None), &location))
+}
+
+pub(super) async fn revoke(
+    State(state): State<Shared>,
+    Path((client, profile, auth)): Path<(String, String, String)>,
+) -> Result<Response, ApiError> {
+    let mut inner = lock(&state);
+    check_client(&inner, &client)?;
+    let auths = inner
+        .roles
+        .authorizations
+        .get_mut(&profile)
+        .ok_or_else(|| no_profile(&profile))?;
+    let before = auths.len();
+    auths.retain(|(a, _)| *a != auth);
+    if auths.len() == before {
+        return Err(error(
+            404,
+            "errors.noRecord",
+            &format!("Authorization '{auth}' does not exist."),
+        ));
+    }
+    Ok(empty_response(204, None))
+}
