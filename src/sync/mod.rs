@@ -203,6 +203,34 @@ pub async fn run_once<S: Source, T: Target>(
     result.map(|()| report)
 }
 
+/// What every stage of one pass reads.
+struct Ctx<'a, S, T> {
+    cfg: &'a Config,
+    source: &'a Arc<S>,
+    nevis: &'a Nevis<T>,
+    store: &'a Store,
+    opts: &'a RunOptions,
+    cancel: CancellationToken,
+    commit: Commit<'a>,
+}
+
+/// The stages of one pass over the listing, each owning its state.
+struct Stages<'a, T: Target> {
+    listing: Listing,
+    planner: Planner<'a>,
+    settlement: Settlement<'a>,
+    dispatcher: Dispatcher<T>,
+}
+
+/// What a pass found out before its listing: where the listing starts, the deletion probe,
+/// nevisIDM's state for a reconcile, and who owns which extId.
+struct Start {
+    since: Option<String>,
+    remote: Option<Arc<Directory>>,
+    owners: Option<Arc<Owners>>,
+    known_before: u64,
+}
+
 /// The pipeline: the listing feeds the planner, the planner feeds the dispatcher; once the
 /// listing is over, the settlement decides what disappeared and whether the deletion safety
 /// holds, and the commit records what is true. An incremental pass reads the deletion probe
@@ -216,128 +244,205 @@ async fn run<S: Source, T: Target>(
     report: &mut RunReport,
     admins: &mut Admins,
 ) -> Result<Pass, SyncError> {
-    let cancel = opts.shutdown.clone().unwrap_or_default();
-    let commit = Commit::new(store, opts);
-    let known_before = store.len() as u64;
-    let page_size = u64::from(cfg.nexudus.page_size);
-    let probed = probed_since(cfg, &*source, store, opts);
-    let Ok(probed) = until_stopped(&cancel, probed).await else {
-        return stopped(&commit, report).await;
+    let ctx = Ctx {
+        cfg,
+        source: &source,
+        nevis,
+        store,
+        opts,
+        cancel: opts.shutdown.clone().unwrap_or_default(),
+        commit: Commit::new(store, opts),
     };
-    let (since, probe) = probed?;
-    report.incremental = since.is_some();
-    report.reconcile = opts.reconcile;
-    let remote = nevis_state(nevis, opts.reconcile, known_before);
-    let Ok(remote) = until_stopped(&cancel, remote).await else {
-        return stopped(&commit, report).await;
+    let Some((start, probe)) = ctx.start(report).await? else {
+        return stopped(&ctx.commit, report).await;
     };
-    let remote = remote?;
-    let owners = owners(cfg, store, opts)?;
-    source.begin_run(since.is_none()).await;
-    let mut listing = Listing::start(Arc::clone(&source), since, page_size, cancel.clone());
-    let mut dispatcher = dispatcher(cfg, nevis, store, opts, owners.clone());
-    let mut settlement = Settlement::new(cfg, store, opts, known_before);
-    let mut planner = Planner::new(cfg, store, opts, remote.as_deref())?;
+    let mut stages = ctx.stages(&start).await?;
+    if let Err(e) = stream(&ctx, &mut stages, admins, report).await {
+        let _ = stages.dispatcher.finish(report).await;
+        return Err(e);
+    }
+    let Stages {
+        mut listing,
+        settlement,
+        mut dispatcher,
+        ..
+    } = stages;
+    let census = match listing.end() {
+        Ending::Interrupted => return ctx.stopped_writing(dispatcher, report).await,
+        Ending::Failed(e) => {
+            ctx.commit.after_failure(&mut dispatcher, report).await?;
+            return Err(e.into());
+        }
+        Ending::Listed(census) => census,
+    };
+    let pass = (probe, census);
+    ctx.settle(&start, pass, settlement, dispatcher, report)
+        .await
+}
 
-    // With adoption on, Nexudus users sharing an email must be known before anything is written
-    // (adopting one nevisIDM user for the wrong person is the worst outcome): the listing is read
-    // whole first, then replayed. Costs memory in proportion to the listing; adoption only
-    // (otherwise pages stream into writes).
-    if cfg.sync.adopt == AdoptMode::Email {
-        let buffered = listing.read_whole(page_size).await;
-        planner.set_shared_emails(SharedEmails::of(&buffered, cfg));
-        listing.replay(buffered);
+impl<'a, S: Source, T: Target> Ctx<'a, S, T> {
+    /// The deletion probe and nevisIDM's state for a reconcile, each heard by a stop (`None`).
+    async fn start(
+        &self,
+        report: &mut RunReport,
+    ) -> Result<Option<(Start, Option<Probe>)>, SyncError> {
+        let known_before = self.store.len() as u64;
+        let probed = probed_since(self.cfg, &**self.source, self.store, self.opts);
+        let Ok(probed) = until_stopped(&self.cancel, probed).await else {
+            return Ok(None);
+        };
+        let (since, probe) = probed?;
+        report.incremental = since.is_some();
+        report.reconcile = self.opts.reconcile;
+        let remote = nevis_state(self.nevis, self.opts.reconcile, known_before);
+        let Ok(remote) = until_stopped(&self.cancel, remote).await else {
+            return Ok(None);
+        };
+        let remote = remote?;
+        let owners = owners(self.cfg, self.store, self.opts)?;
+        let start = Start {
+            since,
+            remote,
+            owners,
+            known_before,
+        };
+        Ok(Some((start, probe)))
     }
 
-    'pages: while let Some(page) = listing.next_page().await {
-        if let Some(progress) = &opts.progress {
+    /// The listing started and the stages that consume it. With adoption on, Nexudus users
+    /// sharing an email must be known before anything is written (adopting one nevisIDM user
+    /// for the wrong person is the worst outcome): the listing is read whole first, then
+    /// replayed. Costs memory in proportion to the listing; adoption only (otherwise pages
+    /// stream into writes).
+    async fn stages<'s>(&self, start: &'s Start) -> Result<Stages<'s, T>, SyncError>
+    where
+        'a: 's,
+    {
+        let (cfg, store, opts) = (self.cfg, self.store, self.opts);
+        let page_size = u64::from(cfg.nexudus.page_size);
+        self.source.begin_run(start.since.is_none()).await;
+        let source = Arc::clone(self.source);
+        let since = start.since.clone();
+        let mut listing = Listing::start(source, since, page_size, self.cancel.clone());
+        let owners = start.owners.clone();
+        let mut planner = Planner::new(cfg, store, opts, start.remote.as_deref())?;
+        if cfg.sync.adopt == AdoptMode::Email {
+            let buffered = listing.read_whole(page_size).await;
+            planner.set_shared_emails(SharedEmails::of(&buffered, cfg));
+            listing.replay(buffered);
+        }
+        Ok(Stages {
+            listing,
+            planner,
+            settlement: Settlement::new(cfg, store, opts, start.known_before),
+            dispatcher: dispatcher(cfg, self.nevis, store, opts, owners),
+        })
+    }
+
+    /// Once the listing is over: who vanished (the deletion search, the settlement and its
+    /// look-ups), the removals, and what the pass records as true.
+    async fn settle(
+        &self,
+        start: &Start,
+        (probe, census): (Option<Probe>, census::Census),
+        settlement: Settlement<'_>,
+        mut dispatcher: Dispatcher<T>,
+        report: &mut RunReport,
+    ) -> Result<Pass, SyncError> {
+        let total_items = census.total_items();
+        let (verdict, listed) = census.verdict();
+        let full = probe.is_none();
+        let vanished = match probe {
+            Some(probe) => {
+                let search = search_page_size(self.cfg);
+                let dry_run = self.opts.dry_run.is_some();
+                let source = &**self.source;
+                let judged = probe.judge_after(source, &listed, self.store, dry_run, search);
+                let Ok(judged) = until_stopped(&self.cancel, judged).await else {
+                    return self.stopped_writing(dispatcher, report).await;
+                };
+                judged?
+            }
+            None => Vanished::default(),
+        };
+        let settled = settlement.settle(
+            &**self.source,
+            start.remote.as_deref().zip(start.owners.as_deref()),
+            verdict,
+            &listed,
+            report.incremental.then_some(&vanished.gone[..]),
+        );
+        let Ok(decision) = until_stopped(&self.cancel, settled).await else {
+            return self.stopped_writing(dispatcher, report).await;
+        };
+        let mut decision = decision?;
+        let (complete, missing) = (
+            decision.incomplete.is_none(),
+            std::mem::take(&mut decision.missing),
+        );
+        let removals = decision.record(report);
+        let Ok(written) = write_out(&mut dispatcher, removals, report, &self.cancel).await else {
+            return self.stopped_writing(dispatcher, report).await;
+        };
+        written?;
+        // Only now is the listing's account of who Nexudus holds true of nevisIDM too: an
+        // interrupted run leaves the roster as it was, so its undone disables are found again.
+        record_roster(full, total_items, &listed, complete, self.store, self.opts)?;
+        self.commit
+            .after_listing(report, settlement.kept(), &missing)
+            .await?;
+        Ok(if vanished.full_listing_due {
+            Pass::FullListingDue
+        } else {
+            Pass::Done
+        })
+    }
+
+    /// A stop while writes may be in flight: they get `sync.shutdown_grace`.
+    async fn stopped_writing(
+        &self,
+        dispatcher: Dispatcher<T>,
+        report: &mut RunReport,
+    ) -> Result<Pass, SyncError> {
+        stopped_writing(&self.commit, dispatcher, self.cfg, report).await
+    }
+}
+
+/// The listing's pages through the census and the planner into the dispatcher. A record that
+/// says `Active` false is an explicit instruction from the source and goes out at once, like any
+/// change: access must not outlive its revocation. A stop while a write waits for a slot
+/// interrupts the listing.
+async fn stream<S: Source, T: Target>(
+    ctx: &Ctx<'_, S, T>,
+    stages: &mut Stages<'_, T>,
+    admins: &mut Admins,
+    report: &mut RunReport,
+) -> Result<(), SyncError> {
+    while let Some(page) = stages.listing.next_page().await {
+        if let Some(progress) = &ctx.opts.progress {
             progress.listed(page.records.len() as u64);
             if let Some(total) = page.total_items {
                 progress.set_total(total);
             }
         }
         for record in page.records {
-            if !listing.census().record(&record) {
+            if !stages.listing.census().record(&record) {
                 continue;
             }
             admins.note(&record);
             let planning = Instant::now();
-            let planned = planner.plan(record, report)?;
-            settlement.keep(planned.kept);
+            let planned = stages.planner.plan(record, report)?;
+            stages.settlement.keep(planned.kept);
             report.planning += planning.elapsed();
             let Some(op) = planned.op else { continue };
-            // A record that says Active=false is an explicit instruction from the source and
-            // goes out at once, like any change: access must not outlive its revocation.
-            match submit_unless_cancelled(&mut dispatcher, op, report, &cancel).await {
-                Ok(true) => {}
-                Ok(false) => {
-                    listing.interrupt();
-                    break 'pages;
-                }
-                Err(e) => {
-                    let _ = dispatcher.finish(report).await;
-                    return Err(e.into());
-                }
+            let dispatcher = &mut stages.dispatcher;
+            if !submit_unless_cancelled(dispatcher, op, report, &ctx.cancel).await? {
+                stages.listing.interrupt();
+                return Ok(());
             }
         }
     }
-
-    let (verdict, listed, total_items) = match listing.end() {
-        Ending::Interrupted => return stopped_writing(&commit, dispatcher, cfg, report).await,
-        Ending::Failed(e) => {
-            commit.after_failure(&mut dispatcher, report).await?;
-            return Err(e.into());
-        }
-        Ending::Listed(census) => {
-            let total_items = census.total_items();
-            let (verdict, listed) = census.verdict();
-            (verdict, listed, total_items)
-        }
-    };
-    let full = probe.is_none();
-    let vanished = match probe {
-        Some(probe) => {
-            let search = search_page_size(cfg);
-            let dry_run = opts.dry_run.is_some();
-            let judged = probe.judge_after(&*source, &listed, store, dry_run, search);
-            let Ok(judged) = until_stopped(&cancel, judged).await else {
-                return stopped_writing(&commit, dispatcher, cfg, report).await;
-            };
-            judged?
-        }
-        None => Vanished::default(),
-    };
-    let settled = settlement.settle(
-        &*source,
-        remote.as_deref().zip(owners.as_deref()),
-        verdict,
-        &listed,
-        report.incremental.then_some(&vanished.gone[..]),
-    );
-    let Ok(decision) = until_stopped(&cancel, settled).await else {
-        return stopped_writing(&commit, dispatcher, cfg, report).await;
-    };
-    let mut decision = decision?;
-    let (complete, missing) = (
-        decision.incomplete.is_none(),
-        std::mem::take(&mut decision.missing),
-    );
-    let removals = decision.record(report);
-    let Ok(written) = write_out(&mut dispatcher, removals, report, &cancel).await else {
-        return stopped_writing(&commit, dispatcher, cfg, report).await;
-    };
-    written?;
-    // Only now is the listing's account of who Nexudus holds true of nevisIDM too: an
-    // interrupted run leaves the roster as it was, so its undone disables are found again.
-    record_roster(full, total_items, &listed, complete, store, opts)?;
-    commit
-        .after_listing(report, settlement.kept(), &missing)
-        .await?;
-    Ok(if vanished.full_listing_due {
-        Pass::FullListingDue
-    } else {
-        Pass::Done
-    })
+    Ok(())
 }
 
 /// The role stage (`[[roles.map]]`, issue 21), once the users' own writes are confirmed: a user
