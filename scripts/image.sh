@@ -10,7 +10,8 @@
 #   3. `--demo` run in the image by podman (--runtime runc --cgroup-manager cgroupfs) as the
 #      image's non-root user (65532) with a read-only root filesystem, no capabilities and no
 #      network; the image's size printed.
-# NNS_IMAGE_FULL=1 builds every stage instead (cargo compiles again inside, with the host's CA
+# NNS_IMAGE_KEEP=1 keeps the built image in the storage (dropped by default: vfs copies every
+# layer). NNS_IMAGE_FULL=1 builds every stage instead (cargo compiles again inside, with the host's CA
 # file mounted for the crate downloads): slow, and not part of --full.
 #
 #   bash scripts/image.sh            (root; or: bash scripts/test.sh --full)
@@ -127,3 +128,10 @@ echo "scripts/image.sh: image size of ${image}: $((size / 1024 / 1024)) MiB (${s
   "base $($as_root "${podman[@]}" image inspect --format '{{.Size}}' "${base}") bytes"
 echo "scripts/image.sh: ${image} built and ran --demo as uid 65532 with a read-only root" \
   "in $((SECONDS - start)) s"
+
+# vfs keeps a full copy per layer: drop the image (and any left from earlier runs) unless asked to
+# keep it, so repeated runs do not fill the disk; the base stays for the next run.
+if [ "${NNS_IMAGE_KEEP:-0}" != "1" ]; then
+  $as_root "${podman[@]}" rmi -f "${image}" >/dev/null
+  $as_root "${podman[@]}" image prune -f >/dev/null
+fi

@@ -9,7 +9,7 @@
 #   bash scripts/test.sh           every stage above (what .ci/run runs)
 #   bash scripts/test.sh --full    and then the release build packaged and checked the same way,
 #                                  and the container image built and run without a Docker daemon
-#                                  (`scripts/image.sh`). Optional: about 8 more minutes on the
+#                                  (`scripts/image.sh`). Optional: about 10 more minutes on the
 #                                  2-core machine, more than CI's budget allows (docs/development.md)
 #
 # What the tests use beyond cargo, each installed only when missing, from the package
