@@ -36,6 +36,7 @@
 //! - [`progress`] the run in flight: counters, a live terminal line or periodic log lines, `/status`
 //! - [`sandbox`]  stateful fakes of both APIs, used by `--demo`, the tests and the benchmark
 //! - [`demo`]     `--demo`: both fakes in-process, sample users, one real sync
+//! - [`packaging`] the man page and shell completions, generated from the CLI for the packages
 //!
 //! Imports flow one way: there is no loop between these modules (`tests/module_graph.rs` fails on
 //! one and names it).
@@ -55,6 +56,7 @@ pub mod metrics;
 pub mod nevis;
 pub mod nexudus;
 pub mod ownership;
+pub mod packaging;
 pub mod progress;
 pub mod report;
 pub mod retry;

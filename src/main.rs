@@ -69,6 +69,9 @@ struct Cli {
 
 fn main() -> ExitCode {
     limit_malloc_arenas();
+    if let Some(code) = generate_packaging_files() {
+        return code;
+    }
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
@@ -97,6 +100,24 @@ fn limit_malloc_arenas() {
 
 #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
 fn limit_malloc_arenas() {}
+
+/// `--generate-packaging-files DIR` (hidden; scripts/package.sh): the man page and completions.
+fn generate_packaging_files() -> Option<ExitCode> {
+    use clap::CommandFactory;
+    use nexudus_nevis_sync::packaging;
+    let args: Vec<_> = std::env::args_os().collect();
+    let result = match packaging::requested_dir(&args)? {
+        Ok(dir) => packaging::write_files(Cli::command(), &dir).map_err(|e| e.to_string()),
+        Err(usage) => Err(usage),
+    };
+    Some(match result {
+        Ok(_) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(EXIT_FATAL)
+        }
+    })
+}
 
 async fn run(cli: Cli) -> u8 {
     if cli.demo {

@@ -29,7 +29,7 @@ use serde_yaml_ng::Value;
 
 const BIN: &str = env!("CARGO_BIN_EXE_nexudus-nevis-sync");
 /// Where the units, the Dockerfile and the README install the binary.
-const INSTALLED_BIN: &str = "/usr/local/bin/nexudus-nevis-sync";
+const INSTALLED_BIN: &str = "/usr/bin/nexudus-nevis-sync";
 const UNITS: [&str; 3] = [
     "nexudus-nevis-sync.service",
     "nexudus-nevis-sync-oneshot.service",
@@ -376,10 +376,13 @@ fn systemd_units_agree_with_each_other_and_the_config() {
         let name = unit.name;
         let exec = unit.exec_start();
         assert_eq!(exec[0], INSTALLED_BIN, "{name}: ExecStart binary");
+        // The config is 0640 root:root (the package's conffile): systemd reads it as root and
+        // hands it over as a credential, like the secrets.
+        assert_eq!(config_arg(&exec), "%d/config.toml", "{name}: --config");
         assert_eq!(
-            config_arg(&exec),
-            "/etc/nexudus-nevis-sync/config.toml",
-            "{name}: the README installs systemd/config.toml there"
+            unit.credentials().get("config.toml").map(String::as_str),
+            Some("/etc/nexudus-nevis-sync/config.toml"),
+            "{name}: the package and the README install systemd/config.toml there"
         );
 
         // The store: StateDirectory=X is /var/lib/X, which must be store.path.
@@ -392,12 +395,14 @@ fn systemd_units_agree_with_each_other_and_the_config() {
         let used: BTreeSet<String> = unit
             .environment()
             .iter()
-            .filter_map(|(_, v)| v.strip_prefix("%d/").map(str::to_string))
+            .map(|(_, v)| v.as_str())
+            .chain(exec.iter().copied())
+            .filter_map(|v| v.strip_prefix("%d/").map(str::to_string))
             .collect();
         assert_eq!(
             creds.keys().cloned().collect::<BTreeSet<_>>(),
             used,
-            "{name}: LoadCredential= names vs %d/<name> in Environment="
+            "{name}: LoadCredential= names vs %d/<name> in Environment= and ExecStart="
         );
         for path in creds.values() {
             assert!(
@@ -486,6 +491,9 @@ async fn systemd_config_loads_with_the_environment_of_each_unit() {
         let creds = dir.path().join("credentials");
         std::fs::create_dir(&creds).expect("mkdir");
         for cred in unit.credentials().keys() {
+            if cred == "config.toml" {
+                continue; // written below, once the fakes' addresses are in it
+            }
             let value = secrets
                 .get(cred.as_str())
                 .unwrap_or_else(|| panic!("{name}: unknown credential {cred}"));
@@ -507,13 +515,14 @@ async fn systemd_config_loads_with_the_environment_of_each_unit() {
         ] {
             config = toml_set(&config, section, key, &value);
         }
-        let config_path = dir.path().join("config.toml");
-        std::fs::write(&config_path, config).expect("write config");
+        std::fs::write(creds.join("config.toml"), config).expect("write config");
+        let config_path =
+            config_arg(&unit.exec_start()).replace("%d", &creds.display().to_string());
 
         // A service gets a clean environment plus its Environment= lines.
         let mut cmd = tokio::process::Command::new(BIN);
         cmd.env_clear()
-            .args(["--config", &config_path.display().to_string()])
+            .args(["--config", &config_path])
             .args(["--sync-now", "--dry-run"])
             .kill_on_drop(true);
         for (k, v) in unit.environment() {
