@@ -126,6 +126,10 @@ async fn refresh<S: Source>(
         state.map_key = map_key;
         state.saw(&listed);
         state.members.retain(|id, _| state.ids.contains(&Some(*id)));
+        let ids = &state.ids;
+        state
+            .read_updated_on
+            .retain(|id, _| ids.contains(&Some(*id)));
         return Ok(full_read(source, state, now).await);
     }
     let due = state
@@ -134,7 +138,8 @@ async fn refresh<S: Source>(
     if due || run.reconcile {
         return Ok(full_read(source, state, now).await);
     }
-    // The cheap path: one request for the UserRoles changed since the watermark.
+    // The cheap path: one request for the UserRoles changed since the watermark, and a read of
+    // each mapped one whose `UpdatedOn` is not the one its last read answered.
     let since = state
         .watermark
         .as_deref()
@@ -147,12 +152,7 @@ async fn refresh<S: Source>(
         }
         Err(e) => return Err(e),
     };
-    let mapped = state.mapped_ids();
-    let read: Vec<u64> = changed
-        .iter()
-        .map(|r| r.id)
-        .filter(|id| mapped.contains(id))
-        .collect();
+    let read = state.moved(&changed);
     let complete = members::read_members(source, &read, state).await;
     if complete {
         state.saw(&changed);
