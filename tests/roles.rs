@@ -429,3 +429,26 @@ async fn a_change_moving_updated_on_arrives_at_the_next_tick_one_not_moving_it_a
     );
     assert_eq!(env.nevis.user_roles(&ext(ids[1])), ["basic"]);
 }
+
+/// Grants for many users go `sync.concurrency` users at a time, never more.
+#[tokio::test]
+async fn grants_for_many_users_are_written_concurrently_within_sync_concurrency() {
+    let env = Env::start().await;
+    env.nevis.add_roles(&ROLES);
+    env.set("sync.concurrency", "4");
+    let ids = env.seed(12);
+    env.sync(&[]).await.assert_code(0);
+    env.nexudus
+        .add_user_role(1, "Main Street", "Receptionist", &ids);
+    env.set(
+        "roles.map",
+        r#"[{nexudus = "Receptionist", nevis = ["frontdesk"]}]"#,
+    );
+    env.nevis.set_latency(std::time::Duration::from_millis(100));
+    env.nevis.reset_stats();
+    let run = env.sync(&[]).await;
+    run.assert_code(0);
+    assert_eq!(run.count("granted"), 12);
+    let peak = env.nevis.max_in_flight();
+    assert!((2..=4).contains(&peak), "max in flight {peak}");
+}
