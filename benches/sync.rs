@@ -8,6 +8,9 @@
 //! ```
 //!
 //! `--no-revoke` stops after the phases; `--revoke-only` runs the import and the time to revoke.
+//! `--roles` adds the roles phase ([`roles`]: 20 mapped UserRoles, the idle tick's cost with and
+//! without them, and the time a membership change takes to reach nevisIDM) at the end;
+//! `--roles-only` runs the import and it.
 //! The last column, `plan_us/usr`, is the time the run's driving task spent planning each record
 //! (scope, mapping, diff and the checkpoint look-up: the per-record store work between pages),
 //! from the report the run recorded.
@@ -27,6 +30,8 @@ use nexudus_nevis_sync::sandbox::{
 mod floor;
 #[path = "sync/revoke.rs"]
 mod revoke;
+#[path = "sync/roles.rs"]
+mod roles;
 
 struct Args {
     users: usize,
@@ -38,6 +43,10 @@ struct Args {
     revoke_only: bool,
     /// The phases without the time to revoke (`--no-revoke`).
     no_revoke: bool,
+    roles: roles::RolesArgs,
+    /// The roles phase last (`--roles`), or only the import and it (`--roles-only`).
+    with_roles: bool,
+    roles_only: bool,
 }
 
 fn parse_args() -> Args {
@@ -54,6 +63,15 @@ fn parse_args() -> Args {
         },
         revoke_only: false,
         no_revoke: false,
+        roles: roles::RolesArgs {
+            mapped: 20,
+            members: 20,
+            events: 10,
+            window: Duration::from_secs(60),
+            seed: 21,
+        },
+        with_roles: false,
+        roles_only: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -75,6 +93,16 @@ fn parse_args() -> Args {
             "--seed" => args.revoke.seed = value().expect("--seed N"),
             "--revoke-only" => args.revoke_only = true,
             "--no-revoke" => args.no_revoke = true,
+            "--roles" => args.with_roles = true,
+            "--roles-only" => args.roles_only = true,
+            "--roles-mapped" => args.roles.mapped = value().expect("--roles-mapped N") as usize,
+            "--roles-members" => {
+                args.roles.members = value().expect("--roles-members N") as usize;
+            }
+            "--roles-events" => args.roles.events = value().expect("--roles-events N") as usize,
+            "--roles-seconds" => {
+                args.roles.window = Duration::from_secs(value().expect("--roles-seconds N"));
+            }
             // cargo bench passes --bench; ignore anything else.
             _ => {}
         }
@@ -259,7 +287,8 @@ async fn bench(args: Args) {
         args.page_size,
         seeded.as_secs_f64()
     );
-    let fakes_floor = if args.revoke_only {
+    let import_only = args.revoke_only || args.roles_only;
+    let fakes_floor = if import_only {
         floor::Floor::default()
     } else {
         fakes_floor(&args, &nexudus, latency).await
@@ -291,7 +320,7 @@ async fn bench(args: Args) {
             floors: Some((floor, fakes_floor.mass_update)),
         },
     ];
-    let phases = if args.revoke_only {
+    let phases = if import_only {
         &phases[..1]
     } else {
         &phases[..]
@@ -304,11 +333,105 @@ async fn bench(args: Args) {
         run_phase(i, phase, &args, &nexudus, &nevis, dir.path()).await;
     }
     // The daemon keeps the mapping of the last phase, so that its first run changes nobody.
-    if args.no_revoke {
-        return;
+    let mapping = if import_only { "" } else { properties };
+    if !args.no_revoke && !args.roles_only {
+        time_to_revoke(&args, &nexudus, &nevis, dir.path(), mapping).await;
     }
-    let mapping = if args.revoke_only { "" } else { properties };
-    time_to_revoke(&args, &nexudus, &nevis, dir.path(), mapping).await;
+    if args.with_roles || args.roles_only {
+        roles_phase(&args, &nexudus, &nevis, dir.path(), mapping).await;
+    }
+}
+
+/// The daemon's pacer cannot know the minute the earlier processes used; when a full listing
+/// would not fit beside theirs, the minute is left to pass.
+async fn let_the_minute_pass(args: &Args) {
+    if args.users.div_ceil(args.page_size as usize) * 2 > 100 {
+        tokio::time::sleep(Duration::from_secs(61)).await;
+    }
+}
+
+/// Roles ([`roles`]): the first run with `mapped` UserRoles mapped, an idle tick without and
+/// with the map, then the daemon and membership changes.
+async fn roles_phase(
+    args: &Args,
+    nexudus: &FakeNexudus,
+    nevis: &FakeNevis,
+    dir: &Path,
+    mapping: &str,
+) {
+    let ra = &args.roles;
+    let mut seeded = roles::seed(nexudus, nevis, ra);
+    let map = roles::map_toml(ra);
+    let plain = dir.join("roles-plain.toml");
+    write_config(&plain, args, nexudus, nevis, "", mapping);
+    let with = dir.join("roles.toml");
+    write_config(&with, args, nexudus, nevis, "", &format!("{mapping}{map}"));
+    nevis.set_request_log(false);
+    let_the_minute_pass(args).await;
+    println!(
+        "roles: {} UserRoles mapped, {} members each (UpdatedOn two hours old)",
+        ra.mapped, ra.members
+    );
+    print_header();
+    let phases = [
+        ("roles: first run (full)", &[][..], &with),
+        ("idle tick, no roles", &["--incremental"][..], &plain),
+        ("idle tick, roles mapped", &["--incremental"][..], &with),
+    ];
+    let mut idle = Vec::new();
+    for (i, (name, extra, config)) in phases.into_iter().enumerate() {
+        let phase = Phase {
+            name,
+            extra,
+            config,
+            floors: None,
+        };
+        idle.push(run_phase(10 + i, &phase, args, nexudus, nevis, dir).await);
+    }
+    println!(
+        "an idle tick with {} UserRoles mapped adds {} Nexudus request(s)",
+        ra.mapped,
+        idle[2] as i64 - idle[1] as i64
+    );
+
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port");
+    let config = dir.join("roles-daemon.toml");
+    let tail = format!("{mapping}{map}[http]\nlisten = \"127.0.0.1:{port}\"\n");
+    write_config(&config, args, nexudus, nevis, "", &tail);
+    let log = dir.join("roles-daemon.log");
+    let m = roles::measure(nexudus, nevis, &mut seeded, &config, port, &log, ra).await;
+    let kept = Path::new(env!("CARGO_TARGET_TMPDIR")).join("roles-daemon.log");
+    if std::fs::copy(&log, &kept).is_ok() {
+        println!("daemon log: {}", kept.display());
+    }
+    let per_hour = |n: usize| n as f64 * 3600.0 / m.wall.as_secs_f64();
+    println!(
+        "roles: daemon on its default schedule, {} membership changes over {} s (seed {}); \
+         Nexudus requests in {:.0} s: {} users, {} UserRole listings, {} UserRole reads \
+         ({:.0}, {:.0} and {:.0} an hour at that rate), {} throttled",
+        m.delays.len(),
+        ra.window.as_secs(),
+        ra.seed,
+        m.wall.as_secs_f64(),
+        m.users_requests,
+        m.listing_requests,
+        m.read_requests,
+        per_hour(m.users_requests),
+        per_hour(m.listing_requests),
+        per_hour(m.read_requests),
+        m.throttled
+    );
+    println!(
+        "{:<32} {:>6} {:>8} {:>8} {:>8} {:>7}",
+        "membership change", "count", "p50_s", "p99_s", "max_s", "missed"
+    );
+    for (name, moves) in [("UpdatedOn moved", true), ("UpdatedOn not moved", false)] {
+        let (count, (p50, p99, max, missed)) = m.summary(moves);
+        println!("{name:<32} {count:>6} {p50:>8.2} {p99:>8.2} {max:>8.2} {missed:>7}");
+    }
 }
 
 /// The trivial client's import and mass update (printed), before the sync runs. Afterwards, when
@@ -359,7 +482,7 @@ async fn run_phase(
     nexudus: &FakeNexudus,
     nevis: &FakeNevis,
     dir: &Path,
-) {
+) -> u64 {
     nexudus.reset_stats();
     nevis.reset_stats();
     nevis.clear_request_log();
@@ -411,6 +534,7 @@ async fn run_phase(
         100.0 * fake_cpu.as_secs_f64() / wall,
         planning_seconds(dir) * 1e6 / args.users as f64,
     );
+    nx.requests
 }
 
 /// The time the last run's driving task spent planning records (its per-record store work
@@ -442,11 +566,7 @@ async fn time_to_revoke(
     properties: &str,
 ) {
     nevis.set_request_log(false);
-    // The daemon's pacer cannot know the minute the earlier processes used; when its first full
-    // listing would not fit beside theirs, the minute is left to pass.
-    if args.users.div_ceil(args.page_size as usize) * 2 > 100 {
-        tokio::time::sleep(Duration::from_secs(61)).await;
-    }
+    let_the_minute_pass(args).await;
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())

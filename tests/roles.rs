@@ -5,6 +5,7 @@
 mod common;
 
 use common::{Env, Run, run_cmd};
+use nexudus_nevis_sync::clock::Clock;
 
 /// Roles that exist in the fake nevisIDM: two owned, one granted by hand, one the policy's.
 const ROLES: [&str; 4] = ["frontdesk", "finance", "vip", "basic"];
@@ -305,13 +306,11 @@ async fn an_incremental_tick_reads_changed_userroles_with_one_request() {
         .filter(|r| r.path.contains("userroles"))
         .map(|r| format!("{}?{}", r.path, r.query))
         .collect();
-    assert_eq!(
-        asked.len(),
-        1 + 2,
-        "overlap: both UserRoles count as changed: {asked:?}"
-    );
+    // Both UserRoles are within the listing's overlap, but their `UpdatedOn` is the one read.
+    assert_eq!(asked.len(), 1, "only the listing: {asked:?}");
     assert!(asked[0].contains("from_UserRole_UpdatedOn"), "{asked:?}");
 
+    env.nexudus.set_clock(Some(fake_time(1)));
     env.nexudus.set_role_members(role, &ids);
     let run = env.sync(&["--incremental"]).await;
     run.assert_code(0);
@@ -363,4 +362,93 @@ async fn status_shows_role_failures() {
         status.stdout
     );
     assert!(status.stdout.contains("frontdesk"), "{}", status.stdout);
+}
+
+/// The fake's own time, moved by hand so that a membership change's `UpdatedOn` differs from the
+/// one read before it (the fake stamps whole seconds).
+fn fake_time(minutes: i64) -> chrono::DateTime<chrono::Utc> {
+    chrono::Utc::now() + chrono::Duration::minutes(minutes)
+}
+
+fn userrole_reads(env: &Env) -> usize {
+    env.nexudus
+        .request_log()
+        .iter()
+        .filter(|r| r.path.starts_with("/api/security/userroles/"))
+        .count()
+}
+
+/// Incremental runs through the library, the store's clock moved by hand: a membership change
+/// that moves the UserRole's `UpdatedOn` is applied by the next incremental run; one that does
+/// not is not (an idle tick re-reads no UserRole whose `UpdatedOn` it has read) until the full
+/// read of every mapped UserRole (`roles.full_read_every`) comes due.
+#[tokio::test]
+async fn a_change_moving_updated_on_arrives_at_the_next_tick_one_not_moving_it_at_the_full_read() {
+    let (env, ids, role) = env().await;
+    env.set("roles.full_read_every", "\"10m\"");
+    let clock = Clock::manual(Clock::system().now());
+    env.run_in_process(&clock).await;
+    assert_eq!(env.nevis.user_roles(&ext(ids[2])), ["basic"]);
+
+    env.nexudus.set_clock(Some(fake_time(2)));
+    env.nexudus.set_role_members(role, &ids);
+    let run = env.run_incremental_in_process(&clock).await;
+    assert_eq!((run.counts().granted, run.counts().revoked), (1, 0));
+    assert_eq!(env.nevis.user_roles(&ext(ids[2])), ["basic", "frontdesk"]);
+
+    // Idle: the changed UserRole is still within the overlap of the listing, but read already.
+    let reads = userrole_reads(&env);
+    let run = env.run_incremental_in_process(&clock).await;
+    assert_eq!((run.counts().granted, run.counts().revoked), (0, 0));
+    assert_eq!(userrole_reads(&env), reads, "nothing re-read");
+
+    env.nexudus.set_role_updates_move_updated_on(false);
+    env.nexudus.set_clock(Some(fake_time(3)));
+    env.nexudus.set_role_members(role, &[ids[0], ids[2]]);
+    let run = env.run_incremental_in_process(&clock).await;
+    assert_eq!(
+        (run.counts().granted, run.counts().revoked),
+        (0, 0),
+        "not seen yet"
+    );
+    assert_eq!(env.nevis.user_roles(&ext(ids[1])), ["basic", "frontdesk"]);
+
+    clock.advance(std::time::Duration::from_secs(599));
+    let run = env.run_incremental_in_process(&clock).await;
+    assert_eq!(
+        run.counts().revoked,
+        0,
+        "the full read is not due before 10 minutes"
+    );
+    clock.advance(std::time::Duration::from_secs(1));
+    let run = env.run_incremental_in_process(&clock).await;
+    assert_eq!(
+        (run.counts().granted, run.counts().revoked),
+        (0, 1),
+        "the full read found it"
+    );
+    assert_eq!(env.nevis.user_roles(&ext(ids[1])), ["basic"]);
+}
+
+/// Grants for many users go `sync.concurrency` users at a time, never more.
+#[tokio::test]
+async fn grants_for_many_users_are_written_concurrently_within_sync_concurrency() {
+    let env = Env::start().await;
+    env.nevis.add_roles(&ROLES);
+    env.set("sync.concurrency", "4");
+    let ids = env.seed(12);
+    env.sync(&[]).await.assert_code(0);
+    env.nexudus
+        .add_user_role(1, "Main Street", "Receptionist", &ids);
+    env.set(
+        "roles.map",
+        r#"[{nexudus = "Receptionist", nevis = ["frontdesk"]}]"#,
+    );
+    env.nevis.set_latency(std::time::Duration::from_millis(100));
+    env.nevis.reset_stats();
+    let run = env.sync(&[]).await;
+    run.assert_code(0);
+    assert_eq!(run.count("granted"), 12);
+    let peak = env.nevis.max_in_flight();
+    assert!((2..=4).contains(&peak), "max in flight {peak}");
 }

@@ -297,3 +297,34 @@ async fn the_daemon_stops_promptly_in_a_phase_after_the_listing() {
     let (run, took) = daemon.stop().await;
     assert_heard(&env, &run, took, GRACE, 0).await;
 }
+
+/// The role stage (issue 21) waits in a grant: stopped there, the run ends within the grace,
+/// exits 1, is recorded interrupted, and claims no grant; the next run makes them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stop_during_the_role_stage_is_heard_and_the_next_run_grants() {
+    let (env, ids) = imported(5, 100).await;
+    env.nevis.add_roles(&["frontdesk"]);
+    env.nexudus
+        .add_user_role(1, "Main Street", "Receptionist", &ids);
+    env.set(
+        "roles.map",
+        r#"[{nexudus = "Receptionist", nevis = ["frontdesk"]}]"#,
+    );
+    env.nevis.set_slow(SLOW, |r: &RequestLine<'_>| {
+        r.method == "POST" && r.path.ends_with("/authorizations")
+    });
+    let mut run = Running::sync_now(&env, &[]);
+    run.reach("a grant", |_| env.nevis.slowed() > 0).await;
+    let (run, took) = run.stop().await;
+    assert_heard(&env, &run, took, GRACE, 1).await;
+    assert_eq!(run.count("granted"), 0, "{}", run.stdout);
+
+    env.nevis.clear_slow();
+    let next = env.sync(&[]).await;
+    next.assert_code(0);
+    assert_eq!(next.count("granted"), 5, "{}", next.stdout);
+    for id in ids {
+        let ext_id = format!("nexudus-{id}");
+        assert_eq!(env.nevis.user_roles(&ext_id), ["frontdesk"]);
+    }
+}

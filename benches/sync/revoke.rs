@@ -49,7 +49,7 @@ pub struct Measured {
 const BOUND: Duration = Duration::from_secs(300);
 
 /// splitmix64: a seeded generator, enough for picking users and moments.
-struct Rng(u64);
+pub struct Rng(pub u64);
 
 impl Rng {
     fn next(&mut self) -> u64 {
@@ -59,7 +59,7 @@ impl Rng {
         z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
         z ^ (z >> 31)
     }
-    fn below(&mut self, n: u64) -> u64 {
+    pub fn below(&mut self, n: u64) -> u64 {
         self.next() % n.max(1)
     }
 }
@@ -194,7 +194,7 @@ fn family_name(id: u64) -> String {
 }
 
 /// Waits (bounded) until the daemon's `/readyz` answers 200: its first run is over.
-async fn wait_ready(port: u16) {
+pub async fn wait_ready(port: u16) {
     let http = reqwest::Client::new();
     let url = format!("http://127.0.0.1:{port}/readyz");
     let deadline = Instant::now() + BOUND;

@@ -39,6 +39,12 @@ pub struct State {
     pub watermark: Option<String>,
     /// Unix seconds of the last full read of every mapped UserRole.
     pub full_read_at: Option<u64>,
+    /// Each mapped UserRole's `UpdatedOn` as its last complete read answered it. The cheap
+    /// path's listing reaches back `sync.incremental_overlap` before the watermark, so it shows
+    /// the recently changed UserRoles tick after tick: only one whose `UpdatedOn` differs from
+    /// this is read again (else an idle tick would read them all, every tick, for ten minutes).
+    #[serde(default)]
+    pub read_updated_on: BTreeMap<u64, String>,
 }
 
 impl State {
@@ -57,6 +63,20 @@ impl State {
 
     pub fn mapped_ids(&self) -> Vec<u64> {
         self.ids.iter().flatten().copied().collect()
+    }
+
+    /// The mapped UserRoles among `listed` whose `UpdatedOn` moved since their last complete
+    /// read (or was never read, or is not given).
+    pub fn moved(&self, listed: &[UserRole]) -> Vec<u64> {
+        let mapped: BTreeSet<u64> = self.mapped_ids().into_iter().collect();
+        listed
+            .iter()
+            .filter(|r| mapped.contains(&r.id))
+            .filter(|r| {
+                r.updated_on.is_none() || r.updated_on.as_ref() != self.read_updated_on.get(&r.id)
+            })
+            .map(|r| r.id)
+            .collect()
     }
 
     /// Moves the watermark to the newest `UpdatedOn` among `roles`.
@@ -104,9 +124,15 @@ pub async fn read_members<S: Source>(source: &S, ids: &[u64], state: &mut State)
     for &id in ids {
         match source.userrole(id).await {
             Ok(Some(UserRole {
-                users: Some(users), ..
+                users: Some(users),
+                updated_on,
+                ..
             })) => {
                 state.members.insert(id, users.into_iter().collect());
+                match updated_on {
+                    Some(at) => state.read_updated_on.insert(id, at),
+                    None => state.read_updated_on.remove(&id),
+                };
             }
             Ok(Some(_)) => {
                 tracing::warn!(
@@ -171,5 +197,43 @@ impl Admins {
                 state.admins.remove(&id);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn listed(id: u64, updated_on: Option<&str>) -> UserRole {
+        UserRole {
+            id,
+            name: format!("Role {id}"),
+            business_id: None,
+            business_name: None,
+            updated_on: updated_on.map(String::from),
+            users: None,
+        }
+    }
+
+    #[test]
+    fn only_mapped_userroles_whose_updated_on_moved_since_their_read_are_read_again() {
+        let mut state = State {
+            ids: vec![Some(1), Some(2), Some(3), None],
+            ..State::default()
+        };
+        state
+            .read_updated_on
+            .insert(1, "2026-12-05T07:00:00Z".into());
+        state
+            .read_updated_on
+            .insert(2, "2026-12-05T07:00:00Z".into());
+        let listing = [
+            listed(1, Some("2026-12-05T07:00:00Z")), // as read: not again
+            listed(2, Some("2026-12-05T07:00:01Z")), // moved
+            listed(3, Some("2026-12-05T07:00:00Z")), // never read
+            listed(4, Some("2026-12-05T07:05:00Z")), // not mapped
+            listed(1, None),                         // no UpdatedOn: cannot tell, read
+        ];
+        assert_eq!(state.moved(&listing), [2, 3, 1]);
     }
 }

@@ -23,6 +23,8 @@ mod write;
 
 use std::collections::BTreeSet;
 
+use futures::StreamExt;
+
 use crate::config::{Config, RolesConfig};
 use crate::dispatch::PlanSink;
 use crate::mapper::UserState;
@@ -103,6 +105,7 @@ pub async fn sync_roles<S: Source>(
         members: &members,
         reconcile: run.reconcile,
         allow: run.allow_mass_revoke,
+        concurrency: cfg.sync.concurrency,
     };
     steps.apply(store, report).await
 }
@@ -126,6 +129,10 @@ async fn refresh<S: Source>(
         state.map_key = map_key;
         state.saw(&listed);
         state.members.retain(|id, _| state.ids.contains(&Some(*id)));
+        let ids = &state.ids;
+        state
+            .read_updated_on
+            .retain(|id, _| ids.contains(&Some(*id)));
         return Ok(full_read(source, state, now).await);
     }
     let due = state
@@ -134,7 +141,8 @@ async fn refresh<S: Source>(
     if due || run.reconcile {
         return Ok(full_read(source, state, now).await);
     }
-    // The cheap path: one request for the UserRoles changed since the watermark.
+    // The cheap path: one request for the UserRoles changed since the watermark, and a read of
+    // each mapped one whose `UpdatedOn` is not the one its last read answered.
     let since = state
         .watermark
         .as_deref()
@@ -147,12 +155,7 @@ async fn refresh<S: Source>(
         }
         Err(e) => return Err(e),
     };
-    let mapped = state.mapped_ids();
-    let read: Vec<u64> = changed
-        .iter()
-        .map(|r| r.id)
-        .filter(|id| mapped.contains(id))
-        .collect();
+    let read = state.moved(&changed);
     let complete = members::read_members(source, &read, state).await;
     if complete {
         state.saw(&changed);
@@ -176,6 +179,8 @@ struct Steps<'a> {
     members: &'a plan::Members,
     reconcile: bool,
     allow: bool,
+    /// Users written at the same time (`sync.concurrency`).
+    concurrency: usize,
 }
 
 /// A user the plan concerns: Nexudus Id, nevisIDM extId, the checkpoint, and the plan.
@@ -197,10 +202,26 @@ impl Steps<'_> {
                 self.roles.max_revoke_percent
             );
         }
-        for (id, ext_id, mut holding, user_plan) in planned {
-            self.writer
-                .apply(id, &ext_id, &mut holding, &user_plan, held, report)
-                .await?;
+        // Users are written `sync.concurrency` at a time (each user's own writes in order); a
+        // dry run one at a time, so that its plan lines come in the order of the users.
+        let concurrency = match self.writer.dry_run {
+            Some(_) => 1,
+            None => self.concurrency.max(1),
+        };
+        let writer = self.writer;
+        let mut written = futures::stream::iter(planned.into_iter().map(
+            |(id, ext_id, mut holding, user_plan)| async move {
+                let out = writer
+                    .apply(id, &ext_id, &mut holding, &user_plan, held)
+                    .await;
+                (id, ext_id, out)
+            },
+        ))
+        .buffer_unordered(concurrency);
+        while let Some((id, ext_id, out)) = written.next().await {
+            for (role, grant, change) in out? {
+                report.note_role(id, &ext_id, &role, grant, change);
+            }
         }
         Ok(())
     }

@@ -8,7 +8,7 @@ use serde_json::json;
 
 use crate::dispatch::PlanSink;
 use crate::nevis::{Profile, RoleTarget, TargetError};
-use crate::report::{RoleChange, RunReport};
+use crate::report::RoleChange;
 use crate::store::Store;
 
 use super::RolesError;
@@ -22,6 +22,9 @@ pub struct Writer<'a> {
     pub dry_run: Option<&'a PlanSink>,
     pub profile_unit: Option<&'a str>,
 }
+
+/// What one user's plan came to: each role, grant (`true`) or revocation, and its outcome.
+pub type Outcomes = Vec<(String, bool, RoleChange)>;
 
 /// A user failed for a reason that is theirs (not the run's).
 type UserResult<T> = Result<T, String>;
@@ -101,7 +104,8 @@ impl Writer<'_> {
         Ok(Ok(p))
     }
 
-    /// Applies `plan` to user `id` (`ext_id`), revocations only unless `held`.
+    /// Applies `plan` to user `id` (`ext_id`), revocations only unless `held`: what each role
+    /// came to, for the report (users are written concurrently; the report is the caller's).
     pub async fn apply(
         &self,
         id: u64,
@@ -109,16 +113,16 @@ impl Writer<'_> {
         holding: &mut Holding,
         plan: &UserPlan,
         held: bool,
-        report: &mut RunReport,
-    ) -> Result<(), RolesError> {
+    ) -> Result<Outcomes, RolesError> {
+        let mut out = Outcomes::new();
         if held {
             for role in &plan.revoke {
-                report.note_role(id, ext_id, role, false, RoleChange::Held);
+                out.push((role.clone(), false, RoleChange::Held));
             }
         }
         let revoke: &[String] = if held { &[] } else { &plan.revoke };
         if plan.grant.is_empty() && revoke.is_empty() {
-            return Ok(());
+            return Ok(out);
         }
         let profile = match self.profile(ext_id, holding).await? {
             Ok(p) => p,
@@ -130,20 +134,20 @@ impl Writer<'_> {
                     .chain(revoke.iter().map(|r| (r, false)))
                 {
                     let reason = why.clone();
-                    report.note_role(id, ext_id, role, grant, RoleChange::Failed { reason });
+                    out.push((role.clone(), grant, RoleChange::Failed { reason }));
                 }
-                return Ok(());
+                return Ok(out);
             }
         };
         for role in &plan.grant {
             let change = self.grant(id, ext_id, &profile, role, holding).await?;
-            report.note_role(id, ext_id, role, true, change);
+            out.push((role.clone(), true, change));
         }
         for role in revoke {
             let change = self.revoke(id, ext_id, &profile, role, holding).await?;
-            report.note_role(id, ext_id, role, false, change);
+            out.push((role.clone(), false, change));
         }
-        Ok(())
+        Ok(out)
     }
 
     async fn grant(

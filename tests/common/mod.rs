@@ -248,6 +248,20 @@ impl Env {
     /// `clock`: for what depends on the store's clock (a test moves it instead of waiting). The
     /// same config, store and real HTTP clients as `--sync-now`.
     pub async fn run_in_process(&self, clock: &Clock) -> RunReport {
+        self.run_in_process_with(clock, RunOptions::default()).await
+    }
+
+    /// An incremental run (`--sync-now --incremental`) through the library, as
+    /// [`Env::run_in_process`].
+    pub async fn run_incremental_in_process(&self, clock: &Clock) -> RunReport {
+        let opts = RunOptions {
+            incremental: true,
+            ..RunOptions::default()
+        };
+        self.run_in_process_with(clock, opts).await
+    }
+
+    async fn run_in_process_with(&self, clock: &Clock, opts: RunOptions) -> RunReport {
         let config = Config::load(&self.config).expect("the test config loads");
         let store = open_when_free(&config.store.path, config.store.cache_capacity_bytes)
             .await
@@ -264,13 +278,7 @@ impl Env {
             NevisClient::new(&config.nevis, config.retry.clone(), metrics).expect("nevis client");
         let report = tokio::time::timeout(
             RUN_LIMIT,
-            run_once(
-                &config,
-                Arc::new(source),
-                Arc::new(target),
-                &store,
-                &RunOptions::default(),
-            ),
+            run_once(&config, Arc::new(source), Arc::new(target), &store, &opts),
         )
         .await
         .expect("run finished within the limit")
