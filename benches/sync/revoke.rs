@@ -113,15 +113,7 @@ pub async fn measure(
     log: &Path,
     args: &RevokeArgs,
 ) -> Measured {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_nexudus-nevis-sync"))
-        .arg("--config")
-        .arg(config)
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(log).expect("log file"))
-        .spawn()
-        .expect("start the daemon");
-    wait_ready(port).await;
+    let mut child = start_daemon(config, port, log).await;
     let mut events = plan(nexudus, nevis, args);
     nexudus.reset_stats();
     let started = Instant::now();
@@ -194,7 +186,21 @@ fn family_name(id: u64) -> String {
 }
 
 /// Waits (bounded) until the daemon's `/readyz` answers 200: its first run is over.
-pub async fn wait_ready(port: u16) {
+/// The daemon on `config`, its log in `log`, once `/healthz` on `port` answers.
+pub async fn start_daemon(config: &Path, port: u16, log: &Path) -> std::process::Child {
+    let child = Command::new(env!("CARGO_BIN_EXE_nexudus-nevis-sync"))
+        .arg("--config")
+        .arg(config)
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(log).expect("log file"))
+        .spawn()
+        .expect("start the daemon");
+    wait_ready(port).await;
+    child
+}
+
+async fn wait_ready(port: u16) {
     let http = reqwest::Client::new();
     let url = format!("http://127.0.0.1:{port}/readyz");
     let deadline = Instant::now() + BOUND;

@@ -12,7 +12,6 @@
 //!    kind.
 
 use std::path::Path;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use nexudus_nevis_sync::sandbox::{FakeNevis, FakeNexudus};
@@ -104,15 +103,7 @@ pub async fn measure(
     log: &Path,
     args: &RolesArgs,
 ) -> Measured {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_nexudus-nevis-sync"))
-        .arg("--config")
-        .arg(config)
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(log).expect("log file"))
-        .spawn()
-        .expect("start the daemon");
-    super::revoke::wait_ready(port).await;
+    let mut child = super::revoke::start_daemon(config, port, log).await;
     let mut changes = plan(nexudus, roles.len(), args);
     nexudus.reset_stats();
     let started = Instant::now();
