@@ -41,6 +41,7 @@
 //! Imports flow one way: there is no loop between these modules (`tests/module_graph.rs` fails on
 //! one and names it).
 
+pub mod audit;
 pub mod client;
 pub mod clock;
 pub mod config;

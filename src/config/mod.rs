@@ -57,6 +57,8 @@ pub struct Config {
     pub scope: ScopeConfig,
     /// `[roles]`: `None` without `[[roles.map]]`, and then nothing about roles changes.
     pub roles: Option<RolesConfig>,
+    /// `[audit]`: the provisioning log.
+    pub audit: AuditConfig,
     /// Problems worth a warning at start-up that do not stop it (logged by `main`).
     pub warnings: Vec<String>,
 }
@@ -289,6 +291,30 @@ pub struct RetryConfig {
     pub initial_delay: Duration,
     pub max_delay: Duration,
     pub max_elapsed: Duration,
+}
+
+/// The provisioning log (`[audit]`, issue 22).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditConfig {
+    /// `audit.enabled` (default true): off, no entry is written (the log kept is still read).
+    pub enabled: bool,
+    /// Entries older than this are pruned (default 90 days).
+    pub retention: Duration,
+    /// The oldest entries beyond this many are pruned (default 1,000,000).
+    pub max_entries: u64,
+    pub values: AuditValues,
+}
+
+/// What an entry keeps of the values it records (`audit.values`): names and emails are personal
+/// data.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuditValues {
+    /// The values before and after, as they are.
+    Full,
+    /// A keyed hash of each value: that it changed, and whether two entries saw the same value.
+    Hashed,
+    /// Only which fields changed.
+    None,
 }
 
 #[derive(Debug, Clone)]

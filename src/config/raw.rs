@@ -30,6 +30,30 @@ pub(super) struct RawConfig {
     pub(super) scope: RawScope,
     #[serde(default)]
     pub(super) roles: RawRoles,
+    #[serde(default)]
+    pub(super) audit: RawAudit,
+}
+
+/// `[audit]`: the provisioning log (issue 22).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(super) struct RawAudit {
+    pub(super) enabled: bool,
+    #[serde(with = "humantime_serde")]
+    pub(super) retention: Duration,
+    pub(super) max_entries: i64,
+    pub(super) values: String,
+}
+
+impl Default for RawAudit {
+    fn default() -> Self {
+        RawAudit {
+            enabled: true,
+            retention: Duration::from_secs(90 * 86_400),
+            max_entries: 1_000_000,
+            values: "full".into(),
+        }
+    }
 }
 
 /// `[roles]` and its `[[roles.map]]` entries (issue 21): without a map, roles are not synced.

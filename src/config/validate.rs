@@ -10,15 +10,15 @@ use secrecy::SecretString;
 use url::Url;
 
 use super::raw::{
-    RawConfig, RawLog, RawMapping, RawNevis, RawNexudus, RawRetry, RawRoles, RawScope, RawStore,
-    RawSync,
+    RawAudit, RawConfig, RawLog, RawMapping, RawNevis, RawNexudus, RawRetry, RawRoles, RawScope,
+    RawStore, RawSync,
 };
 use super::secrets::{optional_secret, read_pem, secret};
 use super::{
-    AdminScope, AdoptMode, Config, ConfigError, HttpConfig, LogConfig, LogFormat, LoginIdSource,
-    MappingConfig, NameSplit, NevisConfig, NevisOAuth, NevisTls, NexudusAuth, NexudusConfig,
-    RetryConfig, RoleMapping, RoleSourceName, RolesConfig, ScopeConfig, StoreConfig, SyncConfig,
-    invalid,
+    AdminScope, AdoptMode, AuditConfig, AuditValues, Config, ConfigError, HttpConfig, LogConfig,
+    LogFormat, LoginIdSource, MappingConfig, NameSplit, NevisConfig, NevisOAuth, NevisTls,
+    NexudusAuth, NexudusConfig, RetryConfig, RoleMapping, RoleSourceName, RolesConfig, ScopeConfig,
+    StoreConfig, SyncConfig, invalid,
 };
 
 /// The sections are checked in the order they always were, so a file with several mistakes names
@@ -38,6 +38,7 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
     let log = log(raw.log)?;
     let scope = scope(raw.scope)?;
     let roles = roles(raw.roles)?;
+    let audit = audit(raw.audit)?;
     let mut warnings = Vec::new();
     if nevis.tls.insecure_skip_verify {
         warnings.push(
@@ -64,6 +65,7 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
         warnings,
         scope,
         roles,
+        audit,
         nexudus,
         nevis,
         sync,
@@ -304,6 +306,29 @@ fn store(store: RawStore) -> Result<StoreConfig, ConfigError> {
     Ok(StoreConfig {
         path: store.path,
         cache_capacity_bytes: store.cache_capacity_mib as u64 * 1024 * 1024,
+    })
+}
+
+fn audit(raw: RawAudit) -> Result<AuditConfig, ConfigError> {
+    let values = match raw.values.as_str() {
+        "full" => AuditValues::Full,
+        "hashed" => AuditValues::Hashed,
+        "none" => AuditValues::None,
+        other => {
+            return Err(invalid(
+                "audit.values",
+                format!("{other:?} is not one of \"full\", \"hashed\", \"none\""),
+            ));
+        }
+    };
+    if raw.max_entries < 1 {
+        return Err(invalid("audit.max_entries", "must be at least 1"));
+    }
+    Ok(AuditConfig {
+        enabled: raw.enabled,
+        retention: positive("audit.retention", raw.retention)?,
+        max_entries: raw.max_entries as u64,
+        values,
     })
 }
 

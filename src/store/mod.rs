@@ -31,6 +31,9 @@
 //!   (the profile and each owned roleExtId with its authorization), kept by [`crate::roles`];
 //!   `meta` keys `roles_*` hold its resolution, memberships and watermark.
 //!
+//! - `audit`: the provisioning log (see [`audit`]'s layout): one entry per write made or decided
+//!   against, written just before the checkpoint it explains; kept by `--rebuild-store`.
+//!
 //! A checkpoint is written only after nevisIDM confirmed the write; `flush` makes it durable.
 
 use std::collections::HashSet;
@@ -43,6 +46,9 @@ use std::time::Duration;
 use crate::clock::Clock;
 use crate::forms::Forms;
 use crate::mapper::{DesiredUser, UserState};
+
+mod audit;
+pub use audit::{AuditEntry, AuditRecord};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -93,6 +99,10 @@ pub struct Store {
     operator: sled::Tree,
     forms: sled::Tree,
     roles: sled::Tree,
+    /// The provisioning log ([`audit`]).
+    audit: sled::Tree,
+    /// Entries in `audit` ([`audit::UNCOUNTED`] until first needed).
+    audit_count: Arc<AtomicU64>,
     commits: Arc<GroupCommit>,
     /// What "now" is for the times kept here (and for the pacer that counts in this store).
     clock: Clock,
@@ -146,13 +156,18 @@ impl Store {
         Self::from_db(db)
     }
 
-    /// `--rebuild-store`: opens the store at `path` emptied of checkpoints (adoption links kept),
+    /// `--rebuild-store`: opens the store at `path` emptied of checkpoints (adoption links and
+    /// the provisioning log kept),
     /// or, when it cannot be opened (damaged), moves it aside to `<path>.damaged-<unix time>` and
     /// starts a new one there. A store in use by another process is never touched.
     pub fn open_for_rebuild(path: &Path, cache_capacity_bytes: u64) -> Result<Store, StoreError> {
         match Self::open(path, cache_capacity_bytes) {
             Ok(store) => {
                 store.clear_for_rebuild()?;
+                tracing::info!(
+                    entries = store.audit_len()?,
+                    "the provisioning log is kept through the rebuild"
+                );
                 Ok(store)
             }
             Err(e @ (StoreError::InUse { .. } | StoreError::Unwritable { .. })) => Err(e),
@@ -163,7 +178,9 @@ impl Store {
                 tracing::warn!(
                     error = %e,
                     moved_to = %aside.display(),
-                    "store cannot be opened; moving it aside and rebuilding"
+                    "store cannot be opened; moving it aside and rebuilding. Its provisioning log \
+                     cannot be carried over: it stays in the copy moved aside (read it with \
+                     --history and store.path set to that copy, if it opens at all)"
                 );
                 std::fs::rename(path, &aside).map_err(|io| StoreError::Open {
                     path: path.display().to_string(),
@@ -193,6 +210,8 @@ impl Store {
             operator: db.open_tree("operator")?,
             forms: db.open_tree("forms")?,
             roles: db.open_tree("roles")?,
+            audit: db.open_tree("audit")?,
+            audit_count: Arc::new(AtomicU64::new(audit::UNCOUNTED)),
             commits: Arc::default(),
             clock: Clock::system(),
             db,
@@ -1036,6 +1055,13 @@ mod damage {
             s.put(i, &user()).unwrap();
         }
         s.set_link(7, "legacy-7").unwrap();
+        let entry = AuditRecord {
+            at: 1,
+            nexudus_id: Some(7),
+            ext_id: "legacy-7",
+            body: b"{}",
+        };
+        s.audit_append(entry).unwrap();
         s.flush().await.unwrap();
     }
 
@@ -1091,6 +1117,7 @@ mod damage {
             .await
             .unwrap();
         assert!(store.is_empty());
+        assert_eq!(store.audit_of_user(7).unwrap().len(), 1, "the log is kept");
         assert_eq!(store.link(7).unwrap().as_deref(), Some("legacy-7"));
         assert_eq!(store.link_owner("legacy-7").unwrap(), Some(7));
     }

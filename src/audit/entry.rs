@@ -1,0 +1,327 @@
+//! One provisioning-log entry, as written and as read back: what was done (or decided against)
+//! to whom, the fields with their values before and after, the outcome, and the cause in words.
+
+use serde::{Deserialize, Serialize};
+
+use crate::diff::{Changes, Observed};
+use crate::mapper::DesiredUser;
+
+/// What the sync did, or decided against, for one person.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Operation {
+    Create,
+    Update,
+    Disable,
+    /// A disabled user made active again.
+    Enable,
+    Archive,
+    /// A pre-existing nevisIDM user linked to the Nexudus user (`sync.adopt`).
+    Adopt,
+    /// A role granted (`[[roles.map]]`).
+    Grant,
+    /// A role revoked.
+    Revoke,
+    /// Nothing was planned: the record could not be mapped (outcome `invalid`).
+    Skip,
+}
+
+impl Operation {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Operation::Create => "create",
+            Operation::Update => "update",
+            Operation::Disable => "disable",
+            Operation::Enable => "enable",
+            Operation::Archive => "archive",
+            Operation::Adopt => "adopt",
+            Operation::Grant => "grant",
+            Operation::Revoke => "revoke",
+            Operation::Skip => "skip",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Operation> {
+        ALL_OPERATIONS.into_iter().find(|o| o.as_str() == s)
+    }
+}
+
+pub const ALL_OPERATIONS: [Operation; 9] = [
+    Operation::Create,
+    Operation::Update,
+    Operation::Disable,
+    Operation::Enable,
+    Operation::Archive,
+    Operation::Adopt,
+    Operation::Grant,
+    Operation::Revoke,
+    Operation::Skip,
+];
+
+/// How it ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Verdict {
+    /// nevisIDM confirmed the write (`status` says how).
+    Confirmed,
+    /// nevisIDM refused it (`status`, and its errors in `reason`).
+    Refused,
+    /// It could not be made: nevisIDM unreachable or failing, or the write not confirmed in time.
+    Failed,
+    /// The sync decided against it (`reason`): the deletion or revocation safety, an incomplete
+    /// membership read.
+    Held,
+    /// Several nevisIDM users could be this person: nothing written (`reason`).
+    Conflict,
+    /// The Nexudus record cannot be mapped (`reason`).
+    Invalid,
+}
+
+impl Verdict {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Verdict::Confirmed => "confirmed",
+            Verdict::Refused => "refused",
+            Verdict::Failed => "failed",
+            Verdict::Held => "held",
+            Verdict::Conflict => "conflict",
+            Verdict::Invalid => "invalid",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Verdict> {
+        ALL_VERDICTS.into_iter().find(|v| v.as_str() == s)
+    }
+}
+
+pub const ALL_VERDICTS: [Verdict; 6] = [
+    Verdict::Confirmed,
+    Verdict::Refused,
+    Verdict::Failed,
+    Verdict::Held,
+    Verdict::Conflict,
+    Verdict::Invalid,
+];
+
+/// One field a write changed: what nevisIDM held before (from the checkpoint or a read; absent
+/// for a create) and what was sent. Under `audit.values = "hashed"` both are keyed hashes, under
+/// `"none"` both are left out.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Change {
+    pub field: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub before: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub after: Option<String>,
+}
+
+/// One entry of the log.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Entry {
+    /// RFC 3339, UTC, whole seconds.
+    pub time: String,
+    pub run_id: String,
+    /// `full`, `incremental` or `reconcile`.
+    pub mode: String,
+    pub ext_id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nexudus_id: Option<u64>,
+    pub operation: Operation,
+    pub changes: Vec<Change>,
+    pub outcome: Verdict,
+    /// nevisIDM's HTTP status, when it answered one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<u16>,
+    /// Why it was refused, held, failed or invalid; how a confirmation came about when it is
+    /// worth saying.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// Why the sync did it, in words.
+    pub cause: String,
+}
+
+/// What a caller knows of one entry (the recorder adds the time, the run and the mode, and
+/// applies `audit.values`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Draft {
+    pub nexudus_id: Option<u64>,
+    pub ext_id: String,
+    pub operation: Operation,
+    /// Plain values; redacted by the recorder.
+    pub changes: Vec<Change>,
+    pub outcome: Verdict,
+    pub status: Option<u16>,
+    pub reason: Option<String>,
+    pub cause: String,
+}
+
+/// Why a write is planned, carried with it to the entry its outcome writes.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Why {
+    /// The cause in words ([`super::cause`]).
+    pub cause: String,
+    /// What nevisIDM held before the write: the checkpoint, or what a read showed. `None` for
+    /// a create.
+    pub before: Option<Observed>,
+}
+
+impl Why {
+    pub fn new(cause: impl Into<String>, before: Option<Observed>) -> Why {
+        Why {
+            cause: cause.into(),
+            before,
+        }
+    }
+}
+
+/// The fields a write sets with their values before and after: every field of a create, the
+/// changed ones of an update (a name half that stays the same is left out).
+pub fn changes_of(
+    after: &DesiredUser,
+    changes: Option<&Changes>,
+    before: Option<&Observed>,
+) -> Vec<Change> {
+    let mut out = Vec::new();
+    let mut push = |field: &str, held: Option<&str>, sent: Option<&str>| {
+        if held.is_some() && held == sent {
+            return;
+        }
+        out.push(Change {
+            field: field.to_string(),
+            before: held.map(str::to_string),
+            after: sent.map(str::to_string),
+        });
+    };
+    let b = before.cloned().unwrap_or_default();
+    let Some(c) = changes else {
+        if !after.login_id.is_empty() {
+            push("loginId", b.login_id.as_deref(), Some(&after.login_id));
+        }
+        push(
+            "name.firstName",
+            b.first_name.as_deref(),
+            Some(&after.first_name),
+        );
+        push(
+            "name.familyName",
+            b.family_name.as_deref(),
+            Some(&after.family_name),
+        );
+        push("contacts.email", b.email.as_deref(), Some(&after.email));
+        push(
+            "languageCode",
+            b.language_code.as_deref(),
+            Some(&after.language_code),
+        );
+        push("userState", b.state.as_deref(), Some(after.state.as_str()));
+        for (k, v) in &after.properties {
+            push(
+                &format!("properties.{k}"),
+                b.properties.get(k).map(String::as_str),
+                Some(v),
+            );
+        }
+        return out;
+    };
+    if let Some(login) = &c.login_id {
+        push("loginId", b.login_id.as_deref(), Some(login));
+    }
+    if let Some((first, family)) = &c.name {
+        push("name.firstName", b.first_name.as_deref(), Some(first));
+        push("name.familyName", b.family_name.as_deref(), Some(family));
+    }
+    if let Some(email) = &c.email {
+        push("contacts.email", b.email.as_deref(), Some(email));
+    }
+    if let Some(lang) = &c.language_code {
+        push("languageCode", b.language_code.as_deref(), Some(lang));
+    }
+    if let Some(state) = c.state {
+        push("userState", b.state.as_deref(), Some(state.as_str()));
+    }
+    for (k, v) in &c.properties {
+        push(
+            &format!("properties.{k}"),
+            b.properties.get(k).map(String::as_str),
+            v.as_deref(),
+        );
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::mapper::UserState;
+
+    fn user() -> DesiredUser {
+        DesiredUser {
+            ext_id: "nexudus-1".into(),
+            login_id: "ada@example.com".into(),
+            first_name: "Ada".into(),
+            family_name: "Lovelace".into(),
+            email: "ada@example.com".into(),
+            language_code: "en".into(),
+            state: UserState::Active,
+            properties: Default::default(),
+        }
+    }
+
+    #[test]
+    fn a_create_lists_every_field_with_nothing_before() {
+        let changes = changes_of(&user(), None, None);
+        let fields: Vec<_> = changes.iter().map(|c| c.field.as_str()).collect();
+        assert_eq!(
+            fields,
+            [
+                "loginId",
+                "name.firstName",
+                "name.familyName",
+                "contacts.email",
+                "languageCode",
+                "userState"
+            ]
+        );
+        assert!(
+            changes
+                .iter()
+                .all(|c| c.before.is_none() && c.after.is_some())
+        );
+    }
+
+    #[test]
+    fn an_update_lists_the_changed_fields_with_before_and_after() {
+        let old = user();
+        let mut new = user();
+        new.family_name = "King".into();
+        new.state = UserState::Disabled;
+        let diff = crate::diff::changes_between(&new, &Observed::from(&old));
+        let changes = changes_of(&new, Some(&diff), Some(&Observed::from(&old)));
+        assert_eq!(
+            changes,
+            [
+                Change {
+                    field: "name.familyName".into(),
+                    before: Some("Lovelace".into()),
+                    after: Some("King".into()),
+                },
+                Change {
+                    field: "userState".into(),
+                    before: Some("active".into()),
+                    after: Some("disabled".into()),
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn names_parse_back() {
+        for op in ALL_OPERATIONS {
+            assert_eq!(Operation::parse(op.as_str()), Some(op));
+        }
+        for v in ALL_VERDICTS {
+            assert_eq!(Verdict::parse(v.as_str()), Some(v));
+        }
+        assert_eq!(Operation::parse("delete"), None);
+    }
+}
