@@ -110,7 +110,7 @@ fn of_person(store: &Store, who: &str) -> Result<Vec<AuditEntry>, StoreError> {
         entries.extend(store.audit_of_user(id)?);
     }
     // Newest first; an entry found both ways once.
-    entries.sort_by(|a, b| b.at.cmp(&a.at));
+    entries.sort_by_key(|e| std::cmp::Reverse(e.at));
     entries.dedup();
     Ok(entries)
 }

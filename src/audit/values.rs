@@ -135,7 +135,7 @@ fn key(store: &Store) -> Result<Vec<u8>, StoreError> {
 }
 
 fn from_hex(hex: &str) -> Option<Vec<u8>> {
-    if hex.len() % 2 != 0 {
+    if !hex.len().is_multiple_of(2) {
         return None;
     }
     (0..hex.len())

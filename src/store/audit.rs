@@ -68,7 +68,7 @@ impl Store {
         }
         self.audit
             .insert(key(BY_EXT_ID, &[ext, &[0], &stamp]), &[])?;
-        Ok(self.audit_counted(1)?)
+        self.audit_counted(1)
     }
 
     /// Appends an entry unless the last entry written once for this user had the same
