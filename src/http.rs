@@ -1,4 +1,4 @@
-//! The daemon's HTTP endpoints (axum): `/healthz`, `/readyz`, `/metrics`, `/status`.
+//! The daemon's HTTP endpoints (axum): `/healthz`, `/readyz`, `/metrics`, `/status`, `/history`.
 //!
 //! Readiness means "the sync works": a run completed without a fatal error and without either API
 //! being unavailable, recently enough (`http.ready_max_age`, default 3 × the schedule interval, at least 10 minutes).
@@ -99,6 +99,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .route("/status", get(status))
+        .route("/history", get(history))
         .with_state(state)
 }
 
@@ -153,6 +154,33 @@ async fn status(State(state): State<Arc<AppState>>) -> Response {
     };
     match crate::status::document(&state.store, &state.ext_id_prefix, Some(live)) {
         Ok(doc) => axum::Json(doc).into_response(),
+        Err(e) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            axum::Json(json!({ "error": e.to_string() })),
+        )
+            .into_response(),
+    }
+}
+
+/// `/history?who=&since=&op=&outcome=&limit=`: the provisioning log's entries, newest first,
+/// as JSON lines (what `--history --json` prints). `since` is Unix seconds, a duration back from
+/// now (`24h`) or an RFC 3339 time.
+async fn history(
+    State(state): State<Arc<AppState>>,
+    axum::extract::Query(params): axum::extract::Query<std::collections::BTreeMap<String, String>>,
+) -> Response {
+    let query = match crate::audit::query::Query::from_params(&params, state.store.clock().now()) {
+        Ok(q) => q,
+        Err(e) => {
+            return (StatusCode::BAD_REQUEST, axum::Json(json!({ "error": e }))).into_response();
+        }
+    };
+    match query.run(&state.store) {
+        Ok(entries) => (
+            [(header::CONTENT_TYPE, "application/x-ndjson; charset=utf-8")],
+            crate::audit::query::json_lines(&entries),
+        )
+            .into_response(),
         Err(e) => (
             StatusCode::INTERNAL_SERVER_ERROR,
             axum::Json(json!({ "error": e.to_string() })),

@@ -7,6 +7,9 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::Parser;
+use nexudus_nevis_sync::audit::Entry;
+use nexudus_nevis_sync::audit::query::{self, Query};
+use nexudus_nevis_sync::clock::Clock;
 use nexudus_nevis_sync::config::{Config, LogFormat};
 use nexudus_nevis_sync::dispatch::PlanSink;
 use nexudus_nevis_sync::http::{self, AppState};
@@ -28,6 +31,7 @@ const EXIT_FATAL: u8 = 2;
     version,
     about = "Keeps a nevisIDM user directory in step with the users of a Nexudus account"
 )]
+#[command(group(clap::ArgGroup::new("readers").args(["status", "history"])))]
 struct Cli {
     /// Configuration file (TOML).
     #[arg(long, env = "NEXUDUS_NEVIS_SYNC_CONFIG", value_name = "FILE")]
@@ -48,8 +52,33 @@ struct Cli {
     #[arg(long, conflicts_with_all = ["sync_now", "demo"])]
     status: bool,
     /// With --status: print the status document as JSON (what the daemon's /status serves).
-    #[arg(long, requires = "status")]
+    /// With --history: JSON lines, one entry each.
+    #[arg(long, requires = "readers")]
     json: bool,
+    /// Print the provisioning log, newest first: one person's entries (by extId or Nexudus Id),
+    /// or everyone's (with --since). Asks the running daemon if it holds the store.
+    #[arg(
+        long,
+        value_name = "EXTID|NEXUDUS_ID",
+        num_args = 0..=1,
+        default_missing_value = "",
+        conflicts_with_all = ["sync_now", "demo", "status"]
+    )]
+    history: Option<String>,
+    /// With --history: only entries since this time: a duration back from now (24h, 7d) or an
+    /// RFC 3339 time.
+    #[arg(long, requires = "history", value_name = "WHEN")]
+    since: Option<String>,
+    /// With --history: only this operation (create, update, disable, enable, archive, adopt,
+    /// grant, revoke, skip).
+    #[arg(long = "op", requires = "history", value_name = "OPERATION")]
+    operation: Option<String>,
+    /// With --history: only this outcome (confirmed, refused, failed, held, conflict, invalid).
+    #[arg(long, requires = "history")]
+    outcome: Option<String>,
+    /// With --history: at most this many entries (the newest).
+    #[arg(long, requires = "history")]
+    limit: Option<usize>,
     /// With --sync-now: list only users changed since the last run's watermark (disappearances
     /// wait for the next full listing). Without it, --sync-now lists everyone.
     #[arg(long, requires = "sync_now", conflicts_with = "reconcile")]
@@ -128,7 +157,7 @@ async fn run(cli: Cli) -> u8 {
             Err(e) => fatal(&e),
         };
     }
-    let Some(path) = cli.config else {
+    let Some(path) = cli.config.clone() else {
         eprintln!("error: no configuration: pass --config FILE or set NEXUDUS_NEVIS_SYNC_CONFIG");
         return EXIT_FATAL;
     };
@@ -142,6 +171,13 @@ async fn run(cli: Cli) -> u8 {
     }
     if cli.status {
         return status(&config, cli.json).await;
+    }
+    if let Some(who) = &cli.history {
+        let query = match history_query(who, &cli) {
+            Ok(q) => q,
+            Err(e) => return fatal(&e),
+        };
+        return history(&config, &query, cli.json).await;
     }
     if !cli.sync_now {
         return daemon(config).await;
@@ -317,6 +353,67 @@ async fn daemon_status(config: &Config) -> Result<serde_json::Value, String> {
         .map_err(fail)
 }
 
+/// The `--history` flags as a query of the provisioning log.
+fn history_query(who: &str, cli: &Cli) -> Result<Query, String> {
+    let now = Clock::system().now();
+    Ok(Query {
+        who: (!who.is_empty()).then(|| who.to_string()),
+        since: cli
+            .since
+            .as_deref()
+            .map(|s| query::parse_since(s, now))
+            .transpose()?,
+        operation: cli
+            .operation
+            .as_deref()
+            .map(query::parse_operation)
+            .transpose()?,
+        outcome: cli
+            .outcome
+            .as_deref()
+            .map(query::parse_outcome)
+            .transpose()?,
+        limit: cli.limit,
+    })
+}
+
+/// `--history`: from the store when it is free, otherwise from the running daemon's `/history`;
+/// a table, or with `--json` JSON lines.
+async fn history(config: &Config, query: &Query, json: bool) -> u8 {
+    let entries = if !config.store.path.exists() {
+        Vec::new()
+    } else {
+        match Store::open(&config.store.path, config.store.cache_capacity_bytes) {
+            Ok(store) => match query.run(&store) {
+                Ok(entries) => entries,
+                Err(e) => return fatal(&e),
+            },
+            Err(StoreError::InUse { .. }) => match daemon_history(config, query).await {
+                Ok(entries) => entries,
+                Err(e) => return fatal(&e),
+            },
+            Err(e) => return fatal(&e),
+        }
+    };
+    if json {
+        print!("{}", query::json_lines(&entries));
+    } else {
+        print!("{}", query::table(&entries));
+    }
+    0
+}
+
+async fn daemon_history(config: &Config, query: &Query) -> Result<Vec<Entry>, String> {
+    let mut path = String::from("/history?");
+    let params = query.to_params();
+    let encoded = url::form_urlencoded::Serializer::new(String::new())
+        .extend_pairs(params.iter().map(|(k, v)| (*k, v.as_str())))
+        .finish();
+    path.push_str(&encoded);
+    let body = ask_daemon(config, &path).await?;
+    query::from_json_lines(&body)
+}
+
 async fn sync_now(config: &Config, opts: RunOptions, rebuild: bool) -> u8 {
     // A dry run against a store that does not exist yet must not create it; a dry rebuild plans
     // against an empty throw-away store and leaves the real one alone.
@@ -416,4 +513,26 @@ fn init_logging(format: LogFormat, level: &str) {
             builder.json().try_init()
         }
     };
+}
+
+/// Placeholder until the shared "ask the daemon" module lands: GET `path` of the daemon.
+async fn ask_daemon(config: &Config, path: &str) -> Result<String, String> {
+    let mut addr = config.http.listen;
+    if addr.ip().is_unspecified() {
+        addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+    }
+    let url = format!("http://{addr}{path}");
+    let fail = |e: reqwest::Error| {
+        format!("the store is in use and the daemon's {url} did not answer: {e}")
+    };
+    reqwest::Client::new()
+        .get(&url)
+        .timeout(std::time::Duration::from_secs(10))
+        .send()
+        .await
+        .and_then(reqwest::Response::error_for_status)
+        .map_err(fail)?
+        .text()
+        .await
+        .map_err(fail)
 }

@@ -563,7 +563,8 @@ impl RunReport {
         !self.interrupted && self.counts().unavailable == 0
     }
 
-    fn mode(&self) -> &'static str {
+    /// `full`, `incremental` or `reconcile`.
+    pub fn mode(&self) -> &'static str {
         if self.reconcile {
             "reconcile"
         } else if self.incremental {

@@ -15,6 +15,8 @@ pub const HAND_DISABLE_UNDONE: &str = "disabled by hand in nevisIDM while active
      enabled again by reconcile (sync.reenable_on_reconcile)";
 /// The deletion rule, after Nexudus answered the look-up with 404.
 pub const GONE_CONFIRMED: &str = "gone from Nexudus, confirmed by look-up";
+/// Not listed any more; not looked up (the deletion safety held the batch first).
+pub const NOT_LISTED: &str = "no longer listed by Nexudus (not looked up: the batch was held)";
 /// Listed by Nexudus, but outside `[scope]` now.
 pub const LEFT_SCOPE: &str = "listed by Nexudus outside [scope]";
 /// `sync.adopt = "email"` found one pre-existing user.

@@ -163,6 +163,8 @@ pub struct Why {
     /// What nevisIDM held before the write: the checkpoint, or what a read showed. `None` for
     /// a create.
     pub before: Option<Observed>,
+    /// nevisIDM's HTTP status for the write, once it answered one (set by the dispatcher).
+    pub status: Option<u16>,
 }
 
 impl Why {
@@ -170,6 +172,7 @@ impl Why {
         Why {
             cause: cause.into(),
             before,
+            status: None,
         }
     }
 }

@@ -110,8 +110,8 @@ fn of_person(store: &Store, who: &str) -> Result<Vec<AuditEntry>, StoreError> {
         entries.extend(store.audit_of_user(id)?);
     }
     // Newest first; an entry found both ways once.
-    entries.sort_by_key(|e| std::cmp::Reverse(e.at));
-    entries.dedup();
+    entries.sort_by_key(|e| std::cmp::Reverse((e.at, e.seq)));
+    entries.dedup_by_key(|e| e.seq);
     Ok(entries)
 }
 

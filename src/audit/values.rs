@@ -78,10 +78,34 @@ impl Redact {
         }
         let mut out = text;
         for value in values.iter().filter(|v| v.chars().count() >= 2) {
-            out = out.replace(value, WITHHELD);
+            out = replace_ignoring_ascii_case(&out, value);
         }
         withhold_quoted(&out)
     }
+}
+
+/// `text` with every occurrence of `value`, in any ASCII case, replaced by [`WITHHELD`].
+fn replace_ignoring_ascii_case(text: &str, value: &str) -> String {
+    let (hay, needle) = (text.as_bytes(), value.as_bytes());
+    let mut out = String::with_capacity(text.len());
+    let mut at = 0;
+    let mut copied = 0;
+    while at + needle.len() <= hay.len() {
+        // Both ends on character boundaries: a match is always whole characters.
+        if text.is_char_boundary(at)
+            && text.is_char_boundary(at + needle.len())
+            && hay[at..at + needle.len()].eq_ignore_ascii_case(needle)
+        {
+            out.push_str(&text[copied..at]);
+            out.push_str(WITHHELD);
+            at += needle.len();
+            copied = at;
+        } else {
+            at += 1;
+        }
+    }
+    out.push_str(&text[copied..]);
+    out
 }
 
 const WITHHELD: &str = "[withheld]";

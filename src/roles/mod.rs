@@ -64,6 +64,8 @@ pub struct RolesRun<'a> {
     /// The overlap incremental reads reach back before the watermark.
     pub overlap: std::time::Duration,
     pub admins: Admins,
+    /// The provisioning log (off in a dry run).
+    pub log: crate::audit::Recorder,
 }
 
 /// The role stage of one run. Does nothing without `[[roles.map]]`.
@@ -98,6 +100,7 @@ pub async fn sync_roles<S: Source>(
         store,
         dry_run: run.dry_run,
         profile_unit: roles.profile_unit_ext_id.as_deref(),
+        log: &run.log,
     };
     let steps = Steps {
         roles,
@@ -193,15 +196,17 @@ impl Steps<'_> {
         let held = losing > 0
             && plan::revocations_held(self.roles, losing, store.len() as u64)
             && !self.allow;
-        if held {
-            tracing::warn!(
-                losing,
-                "role revocations held back: {losing} users would lose a role (roles.max_revokes \
-                 = {}, roles.max_revoke_percent = {}); --allow-mass-disable approves them for one run",
-                self.roles.max_revokes,
-                self.roles.max_revoke_percent
-            );
+        let held = held.then(|| {
+            format!(
+                "{losing} users would lose a role (roles.max_revokes = {}, \
+                 roles.max_revoke_percent = {}); --allow-mass-disable approves them for one run",
+                self.roles.max_revokes, self.roles.max_revoke_percent
+            )
+        });
+        if let Some(reason) = &held {
+            tracing::warn!(losing, "role revocations held back: {reason}");
         }
+        let held = held.as_deref();
         // Users are written `sync.concurrency` at a time (each user's own writes in order); a
         // dry run one at a time, so that its plan lines come in the order of the users.
         let concurrency = match self.writer.dry_run {

@@ -6,6 +6,7 @@ use std::collections::BTreeSet;
 
 use serde_json::json;
 
+use crate::audit::{Change, Draft, Operation, Recorder, Verdict};
 use crate::dispatch::PlanSink;
 use crate::nevis::{Profile, RoleTarget, TargetError};
 use crate::report::RoleChange;
@@ -21,6 +22,59 @@ pub struct Writer<'a> {
     pub store: &'a Store,
     pub dry_run: Option<&'a PlanSink>,
     pub profile_unit: Option<&'a str>,
+    /// The provisioning log: each grant and revocation, written before its checkpoint.
+    pub log: &'a Recorder,
+}
+
+/// The cause of a grant or a revocation, in words.
+const GRANT_CAUSE: &str = "in a Nexudus UserRole mapped to this role ([[roles.map]])";
+const REVOKE_CAUSE: &str = "no longer in a Nexudus UserRole mapped to this role ([[roles.map]])";
+
+/// The provisioning-log entry of one grant (`true`) or revocation.
+fn entry(id: u64, ext_id: &str, role: &str, grant: bool, outcome: Verdict) -> Draft {
+    let (operation, before, after, cause) = match grant {
+        true => (Operation::Grant, None, Some(role.to_string()), GRANT_CAUSE),
+        false => (
+            Operation::Revoke,
+            Some(role.to_string()),
+            None,
+            REVOKE_CAUSE,
+        ),
+    };
+    Draft {
+        nexudus_id: Some(id),
+        ext_id: ext_id.to_string(),
+        operation,
+        changes: vec![Change {
+            field: "roles".into(),
+            before,
+            after,
+        }],
+        outcome,
+        status: None,
+        reason: None,
+        cause: cause.into(),
+    }
+}
+
+/// The entry of a grant or revocation nevisIDM did not make (`Err` when the error is fatal).
+fn not_made(
+    e: TargetError,
+    (id, ext_id, role, grant): (u64, &str, &str, bool),
+    log: &Recorder,
+) -> Result<RoleChange, RolesError> {
+    let (outcome, status) = match &e {
+        TargetError::Rejected { status, .. } => (Verdict::Refused, Some(*status)),
+        _ => (Verdict::Failed, None),
+    };
+    let reason = per_user(e)?;
+    let draft = Draft {
+        status,
+        reason: Some(reason.clone()),
+        ..entry(id, ext_id, role, grant, outcome)
+    };
+    log.write(draft).map_err(RolesError::Store)?;
+    Ok(RoleChange::Failed { reason })
 }
 
 /// What one user's plan came to: each role, grant (`true`) or revocation, and its outcome.
@@ -112,15 +166,20 @@ impl Writer<'_> {
         ext_id: &str,
         holding: &mut Holding,
         plan: &UserPlan,
-        held: bool,
+        held: Option<&str>,
     ) -> Result<Outcomes, RolesError> {
         let mut out = Outcomes::new();
-        if held {
+        if let Some(reason) = held {
             for role in &plan.revoke {
+                let draft = Draft {
+                    reason: Some(reason.to_string()),
+                    ..entry(id, ext_id, role, false, Verdict::Held)
+                };
+                self.log.write_once(draft).map_err(RolesError::Store)?;
                 out.push((role.clone(), false, RoleChange::Held));
             }
         }
-        let revoke: &[String] = if held { &[] } else { &plan.revoke };
+        let revoke: &[String] = if held.is_some() { &[] } else { &plan.revoke };
         if plan.grant.is_empty() && revoke.is_empty() {
             return Ok(out);
         }
@@ -133,6 +192,11 @@ impl Writer<'_> {
                     .map(|r| (r, true))
                     .chain(revoke.iter().map(|r| (r, false)))
                 {
+                    let draft = Draft {
+                        reason: Some(why.clone()),
+                        ..entry(id, ext_id, role, grant, Verdict::Failed)
+                    };
+                    self.log.write(draft).map_err(RolesError::Store)?;
                     let reason = why.clone();
                     out.push((role.clone(), grant, RoleChange::Failed { reason }));
                 }
@@ -166,8 +230,10 @@ impl Writer<'_> {
             Ok(a) => a,
             // Already granted (by hand, or a grant whose answer was lost): the sync owns it now.
             Err(TargetError::Duplicate { .. }) => None,
-            Err(e) => return per_user(e).map(|reason| RoleChange::Failed { reason }),
+            Err(e) => return not_made(e, (id, ext_id, role, true), self.log),
         };
+        let draft = entry(id, ext_id, role, true, Verdict::Confirmed);
+        self.log.write(draft).map_err(RolesError::Store)?;
         holding.ext_id = ext_id.to_string();
         holding.granted.insert(role.to_string(), authorization);
         holding.write(self.store, id).map_err(RolesError::Store)?;
@@ -196,15 +262,17 @@ impl Writer<'_> {
                     .filter(|a| a.role_ext_id == role)
                     .map(|a| a.ext_id)
                     .collect(),
-                Err(e) => return per_user(e).map(|reason| RoleChange::Failed { reason }),
+                Err(e) => return not_made(e, (id, ext_id, role, false), self.log),
             },
         };
         for authorization in authorizations {
             match self.target.revoke(profile, &authorization).await {
                 Ok(()) | Err(TargetError::NotFound) => {}
-                Err(e) => return per_user(e).map(|reason| RoleChange::Failed { reason }),
+                Err(e) => return not_made(e, (id, ext_id, role, false), self.log),
             }
         }
+        let draft = entry(id, ext_id, role, false, Verdict::Confirmed);
+        self.log.write(draft).map_err(RolesError::Store)?;
         holding.granted.remove(role);
         holding.write(self.store, id).map_err(RolesError::Store)?;
         tracing::info!(ext_id, role, profile, "revoked");

@@ -68,6 +68,11 @@ struct Controls {
     slow: Option<Slow>,
     /// Requests the selective delay picked so far (counted on arrival).
     slowed: usize,
+    /// Requests answered late *after* they were applied (a write made, its answer held back):
+    /// a test can kill the client between nevisIDM's write and the client's checkpoint.
+    slow_answer: Option<Slow>,
+    /// Requests `slow_answer` picked so far (counted once applied).
+    answered_late: usize,
     down: Option<u16>,
 }
 
@@ -91,6 +96,22 @@ impl Controls {
     fn set_slow(&mut self, slow: Option<Slow>) {
         self.slow = slow;
         self.slowed = 0;
+    }
+
+    /// How long to hold back the answer to `request` once it was applied.
+    fn answer_delay(&mut self, request: &RequestLine<'_>) -> Duration {
+        match &self.slow_answer {
+            Some(slow) if (slow.picks)(request) => {
+                self.answered_late += 1;
+                slow.delay
+            }
+            _ => Duration::ZERO,
+        }
+    }
+
+    fn set_slow_answer(&mut self, slow: Option<Slow>) {
+        self.slow_answer = slow;
+        self.answered_late = 0;
     }
 }
 

@@ -407,6 +407,28 @@ impl FakeNevis {
         self.lock().controls.set_slow(None);
     }
 
+    /// Applies the requests `picks` chooses at once but holds their answers back by `delay`:
+    /// the write is made in nevisIDM while the client still waits for its confirmation.
+    pub fn set_slow_answer(
+        &self,
+        delay: Duration,
+        picks: impl Fn(&RequestLine<'_>) -> bool + Send + Sync + 'static,
+    ) {
+        self.lock()
+            .controls
+            .set_slow_answer(Some(Slow::new(delay, picks)));
+    }
+
+    /// Answers at once again.
+    pub fn clear_slow_answer(&self) {
+        self.lock().controls.set_slow_answer(None);
+    }
+
+    /// Requests applied whose answer [`FakeNevis::set_slow_answer`] held back so far.
+    pub fn answered_late(&self) -> usize {
+        self.lock().controls.answered_late
+    }
+
     /// Requests the selective delay picked since it was set (counted on arrival, before the
     /// delay): a test knows the run is waiting in the slow phase.
     pub fn slowed(&self) -> usize {
@@ -744,6 +766,11 @@ async fn gate(State(state): State<Shared>, request: Request, next: Next) -> Resp
         });
         (delay, log_index)
     };
+    let (method_name, path_only, query_only) = (
+        parts.method.to_string(),
+        parts.uri.path().to_owned(),
+        parts.uri.query().unwrap_or_default().to_owned(),
+    );
     let _in_flight = InFlight(state.clone());
     if !latency.is_zero() {
         tokio::time::sleep(latency).await;
@@ -758,6 +785,14 @@ async fn gate(State(state): State<Shared>, request: Request, next: Next) -> Resp
         .into_response(),
     };
     let status = response.status().as_u16();
+    let late = lock(&state).controls.answer_delay(&RequestLine {
+        method: &method_name,
+        path: &path_only,
+        query: &query_only,
+    });
+    if !late.is_zero() {
+        tokio::time::sleep(late).await;
+    }
     {
         let mut inner = lock(&state);
         *inner.stats.status_counts.entry(status).or_default() += 1;

@@ -43,6 +43,8 @@ pub struct AuditRecord<'a> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AuditEntry {
     pub at: u64,
+    /// The order among entries of the same second (unique in the log).
+    pub seq: u64,
     pub body: Vec<u8>,
 }
 
@@ -223,8 +225,14 @@ fn split(v: &[u8]) -> Result<(u64, &[u8], &[u8]), StoreError> {
 
 fn entry(stamp: &[u8], v: &[u8]) -> Result<AuditEntry, StoreError> {
     let (_, _, body) = split(v)?;
+    let seq = stamp
+        .get(8..16)
+        .and_then(|b| <[u8; 8]>::try_from(b).ok())
+        .map(u64::from_be_bytes)
+        .ok_or_else(|| StoreError::Corrupt("audit entry key is too short".into()))?;
     Ok(AuditEntry {
         at: stamp_time(stamp)?,
+        seq,
         body: body.to_vec(),
     })
 }

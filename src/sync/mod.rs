@@ -25,6 +25,7 @@ use std::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
+use crate::audit::Recorder;
 use crate::config::{AdoptMode, Config, LoginIdSource};
 use crate::directory::{Directory, SharedDirectory};
 use crate::dispatch::{AdoptRules, DispatchError, Dispatcher, Op, PlanSink};
@@ -199,6 +200,14 @@ pub async fn run_once<S: Source, T: Target>(
         if let Err(e) = saved {
             tracing::warn!(error = %e, "cannot record the run report");
         }
+        match crate::audit::prune(&cfg.audit, store) {
+            Ok(0) => {}
+            Ok(pruned) => tracing::info!(
+                pruned,
+                "provisioning-log entries past audit.retention or audit.max_entries pruned"
+            ),
+            Err(e) => tracing::warn!(error = %e, "cannot prune the provisioning log"),
+        }
     }
     result.map(|()| report)
 }
@@ -225,6 +234,8 @@ struct Stages<'a, T: Target> {
 /// What a pass found out before its listing: where the listing starts, the deletion probe,
 /// nevisIDM's state for a reconcile, and who owns which extId.
 struct Start {
+    /// The provisioning log of this pass (its mode is known once the probe has spoken).
+    log: Recorder,
     since: Option<String>,
     remote: Option<Arc<Directory>>,
     owners: Option<Arc<Owners>>,
@@ -301,6 +312,7 @@ impl<'a, S: Source, T: Target> Ctx<'a, S, T> {
         let remote = remote?;
         let owners = owners(self.cfg, self.store, self.opts)?;
         let start = Start {
+            log: provisioning_log(self.cfg, self.store, self.opts, report)?,
             since,
             remote,
             owners,
@@ -325,7 +337,8 @@ impl<'a, S: Source, T: Target> Ctx<'a, S, T> {
         let since = start.since.clone();
         let mut listing = Listing::start(source, since, page_size, self.cancel.clone());
         let owners = start.owners.clone();
-        let mut planner = Planner::new(cfg, store, opts, start.remote.as_deref())?;
+        let mut planner =
+            Planner::new(cfg, store, opts, start.remote.as_deref())?.with_audit(start.log.clone());
         if cfg.sync.adopt == AdoptMode::Email {
             let buffered = listing.read_whole(page_size).await;
             planner.set_shared_emails(SharedEmails::of(&buffered, cfg));
@@ -335,7 +348,8 @@ impl<'a, S: Source, T: Target> Ctx<'a, S, T> {
             listing,
             planner,
             settlement: Settlement::new(cfg, store, opts, start.known_before),
-            dispatcher: dispatcher(cfg, self.nevis, store, opts, owners),
+            dispatcher: dispatcher(cfg, self.nevis, store, opts, owners)
+                .with_audit(start.log.clone()),
         })
     }
 
@@ -380,7 +394,7 @@ impl<'a, S: Source, T: Target> Ctx<'a, S, T> {
             decision.incomplete.is_none(),
             std::mem::take(&mut decision.missing),
         );
-        let removals = decision.record(report);
+        let removals = decision.record(report, &start.log)?;
         let Ok(written) = write_out(&mut dispatcher, removals, report, &self.cancel).await else {
             return self.stopped_writing(dispatcher, report).await;
         };
@@ -469,6 +483,7 @@ async fn roles_stage<S: Source, T: Target>(
         dry_run: opts.dry_run.as_ref(),
         overlap: cfg.sync.incremental_overlap,
         admins,
+        log: provisioning_log(cfg, store, opts, report)?,
     };
     let stage = roles::sync_roles(cfg, source, nevis.target.roles(), store, run, report);
     match until_stopped(&cancel, stage).await {
@@ -478,6 +493,19 @@ async fn roles_stage<S: Source, T: Target>(
             report.interrupted = true;
             Ok(())
         }
+    }
+}
+
+/// The provisioning log of a run in its mode; a dry run writes none.
+fn provisioning_log(
+    cfg: &Config,
+    store: &Store,
+    opts: &RunOptions,
+    report: &RunReport,
+) -> Result<Recorder, StoreError> {
+    match opts.dry_run {
+        Some(_) => Ok(Recorder::off()),
+        None => Recorder::start(&cfg.audit, store, &report.run_id, report.mode()),
     }
 }
 

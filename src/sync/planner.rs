@@ -13,11 +13,12 @@ use serde_json::json;
 
 use super::RunOptions;
 use super::listing::Fetched;
+use crate::audit::{Draft, Operation, Recorder, Verdict, Why, cause};
 use crate::config::{AdoptMode, Config, LoginIdSource};
 use crate::diff::{Changes, Observed, Plan, diff};
 use crate::directory::Directory;
 use crate::dispatch::{Op, OpKind, PlanSink};
-use crate::mapper::{DesiredUser, InvalidReason, SourceUser, UserState, map_user};
+use crate::mapper::{DesiredUser, InvalidReason, SourceUser, UserState, ext_id_with, map_user};
 use crate::nexudus::InvalidRecord;
 use crate::report::{Outcome, RunReport};
 use crate::store::{Lookup, Store, StoreError, fingerprint};
@@ -99,6 +100,8 @@ pub struct Planner<'a> {
     /// Users a reconcile found disabled by hand and left so, read once at the start of the run.
     hand_disabled: HashSet<u64>,
     shared: SharedEmails,
+    /// The provisioning log: invalid records and conflicts (once while they last).
+    log: Recorder,
 }
 
 impl<'a> Planner<'a> {
@@ -115,6 +118,33 @@ impl<'a> Planner<'a> {
             remote,
             hand_disabled: store.hand_disabled_ids()?,
             shared: SharedEmails::default(),
+            log: Recorder::off(),
+        })
+    }
+
+    /// Writes invalid records and conflicts into the provisioning log.
+    pub fn with_audit(mut self, log: Recorder) -> Self {
+        self.log = log;
+        self
+    }
+
+    /// An invalid record's entry (a record without an Id cannot be found by person, and would
+    /// repeat every run: it stays in the run's report only).
+    fn log_invalid(&self, id: Option<u64>, reason: &str) -> Result<(), StoreError> {
+        let Some(id) = id else { return Ok(()) };
+        let ext_id = match self.store.get(id).ok().flatten() {
+            Some(checkpoint) => checkpoint.ext_id,
+            None => ext_id_with(&self.cfg.mapping.ext_id_prefix, id),
+        };
+        self.log.write_once(Draft {
+            nexudus_id: Some(id),
+            ext_id,
+            operation: Operation::Skip,
+            changes: Vec::new(),
+            outcome: Verdict::Invalid,
+            status: None,
+            reason: Some(reason.to_string()),
+            cause: cause::INVALID_RECORD.into(),
         })
     }
 
@@ -141,6 +171,7 @@ impl<'a> Planner<'a> {
                 report.watermark.problem(bad.updated_on.as_deref());
                 // Scope unknown for an undecodable record: keep it, never disable it.
                 let kept = bad.id.map(|id| Kept { id, active: false });
+                self.log_invalid(bad.id, &bad.reason.to_string())?;
                 note_invalid(
                     self.store,
                     report,
@@ -164,6 +195,7 @@ impl<'a> Planner<'a> {
                     id: user.id,
                     active: false,
                 });
+                self.log_invalid(Some(user.id), &reason.to_string())?;
                 note_invalid(
                     self.store,
                     report,
@@ -212,6 +244,17 @@ impl<'a> Planner<'a> {
                 .join(", ")
         );
         report.watermark.problem(user.updated_on.as_deref());
+        let candidates: Vec<String> = others.iter().map(|id| format!("nexudus:{id}")).collect();
+        self.log.write_once(Draft {
+            nexudus_id: Some(user.id),
+            ext_id: desired.ext_id.clone(),
+            operation: Operation::Create,
+            changes: Vec::new(),
+            outcome: Verdict::Conflict,
+            status: None,
+            reason: Some(format!("{reason}; candidates: [{}]", candidates.join(", "))),
+            cause: cause::NEW_IN_NEXUDUS.into(),
+        })?;
         note_conflict(
             self.store,
             report,
@@ -219,7 +262,7 @@ impl<'a> Planner<'a> {
             user.id,
             &desired.ext_id,
             reason,
-            others.iter().map(|id| format!("nexudus:{id}")).collect(),
+            candidates,
         )
     }
 
@@ -255,7 +298,8 @@ impl<'a> Planner<'a> {
                 if let Some(linked) = &link {
                     keep_ext_id(&mut desired, linked, cfg);
                 }
-                let mut op = write_op(user, desired, None, fp);
+                let why = Why::new(cause::NEW_IN_NEXUDUS, None);
+                let mut op = write_op(user, desired, None, fp, why);
                 op.adopt = cfg.sync.adopt == AdoptMode::Email && link.is_none();
                 Ok(Some(op))
             }
@@ -278,8 +322,14 @@ impl<'a> Planner<'a> {
                         }
                         Ok(None)
                     }
-                    Plan::Update(changes) => Ok(Some(write_op(user, desired, Some(changes), fp))),
-                    Plan::Create => Ok(Some(write_op(user, desired, None, fp))),
+                    Plan::Update(changes) => {
+                        let why = Why::new(cause::update(&changes), Some(Observed::from(&old)));
+                        Ok(Some(write_op(user, desired, Some(changes), fp, why)))
+                    }
+                    Plan::Create => {
+                        let why = Why::new(cause::NEW_IN_NEXUDUS, None);
+                        Ok(Some(write_op(user, desired, None, fp, why)))
+                    }
                 }
             }
         }
@@ -318,7 +368,8 @@ impl<'a> Planner<'a> {
             if let Some(kept) = &kept {
                 keep_ext_id(&mut desired, kept, cfg);
             }
-            let mut op = write_op(user, desired, None, fp);
+            let why = Why::new(cause::create(kept.is_some()), None);
+            let mut op = write_op(user, desired, None, fp, why);
             op.adopt = cfg.sync.adopt == AdoptMode::Email && link.is_none() && checkpoint.is_none();
             return Ok(Some(op));
         };
@@ -364,7 +415,8 @@ impl<'a> Planner<'a> {
         }
         tracing::info!(extId = %ext_id, changes = %changes.to_json(), "drift: nevisIDM differs from Nexudus; setting it back");
         report.note_drift(user.id);
-        let mut op = write_op(user, desired, Some(changes), fp);
+        let why = Why::new(cause::reconcile(&changes), Some(seen.clone()));
+        let mut op = write_op(user, desired, Some(changes), fp, why);
         op.version = seen.version;
         op.forms.keep = Some(reading.forms);
         Ok(Some(op))
@@ -426,7 +478,13 @@ fn keep_ext_id(desired: &mut DesiredUser, ext_id: &str, cfg: &Config) {
     }
 }
 
-fn write_op(user: &SourceUser, after: DesiredUser, changes: Option<Changes>, fp: u64) -> Op {
+fn write_op(
+    user: &SourceUser,
+    after: DesiredUser,
+    changes: Option<Changes>,
+    fp: u64,
+    why: Why,
+) -> Op {
     let kind = match &changes {
         None => OpKind::Create,
         Some(c) if c.disables() => OpKind::Disable,
@@ -442,6 +500,7 @@ fn write_op(user: &SourceUser, after: DesiredUser, changes: Option<Changes>, fp:
         adopt: false,
         version: None,
         forms: Default::default(),
+        why,
     }
 }
 

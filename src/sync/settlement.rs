@@ -18,6 +18,7 @@ use std::collections::HashSet;
 use super::RunOptions;
 use super::census::Verdict;
 use super::planner::Kept;
+use crate::audit::{self, Recorder, Why, cause};
 use crate::config::Config;
 use crate::diff::{Changes, Observed, disappeared};
 use crate::directory::Directory;
@@ -117,7 +118,7 @@ impl<'a> Settlement<'a> {
                     gone
                 }
             };
-            removals = self.disables(gone, &mut missing)?;
+            removals = self.disables(gone, &mut missing, Some(listed))?;
             if let Some(age) = self.cfg.sync.archive_after {
                 removals.extend(self.archives(age)?);
             }
@@ -153,7 +154,7 @@ impl<'a> Settlement<'a> {
             }
         }
         let mut missing = Vec::new();
-        let removals = self.disables(vanished, &mut missing)?;
+        let removals = self.disables(vanished, &mut missing, None)?;
         let too_many = mass_disable_reason(self.cfg, removals.len() as u64, self.known_before)
             .filter(|_| !self.allow_mass_disable);
         Ok(Decision {
@@ -166,10 +167,12 @@ impl<'a> Settlement<'a> {
 
     /// Disables for the vanished users that were missing from enough complete listings; with
     /// `sync.missing_runs_before_disable` above 1, every vanished user's Id goes to `missing`.
+    /// `listed`: every Id the listing held (`None`: each one was found gone by a look-up).
     fn disables(
         &self,
         gone: Vec<(u64, DesiredUser)>,
         missing: &mut Vec<u64>,
+        listed: Option<&HashSet<u64>>,
     ) -> Result<Vec<Op>, StoreError> {
         let mut disables = Vec::new();
         let threshold = self.cfg.sync.missing_runs_before_disable;
@@ -193,7 +196,14 @@ impl<'a> Settlement<'a> {
                 }
             }
             tracing::info!(extId = %checkpoint.ext_id, nexudus_id = id, "no longer listed by Nexudus or out of scope; disabling");
-            disables.push(removal(id, OpKind::Disable, &checkpoint, changes));
+            let why = cause::vanished(listed.is_some_and(|l| l.contains(&id)));
+            disables.push(removal(
+                id,
+                OpKind::Disable,
+                &checkpoint,
+                changes,
+                why.into(),
+            ));
         }
         Ok(disables)
     }
@@ -217,7 +227,8 @@ impl<'a> Settlement<'a> {
                 ..Changes::default()
             };
             tracing::info!(extId = %checkpoint.ext_id, "disabled longer than sync.archive_after; archiving");
-            archives.push(removal(id, OpKind::Archive, &checkpoint, changes));
+            let why = cause::archive(age);
+            archives.push(removal(id, OpKind::Archive, &checkpoint, changes, why));
         }
         Ok(archives)
     }
@@ -312,12 +323,13 @@ impl Decision {
         }
     }
 
-    /// Writes the decision into the report; returns the removals to send (none when held).
-    pub fn record(self, report: &mut RunReport) -> Vec<Op> {
+    /// Writes the decision into the report, and each held removal into the provisioning log;
+    /// returns the removals to send (none when held).
+    pub fn record(self, report: &mut RunReport, log: &Recorder) -> Result<Vec<Op>, StoreError> {
         report.listing_complete = self.incomplete.is_none();
         report.incomplete_reason = self.incomplete;
         let Some(reason) = self.held else {
-            return self.removals;
+            return Ok(self.removals);
         };
         tracing::error!(
             held = self.removals.len(),
@@ -325,15 +337,23 @@ impl Decision {
             "DELETION SAFETY: holding back every disable of this run; rerun with --allow-mass-disable to approve"
         );
         for op in self.removals {
+            let mut entry = op.draft(audit::Verdict::Held);
+            entry.reason = Some(format!("{reason}; --allow-mass-disable approves"));
+            if entry.cause == cause::GONE_CONFIRMED {
+                // A held batch is not looked up.
+                entry.cause = cause::NOT_LISTED.into();
+            }
+            log.write_once(entry)?;
             let ext_id = op.after.ext_id;
             report.record(op.nexudus_id, Outcome::Held { ext_id });
         }
-        Vec::new()
+        Ok(Vec::new())
     }
 }
 
-fn removal(id: u64, kind: OpKind, checkpoint: &DesiredUser, changes: Changes) -> Op {
+fn removal(id: u64, kind: OpKind, checkpoint: &DesiredUser, changes: Changes, cause: String) -> Op {
     Op {
+        why: Why::new(cause, Some(Observed::from(checkpoint))),
         nexudus_id: id,
         kind,
         after: changes.apply_to(checkpoint),
@@ -567,7 +587,7 @@ mod tests {
         );
         assert!(source.asked.lock().unwrap().is_empty());
         let mut report = RunReport::default();
-        assert!(d.record(&mut report).is_empty());
+        assert!(d.record(&mut report, &Recorder::off()).unwrap().is_empty());
         assert_eq!(report.counts().held_disables, 4);
         assert!(report.listing_complete);
         assert_eq!(report.held().len(), 4);

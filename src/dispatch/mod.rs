@@ -25,6 +25,7 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tracing::Instrument;
 
+use crate::audit::{Recorder, Why, cause};
 use crate::diff::{Changes, Field, Observed, changes_between, create_body};
 use crate::directory::{Directory, SharedDirectory};
 use crate::forms::{Form, Forms};
@@ -35,6 +36,8 @@ use crate::progress::Progress;
 use crate::report::{Outcome, RunReport};
 use crate::store::{Store, StoreError, fingerprint};
 use crate::versions::BulkVersions;
+
+mod trail;
 
 /// After this many users in a row failed because nevisIDM was unavailable (retries exhausted),
 /// the run stops as fatal rather than grinding through every remaining user.
@@ -82,6 +85,8 @@ pub struct Op {
     pub version: Option<i64>,
     /// The directory's forms around this write ([`crate::forms`]).
     pub forms: FormNotes,
+    /// Why the write is made, and what nevisIDM held before: for its provisioning-log entry.
+    pub why: Why,
 }
 
 /// The directory's forms around one write.
@@ -194,6 +199,8 @@ enum Decision {
         changes: Changes,
         /// nevisIDM's version of the adopted user, as the candidate read reported it.
         version: Option<i64>,
+        /// The adopted user as nevisIDM holds it (the log's "before").
+        held: Box<Observed>,
     },
     Conflict {
         reason: String,
@@ -285,6 +292,8 @@ pub struct Dispatcher<T: Target> {
     directory: SharedDirectory,
     /// Versions read in bulk when many updates of this run have none.
     versions: BulkVersions,
+    /// The provisioning log: an entry per write settled, written with its checkpoint.
+    log: Recorder,
 }
 
 impl<T: Target> Dispatcher<T> {
@@ -307,7 +316,14 @@ impl<T: Target> Dispatcher<T> {
             progress: None,
             directory: SharedDirectory::default(),
             versions: BulkVersions::default(),
+            log: Recorder::off(),
         }
+    }
+
+    /// Writes an entry of the provisioning log for every write settled.
+    pub fn with_audit(mut self, log: Recorder) -> Self {
+        self.log = log;
+        self
     }
 
     /// Counts writes in flight and done into `progress`.
@@ -389,6 +405,7 @@ impl<T: Target> Dispatcher<T> {
         let adopt = self.adopt.clone().filter(|_| op.adopt);
         let claimed = Arc::clone(&self.claimed);
         let directory = self.directory.clone();
+        let log = self.log.clone();
         let span = tracing::info_span!("user", extId = %op.after.ext_id);
         async move {
             let result = match adopt {
@@ -409,7 +426,9 @@ impl<T: Target> Dispatcher<T> {
             // SIGKILL loses at most the checkpoints of writes confirmed within one flush).
             drop(permit);
             let recorded = match result {
-                Ok(Ok(applied)) => record(&store, &mut op, applied).await.map(|()| Ok(applied)),
+                Ok(Ok(applied)) => record(&store, &log, &mut op, applied)
+                    .await
+                    .map(|()| Ok(applied)),
                 other => other,
             };
             (op, recorded)
@@ -533,7 +552,10 @@ impl<T: Target> Dispatcher<T> {
             e => e,
         };
         report.watermark.problem(op.updated_on.as_deref());
+        let entry = trail::refused(op, &e);
         if let WriteError::Conflict { reason, candidates } = e {
+            // A conflict stays until an operator resolves it: logged once while it lasts.
+            self.log.write_once(entry)?;
             self.unavailable_streak = 0;
             tracing::warn!(extId = %ext_id, %reason, ?candidates, "conflict: nothing written");
             self.store.record_failure(
@@ -547,6 +569,7 @@ impl<T: Target> Dispatcher<T> {
             return Ok(());
         }
         tracing::warn!(extId = %ext_id, op = op.kind.as_str(), error = %e, "write failed; will retry next run");
+        self.log.write(entry)?;
         let reason = e.to_string();
         self.store.record_failure(op.nexudus_id, &reason)?;
         if let (WriteError::ArchivedHolder { .. }, Some(fp)) = (&e, op.fingerprint) {
@@ -634,8 +657,15 @@ fn conflict(op: &Op, reason: String, candidates: Vec<String>) -> Outcome {
 }
 
 /// Checkpoints a confirmed operation (with the link of an adoption and the directory's forms)
-/// and makes it durable.
-async fn record(store: &Store, op: &mut Op, applied: Applied) -> Result<(), StoreError> {
+/// and makes it durable, its provisioning-log entry first: a checkpoint is never without the
+/// entry that explains it.
+async fn record(
+    store: &Store,
+    log: &Recorder,
+    op: &mut Op,
+    applied: Applied,
+) -> Result<(), StoreError> {
+    log.write(trail::confirmed(op, applied))?;
     if let Applied::Adopted { .. } = applied {
         store.set_link(op.nexudus_id, &op.after.ext_id)?;
     }
@@ -754,6 +784,7 @@ async fn decide<T: Target>(
         ext_id,
         changes,
         version,
+        held: Box::new(existing),
     }))
 }
 
@@ -840,10 +871,13 @@ async fn adopt_or_create<T: Target>(
             ext_id,
             changes,
             version,
+            held,
         } => {
             tracing::info!(adopted = %ext_id, nexudus_id = op.nexudus_id, "adopting the pre-existing nevisIDM user");
             op.after = adopted_as(&op.after, &ext_id, ctx.rules);
             op.version = version;
+            op.changes = Some(changes.clone());
+            op.why = Why::new(cause::ADOPTED, Some(*held));
             if changes.is_empty() {
                 Ok(Applied::Adopted { wrote: false })
             } else {
@@ -888,12 +922,15 @@ pub async fn version_for<T: Target>(
 struct Patched {
     version: Option<i64>,
     answer: Option<(Changes, Observed)>,
+    /// nevisIDM's status for the PATCH (`None`: nothing was sent).
+    status: Option<u16>,
 }
 
 impl Patched {
     fn of(sent: &Changes, answer: Option<Value>) -> Patched {
         Patched {
             version: answer.as_ref().and_then(version_of),
+            status: Some(if answer.is_some() { 200 } else { 204 }),
             answer: answer.map(|user| (sent.clone(), Observed::from_nevis_json(&user))),
         }
     }
@@ -902,6 +939,7 @@ impl Patched {
     fn into_op(self, op: &mut Op) {
         op.version = self.version;
         op.forms.answer = self.answer;
+        op.why.status = self.status;
     }
 }
 
@@ -936,6 +974,7 @@ async fn patch<T: Target>(
         return Ok(Patched {
             version: fresh,
             answer: None,
+            status: None,
         });
     }
     match target.update(ext_id, &again, fresh).await {
@@ -985,6 +1024,7 @@ async fn create_or_converge<T: Target>(target: &T, op: &mut Op) -> Result<Applie
         Ok(()) => {
             // A create's 201 carries no version: the first update reads the user first.
             op.version = None;
+            op.why.status = Some(201);
             Ok(Applied::Written)
         }
         Err(dup @ TargetError::Duplicate { .. }) => converge_existing(target, op, dup).await,
@@ -1024,7 +1064,9 @@ async fn converge_existing<T: Target>(
             candidates: held_by,
         });
     };
-    let changes = changes_between(desired, &Observed::from_nevis_json(&existing));
+    let seen = Observed::from_nevis_json(&existing);
+    let changes = changes_between(desired, &seen);
+    op.why.before = Some(seen);
     if changes.is_empty() {
         tracing::info!(extId = %desired.ext_id, "already present in nevisIDM with the desired values");
         op.version = version_of(&existing);
