@@ -10,7 +10,8 @@
 //! `--no-revoke` stops after the phases; `--revoke-only` runs the import and the time to revoke.
 //! `--roles` adds the roles phase ([`roles`]: 20 mapped UserRoles, the idle tick's cost with and
 //! without them, and the time a membership change takes to reach nevisIDM) at the end;
-//! `--roles-only` runs the import and it.
+//! `--roles-only` runs the import and it. `--audit` adds the provisioning log's cost ([`audit`]: the
+//! import with the log off and on, the store's growth per entry); `--audit-only` runs only it.
 //! The last column, `plan_us/usr`, is the time the run's driving task spent planning each record
 //! (scope, mapping, diff and the checkpoint look-up: the per-record store work between pages),
 //! from the report the run recorded.
@@ -26,6 +27,8 @@ use nexudus_nevis_sync::sandbox::{
     FakeNevis, FakeNexudus, NevisFakeConfig, NexudusFakeConfig, sample_users,
 };
 
+#[path = "sync/audit.rs"]
+mod audit;
 #[path = "sync/floor.rs"]
 mod floor;
 #[path = "sync/revoke.rs"]
@@ -47,6 +50,11 @@ struct Args {
     /// The roles phase last (`--roles`), or only the import and it (`--roles-only`).
     with_roles: bool,
     roles_only: bool,
+    /// The provisioning log's cost last (`--audit`), or only it (`--audit-only`); imports of
+    /// each kind (`--audit-rounds`, default 2).
+    with_audit: bool,
+    audit_only: bool,
+    audit_rounds: usize,
 }
 
 fn parse_args() -> Args {
@@ -72,6 +80,9 @@ fn parse_args() -> Args {
         },
         with_roles: false,
         roles_only: false,
+        with_audit: false,
+        audit_only: false,
+        audit_rounds: 2,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -94,6 +105,9 @@ fn parse_args() -> Args {
             "--revoke-only" => args.revoke_only = true,
             "--no-revoke" => args.no_revoke = true,
             "--roles" => args.with_roles = true,
+            "--audit" => args.with_audit = true,
+            "--audit-only" => args.audit_only = true,
+            "--audit-rounds" => args.audit_rounds = value().expect("--audit-rounds N") as usize,
             "--roles-only" => args.roles_only = true,
             "--roles-mapped" => args.roles.mapped = value().expect("--roles-mapped N") as usize,
             "--roles-members" => {
@@ -266,6 +280,9 @@ fn write_config(
 
 async fn bench(args: Args) {
     let (nexudus, nevis, seeded) = fakes(&args).await;
+    if args.audit_only {
+        return audit_phase(&args, &nexudus).await;
+    }
     let dir = tempfile::tempdir().expect("temp dir");
     let config = dir.path().join("config.toml");
     write_config(&config, &args, &nexudus, &nevis, "", "");
@@ -340,6 +357,34 @@ async fn bench(args: Args) {
     if args.with_roles || args.roles_only {
         roles_phase(&args, &nexudus, &nevis, dir.path(), mapping).await;
     }
+    if args.with_audit {
+        let_the_minute_pass(&args).await;
+        audit_phase(&args, &nexudus).await;
+    }
+}
+
+/// The provisioning log's cost ([`audit`]): the import with the log off and on.
+async fn audit_phase(args: &Args, nexudus: &FakeNexudus) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let latency = Duration::from_millis(args.latency_ms);
+    let config = |nevis: &FakeNevis, sub: &Path, on: bool| {
+        let path = sub.join("config.toml");
+        write_config(
+            &path,
+            args,
+            nexudus,
+            nevis,
+            "",
+            &format!("[audit]\nenabled = {on}\n"),
+        );
+        path
+    };
+    let run = |path: &Path, extra: &[&str]| {
+        let child = run_child(path, extra, &path.with_file_name("sync.log"));
+        (child.code, child.wall)
+    };
+    let cost = audit::measure(latency, args.audit_rounds, dir.path(), config, run).await;
+    cost.print(args.users);
 }
 
 /// The daemon's pacer cannot know the minute the earlier processes used; when a full listing

@@ -10,7 +10,8 @@
 //! 4. a hand edit in nevisIDM, invisible to the checkpoints, set back by `--reconcile`;
 //! 5. roles (`[[roles.map]]`): a Nexudus UserRole grants a nevisIDM role, leaving it revokes the
 //!    role, and a role granted by hand is left alone;
-//! 6. the final state as a small table.
+//! 6. the final state as a small table;
+//! 7. one user's provisioning log (`--history`): every change the sync made to them, and why.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -198,6 +199,7 @@ pub async fn run(users: usize) -> Result<(), DemoError> {
     hand_edit(&demo, picks[4]).await?;
     roles(&mut demo, [picks[0], picks[1]]).await?;
     final_table(&demo, &picks);
+    history(&demo, picks[0])?;
     println!(
         "demo: every step did what it should ({:.1} s)",
         started.elapsed().as_secs_f64()
@@ -421,6 +423,26 @@ async fn roles(demo: &mut Demo, picks: [u64; 2]) -> Result<(), DemoError> {
             && !left_roles.iter().any(|r| r == "frontdesk"),
         || format!("{kept} holds {kept_roles:?}, {left} holds {left_roles:?}"),
     )
+}
+
+/// Step 7: the provisioning log of the user renamed in step 2 (and granted a role in step 5).
+fn history(demo: &Demo, id: u64) -> Result<(), DemoError> {
+    let query = crate::audit::query::Query {
+        who: Some(id.to_string()),
+        ..Default::default()
+    };
+    let entries = query.run(&demo.store).map_err(err)?;
+    println!(
+        "\n7. The provisioning log of {} (--history {id}), newest first:",
+        demo.ext(id)
+    );
+    for line in crate::audit::query::table(&entries).lines() {
+        println!("   {line}");
+    }
+    let ops: Vec<&str> = entries.iter().map(|e| e.operation.as_str()).collect();
+    check(ops == ["grant", "update", "create"], || {
+        format!("the log of {id} holds {ops:?}")
+    })
 }
 
 /// Step 6: what nevisIDM holds now, in numbers and for the users the steps touched.

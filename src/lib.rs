@@ -12,7 +12,8 @@
 //! - [`diff`]     pure: desired user + checkpoint -> create / update (changed fields) / disable / nothing;
 //!   the one home of the equivalence rules (how a directory compares values)
 //! - [`forms`]    pure: the directory's own forms, learned when a difference survives a write
-//! - [`store`]    the sled checkpoint store; the only module that imports sled
+//! - [`store`]    the sled checkpoint store; the only module that imports sled (its `audit` file
+//!   keys the provisioning log's tree)
 //! - [`clock`]    the wall clock the store and the Nexudus pacer read: the system's, or one a
 //!   test moves by hand
 //! - [`nevis`]    the target: nevisIDM Core REST client (OAuth2 or static token), HTTP status -> outcome classification
@@ -20,14 +21,17 @@
 //! - [`directory`] nevisIDM's user listing, read at most once per run and shared by the reconcile,
 //!   adoption and versions
 //! - [`ownership`] who owns a nevisIDM extId (adoption link, checkpoint, prefix): the one rule
-//! - [`dispatch`] applies operations with bounded concurrency and checkpoints each confirmed write
+//! - [`dispatch`] applies operations with bounded concurrency and checkpoints each confirmed write,
+//!   its provisioning-log entry first
+//! - [`audit`]    the provisioning log: an entry per write made or decided against (fields before
+//!   and after, outcome, cause), `audit.values`, and the queries behind `--history` and `/history`
 //! - [`roles`]    Nexudus UserRoles -> owned nevisIDM roles: resolution, memberships per UserRole,
 //!   the pure per-user plan, the revocation safety, grants and revocations checkpointed
 //! - [`versions`] nevisIDM versions in bulk from the run's user listing, when many updates lack one
 //! - [`schedule`] the daemon loop: cron schedule, no overlapping runs, graceful stop; its leaf
 //!   [`schedule::cron`] parses cron expressions and imports nothing of ours, so `config` uses it
 //!   without a loop
-//! - [`http`]     the daemon's `/healthz`, `/readyz`, `/metrics` and `/status`
+//! - [`http`]     the daemon's `/healthz`, `/readyz`, `/metrics`, `/status` and `/history`
 //! - [`metrics`]  Prometheus metrics shared by the clients, the pipeline and `/metrics`
 //! - [`status`]   the status document behind `/status` and `--status`
 //! - [`sync`]     `run_once` (shared by `--sync-now` and the daemon): listing census -> planner -> dispatcher -> settlement -> commit

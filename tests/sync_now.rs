@@ -612,6 +612,8 @@ async fn demo_runs_the_whole_job() {
         "granted=2",
         "revoked=1",
         "6. nevisIDM now: 300 users",
+        "7. The provisioning log of",
+        "FullName changed in Nexudus",
         "demo: every step did what it should",
     ] {
         assert!(

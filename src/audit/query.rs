@@ -169,7 +169,8 @@ pub fn from_json_lines(text: &str) -> Result<Vec<Entry>, String> {
         .collect()
 }
 
-/// A table for a person: time, operation, outcome, the fields before and after, the cause.
+/// A table for a person: a row per entry (time, who, operation, outcome, cause), and under it
+/// a line per field changed, with its value before and after.
 pub fn table(entries: &[Entry]) -> String {
     if entries.is_empty() {
         return "no entries\n".into();
@@ -179,7 +180,6 @@ pub fn table(entries: &[Entry]) -> String {
         "WHO".into(),
         "OPERATION".into(),
         "OUTCOME".into(),
-        "CHANGES".into(),
         "CAUSE".into(),
     ]];
     for e in entries {
@@ -192,28 +192,29 @@ pub fn table(entries: &[Entry]) -> String {
             printable(&who),
             e.operation.as_str().into(),
             outcome(e),
-            printable(&changes(e)),
             printable(&e.cause),
         ]);
     }
-    let mut widths = [0usize; 6];
+    let mut widths = [0usize; 5];
     for row in &rows {
         for (w, cell) in widths.iter_mut().zip(row) {
             *w = (*w).max(cell.chars().count());
         }
     }
     let mut out = String::new();
-    for row in &rows {
-        let mut line = String::new();
-        for (i, (cell, w)) in row.iter().zip(widths).enumerate() {
-            if i + 1 == row.len() {
-                line.push_str(cell);
-            } else {
-                line.push_str(&format!("{cell:<w$}  "));
+    for (i, row) in rows.iter().enumerate() {
+        let cells: Vec<String> = row
+            .iter()
+            .zip(widths)
+            .map(|(cell, w)| format!("{cell:<w$}"))
+            .collect();
+        out.push_str(cells.join("  ").trim_end());
+        out.push('\n');
+        if let Some(entry) = i.checked_sub(1).map(|i| &entries[i]) {
+            for line in changes(entry) {
+                out.push_str(&format!("    {}\n", printable(&line)));
             }
         }
-        out.push_str(line.trim_end());
-        out.push('\n');
     }
     out
 }
@@ -229,9 +230,10 @@ fn outcome(e: &Entry) -> String {
     printable(&s)
 }
 
-fn changes(e: &Entry) -> String {
-    let parts: Vec<String> = e
-        .changes
+/// One line per field changed: `field: before -> after` (`-` for no value), or the field alone
+/// when `audit.values = "none"` kept no value.
+fn changes(e: &Entry) -> Vec<String> {
+    e.changes
         .iter()
         .map(|c| match (&c.before, &c.after) {
             (None, None) => c.field.clone(),
@@ -242,12 +244,7 @@ fn changes(e: &Entry) -> String {
                 after.as_deref().unwrap_or("-")
             ),
         })
-        .collect();
-    if parts.is_empty() {
-        "-".into()
-    } else {
-        parts.join("; ")
-    }
+        .collect()
 }
 
 /// Control characters from a record never reach the terminal.
