@@ -353,3 +353,87 @@ async fn turned_off_the_log_writes_nothing_and_a_rebuild_keeps_it() {
         kept.len()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grants_revocations_and_held_revocations_are_logged() {
+    let env = Env::start().await;
+    env.nevis.add_roles(&["frontdesk"]);
+    let ids = env.seed(3);
+    let role = env
+        .nexudus
+        .add_user_role(1, "Main Street", "Receptionist", &ids[..2]);
+    env.set(
+        "roles.map",
+        r#"[{nexudus = "Receptionist", nevis = ["frontdesk"]}]"#,
+    );
+    env.set("roles.max_revokes", "1");
+    sync(&env, &[], 0).await;
+    let granted = history(&env, &[&ext(ids[0]), "--op", "grant"]).await;
+    assert_eq!(ops(&granted), [("grant".into(), "confirmed".into())]);
+    assert_eq!(
+        change(&granted[0], "roles"),
+        &json!({"field": "roles", "after": "frontdesk"})
+    );
+
+    // Both members leave: two revocations, beyond roles.max_revokes = 1, held (logged once).
+    env.nexudus.set_role_members(role, &[]);
+    sync(&env, &[], 1).await;
+    sync(&env, &[], 1).await;
+    let held = history(&env, &["--op", "revoke", "--outcome", "held"]).await;
+    assert_eq!(held.len(), 2, "{held:#?}");
+    assert!(
+        held[0]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("roles.max_revokes")
+    );
+    sync(&env, &["--allow-mass-disable"], 0).await;
+    let revoked = history(&env, &[&ids[1].to_string()]).await;
+    assert_eq!(
+        ops(&revoked),
+        [
+            ("revoke".into(), "confirmed".into()),
+            ("revoke".into(), "held".into()),
+            ("grant".into(), "confirmed".into()),
+            ("create".into(), "confirmed".into()),
+        ]
+    );
+    assert_eq!(
+        change(&revoked[0], "roles"),
+        &json!({"field": "roles", "before": "frontdesk"})
+    );
+    assert_eq!(
+        revoked[0]["cause"],
+        "no longer in a Nexudus UserRole mapped to this role ([[roles.map]])"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_adoption_is_logged_under_the_adopted_ext_id_with_what_it_held() {
+    let env = Env::start().await;
+    env.set("sync.adopt", &quote("email"));
+    env.nevis.insert_user(json!({
+        "extId": "hr-1",
+        "loginId": "anna",
+        "userState": "active",
+        "languageCode": "de",
+        "name": { "firstName": "Legacy", "familyName": "Account" },
+        "contacts": { "email": "user.0@example.com" },
+    }));
+    let ids = env.seed(2);
+    sync(&env, &[], 0).await;
+    for who in ["hr-1".to_string(), ids[0].to_string()] {
+        let adopted = history(&env, &[&who]).await;
+        assert_eq!(
+            ops(&adopted),
+            [("adopt".into(), "confirmed".into())],
+            "{who}"
+        );
+        assert_eq!(adopted[0]["ext_id"], "hr-1");
+        assert_eq!(
+            change(&adopted[0], "name.familyName"),
+            &json!({"field": "name.familyName", "before": "Account", "after": "Last0"})
+        );
+        assert!(adopted[0]["cause"].as_str().unwrap().contains("sync.adopt"));
+    }
+}

@@ -13,6 +13,8 @@ pub const HAND_EDIT_SET_BACK: &str = "hand edit set back by reconcile";
 /// A reconcile re-enables a user disabled by hand while active in Nexudus.
 pub const HAND_DISABLE_UNDONE: &str = "disabled by hand in nevisIDM while active in Nexudus; \
      enabled again by reconcile (sync.reenable_on_reconcile)";
+/// A reconcile leaves a user disabled by hand while active in Nexudus.
+pub const HAND_DISABLE_KEPT: &str = "disabled by hand in nevisIDM while active in Nexudus";
 /// The deletion rule, after Nexudus answered the look-up with 404.
 pub const GONE_CONFIRMED: &str = "gone from Nexudus, confirmed by look-up";
 /// Not listed any more; not looked up (the deletion safety held the batch first).

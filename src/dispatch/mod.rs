@@ -1003,6 +1003,7 @@ async fn apply<T: Target>(target: &T, op: &mut Op) -> Result<Applied, WriteError
         }
         Err(WriteError::Target(TargetError::NotFound)) => {
             tracing::warn!(extId = %op.after.ext_id, "user missing in nevisIDM; creating it again");
+            op.why.cause = format!("{}; {}", op.why.cause, cause::MISSING_IN_NEVIS);
             create_or_converge(target, op).await
         }
         Err(e) => Err(e),

@@ -76,7 +76,8 @@ pub(super) fn refused(op: &Op, e: &WriteError) -> Draft {
         WriteError::Target(TargetError::Stale { .. }) | WriteError::Contended { .. } => {
             (Verdict::Refused, Some(409))
         }
-        WriteError::ArchivedHolder { .. } => (Verdict::Refused, Some(409)),
+        // The duplicate's status is not kept with it.
+        WriteError::ArchivedHolder { .. } => (Verdict::Refused, None),
         _ => (Verdict::Failed, None),
     };
     let reason = match e {

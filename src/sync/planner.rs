@@ -450,6 +450,16 @@ impl<'a> Planner<'a> {
                 tracing::warn!(extId = %ext_id, "disabled by hand in nevisIDM while active in Nexudus; left disabled (sync.reenable_on_reconcile = false)");
                 desired.state = UserState::Disabled;
                 report.note_hand_disabled(nexudus_id, ext_id);
+                self.log.write_once(Draft {
+                    nexudus_id: Some(nexudus_id),
+                    ext_id: ext_id.to_string(),
+                    operation: Operation::Enable,
+                    changes: Vec::new(),
+                    outcome: Verdict::Held,
+                    status: None,
+                    reason: Some("sync.reenable_on_reconcile = false: left disabled".into()),
+                    cause: cause::HAND_DISABLE_KEPT.into(),
+                })?;
                 match &self.opts.dry_run {
                     Some(sink) => sink(&json!({
                         "op": "keep-disabled",
