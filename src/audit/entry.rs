@@ -140,6 +140,81 @@ pub struct Entry {
     pub cause: String,
 }
 
+/// The first byte of a stored entry: its encoding.
+const STORED_FORMAT: u8 = 1;
+
+/// An entry as the store keeps it (postcard after [`STORED_FORMAT`]): the time, the Nexudus Id
+/// and the extId are the store's keys and header, so they are not repeated here. Field order and
+/// enum variant order are the format: new ones go last.
+#[derive(Serialize, Deserialize)]
+struct Stored {
+    run_id: String,
+    mode: String,
+    operation: Operation,
+    changes: Vec<(String, Option<String>, Option<String>)>,
+    outcome: Verdict,
+    status: Option<u16>,
+    reason: Option<String>,
+    cause: String,
+}
+
+impl Entry {
+    /// The stored form (without the time, Nexudus Id and extId, which the store keys by).
+    pub fn to_stored(&self) -> Vec<u8> {
+        let stored = Stored {
+            run_id: self.run_id.clone(),
+            mode: self.mode.clone(),
+            operation: self.operation,
+            changes: self
+                .changes
+                .iter()
+                .map(|c| (c.field.clone(), c.before.clone(), c.after.clone()))
+                .collect(),
+            outcome: self.outcome,
+            status: self.status,
+            reason: self.reason.clone(),
+            cause: self.cause.clone(),
+        };
+        let mut out = vec![STORED_FORMAT];
+        out.extend(postcard::to_allocvec(&stored).expect("encoding into memory cannot fail"));
+        out
+    }
+
+    /// Reads a stored entry back, with what the store keyed it by.
+    pub fn from_stored(
+        time: String,
+        nexudus_id: Option<u64>,
+        ext_id: String,
+        body: &[u8],
+    ) -> Result<Entry, String> {
+        let Some((&STORED_FORMAT, rest)) = body.split_first() else {
+            return Err("unknown entry format".into());
+        };
+        let s: Stored = postcard::from_bytes(rest).map_err(|e| e.to_string())?;
+        Ok(Entry {
+            time,
+            run_id: s.run_id,
+            mode: s.mode,
+            ext_id,
+            nexudus_id,
+            operation: s.operation,
+            changes: s
+                .changes
+                .into_iter()
+                .map(|(field, before, after)| Change {
+                    field,
+                    before,
+                    after,
+                })
+                .collect(),
+            outcome: s.outcome,
+            status: s.status,
+            reason: s.reason,
+            cause: s.cause,
+        })
+    }
+}
+
 /// What a caller knows of one entry (the recorder adds the time, the run and the mode, and
 /// applies `audit.values`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -315,6 +390,27 @@ mod tests {
                 },
             ]
         );
+    }
+
+    #[test]
+    fn an_entry_reads_back_from_its_stored_form() {
+        let entry = Entry {
+            time: "2026-12-05T09:00:00Z".into(),
+            run_id: "r".into(),
+            mode: "full".into(),
+            ext_id: "nexudus-1".into(),
+            nexudus_id: Some(1),
+            operation: Operation::Revoke,
+            changes: changes_of(&user(), None, None),
+            outcome: Verdict::Held,
+            status: None,
+            reason: Some("why".into()),
+            cause: "because".into(),
+        };
+        let stored = entry.to_stored();
+        let back = Entry::from_stored(entry.time.clone(), Some(1), "nexudus-1".into(), &stored);
+        assert_eq!(back.unwrap(), entry);
+        assert!(Entry::from_stored(String::new(), None, String::new(), b"{}").is_err());
     }
 
     #[test]

@@ -142,8 +142,7 @@ impl Inner {
             reason: draft.reason.map(|r| self.redact.text(r, &plain)),
             cause: draft.cause,
         };
-        let body = serde_json::to_vec(&entry).map_err(|e| StoreError::Io(e.to_string()))?;
-        Ok((body, entry.nexudus_id, entry.ext_id))
+        Ok((entry.to_stored(), entry.nexudus_id, entry.ext_id))
     }
 
     /// Keeps the log within `audit.max_entries`, pruning a hundredth below it at a time.
@@ -223,7 +222,7 @@ mod tests {
     fn entries(store: &Store) -> Vec<Entry> {
         store
             .audit_since(0)
-            .map(|e| serde_json::from_slice(&e.unwrap().body).unwrap())
+            .map(|e| query::entry_of(e.unwrap()).unwrap())
             .collect()
     }
 

@@ -81,10 +81,10 @@ impl Query {
             if item.at < since {
                 continue;
             }
-            let entry: Entry = match serde_json::from_slice(&item.body) {
+            let entry = match entry_of(item) {
                 Ok(e) => e,
                 Err(e) => {
-                    tracing::warn!(error = %e, at = item.at, "unreadable provisioning-log entry skipped");
+                    tracing::warn!(error = %e, "unreadable provisioning-log entry skipped");
                     continue;
                 }
             };
@@ -100,6 +100,12 @@ impl Query {
         }
         Ok(found)
     }
+}
+
+/// An entry read from the store.
+pub fn entry_of(item: AuditEntry) -> Result<Entry, String> {
+    let time = super::rfc3339(item.at);
+    Entry::from_stored(time, item.nexudus_id, item.ext_id, &item.body)
 }
 
 /// One person's entries: those of the Nexudus Id `who` names, and those of the extId `who`,

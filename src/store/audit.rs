@@ -45,6 +45,8 @@ pub struct AuditEntry {
     pub at: u64,
     /// The order among entries of the same second (unique in the log).
     pub seq: u64,
+    pub nexudus_id: Option<u64>,
+    pub ext_id: String,
     pub body: Vec<u8>,
 }
 
@@ -224,7 +226,7 @@ fn split(v: &[u8]) -> Result<(u64, &[u8], &[u8]), StoreError> {
 }
 
 fn entry(stamp: &[u8], v: &[u8]) -> Result<AuditEntry, StoreError> {
-    let (_, _, body) = split(v)?;
+    let (id, ext_id, body) = split(v)?;
     let seq = stamp
         .get(8..16)
         .and_then(|b| <[u8; 8]>::try_from(b).ok())
@@ -233,6 +235,8 @@ fn entry(stamp: &[u8], v: &[u8]) -> Result<AuditEntry, StoreError> {
     Ok(AuditEntry {
         at: stamp_time(stamp)?,
         seq,
+        nexudus_id: (id != NO_ID).then_some(id),
+        ext_id: String::from_utf8_lossy(ext_id).into_owned(),
         body: body.to_vec(),
     })
 }
