@@ -51,7 +51,8 @@ dpkg-query --showformat='${Conffiles}\n' --show "${pkg}" | grep -q " ${conf} " |
 man -w ${pkg} >/dev/null 2>&1 || [ -f /usr/share/man/man1/${pkg}.1.gz ] || fail "no man page"
 zcat /usr/share/man/man1/${pkg}.1.gz | grep -q -- 'sync\\-now' || fail "man page without --sync-now"
 for f in /usr/share/bash-completion/completions/${pkg} /usr/share/zsh/vendor-completions/_${pkg} \
-  /usr/share/fish/vendor_completions.d/${pkg}.fish /usr/share/doc/${pkg}/changelog.Debian.gz; do
+  /usr/share/fish/vendor_completions.d/${pkg}.fish /usr/share/doc/${pkg}/changelog.Debian.gz \
+  /usr/share/doc/${pkg}/examples/http-auth.conf; do
   [ -s "${f}" ] || fail "missing ${f}"
 done
 bash -c "source /usr/share/bash-completion/completions/${pkg}" || fail "bash completion does not load"

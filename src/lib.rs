@@ -31,7 +31,10 @@
 //! - [`schedule`] the daemon loop: cron schedule, no overlapping runs, graceful stop; its leaf
 //!   [`schedule::cron`] parses cron expressions and imports nothing of ours, so `config` uses it
 //!   without a loop
-//! - [`http`]     the daemon's `/healthz`, `/readyz`, `/metrics`, `/status` and `/history`
+//! - [`http`]     the daemon's `/healthz`, `/readyz`, `/metrics`, `/status` and `/history` (the
+//!   routes with personal data behind a bearer token when `http.auth_token_file` is set)
+//! - [`ask`]      asks the running daemon over its HTTP port, with the bearer token when configured
+//!   (`--status` and `--history` while the daemon holds the store)
 //! - [`metrics`]  Prometheus metrics shared by the clients, the pipeline and `/metrics`
 //! - [`status`]   the status document behind `/status` and `--status`
 //! - [`sync`]     `run_once` (shared by `--sync-now` and the daemon): listing census -> planner -> dispatcher -> settlement -> commit
@@ -45,6 +48,7 @@
 //! Imports flow one way: there is no loop between these modules (`tests/module_graph.rs` fails on
 //! one and names it).
 
+pub mod ask;
 pub mod audit;
 pub mod client;
 pub mod clock;

@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::Parser;
+use nexudus_nevis_sync::ask::ask_daemon;
 use nexudus_nevis_sync::audit::Entry;
 use nexudus_nevis_sync::audit::query::{self, Query};
 use nexudus_nevis_sync::clock::Clock;
@@ -48,7 +49,7 @@ struct Cli {
     #[arg(long, requires = "sync_now")]
     allow_mass_disable: bool,
     /// Print the last run's summary and the failing users (asks the running daemon if it holds
-    /// the store).
+    /// the store, with the bearer token of http.auth_token_file when set).
     #[arg(long, conflicts_with_all = ["sync_now", "demo"])]
     status: bool,
     /// With --status: print the status document as JSON (what the daemon's /status serves).
@@ -253,11 +254,17 @@ async fn daemon(config: Config) -> u8 {
         store,
         ready_max_age: config.http.ready_max_age,
         ext_id_prefix: config.mapping.ext_id_prefix.clone(),
+        auth_token: config.http.auth_token.clone(),
     });
     let shutdown = CancellationToken::new();
     tokio::spawn(stop_on_signal(shutdown.clone()));
     let server = tokio::spawn(http::serve(listener, Arc::clone(&state), shutdown.clone()));
-    tracing::info!(%listen, "serving /healthz /readyz /metrics /status");
+    let status_auth = if state.auth_token.is_some() {
+        "bearer"
+    } else {
+        "open"
+    };
+    tracing::info!(%listen, status_auth, "serving /healthz /readyz /metrics /status");
 
     let result = run_daemon(Arc::new(config), source, target, state, shutdown.clone()).await;
     shutdown.cancel();
@@ -325,32 +332,14 @@ async fn status(config: &Config, json: bool) -> u8 {
     }
 }
 
+/// `/status` of the daemon that holds the store.
 async fn daemon_status(config: &Config) -> Result<serde_json::Value, String> {
-    let mut addr = config.http.listen;
-    if addr.port() == 0 {
-        return Err(format!(
-            "the store is in use, and the daemon holding it listens on a port of its choosing \
-             (http.listen {addr}): its log names it (\"serving /healthz …\" listen=); set \
-             http.listen to that address for --status"
-        ));
-    }
-    if addr.ip().is_unspecified() {
-        addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
-    }
-    let url = format!("http://{addr}/status");
-    let fail = |e: reqwest::Error| {
-        format!("the store is in use and the daemon's {url} did not answer: {e}")
-    };
-    reqwest::Client::new()
-        .get(&url)
-        .timeout(std::time::Duration::from_secs(10))
-        .send()
+    let context = "the store is in use, so --status asks the daemon holding it";
+    let body = ask_daemon(config, "/status")
         .await
-        .and_then(reqwest::Response::error_for_status)
-        .map_err(fail)?
-        .json()
-        .await
-        .map_err(fail)
+        .map_err(|e| format!("{context}: {e}"))?;
+    serde_json::from_str(&body)
+        .map_err(|e| format!("{context}: its /status is not a JSON document: {e}"))
 }
 
 /// The `--history` flags as a query of the provisioning log.
@@ -410,7 +399,10 @@ async fn daemon_history(config: &Config, query: &Query) -> Result<Vec<Entry>, St
         .extend_pairs(params.iter().map(|(k, v)| (*k, v.as_str())))
         .finish();
     path.push_str(&encoded);
-    let body = ask_daemon(config, &path).await?;
+    let context = "the store is in use, so --history asks the daemon holding it";
+    let body = ask_daemon(config, &path)
+        .await
+        .map_err(|e| format!("{context}: {e}"))?;
     query::from_json_lines(&body)
 }
 
@@ -513,26 +505,4 @@ fn init_logging(format: LogFormat, level: &str) {
             builder.json().try_init()
         }
     };
-}
-
-/// Placeholder until the shared "ask the daemon" module lands: GET `path` of the daemon.
-async fn ask_daemon(config: &Config, path: &str) -> Result<String, String> {
-    let mut addr = config.http.listen;
-    if addr.ip().is_unspecified() {
-        addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
-    }
-    let url = format!("http://{addr}{path}");
-    let fail = |e: reqwest::Error| {
-        format!("the store is in use and the daemon's {url} did not answer: {e}")
-    };
-    reqwest::Client::new()
-        .get(&url)
-        .timeout(std::time::Duration::from_secs(10))
-        .send()
-        .await
-        .and_then(reqwest::Response::error_for_status)
-        .map_err(fail)?
-        .text()
-        .await
-        .map_err(fail)
 }

@@ -34,6 +34,13 @@ pub struct WindowLabel {
     pub window: &'static str,
 }
 
+/// A route of the daemon's HTTP port, as routed (`/status`), never the raw request path: what a
+/// client sends cannot add series.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PathLabel {
+    pub path: String,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RetryLabel {
     pub api: &'static str,
@@ -56,6 +63,7 @@ pub struct Metrics {
     retries: Family<RetryLabel, Counter>,
     throttles: Family<RetryLabel, Counter>,
     quota_waits: Family<WindowLabel, Counter>,
+    http_unauthorized: Family<PathLabel, Counter>,
     request_seconds: HistogramFamily<ApiLabel>,
     last_success: Gauge<f64, AtomicU64>,
     run_seconds: Histogram,
@@ -97,6 +105,7 @@ impl Metrics {
             retries: Family::default(),
             throttles: Family::default(),
             quota_waits: Family::default(),
+            http_unauthorized: Family::default(),
             request_seconds: Family::new_with_constructor(request_histogram),
             last_success: Gauge::default(),
             run_seconds: Histogram::new(exponential_buckets(0.1, 2.0, 14)),
@@ -172,6 +181,11 @@ impl Metrics {
             "quota_waits",
             "Waits for the Nexudus request budget of the hour or the day (nexudus.max_requests_per_*), by window",
             self.quota_waits.clone(),
+        );
+        self.registry.register(
+            "http_unauthorized",
+            "Requests to the daemon's protected endpoints (http.auth_token_file) refused with 401 for a missing or wrong bearer token, by path",
+            self.http_unauthorized.clone(),
         );
         self.registry.register(
             "request_duration_seconds",
@@ -253,6 +267,13 @@ impl Metrics {
     pub fn count_quota_wait(&self, window: &'static str) {
         self.quota_waits
             .get_or_create(&WindowLabel { window })
+            .inc();
+    }
+
+    /// A request to the protected route `path` refused for its bearer token (401).
+    pub fn count_unauthorized(&self, path: &str) {
+        self.http_unauthorized
+            .get_or_create(&PathLabel { path: path.into() })
             .inc();
     }
 
@@ -358,6 +379,7 @@ mod tests {
         m.count_retry("nexudus", "409".into());
         m.count_throttle("nexudus", 429);
         m.observe_request("nevis", Duration::from_millis(12));
+        m.count_unauthorized("/status");
         let text = m.encode();
         assert!(
             text.contains("nexudus_nevis_sync_users_total{outcome=\"created\"} 3"),
@@ -377,6 +399,10 @@ mod tests {
         );
         assert!(
             text.contains("nexudus_nevis_sync_request_duration_seconds_count{api=\"nevis\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("nexudus_nevis_sync_http_unauthorized_total{path=\"/status\"} 1"),
             "{text}"
         );
     }

@@ -199,15 +199,33 @@ async fn a_lifecycle_leaves_exactly_the_expected_entries() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn history_is_read_from_the_running_daemon() {
+async fn history_is_read_from_the_running_daemon_behind_its_token() {
     let env = Env::start().await;
     let ids = env.seed(3);
+    let token = env.dir.path().join("http-token");
+    std::fs::write(&token, "history-token-0123456789\n").expect("token file");
+    env.set("http.auth_token_file", &quote(&token.display().to_string()));
     let daemon = Daemon::start(&env).await;
-    daemon
-        .wait_for_body("/history", |body| body.lines().count() >= 3)
-        .await;
+    let bearer = Some("Bearer history-token-0123456789");
+    let deadline = std::time::Instant::now() + common::DAEMON_WAIT;
+    while daemon
+        .get_authorized("/history", bearer)
+        .await
+        .body
+        .lines()
+        .count()
+        < 3
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no entries in /history"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Personal data: no token, no history.
+    assert_eq!(daemon.get("/history").await.0, 401);
     env.set("http.listen", &quote(&daemon.addr.to_string()));
-    // The store is the daemon's: --history asks it.
+    // The store is the daemon's: --history asks it, with the token.
     let mine = history(&env, &[&ids[1].to_string()]).await;
     assert_eq!(ops(&mine), [("create".into(), "confirmed".into())]);
     let recent = history(&env, &["--since", "1h", "--op", "create"]).await;
@@ -215,12 +233,24 @@ async fn history_is_read_from_the_running_daemon() {
     let table = run_cmd(env.command(&["--history", &ext(ids[2])])).await;
     table.assert_code(0);
     assert!(table.stdout.contains("new in Nexudus"), "{}", table.stdout);
-    let (status, body) = daemon
-        .get("/history?since=2020-01-01T00:00:00Z&outcome=refused")
+    let answer = daemon
+        .get_authorized(
+            "/history?since=2020-01-01T00:00:00Z&outcome=refused",
+            bearer,
+        )
         .await;
-    assert_eq!((status, body.as_str()), (200, ""));
-    let (status, _) = daemon.get("/history?op=delete").await;
-    assert_eq!(status, 400);
+    assert_eq!((answer.status, answer.body.as_str()), (200, ""));
+    let answer = daemon.get_authorized("/history?op=delete", bearer).await;
+    assert_eq!(answer.status, 400);
+    // A wrong token is refused, and --history says so.
+    std::fs::write(&token, "not-the-token\n").expect("token file");
+    let refused = run_cmd(env.command(&["--history", &ext(ids[2])])).await;
+    refused.assert_code(2);
+    assert!(
+        refused.stderr.contains("http.auth_token_file"),
+        "{}",
+        refused.stderr
+    );
     daemon.stop().await;
 }
 

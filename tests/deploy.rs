@@ -3,13 +3,16 @@
 //!
 //! - the systemd units pass `systemd-analyze verify` and agree with each other and with
 //!   `deploy/systemd/config.toml` (state directory, credentials, stop timeout), and the binary
-//!   accepts that config with exactly the environment the units give it;
+//!   accepts that config with exactly the environment the units give it; the drop-in that adds
+//!   the daemon's bearer token (`http.auth_token_file`) is verified with the daemon unit, and the
+//!   daemon started with it wants the token on `/status`, which `--status` on the host sends;
 //! - every Kubernetes manifest passes schema validation (`kubernetes-validate`, offline), and each
 //!   kustomization lists files that exist;
 //! - the Deployment's probes, port, scrape annotations, mounts and Secret keys match the ConfigMap's
 //!   config, which the library loads; the CronJob runs `--sync-now` without overlap; the Dockerfile
 //!   agrees with both;
-//! - the real daemon, started the way the Deployment starts it, answers the probe and scrape paths.
+//! - the real daemon, started the way the Deployment starts it, answers the probe and scrape paths,
+//!   and `/status` only with the Secret's bearer token.
 //!
 //! `scripts/test.sh` (the README's test command, which `.ci/run` runs) installs the external tools
 //! when they are missing: `systemd-analyze` (Debian's `systemd`), `kubernetes-validate` and
@@ -35,6 +38,8 @@ const UNITS: [&str; 3] = [
     "nexudus-nevis-sync-oneshot.service",
     "nexudus-nevis-sync.timer",
 ];
+/// The drop-in that gives the daemon unit its bearer token (not active unless installed).
+const HTTP_AUTH_DROP_IN: &str = "nexudus-nevis-sync.service.d/http-auth.conf";
 /// Kubernetes versions the manifests are validated against: the oldest we support and the newest
 /// schema set of the kubernetes-validate version `scripts/test.sh` installs.
 const KUBERNETES_VERSIONS: [&str; 2] = ["1.30.0", "1.37.0"];
@@ -302,6 +307,10 @@ fn systemd_units_pass_systemd_analyze_verify() {
         std::fs::write(&path, text).expect("write unit");
         paths.push(path);
     }
+    // verify reads a unit's drop-ins from `<unit>.d/` beside it: the drop-in is checked with it.
+    let drop_in = dir.path().join(HTTP_AUTH_DROP_IN);
+    std::fs::create_dir_all(drop_in.parent().expect("a parent")).expect("mkdir drop-in dir");
+    std::fs::write(&drop_in, read(&format!("systemd/{HTTP_AUTH_DROP_IN}"))).expect("write");
     let out = Command::new("systemd-analyze")
         .args(["verify", "--man=no", "--recursive-errors=no"])
         .args(&paths)
@@ -361,8 +370,12 @@ fn systemd_units_agree_with_each_other_and_the_config() {
         "the oneshot unit is started by the timer, not enabled on its own"
     );
 
-    // No `*_file` path in the shared config: the units supply them (see below).
-    for key in ["nexudus.password_file", "nevis.token_file"] {
+    // No `*_file` path in the shared config: the units (and the drop-in) supply them.
+    for key in [
+        "nexudus.password_file",
+        "nevis.token_file",
+        "http.auth_token_file",
+    ] {
         assert_eq!(
             toml_string(&config, key),
             None,
@@ -544,6 +557,207 @@ async fn systemd_config_loads_with_the_environment_of_each_unit() {
             String::from_utf8_lossy(&out.stderr)
         );
     }
+}
+
+/// The `Environment=` assignments of `units`, in order, with `%d` (the credentials directory)
+/// replaced by `creds`.
+fn unit_environment(units: &[&Unit], creds: &Path) -> Vec<(String, String)> {
+    units
+        .iter()
+        .flat_map(|unit| unit.environment())
+        .map(|(k, v)| (k, v.replace("%d", &creds.display().to_string())))
+        .collect()
+}
+
+/// Writes every credential `units` load into `dir` (as `LoadCredential=` would: under its name)
+/// and, with `by_source`, also at its source's file name (what root reads on the host).
+fn write_credentials(
+    units: &[&Unit],
+    secrets: &BTreeMap<&str, String>,
+    dir: &Path,
+    by_source: bool,
+) {
+    for (name, source) in units.iter().flat_map(|u| u.credentials()) {
+        if name == "config.toml" {
+            continue;
+        }
+        let value = secrets
+            .get(name.as_str())
+            .unwrap_or_else(|| panic!("unknown credential {name}"));
+        let file = if by_source {
+            Path::new(&source).file_name().expect("a file name").into()
+        } else {
+            name.clone().into()
+        };
+        std::fs::write(dir.join::<PathBuf>(file), value).expect("write credential");
+    }
+}
+
+/// The drop-in that turns the daemon's bearer token on loads one more credential from
+/// /etc/nexudus-nevis-sync/ and points `http.auth_token_file` at it. The real daemon, started with
+/// the unit's environment plus the drop-in's, wants that token on /status (the probes stay open);
+/// and `--status` run on the host as docs/deployment.md says (the same variables pointing at the
+/// credentials' source files) reaches it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_auth_drop_in_gives_the_daemon_its_token_and_the_hosts_status_sends_it() {
+    let unit = Unit::load("nexudus-nevis-sync.service");
+    let drop_in = Unit::load(HTTP_AUTH_DROP_IN);
+    assert!(
+        drop_in
+            .entries
+            .iter()
+            .all(|(section, _, _)| section == "Service")
+    );
+    let creds = drop_in.credentials();
+    assert_eq!(
+        creds.get("http-auth-token").map(String::as_str),
+        Some("/etc/nexudus-nevis-sync/http-auth-token")
+    );
+    assert!(
+        creds.keys().all(|c| !unit.credentials().contains_key(c)),
+        "a new credential"
+    );
+    assert_eq!(
+        drop_in.environment(),
+        [(
+            "NEXUDUS_NEVIS_SYNC__HTTP__AUTH_TOKEN_FILE".to_string(),
+            "%d/http-auth-token".to_string()
+        )]
+    );
+
+    let (nexudus, nevis) = nexudus_nevis_sync::sandbox::start_both()
+        .await
+        .expect("start the fakes");
+    let (nx, nv) = (NexudusFakeConfig::default(), NevisFakeConfig::default());
+    let secrets: BTreeMap<&str, String> = [
+        ("nexudus-password", format!("{}\n", nx.password)),
+        ("nevis-token", format!("{}\n", nv.token)),
+        ("http-auth-token", format!("{HTTP_TOKEN}\n")),
+    ]
+    .into();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (cred_dir, etc) = (dir.path().join("credentials"), dir.path().join("etc"));
+    for d in [&cred_dir, &etc] {
+        std::fs::create_dir(d).expect("mkdir");
+    }
+    write_credentials(&[&unit, &drop_in], &secrets, &cred_dir, false);
+    write_credentials(&[&unit, &drop_in], &secrets, &etc, true);
+    let mut config = read("systemd/config.toml");
+    for (section, key, value) in [
+        ("nexudus", "base_url", quote(&nexudus.base_url())),
+        ("nexudus", "username", quote(&nx.username)),
+        ("nevis", "base_url", quote(&nevis.base_url())),
+        ("nevis", "client_ext_id", quote(&nv.client_ext_id)),
+        (
+            "store",
+            "path",
+            quote(&dir.path().join("store").display().to_string()),
+        ),
+        ("http", "listen", quote("127.0.0.1:0")),
+        ("retry", "max_elapsed", quote("5s")),
+    ] {
+        config = toml_set(&config, section, key, &value);
+    }
+    std::fs::write(cred_dir.join("config.toml"), &config).expect("write config");
+
+    let log = dir.path().join("daemon.log");
+    let mut daemon = tokio::process::Command::new(BIN);
+    daemon
+        .env_clear()
+        .arg("--config")
+        .arg(cred_dir.join("config.toml"))
+        .envs(unit_environment(&[&unit, &drop_in], &cred_dir))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log).expect("log file"))
+        .kill_on_drop(true);
+    let mut child = daemon.spawn().expect("start the daemon");
+    let addr = common::bound_address(&mut child, &log).await;
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(3))
+        .build()
+        .expect("client");
+    let get = |path: &str, token: Option<&str>| {
+        let mut request = client.get(format!("http://{addr}{path}"));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        async move {
+            request
+                .send()
+                .await
+                .map(|r| r.status().as_u16())
+                .unwrap_or(0)
+        }
+    };
+    assert_eq!(get("/healthz", None).await, 200);
+    assert_eq!(
+        get("/status", None).await,
+        401,
+        "the drop-in's token is required"
+    );
+    assert_eq!(get("/status", Some(HTTP_TOKEN)).await, 200);
+
+    // The operator on the host, as root: the same variables, pointing at the sources in /etc.
+    let host_env: Vec<(String, String)> = unit_environment(&[&unit, &drop_in], Path::new("%d"))
+        .into_iter()
+        .map(|(k, v)| {
+            let cred = v.strip_prefix("%d/").expect("a credential").to_string();
+            let source = [&unit, &drop_in]
+                .iter()
+                .find_map(|u| u.credentials().get(&cred).cloned())
+                .expect("a loaded credential");
+            (
+                k,
+                etc.join(source.trim_start_matches("/etc/nexudus-nevis-sync/"))
+                    .display()
+                    .to_string(),
+            )
+        })
+        .collect();
+    let host_config = etc.join("config.toml");
+    std::fs::write(
+        &host_config,
+        toml_set(&config, "http", "listen", &quote(&addr.to_string())),
+    )
+    .expect("write the host's config");
+    let status = |env: &[(String, String)]| {
+        let mut cmd = tokio::process::Command::new(BIN);
+        cmd.env_clear()
+            .arg("--config")
+            .arg(&host_config)
+            .arg("--status")
+            .envs(env.iter().cloned())
+            .kill_on_drop(true);
+        async move { cmd.output().await.expect("run --status") }
+    };
+    let out = status(&host_env).await;
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "--status on the host with the token\nstderr:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let without: Vec<_> = host_env
+        .iter()
+        .filter(|(k, _)| k != "NEXUDUS_NEVIS_SYNC__HTTP__AUTH_TOKEN_FILE")
+        .cloned()
+        .collect();
+    let out = status(&without).await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("http.auth_token_file"),
+        "says what is missing: {stderr}"
+    );
+
+    let pid = child.id().expect("daemon pid").to_string();
+    let sent = Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .expect("run kill");
+    assert!(sent.success(), "kill -TERM {pid}");
+    let stopped = tokio::time::timeout(Duration::from_secs(30), child.wait()).await;
+    assert!(matches!(stopped, Ok(Ok(s)) if s.success()), "{stopped:?}");
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -899,7 +1113,11 @@ fn check_pod(pod: &Pod, base: &Base) -> PodFiles {
     let (secret, secret_dir) = pod.mount("secret");
     assert_eq!(str_at(secret, &["secretName"]), base.secret_name, "{what}");
     let mut used = BTreeSet::new();
-    for key in ["nexudus.password_file", "nevis.token_file"] {
+    for key in [
+        "nexudus.password_file",
+        "nevis.token_file",
+        "http.auth_token_file",
+    ] {
         let file = toml_string(&base.config, key)
             .unwrap_or_else(|| panic!("ConfigMap config has no {key}"));
         let name = Path::new(&file)
@@ -964,7 +1182,11 @@ fn materialise(
         std::fs::write(secret_dir.join(key), value).expect("write secret");
     }
     let mut config = base.config.clone();
-    for (section, key) in [("nexudus", "password_file"), ("nevis", "token_file")] {
+    for (section, key) in [
+        ("nexudus", "password_file"),
+        ("nevis", "token_file"),
+        ("http", "auth_token_file"),
+    ] {
         let path = toml_string(&config, &format!("{section}.{key}")).expect("*_file");
         config = toml_set(
             &config,
@@ -1186,6 +1408,9 @@ async fn poll(
     last.unwrap_or_else(|| panic!("{url}: no answer before the deadline"))
 }
 
+/// The daemon's bearer token in the tests that start it from the deploy files.
+const HTTP_TOKEN: &str = "deploy-test-http-auth-token";
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn daemon_serves_the_deployments_probe_and_scrape_paths() {
     let base = Base::load();
@@ -1203,6 +1428,7 @@ async fn daemon_serves_the_deployments_probe_and_scrape_paths() {
     let secrets: BTreeMap<String, String> = [
         ("nexudus-password".to_string(), format!("{}\n", nx.password)),
         ("nevis-token".to_string(), format!("{}\n", nv.token)),
+        ("http-auth-token".to_string(), format!("{HTTP_TOKEN}\n")),
     ]
     .into();
 
@@ -1283,6 +1509,21 @@ async fn daemon_serves_the_deployments_probe_and_scrape_paths() {
     let (metrics, text) = poll(&client, (&mut child, &log), &scrape, deadline, None).await;
     assert_eq!(metrics, 200, "{scrape}: {text}");
     assert!(text.contains("# TYPE"), "not Prometheus text:\n{text}");
+    // The probes and the scrape above carried no token; /status wants the Secret's.
+    let status = format!("http://{addr}/status");
+    let (refused, body) = poll(&client, (&mut child, &log), &status, deadline, None).await;
+    assert_eq!(refused, 401, "{status} without the token: {body}");
+    let with_token = client
+        .get(&status)
+        .bearer_auth(HTTP_TOKEN)
+        .send()
+        .await
+        .expect("the daemon answers /status");
+    assert_eq!(
+        with_token.status().as_u16(),
+        200,
+        "{status} with the Secret's token"
+    );
 
     // The kubelet stops a pod with SIGTERM and waits terminationGracePeriodSeconds: the daemon
     // must be gone, with exit 0, well within that.

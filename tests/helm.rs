@@ -4,7 +4,9 @@
 //! reference resolving within its tenant, each tenant's config.toml loaded by the binary's own
 //! config code, the hardening identical to the Kustomize manifests (kept as their own source, not
 //! generated: this test holds the two together), malformed tenants refused by values.schema.json,
-//! and the optional PrometheusRule carrying exactly the rules of `deploy/monitoring`.
+//! the optional PrometheusRule carrying exactly the rules of `deploy/monitoring`, and `httpAuth`
+//! (off by default; on, the named Secret's token mounted where config.toml's
+//! `http.auth_token_file` looks, in daemon mode only).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -117,7 +119,11 @@ fn kubernetes_validate(text: &str, expected: usize) {
 #[test]
 fn chart_passes_helm_lint_strict() {
     let chart = chart().display().to_string();
-    for extra in [vec![], vec!["-f", "ci/three-tenants-values.yaml"]] {
+    for extra in [
+        vec![],
+        vec!["-f", "ci/three-tenants-values.yaml"],
+        vec!["--set", "defaults.httpAuth.enabled=true"],
+    ] {
         let values: Vec<String> = extra
             .iter()
             .map(|a| {
@@ -286,8 +292,11 @@ fn three_tenants_render_valid_manifests_with_names_and_references_of_their_own()
     }
 }
 
+/// Where a daemon with `httpAuth` finds its bearer token (config.toml's `http.auth_token_file`).
+const HTTP_AUTH_TOKEN_FILE: &str = "/var/run/secrets/nexudus-nevis-sync-http-auth/token";
+
 /// Rewrites the pod paths of a rendered config.toml into a temp dir and loads it.
-fn load_config(tenant: &str, text: &str) {
+fn load_config(tenant: &str, text: &str) -> Config {
     let dir = tempfile::tempdir().expect("temp dir");
     let mut config = text.to_string();
     for (pod_path, contents) in [
@@ -296,6 +305,7 @@ fn load_config(tenant: &str, text: &str) {
             "pw\n",
         ),
         ("/var/run/secrets/nexudus-nevis-sync/nevis-token", "token\n"),
+        (HTTP_AUTH_TOKEN_FILE, "http-auth-token\n"),
     ] {
         let local = dir
             .path()
@@ -310,7 +320,112 @@ fn load_config(tenant: &str, text: &str) {
     let path = dir.path().join("config.toml");
     std::fs::write(&path, &config).expect("write config");
     Config::load(&path)
-        .unwrap_or_else(|e| panic!("{tenant}: config.toml does not load: {e}\n{config}"));
+        .unwrap_or_else(|e| panic!("{tenant}: config.toml does not load: {e}\n{config}"))
+}
+
+/// The `http-auth` volume of a Deployment or CronJob, if it has one: (Secret, key, where the key's
+/// file lands in the container).
+fn http_auth_mount(workload: &Value) -> Option<(String, String, String)> {
+    let pod = pod_spec(workload);
+    let volume = pod["volumes"]
+        .as_sequence()?
+        .iter()
+        .find(|v| s(v, &["name"]) == "http-auth")?;
+    let mount = pod["containers"][0]["volumeMounts"]
+        .as_sequence()?
+        .iter()
+        .find(|m| s(m, &["name"]) == "http-auth")
+        .expect("the http-auth volume is mounted");
+    let item = &volume["secret"]["items"][0];
+    Some((
+        s(volume, &["secret", "secretName"]).to_string(),
+        s(item, &["key"]).to_string(),
+        format!("{}/{}", s(mount, &["mountPath"]), s(item, &["path"])),
+    ))
+}
+
+/// Per tenant (name -> (its workload, the `http.auth_token_file` of its config.toml, loaded by
+/// the binary's config code)), after `helm template` with `extra`.
+fn auth_by_tenant(extra: &[&str]) -> BTreeMap<String, (Value, Option<String>)> {
+    let (text, docs) = template(extra);
+    kubernetes_validate(&text, docs.len());
+    let mut out = BTreeMap::new();
+    for cm in docs.iter().filter(|d| s(d, &["kind"]) == "ConfigMap") {
+        let tenant = tenant_of(cm);
+        let config = s(cm, &["data", "config.toml"]);
+        let loaded = load_config(&tenant, config);
+        let file = config
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("auth_token_file = "))
+            .map(|v| v.trim_matches('"').to_string());
+        assert_eq!(loaded.http.auth_token.is_some(), file.is_some(), "{tenant}");
+        let workload = docs
+            .iter()
+            .find(|d| matches!(s(d, &["kind"]), "Deployment" | "CronJob") && tenant_of(d) == tenant)
+            .expect("a workload per tenant")
+            .clone();
+        out.insert(tenant, (workload, file));
+    }
+    out
+}
+
+#[test]
+fn http_auth_is_off_by_default_and_mounts_the_named_secrets_token_when_on() {
+    let (workload, file) = &auth_by_tenant(&[])["example"];
+    assert_eq!(*file, None, "off by default: /status open as before");
+    assert_eq!(http_auth_mount(workload), None);
+
+    // On for every tenant: the tenant's own Secret, key http-auth-token, where config.toml looks.
+    let values = chart()
+        .join("ci/three-tenants-values.yaml")
+        .display()
+        .to_string();
+    let on = [
+        "-f",
+        values.as_str(),
+        "--set",
+        "defaults.httpAuth.enabled=true",
+    ];
+    for (tenant, (workload, file)) in auth_by_tenant(&on) {
+        if tenant == "basel" {
+            // A CronJob serves no /status: nothing to protect, no token to mount.
+            assert_eq!((file, http_auth_mount(&workload)), (None, None));
+            continue;
+        }
+        let (secret, key, path) = http_auth_mount(&workload).expect("a token volume");
+        assert_eq!(
+            (secret, key),
+            (format!("nns-{tenant}"), "http-auth-token".into())
+        );
+        assert_eq!(file.as_deref(), Some(path.as_str()), "{tenant}");
+        assert_eq!(path, HTTP_AUTH_TOKEN_FILE);
+    }
+
+    // A tenant's own httpAuth wins: off for one, another Secret for the other.
+    let own = tempfile::NamedTempFile::new().expect("temp file");
+    std::fs::write(
+        own.path(),
+        "defaults:\n  httpAuth: {enabled: true}\ntenants:\n  \
+         - {name: a, existingSecret: sa, httpAuth: {enabled: false}, nexudus: {baseUrl: 'https://n', username: u}, nevis: {baseUrl: 'https://i', clientExtId: c}}\n  \
+         - {name: b, existingSecret: sb, httpAuth: {existingSecret: shared-http}, nexudus: {baseUrl: 'https://n', username: u}, nevis: {baseUrl: 'https://i', clientExtId: d}}\n",
+    )
+    .expect("write values");
+    let own = own.path().display().to_string();
+    let tenants = auth_by_tenant(&["-f", &own]);
+    assert_eq!(tenants["a"].1, None, "a tenant turns it off for itself");
+    assert_eq!(http_auth_mount(&tenants["a"].0), None);
+    let (secret, _, _) = http_auth_mount(&tenants["b"].0).expect("b's token volume");
+    assert_eq!(secret, "shared-http");
+
+    // The schema refuses a typo and a Secret name Kubernetes would refuse.
+    let chart = chart().display().to_string();
+    for set in [
+        "defaults.httpAuth.enabeld=true",
+        "defaults.httpAuth.existingSecret=Not_A_Name",
+    ] {
+        let (ok, _, stderr) = run_helm(&["template", "nns", chart.as_str(), "--set", set]);
+        assert!(!ok && stderr.contains("schema"), "{set}: {stderr}");
+    }
 }
 
 #[test]

@@ -7,7 +7,8 @@
 //! - this file: the validated types and loading (file, string, environment)
 //! - `raw`: the file format as the operator writes it (serde types, every default)
 //! - `validate`: raw -> [`Config`], one function per section
-//! - `secrets`: `*_file` reading, PEM files, the warning for an inline secret others may read
+//! - `secrets`: `*_file` reading (the daemon's own bearer token too), PEM files, the warning for an
+//!   inline secret others may read
 //!
 //! Cron expressions are checked with [`crate::schedule::cron`], a leaf module, so that the
 //! config never imports the daemon loop.
@@ -328,6 +329,9 @@ pub struct HttpConfig {
     pub listen: SocketAddr,
     /// `/readyz` fails when the last successful run is older than this.
     pub ready_max_age: Duration,
+    /// `http.auth_token_file`: when set, the endpoints with personal data (`/status`) answer only
+    /// requests with `Authorization: Bearer <token>`, and `--status` sends it to the daemon.
+    pub auth_token: Option<SecretString>,
 }
 
 #[derive(Debug, Clone, PartialEq)]

@@ -225,6 +225,8 @@ pub(super) struct RawHttp {
     pub(super) listen: String,
     #[serde(with = "humantime_serde")]
     pub(super) ready_max_age: Option<Duration>,
+    /// Without it `/status` is open to whoever reaches `listen`, as it always was.
+    pub(super) auth_token_file: Option<PathBuf>,
 }
 
 impl Default for RawHttp {
@@ -232,6 +234,7 @@ impl Default for RawHttp {
         RawHttp {
             listen: "127.0.0.1:9464".into(),
             ready_max_age: None,
+            auth_token_file: None,
         }
     }
 }

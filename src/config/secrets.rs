@@ -118,19 +118,7 @@ pub(super) fn secret(
             ));
         }
         (Some(v), None) => v,
-        (None, Some(path)) => {
-            let text = std::fs::read_to_string(path).map_err(|e| {
-                invalid(
-                    &format!("{key}_file"),
-                    format!("cannot read {}: {e}", path.display()),
-                )
-            })?;
-            // Files written by `echo` or editors end in a newline that is not part of the secret.
-            text.strip_suffix("\r\n")
-                .or_else(|| text.strip_suffix('\n'))
-                .unwrap_or(&text)
-                .to_string()
-        }
+        (None, Some(path)) => read_secret_file(&format!("{key}_file"), path)?,
         (None, None) => {
             return Err(invalid(key, format!("missing: set {key} or {key}_file")));
         }
@@ -139,6 +127,49 @@ pub(super) fn secret(
         return Err(invalid(key, "must not be empty"));
     }
     Ok(SecretString::from(value))
+}
+
+/// A `*_file` key's file, without the trailing newline that `echo` and editors add.
+fn read_secret_file(file_key: &str, path: &Path) -> Result<String, ConfigError> {
+    let mut text = std::fs::read_to_string(path)
+        .map_err(|e| invalid(file_key, format!("cannot read {}: {e}", path.display())))?;
+    if text.ends_with('\n') {
+        text.pop();
+        if text.ends_with('\r') {
+            text.pop();
+        }
+    }
+    Ok(text)
+}
+
+/// A bearer token the daemon wants from its HTTP clients, read from `path` (the value of
+/// `file_key`, which every error names). Refused when empty, and when it holds anything but
+/// visible ASCII: the token travels in an `Authorization` header, where a space, a control
+/// character or a non-ASCII byte would not arrive as written (RFC 6750's token characters are
+/// all visible ASCII). The error never quotes the file's text.
+pub(super) fn bearer_token_file(file_key: &str, path: &Path) -> Result<SecretString, ConfigError> {
+    let token = read_secret_file(file_key, path)?;
+    if token.is_empty() {
+        return Err(invalid(
+            file_key,
+            format!(
+                "{} is empty: put the bearer token in it (or remove {file_key} to leave the \
+                 endpoints open)",
+                path.display()
+            ),
+        ));
+    }
+    if !token.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(invalid(
+            file_key,
+            format!(
+                "{} holds a space, a line break or a character outside visible ASCII (after \
+                 its one trailing newline): a bearer token must be one word of visible ASCII",
+                path.display()
+            ),
+        ));
+    }
+    Ok(SecretString::from(token))
 }
 
 #[cfg(test)]
@@ -168,6 +199,56 @@ mod tests {
         assert_eq!(
             c.nevis.token.as_ref().unwrap().expose_secret(),
             "from-file-token"
+        );
+    }
+
+    #[test]
+    fn the_daemons_bearer_token_comes_from_its_file_and_an_empty_one_is_refused() {
+        use super::super::testing::err;
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("http-auth-token");
+        let with = |text: &str| {
+            std::fs::write(&file, text).unwrap();
+            format!(
+                "{MINIMAL}\n[http]\nauth_token_file = {:?}\n",
+                file.display().to_string()
+            )
+        };
+        let off = Config::from_toml_str(MINIMAL).unwrap();
+        assert!(
+            off.http.auth_token.is_none(),
+            "no token unless the key is set"
+        );
+        for (text, token) in [
+            ("Zm9v.YmFy-42_~+/=\n", "Zm9v.YmFy-42_~+/="),
+            ("crlf-token\r\n", "crlf-token"),
+            ("no-newline", "no-newline"),
+        ] {
+            let c = Config::from_toml_str(&with(text)).unwrap();
+            assert_eq!(c.http.auth_token.as_ref().unwrap().expose_secret(), token);
+            assert!(!format!("{c:?}").contains(token), "redacted in Debug");
+        }
+        for (text, why) in [
+            ("", "is empty"),
+            ("\n", "is empty"),
+            ("\r\n", "is empty"),
+            ("two words-secret\n", "one word of visible ASCII"),
+            ("line-secret\n\n", "one word of visible ASCII"),
+            ("tab\tsecret", "one word of visible ASCII"),
+            ("caf\u{e9}-secret", "one word of visible ASCII"),
+        ] {
+            let e = err(&with(text));
+            assert!(
+                e.contains("`http.auth_token_file`") && e.contains(why),
+                "{text:?}: {e}"
+            );
+            assert!(!e.contains("secret"), "the error quotes no token: {e}");
+        }
+        let missing = MINIMAL.to_string() + "\n[http]\nauth_token_file = \"/nonexistent/token\"\n";
+        let e = err(&missing);
+        assert!(
+            e.contains("`http.auth_token_file`") && e.contains("cannot read /nonexistent/token"),
+            "{e}"
         );
     }
 

@@ -10,10 +10,10 @@ use secrecy::SecretString;
 use url::Url;
 
 use super::raw::{
-    RawAudit, RawConfig, RawLog, RawMapping, RawNevis, RawNexudus, RawRetry, RawRoles, RawScope,
-    RawStore, RawSync,
+    RawAudit, RawConfig, RawHttp, RawLog, RawMapping, RawNevis, RawNexudus, RawRetry, RawRoles,
+    RawScope, RawStore, RawSync,
 };
-use super::secrets::{optional_secret, read_pem, secret};
+use super::secrets::{bearer_token_file, optional_secret, read_pem, secret};
 use super::{
     AdminScope, AdoptMode, AuditConfig, AuditValues, Config, ConfigError, HttpConfig, LogConfig,
     LogFormat, LoginIdSource, MappingConfig, NameSplit, NevisConfig, NevisOAuth, NevisTls,
@@ -52,15 +52,7 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
         Some(d) => Some(positive("sync.archive_after", d)?),
         None => None,
     };
-    let http = HttpConfig {
-        listen,
-        ready_max_age: match raw.http.ready_max_age {
-            Some(age) => positive("http.ready_max_age", age)?,
-            // Three ticks, but never under ten minutes: a full listing of a large account takes
-            // a minute or more, and the schedule is seconds apart.
-            None => (sync.interval * 3).max(Duration::from_secs(600)),
-        },
-    };
+    let http = http(raw.http, listen, sync.interval)?;
     Ok(Config {
         warnings,
         scope,
@@ -74,6 +66,27 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
         http,
         mapping: mapping(raw.mapping)?,
         log,
+    })
+}
+
+/// `[http]` but `listen` (parsed first, in its old place): `ready_max_age`, by default from the
+/// schedule's `interval`, and the bearer token of `auth_token_file`.
+fn http(raw: RawHttp, listen: SocketAddr, interval: Duration) -> Result<HttpConfig, ConfigError> {
+    let ready_max_age = match raw.ready_max_age {
+        Some(age) => positive("http.ready_max_age", age)?,
+        // Three ticks, but never under ten minutes: a full listing of a large account takes
+        // a minute or more, and the schedule is seconds apart.
+        None => (interval * 3).max(Duration::from_secs(600)),
+    };
+    let auth_token = raw
+        .auth_token_file
+        .as_deref()
+        .map(|path| bearer_token_file("http.auth_token_file", path))
+        .transpose()?;
+    Ok(HttpConfig {
+        listen,
+        ready_max_age,
+        auth_token,
     })
 }
 

@@ -378,6 +378,7 @@ mod tests {
             store: Store::temporary().unwrap(),
             ready_max_age: Duration::from_secs(600),
             ext_id_prefix: config.mapping.ext_id_prefix.clone(),
+            auth_token: None,
         });
         let (ticker, ticks) = Ticker::new(&state);
         let shutdown = CancellationToken::new();

@@ -1,5 +1,5 @@
 //! The provisioning log's tree (`audit`): entries kept in time order, found by time, by Nexudus
-//! Id and by extId, pruned from the oldest. The entries themselves are opaque here (JSON written
+//! Id and by extId, pruned from the oldest. The entries themselves are opaque here (encoded
 //! by [`crate::audit`]); this file only knows how they are keyed.
 //!
 //! Layout (one tree, key prefix -> value):
@@ -35,7 +35,7 @@ pub struct AuditRecord<'a> {
     pub at: u64,
     pub nexudus_id: Option<u64>,
     pub ext_id: &'a str,
-    /// The entry (JSON).
+    /// The entry, as [`crate::audit`] encodes it.
     pub body: &'a [u8],
 }
 

@@ -363,6 +363,15 @@ pub async fn bound_address(child: &mut Child, log: &Path) -> SocketAddr {
     }
 }
 
+/// What the daemon answered to [`Daemon::get_authorized`].
+#[derive(Debug, Default)]
+pub struct Answer {
+    pub status: u16,
+    /// `WWW-Authenticate`, if any.
+    pub challenge: Option<String>,
+    pub body: String,
+}
+
 /// The real daemon against an [`Env`]: on a one-second schedule unless told otherwise, its HTTP
 /// endpoints on a port it chose itself (`http.listen` port 0, the address read from its log), its
 /// log in `daemon.log` next to the config.
@@ -425,6 +434,30 @@ impl Daemon {
                 (status, r.text().await.unwrap_or_default())
             }
             Err(_) => (0, String::new()),
+        }
+    }
+
+    /// GET `path` with `authorization` as the `Authorization` header (none when `None`): the
+    /// status, the `WWW-Authenticate` challenge and the body; status 0 when nothing answered.
+    pub async fn get_authorized(&self, path: &str, authorization: Option<&str>) -> Answer {
+        let mut request = reqwest::Client::new()
+            .get(format!("{}{path}", self.base))
+            .timeout(Duration::from_secs(5));
+        if let Some(value) = authorization {
+            request = request.header(reqwest::header::AUTHORIZATION, value);
+        }
+        let Ok(response) = request.send().await else {
+            return Answer::default();
+        };
+        let challenge = response
+            .headers()
+            .get(reqwest::header::WWW_AUTHENTICATE)
+            .and_then(|v| v.to_str().ok())
+            .map(String::from);
+        Answer {
+            status: response.status().as_u16(),
+            challenge,
+            body: response.text().await.unwrap_or_default(),
         }
     }
 

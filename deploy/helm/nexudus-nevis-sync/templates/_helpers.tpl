@@ -34,6 +34,13 @@ helm.sh/chart: {{ printf "%s-%s" .root.Chart.Name .root.Chart.Version }}
 {{- end -}}
 
 {{/*
+httpAuth: where the daemon's bearer token is mounted (a volume of its own, key http-auth-token of
+the tenant's authSecret), the file config.toml's http.auth_token_file names.
+*/}}
+{{- define "nns.authTokenDir" -}}/var/run/secrets/nexudus-nevis-sync-http-auth{{- end -}}
+{{- define "nns.authTokenFile" -}}{{ include "nns.authTokenDir" . }}/token{{- end -}}
+
+{{/*
 The pod spec both modes share: today's hardening (deploy/kubernetes), the config, the tenant's
 Secret and its own store.
 */}}
@@ -100,6 +107,11 @@ containers:
         readOnly: true
       - name: store
         mountPath: /var/lib/nexudus-nevis-sync
+      {{- if .authSecret }}
+      - name: http-auth
+        mountPath: {{ include "nns.authTokenDir" . }}
+        readOnly: true
+      {{- end }}
 volumes:
   - name: config
     configMap:
@@ -114,4 +126,13 @@ volumes:
   - name: store
     persistentVolumeClaim:
       claimName: {{ include "nns.fullname" . }}-store
+  {{- with .authSecret }}
+  - name: http-auth
+    secret:
+      secretName: {{ . }}
+      defaultMode: 0440
+      items:
+        - key: http-auth-token
+          path: {{ base (include "nns.authTokenFile" $) }}
+  {{- end }}
 {{- end -}}
