@@ -1,6 +1,8 @@
 //! Applies operations to nevisIDM with at most `sync.concurrency` writes in flight, and records a
 //! checkpoint for each write nevisIDM confirmed — right after the confirmation, in the same task,
-//! so that a crash can only lose the checkpoint of a write, never invent one.
+//! so that a crash can only lose the checkpoint of a write, never invent one. Each write settled
+//! (confirmed, refused, failed or a conflict) gets its provisioning-log entry (`trail.rs`), a
+//! confirmed one just before its checkpoint.
 //!
 //! A create answered "already exists" reads the user and brings it to the desired state; an update
 //! answered "not found" (the user was removed by hand) recreates it. In dry-run mode the operation
