@@ -480,6 +480,30 @@ fn systemd_units_agree_with_each_other_and_the_config() {
     assert_eq!(daemon.one("Service", "Restart"), "on-failure");
 }
 
+/// `deploy/systemd/config.toml` pointed at the fakes and `store`, with `extra` keys set
+/// (`(section, key, TOML value)`).
+fn systemd_config(
+    nexudus: &nexudus_nevis_sync::sandbox::FakeNexudus,
+    nevis: &nexudus_nevis_sync::sandbox::FakeNevis,
+    store: &std::path::Path,
+    extra: &[(&str, &str, String)],
+) -> String {
+    let (nx, nv) = (NexudusFakeConfig::default(), NevisFakeConfig::default());
+    let mut config = read("systemd/config.toml");
+    let keys = [
+        ("nexudus", "base_url", quote(&nexudus.base_url())),
+        ("nexudus", "username", quote(&nx.username)),
+        ("nevis", "base_url", quote(&nevis.base_url())),
+        ("nevis", "client_ext_id", quote(&nv.client_ext_id)),
+        ("store", "path", quote(&store.display().to_string())),
+        ("retry", "max_elapsed", quote("5s")),
+    ];
+    for (section, key, value) in keys.iter().chain(extra) {
+        config = toml_set(&config, section, key, value);
+    }
+    config
+}
+
 /// Runs the binary the way each service unit would, `--sync-now --dry-run` against the sandbox
 /// fakes, with only the unit's `Environment=` (%d = a directory holding its credentials): proves
 /// the override names are real config keys and the config is complete without inline secrets.
@@ -513,21 +537,7 @@ async fn systemd_config_loads_with_the_environment_of_each_unit() {
             std::fs::write(creds.join(cred), value).expect("write credential");
         }
 
-        let mut config = read("systemd/config.toml");
-        for (section, key, value) in [
-            ("nexudus", "base_url", quote(&nexudus.base_url())),
-            ("nexudus", "username", quote(&nx.username)),
-            ("nevis", "base_url", quote(&nevis.base_url())),
-            ("nevis", "client_ext_id", quote(&nv.client_ext_id)),
-            (
-                "store",
-                "path",
-                quote(&dir.path().join("store").display().to_string()),
-            ),
-            ("retry", "max_elapsed", quote("5s")),
-        ] {
-            config = toml_set(&config, section, key, &value);
-        }
+        let config = systemd_config(&nexudus, &nevis, &dir.path().join("store"), &[]);
         std::fs::write(creds.join("config.toml"), config).expect("write config");
         let config_path =
             config_arg(&unit.exec_start()).replace("%d", &creds.display().to_string());
@@ -642,22 +652,8 @@ async fn http_auth_drop_in_gives_the_daemon_its_token_and_the_hosts_status_sends
     }
     write_credentials(&[&unit, &drop_in], &secrets, &cred_dir, false);
     write_credentials(&[&unit, &drop_in], &secrets, &etc, true);
-    let mut config = read("systemd/config.toml");
-    for (section, key, value) in [
-        ("nexudus", "base_url", quote(&nexudus.base_url())),
-        ("nexudus", "username", quote(&nx.username)),
-        ("nevis", "base_url", quote(&nevis.base_url())),
-        ("nevis", "client_ext_id", quote(&nv.client_ext_id)),
-        (
-            "store",
-            "path",
-            quote(&dir.path().join("store").display().to_string()),
-        ),
-        ("http", "listen", quote("127.0.0.1:0")),
-        ("retry", "max_elapsed", quote("5s")),
-    ] {
-        config = toml_set(&config, section, key, &value);
-    }
+    let listen = ("http", "listen", quote("127.0.0.1:0"));
+    let config = systemd_config(&nexudus, &nevis, &dir.path().join("store"), &[listen]);
     std::fs::write(cred_dir.join("config.toml"), &config).expect("write config");
 
     let log = dir.path().join("daemon.log");

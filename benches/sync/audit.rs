@@ -53,13 +53,14 @@ impl AuditCost {
             self.off.as_secs_f64(),
             self.on.as_secs_f64() / self.off.as_secs_f64()
         );
+        let grown = self.bytes_on.saturating_sub(self.bytes_off) as f64 / 1048576.0;
         println!(
-            "provisioning log: {} entries; store {:.1} MiB with, {:.1} MiB without: {:.0} bytes an \
-             entry, {:.1} MiB for a 100,000-user import; an unchanged rerun wrote {} entries",
+            "provisioning log: {} entries; store {:.1} MiB with, {:.1} MiB without: it grew {grown:.1} \
+             MiB for this import, {per_entry:.0} bytes an entry, {:.1} MiB for a 100,000-user \
+             import at that rate; an unchanged rerun wrote {} entries",
             self.entries,
             self.bytes_on as f64 / 1048576.0,
             self.bytes_off as f64 / 1048576.0,
-            per_entry,
             per_entry * 100_000.0 / 1048576.0,
             self.rerun_entries
         );
