@@ -467,3 +467,26 @@ async fn an_adoption_is_logged_under_the_adopted_ext_id_with_what_it_held() {
         assert!(adopted[0]["cause"].as_str().unwrap().contains("sync.adopt"));
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reconcile_names_a_change_in_nexudus_apart_from_a_hand_edit() {
+    let env = Env::start().await;
+    let ids = env.seed(2);
+    sync(&env, &[], 0).await;
+    env.nexudus.update_user(ids[0], |r| {
+        r.insert("FullName".into(), json!("First0 Changed"));
+    });
+    env.nevis.modify_user(&ext(ids[1]), |u| {
+        u["name"]["firstName"] = json!("Hand");
+    });
+    sync(&env, &["--reconcile"], 0).await;
+    let changed = &history(&env, &[&ext(ids[0])]).await[0];
+    assert_eq!(changed["cause"], "FullName changed in Nexudus");
+    assert_eq!(changed["mode"], "reconcile");
+    let edited = &history(&env, &[&ext(ids[1])]).await[0];
+    assert_eq!(edited["cause"], "hand edit set back by reconcile");
+    assert_eq!(
+        change(edited, "name.firstName"),
+        &json!({"field": "name.firstName", "before": "Hand", "after": "First1"})
+    );
+}

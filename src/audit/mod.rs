@@ -74,10 +74,6 @@ impl Recorder {
         })
     }
 
-    pub fn is_on(&self) -> bool {
-        self.inner.is_some()
-    }
-
     /// Writes an entry (a write confirmed, refused or failed). The caller makes it durable with
     /// the checkpoint it explains ([`Store::flush`]).
     pub fn write(&self, draft: Draft) -> Result<(), StoreError> {
@@ -120,7 +116,8 @@ impl Recorder {
 }
 
 impl Inner {
-    /// The stored form of `draft`: the entry's JSON, with `audit.values` applied.
+    /// The stored form of `draft` ([`Entry::to_stored`]), with `audit.values` applied; the time
+    /// is the store's key, not part of it.
     fn body(&self, draft: Draft) -> Result<(Vec<u8>, Option<u64>, String), StoreError> {
         let plain: Vec<String> = draft
             .changes
@@ -130,7 +127,7 @@ impl Inner {
             .collect();
         let plain: Vec<&str> = plain.iter().map(String::as_str).collect();
         let entry = Entry {
-            time: rfc3339(self.store.clock().now()),
+            time: String::new(),
             run_id: self.run_id.clone(),
             mode: self.mode.to_string(),
             ext_id: draft.ext_id,

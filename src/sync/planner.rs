@@ -15,7 +15,7 @@ use super::RunOptions;
 use super::listing::Fetched;
 use crate::audit::{Draft, Operation, Recorder, Verdict, Why, cause};
 use crate::config::{AdoptMode, Config, LoginIdSource};
-use crate::diff::{Changes, Observed, Plan, diff};
+use crate::diff::{Changes, Observed, Plan, changes_between, diff};
 use crate::directory::Directory;
 use crate::dispatch::{Op, OpKind, PlanSink};
 use crate::mapper::{DesiredUser, InvalidReason, SourceUser, UserState, ext_id_with, map_user};
@@ -415,7 +415,16 @@ impl<'a> Planner<'a> {
         }
         tracing::info!(extId = %ext_id, changes = %changes.to_json(), "drift: nevisIDM differs from Nexudus; setting it back");
         report.note_drift(user.id);
-        let why = Why::new(cause::reconcile(&changes), Some(seen.clone()));
+        // Nexudus changed since the checkpoint, or nevisIDM was edited by hand.
+        let since_checkpoint = checkpoint
+            .as_ref()
+            .map(|c| changes_between(&desired, &Observed::from(c)))
+            .filter(|c| !c.is_empty());
+        let cause = match since_checkpoint {
+            Some(changed) => cause::update(&changed),
+            None => cause::reconcile(&changes).to_string(),
+        };
+        let why = Why::new(cause, Some(seen.clone()));
         let mut op = write_op(user, desired, Some(changes), fp, why);
         op.version = seen.version;
         op.forms.keep = Some(reading.forms);
