@@ -239,6 +239,12 @@ impl Metrics {
         for window in ["hour", "day"] {
             let _ = self.quota_waits.get_or_create(&WindowLabel { window });
         }
+        // The routes behind the bearer token: a first refusal shows as an increase too.
+        for path in ["/status", "/history"] {
+            let _ = self
+                .http_unauthorized
+                .get_or_create(&PathLabel { path: path.into() });
+        }
     }
 
     pub fn observe_request(&self, api: &'static str, elapsed: Duration) {
@@ -403,6 +409,10 @@ mod tests {
         );
         assert!(
             text.contains("nexudus_nevis_sync_http_unauthorized_total{path=\"/status\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("nexudus_nevis_sync_http_unauthorized_total{path=\"/history\"} 0"),
             "{text}"
         );
     }
