@@ -68,6 +68,7 @@ pub struct Metrics {
     last_success: Gauge<f64, AtomicU64>,
     run_seconds: Histogram,
     store_bytes: Gauge,
+    audit_entries: Gauge,
     failing_users: Gauge,
     oldest_failure: Gauge,
     ready: Gauge,
@@ -110,6 +111,7 @@ impl Metrics {
             last_success: Gauge::default(),
             run_seconds: Histogram::new(exponential_buckets(0.1, 2.0, 14)),
             store_bytes: Gauge::default(),
+            audit_entries: Gauge::default(),
             failing_users: Gauge::default(),
             oldest_failure: Gauge::default(),
             ready: Gauge::default(),
@@ -206,6 +208,11 @@ impl Metrics {
             "store_size_bytes",
             "Size of the checkpoint store on disk",
             self.store_bytes.clone(),
+        );
+        self.registry.register(
+            "audit_entries",
+            "Entries the provisioning log holds (within audit.retention and audit.max_entries)",
+            self.audit_entries.clone(),
         );
         self.registry.register(
             "failing_users",
@@ -351,6 +358,12 @@ impl Metrics {
         self.failing_users.set(failing_users as i64);
         self.oldest_failure
             .set(oldest_failure.map_or(0, |t| i64::try_from(t).unwrap_or(i64::MAX)));
+    }
+
+    /// Entries the provisioning log holds after a run.
+    pub fn set_audit_entries(&self, entries: u64) {
+        self.audit_entries
+            .set(i64::try_from(entries).unwrap_or(i64::MAX));
     }
 
     /// Readiness as `/readyz` judges it, refreshed on every scrape.

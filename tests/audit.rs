@@ -222,8 +222,13 @@ async fn history_is_read_from_the_running_daemon_behind_its_token() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    // Personal data: no token, no history.
+    // Personal data: no token, no history; the scrape (open) says only how many entries.
     assert_eq!(daemon.get("/history").await.0, 401);
+    daemon
+        .wait_for_body("/metrics", |m| {
+            m.contains("nexudus_nevis_sync_audit_entries 3")
+        })
+        .await;
     env.set("http.listen", &quote(&daemon.addr.to_string()));
     // The store is the daemon's: --history asks it, with the token.
     let mine = history(&env, &[&ids[1].to_string()]).await;

@@ -240,6 +240,9 @@ async fn run_and_record<S: Source, T: Target>(
         failing,
         store.oldest_failure_since().ok().flatten(),
     );
+    if let Ok(entries) = store.audit_len() {
+        state.metrics.set_audit_entries(entries);
+    }
     listed_everyone
 }
 
