@@ -37,6 +37,7 @@
 //!   (`--status` and `--history` while the daemon holds the store)
 //! - [`metrics`]  Prometheus metrics shared by the clients, the pipeline and `/metrics`
 //! - [`status`]   the status document behind `/status` and `--status`
+//! - [`terminal`] text for a person's terminal: control characters escaped, columns aligned
 //! - [`sync`]     `run_once` (shared by `--sync-now` and the daemon): listing census -> planner -> dispatcher -> settlement -> commit
 //! - [`watermark`] incremental polling: the `UpdatedOn` watermark and its overlap
 //! - [`report`]   what a run did: one outcome per user, the counts and problem lines derived from them
@@ -75,5 +76,6 @@ pub mod schedule;
 pub mod status;
 pub mod store;
 pub mod sync;
+pub mod terminal;
 pub mod versions;
 pub mod watermark;

@@ -6,6 +6,7 @@ use serde_json::{Value, json};
 
 use crate::mapper::ext_id_with;
 use crate::store::{Store, StoreError};
+use crate::terminal::{aligned, printable};
 
 /// The status document from the store, plus live fields when a daemon supplies them. A failing
 /// user's extId is the one it has (checkpoint or adoption link), else the one it would get under
@@ -187,40 +188,10 @@ fn when(secs: Option<&Value>) -> String {
         )
 }
 
-/// Control characters escaped, so a reason quoting odd input cannot break the table.
-fn printable(s: &str) -> String {
-    s.chars()
-        .map(|c| {
-            if c.is_control() {
-                c.escape_default().to_string()
-            } else {
-                c.to_string()
-            }
-        })
-        .collect()
-}
-
-/// Columns padded to the widest cell, two spaces apart.
+/// Columns padded to the widest cell, two spaces apart, indented by two.
 fn table(rows: &[Vec<String>], out: &mut String) {
-    let columns = rows.iter().map(Vec::len).max().unwrap_or(0);
-    let widths: Vec<usize> = (0..columns)
-        .map(|c| {
-            rows.iter()
-                .filter_map(|r| r.get(c))
-                .map(|cell| cell.chars().count())
-                .max()
-                .unwrap_or(0)
-        })
-        .collect();
-    for row in rows {
-        let mut line = String::from("  ");
-        for (c, cell) in row.iter().enumerate() {
-            if c + 1 == row.len() {
-                line.push_str(cell);
-            } else {
-                line.push_str(&format!("{cell:<width$}  ", width = widths[c]));
-            }
-        }
+    for line in aligned(rows) {
+        let line = format!("  {line}");
         out.push_str(line.trim_end());
         out.push('\n');
     }

@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 
 use super::entry::{Entry, Operation, Verdict};
 use crate::store::{AuditEntry, Store, StoreError};
+use crate::terminal::{aligned, printable};
 
 /// What to read.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -181,19 +182,14 @@ pub fn table(entries: &[Entry]) -> String {
     if entries.is_empty() {
         return "no entries\n".into();
     }
-    let mut rows = vec![[
-        "TIME".to_string(),
-        "WHO".into(),
-        "OPERATION".into(),
-        "OUTCOME".into(),
-        "CAUSE".into(),
-    ]];
+    let header = ["TIME", "WHO", "OPERATION", "OUTCOME", "CAUSE"];
+    let mut rows = vec![header.map(String::from).to_vec()];
     for e in entries {
         let who = match e.nexudus_id {
             Some(id) => format!("{} ({id})", e.ext_id),
             None => e.ext_id.clone(),
         };
-        rows.push([
+        rows.push(vec![
             e.time.clone(),
             printable(&who),
             e.operation.as_str().into(),
@@ -201,24 +197,13 @@ pub fn table(entries: &[Entry]) -> String {
             printable(&e.cause),
         ]);
     }
-    let mut widths = [0usize; 5];
-    for row in &rows {
-        for (w, cell) in widths.iter_mut().zip(row) {
-            *w = (*w).max(cell.chars().count());
-        }
-    }
     let mut out = String::new();
-    for (i, row) in rows.iter().enumerate() {
-        let cells: Vec<String> = row
-            .iter()
-            .zip(widths)
-            .map(|(cell, w)| format!("{cell:<w$}"))
-            .collect();
-        out.push_str(cells.join("  ").trim_end());
+    for (i, line) in aligned(&rows).into_iter().enumerate() {
+        out.push_str(&line);
         out.push('\n');
         if let Some(entry) = i.checked_sub(1).map(|i| &entries[i]) {
-            for line in changes(entry) {
-                out.push_str(&format!("    {}\n", printable(&line)));
+            for change in changes(entry) {
+                out.push_str(&format!("    {}\n", printable(&change)));
             }
         }
     }
@@ -250,13 +235,6 @@ fn changes(e: &Entry) -> Vec<String> {
                 after.as_deref().unwrap_or("-")
             ),
         })
-        .collect()
-}
-
-/// Control characters from a record never reach the terminal.
-fn printable(s: &str) -> String {
-    s.chars()
-        .map(|c| if c.is_control() { '?' } else { c })
         .collect()
 }
 
