@@ -5,6 +5,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::diff::{Changes, Observed};
 use crate::mapper::DesiredUser;
+use crate::nevis::TargetError;
 
 /// What the sync did, or decided against, for one person.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -91,6 +92,20 @@ impl Verdict {
 
     pub fn parse(s: &str) -> Option<Verdict> {
         ALL_VERDICTS.into_iter().find(|v| v.as_str() == s)
+    }
+}
+
+impl Verdict {
+    /// How a write nevisIDM did not make reads in an entry: `refused` with the status nevisIDM
+    /// answered (it judged the write), else `failed` (unreachable, failing, not understood).
+    pub fn of_target_error(e: &TargetError) -> (Verdict, Option<u16>) {
+        match e {
+            TargetError::Rejected { status, .. } | TargetError::Duplicate { status, .. } => {
+                (Verdict::Refused, Some(*status))
+            }
+            TargetError::Stale { .. } => (Verdict::Refused, Some(409)),
+            _ => (Verdict::Failed, None),
+        }
     }
 }
 
@@ -411,6 +426,30 @@ mod tests {
         let back = Entry::from_stored(entry.time.clone(), Some(1), "nexudus-1".into(), &stored);
         assert_eq!(back.unwrap(), entry);
         assert!(Entry::from_stored(String::new(), None, String::new(), b"{}").is_err());
+    }
+
+    #[test]
+    fn a_write_nevis_judged_is_refused_with_its_status_anything_else_failed() {
+        let rejected = TargetError::Rejected {
+            status: 422,
+            code: "errors.invalidData".into(),
+            message: "no".into(),
+        };
+        assert_eq!(
+            Verdict::of_target_error(&rejected),
+            (Verdict::Refused, Some(422))
+        );
+        let stale = TargetError::Stale {
+            detail: String::new(),
+        };
+        assert_eq!(
+            Verdict::of_target_error(&stale),
+            (Verdict::Refused, Some(409))
+        );
+        assert_eq!(
+            Verdict::of_target_error(&TargetError::NotFound),
+            (Verdict::Failed, None)
+        );
     }
 
     #[test]

@@ -4,7 +4,6 @@
 use super::{Applied, Op, OpKind, WriteError};
 use crate::audit::{Draft, Operation, Verdict, changes_of};
 use crate::mapper::UserState;
-use crate::nevis::TargetError;
 
 /// The operation an entry names: an update that makes a user active again is an `enable`.
 fn operation(op: &Op) -> Operation {
@@ -70,15 +69,10 @@ pub(super) fn confirmed(op: &Op, applied: Applied) -> Draft {
 pub(super) fn refused(op: &Op, e: &WriteError) -> Draft {
     let (outcome, status) = match e {
         WriteError::Conflict { .. } => (Verdict::Conflict, None),
-        WriteError::Target(
-            TargetError::Rejected { status, .. } | TargetError::Duplicate { status, .. },
-        ) => (Verdict::Refused, Some(*status)),
-        WriteError::Target(TargetError::Stale { .. }) | WriteError::Contended { .. } => {
-            (Verdict::Refused, Some(409))
-        }
+        WriteError::Target(e) => Verdict::of_target_error(e),
+        WriteError::Contended { .. } => (Verdict::Refused, Some(409)),
         // The duplicate's status is not kept with it.
         WriteError::ArchivedHolder { .. } => (Verdict::Refused, None),
-        _ => (Verdict::Failed, None),
     };
     let reason = match e {
         WriteError::Conflict { reason, candidates } => {

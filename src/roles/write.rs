@@ -63,10 +63,7 @@ fn not_made(
     (id, ext_id, role, grant): (u64, &str, &str, bool),
     log: &Recorder,
 ) -> Result<RoleChange, RolesError> {
-    let (outcome, status) = match &e {
-        TargetError::Rejected { status, .. } => (Verdict::Refused, Some(*status)),
-        _ => (Verdict::Failed, None),
-    };
+    let (outcome, status) = Verdict::of_target_error(&e);
     let reason = per_user(e)?;
     let draft = Draft {
         status,
