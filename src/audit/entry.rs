@@ -245,6 +245,29 @@ pub struct Draft {
     pub cause: String,
 }
 
+impl Draft {
+    /// A decision about user `nexudus_id` that changes no field (an invalid record, a conflict,
+    /// a disabled user left so): `operation` would have been written, `outcome` says why not.
+    pub fn decision(
+        (nexudus_id, ext_id): (u64, &str),
+        operation: Operation,
+        outcome: Verdict,
+        reason: String,
+        cause: &str,
+    ) -> Draft {
+        Draft {
+            nexudus_id: Some(nexudus_id),
+            ext_id: ext_id.to_string(),
+            operation,
+            changes: Vec::new(),
+            outcome,
+            status: None,
+            reason: Some(reason),
+            cause: cause.to_string(),
+        }
+    }
+}
+
 /// Why a write is planned, carried with it to the entry its outcome writes.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Why {

@@ -136,16 +136,13 @@ impl<'a> Planner<'a> {
             Some(checkpoint) => checkpoint.ext_id,
             None => ext_id_with(&self.cfg.mapping.ext_id_prefix, id),
         };
-        self.log.write_once(Draft {
-            nexudus_id: Some(id),
-            ext_id,
-            operation: Operation::Skip,
-            changes: Vec::new(),
-            outcome: Verdict::Invalid,
-            status: None,
-            reason: Some(reason.to_string()),
-            cause: cause::INVALID_RECORD.into(),
-        })
+        self.log.write_once(Draft::decision(
+            (id, &ext_id),
+            Operation::Skip,
+            Verdict::Invalid,
+            reason.to_string(),
+            cause::INVALID_RECORD,
+        ))
     }
 
     /// With adoption on: the Nexudus users sharing an email, from the listing read whole.
@@ -245,16 +242,13 @@ impl<'a> Planner<'a> {
         );
         report.watermark.problem(user.updated_on.as_deref());
         let candidates: Vec<String> = others.iter().map(|id| format!("nexudus:{id}")).collect();
-        self.log.write_once(Draft {
-            nexudus_id: Some(user.id),
-            ext_id: desired.ext_id.clone(),
-            operation: Operation::Create,
-            changes: Vec::new(),
-            outcome: Verdict::Conflict,
-            status: None,
-            reason: Some(format!("{reason}; candidates: [{}]", candidates.join(", "))),
-            cause: cause::NEW_IN_NEXUDUS.into(),
-        })?;
+        self.log.write_once(Draft::decision(
+            (user.id, &desired.ext_id),
+            Operation::Create,
+            Verdict::Conflict,
+            format!("{reason}; candidates: [{}]", candidates.join(", ")),
+            cause::NEW_IN_NEXUDUS,
+        ))?;
         note_conflict(
             self.store,
             report,
@@ -459,16 +453,13 @@ impl<'a> Planner<'a> {
                 tracing::warn!(extId = %ext_id, "disabled by hand in nevisIDM while active in Nexudus; left disabled (sync.reenable_on_reconcile = false)");
                 desired.state = UserState::Disabled;
                 report.note_hand_disabled(nexudus_id, ext_id);
-                self.log.write_once(Draft {
-                    nexudus_id: Some(nexudus_id),
-                    ext_id: ext_id.to_string(),
-                    operation: Operation::Enable,
-                    changes: Vec::new(),
-                    outcome: Verdict::Held,
-                    status: None,
-                    reason: Some("sync.reenable_on_reconcile = false: left disabled".into()),
-                    cause: cause::HAND_DISABLE_KEPT.into(),
-                })?;
+                self.log.write_once(Draft::decision(
+                    (nexudus_id, ext_id),
+                    Operation::Enable,
+                    Verdict::Held,
+                    "sync.reenable_on_reconcile = false: left disabled".into(),
+                    cause::HAND_DISABLE_KEPT,
+                ))?;
                 match &self.opts.dry_run {
                     Some(sink) => sink(&json!({
                         "op": "keep-disabled",
