@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{Env, Run, quote};
+use common::{Env, Run, legacy, quote};
 use nexudus_nevis_sync::sandbox::{Fault, NexudusUserSpec};
 use serde_json::json;
 
@@ -150,14 +150,8 @@ async fn a_reconcile_counts_drift_hand_disables_and_vanished_owned_users_once() 
 async fn adoption_counts_each_user_once() {
     let env = Env::start().await;
     env.set("sync.adopt", &quote("email"));
-    env.nevis.insert_user(json!({
-        "extId": "hr-1",
-        "loginId": "anna",
-        "userState": "active",
-        "languageCode": "de",
-        "name": { "firstName": "Legacy", "familyName": "Account" },
-        "contacts": { "email": "user.0@example.com" },
-    }));
+    env.nevis
+        .insert_user(legacy("hr-1", "anna", "user.0@example.com"));
     let ids = env.seed(5);
     let run = env.sync(&[]).await;
     run.assert_code(0);

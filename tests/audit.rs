@@ -7,7 +7,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Daemon, Env, Run, quote, run_cmd};
+use common::{Daemon, Env, Run, legacy, quote, run_cmd};
 use nexudus_nevis_sync::sandbox::NexudusUserSpec;
 use serde_json::{Value, json};
 
@@ -447,14 +447,8 @@ async fn grants_revocations_and_held_revocations_are_logged() {
 async fn an_adoption_is_logged_under_the_adopted_ext_id_with_what_it_held() {
     let env = Env::start().await;
     env.set("sync.adopt", &quote("email"));
-    env.nevis.insert_user(json!({
-        "extId": "hr-1",
-        "loginId": "anna",
-        "userState": "active",
-        "languageCode": "de",
-        "name": { "firstName": "Legacy", "familyName": "Account" },
-        "contacts": { "email": "user.0@example.com" },
-    }));
+    env.nevis
+        .insert_user(legacy("hr-1", "anna", "user.0@example.com"));
     let ids = env.seed(2);
     sync(&env, &[], 0).await;
     for who in ["hr-1".to_string(), ids[0].to_string()] {

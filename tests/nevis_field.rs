@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{Env, quote};
+use common::{Env, legacy, quote};
 use std::time::Duration;
 
 use nexudus_nevis_sync::sandbox::{FakeOAuth, Fault};
@@ -295,18 +295,6 @@ async fn a_second_409_fails_the_user_for_this_run_without_blind_retries() {
         env.nevis.user(&victim).unwrap()["name"]["familyName"],
         "Lovelace"
     );
-}
-
-/// A pre-existing nevisIDM user this tool did not create.
-fn legacy(ext_id: &str, login: &str, email: &str) -> serde_json::Value {
-    json!({
-        "extId": ext_id,
-        "loginId": login,
-        "userState": "active",
-        "languageCode": "de",
-        "name": { "firstName": "Legacy", "familyName": "Account" },
-        "contacts": { "email": email },
-    })
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{Env, Run, quote};
+use common::{Env, Run, legacy, quote};
 use nexudus_nevis_sync::sandbox::NexudusUserSpec;
 use serde_json::{Value, json};
 
@@ -20,18 +20,6 @@ fn plan(run: &Run) -> Vec<Value> {
         .filter(|l| l.starts_with('{'))
         .map(|l| serde_json::from_str(l).expect("plan lines are JSON"))
         .collect()
-}
-
-/// A pre-existing nevisIDM user this tool did not create.
-fn legacy(ext_id: &str, login: &str, email: &str) -> Value {
-    json!({
-        "extId": ext_id,
-        "loginId": login,
-        "userState": "active",
-        "languageCode": "de",
-        "name": { "firstName": "Legacy", "familyName": "Account" },
-        "contacts": { "email": email },
-    })
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

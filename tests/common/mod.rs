@@ -38,6 +38,18 @@ pub struct Env {
     keys: Mutex<BTreeMap<String, String>>,
 }
 
+/// A pre-existing nevisIDM user this tool did not create (adoption's candidates).
+pub fn legacy(ext_id: &str, login: &str, email: &str) -> serde_json::Value {
+    serde_json::json!({
+        "extId": ext_id,
+        "loginId": login,
+        "userState": "active",
+        "languageCode": "de",
+        "name": { "firstName": "Legacy", "familyName": "Account" },
+        "contacts": { "email": email },
+    })
+}
+
 pub fn quote(s: &str) -> String {
     format!("{s:?}")
 }
