@@ -173,12 +173,13 @@ struct Stored {
     cause: String,
 }
 
-impl Entry {
-    /// The stored form (without the time, Nexudus Id and extId, which the store keys by).
-    pub fn to_stored(&self) -> Vec<u8> {
+impl Draft {
+    /// The stored form of this entry of run `run_id` in `mode` (the time, Nexudus Id and extId
+    /// are what the store keys it by, so they are not in it).
+    pub fn to_stored(&self, run_id: &str, mode: &str) -> Vec<u8> {
         let stored = Stored {
-            run_id: self.run_id.clone(),
-            mode: self.mode.clone(),
+            run_id: run_id.to_string(),
+            mode: mode.to_string(),
             operation: self.operation,
             changes: self
                 .changes
@@ -194,7 +195,9 @@ impl Entry {
         out.extend(postcard::to_allocvec(&stored).expect("encoding into memory cannot fail"));
         out
     }
+}
 
+impl Entry {
     /// Reads a stored entry back, with what the store keyed it by.
     pub fn from_stored(
         time: String,
@@ -432,12 +435,9 @@ mod tests {
 
     #[test]
     fn an_entry_reads_back_from_its_stored_form() {
-        let entry = Entry {
-            time: "2026-12-05T09:00:00Z".into(),
-            run_id: "r".into(),
-            mode: "full".into(),
-            ext_id: "nexudus-1".into(),
+        let draft = Draft {
             nexudus_id: Some(1),
+            ext_id: "nexudus-1".into(),
             operation: Operation::Revoke,
             changes: changes_of(&user(), None, None),
             outcome: Verdict::Held,
@@ -445,9 +445,23 @@ mod tests {
             reason: Some("why".into()),
             cause: "because".into(),
         };
-        let stored = entry.to_stored();
-        let back = Entry::from_stored(entry.time.clone(), Some(1), "nexudus-1".into(), &stored);
-        assert_eq!(back.unwrap(), entry);
+        let stored = draft.to_stored("r", "full");
+        let time = "2026-12-05T09:00:00Z".to_string();
+        let back = Entry::from_stored(time.clone(), Some(1), "nexudus-1".into(), &stored);
+        let expected = Entry {
+            time,
+            run_id: "r".into(),
+            mode: "full".into(),
+            ext_id: draft.ext_id,
+            nexudus_id: draft.nexudus_id,
+            operation: draft.operation,
+            changes: draft.changes,
+            outcome: draft.outcome,
+            status: draft.status,
+            reason: draft.reason,
+            cause: draft.cause,
+        };
+        assert_eq!(back.unwrap(), expected);
         assert!(Entry::from_stored(String::new(), None, String::new(), b"{}").is_err());
     }
 

@@ -77,17 +77,10 @@ impl Recorder {
     /// Writes an entry (a write confirmed, refused or failed). The caller makes it durable with
     /// the checkpoint it explains ([`Store::flush`]).
     pub fn write(&self, draft: Draft) -> Result<(), StoreError> {
-        let Some(inner) = &self.inner else {
-            return Ok(());
-        };
-        let (body, nexudus_id, ext_id) = inner.body(draft)?;
-        let count = inner.store.audit_append(AuditRecord {
-            at: inner.store.clock().now(),
-            nexudus_id,
-            ext_id: &ext_id,
-            body: &body,
-        })?;
-        inner.bound(count)
+        match &self.inner {
+            Some(inner) => inner.append(draft, None),
+            None => Ok(()),
+        }
     }
 
     /// Writes an entry for a decision against a write (held, invalid, conflict) unless the
@@ -97,28 +90,38 @@ impl Recorder {
         let Some(inner) = &self.inner else {
             return Ok(());
         };
-        let Some(id) = draft.nexudus_id else {
-            return self.write(draft);
-        };
-        let digest = digest(&draft);
-        let (body, nexudus_id, ext_id) = inner.body(draft)?;
-        let record = AuditRecord {
-            at: inner.store.clock().now(),
-            nexudus_id,
-            ext_id: &ext_id,
-            body: &body,
-        };
-        if inner.store.audit_append_once(record, id, digest)? {
-            inner.bound(inner.store.audit_len()?)?;
-        }
-        Ok(())
+        let once = draft.nexudus_id.map(|id| (id, digest(&draft)));
+        inner.append(draft, once)
     }
 }
 
 impl Inner {
-    /// The stored form of `draft` ([`Entry::to_stored`]), with `audit.values` applied; the time
-    /// is the store's key, not part of it.
-    fn body(&self, draft: Draft) -> Result<(Vec<u8>, Option<u64>, String), StoreError> {
+    /// Appends `draft` with `audit.values` applied; with `once` (Nexudus Id, digest), only
+    /// unless that user's last decision had the same digest. Keeps the log within its bound.
+    fn append(&self, draft: Draft, once: Option<(u64, u64)>) -> Result<(), StoreError> {
+        let draft = self.redacted(draft);
+        let body = draft.to_stored(&self.run_id, self.mode);
+        let record = AuditRecord {
+            at: self.store.clock().now(),
+            nexudus_id: draft.nexudus_id,
+            ext_id: &draft.ext_id,
+            body: &body,
+        };
+        let count = match once {
+            None => self.store.audit_append(record)?,
+            Some((id, digest)) => {
+                if !self.store.audit_append_once(record, id, digest)? {
+                    return Ok(());
+                }
+                self.store.audit_len()?
+            }
+        };
+        self.bound(count)
+    }
+
+    /// `draft` as `audit.values` keeps it: the values of its changes, and its reason, which may
+    /// quote them.
+    fn redacted(&self, mut draft: Draft) -> Draft {
         let plain: Vec<String> = draft
             .changes
             .iter()
@@ -126,20 +129,9 @@ impl Inner {
             .flatten()
             .collect();
         let plain: Vec<&str> = plain.iter().map(String::as_str).collect();
-        let entry = Entry {
-            time: String::new(),
-            run_id: self.run_id.clone(),
-            mode: self.mode.to_string(),
-            ext_id: draft.ext_id,
-            nexudus_id: draft.nexudus_id,
-            operation: draft.operation,
-            changes: self.redact.apply(draft.changes),
-            outcome: draft.outcome,
-            status: draft.status,
-            reason: draft.reason.map(|r| self.redact.text(r, &plain)),
-            cause: draft.cause,
-        };
-        Ok((entry.to_stored(), entry.nexudus_id, entry.ext_id))
+        draft.reason = draft.reason.map(|r| self.redact.text(r, &plain));
+        draft.changes = self.redact.apply(draft.changes);
+        draft
     }
 
     /// Keeps the log within `audit.max_entries`, pruning a hundredth below it at a time.
