@@ -18,7 +18,7 @@
 
 use std::sync::atomic::Ordering;
 
-use super::{Store, StoreError};
+use super::{Store, StoreError, id_of};
 
 const ENTRY: u8 = b'e';
 const BY_ID: u8 = b'i';
@@ -142,7 +142,7 @@ impl Store {
         let mut removed = 0;
         for item in self.audit.scan_prefix([ENTRY]) {
             let (k, v) = item?;
-            let at = stamp_time(&k[1..])?;
+            let (at, _) = stamp_parts(&k[1..])?;
             if at >= older_than && excess == 0 {
                 break;
             }
@@ -197,12 +197,12 @@ fn stamp(at: u64, seq: u64) -> [u8; 16] {
     s
 }
 
-fn stamp_time(stamp: &[u8]) -> Result<u64, StoreError> {
-    stamp
-        .get(..8)
-        .and_then(|b| <[u8; 8]>::try_from(b).ok())
-        .map(u64::from_be_bytes)
-        .ok_or_else(|| StoreError::Corrupt("audit entry key is too short".into()))
+/// The time and the sequence of a stamp.
+fn stamp_parts(stamp: &[u8]) -> Result<(u64, u64), StoreError> {
+    match (stamp.get(..8), stamp.get(8..)) {
+        (Some(at), Some(seq)) => Ok((id_of(at, "audit time")?, id_of(seq, "audit sequence")?)),
+        _ => Err(StoreError::Corrupt("audit entry key is too short".into())),
+    }
 }
 
 fn key(prefix: u8, parts: &[&[u8]]) -> Vec<u8> {
@@ -217,8 +217,7 @@ fn key(prefix: u8, parts: &[&[u8]]) -> Vec<u8> {
 /// The header (Nexudus Id, extId) and the body of a stored entry.
 fn split(v: &[u8]) -> Result<(u64, &[u8], &[u8]), StoreError> {
     let corrupt = || StoreError::Corrupt("audit entry header is damaged".into());
-    let id = v.get(..8).ok_or_else(corrupt)?;
-    let id = u64::from_be_bytes(<[u8; 8]>::try_from(id).map_err(|_| corrupt())?);
+    let id = id_of(v.get(..8).ok_or_else(corrupt)?, "audit header")?;
     let len = v.get(8..10).ok_or_else(corrupt)?;
     let len = usize::from(u16::from_be_bytes([len[0], len[1]]));
     let ext_id = v.get(10..10 + len).ok_or_else(corrupt)?;
@@ -227,13 +226,9 @@ fn split(v: &[u8]) -> Result<(u64, &[u8], &[u8]), StoreError> {
 
 fn entry(stamp: &[u8], v: &[u8]) -> Result<AuditEntry, StoreError> {
     let (id, ext_id, body) = split(v)?;
-    let seq = stamp
-        .get(8..16)
-        .and_then(|b| <[u8; 8]>::try_from(b).ok())
-        .map(u64::from_be_bytes)
-        .ok_or_else(|| StoreError::Corrupt("audit entry key is too short".into()))?;
+    let (at, seq) = stamp_parts(stamp)?;
     Ok(AuditEntry {
-        at: stamp_time(stamp)?,
+        at,
         seq,
         nexudus_id: (id != NO_ID).then_some(id),
         ext_id: String::from_utf8_lossy(ext_id).into_owned(),
