@@ -301,24 +301,17 @@ async fn stop_on_signal(shutdown: CancellationToken) {
 /// `--status`: from the store when it is free, otherwise from the running daemon; a table for a
 /// person, or with `--json` the document `/status` serves.
 async fn status(config: &Config, json: bool) -> u8 {
-    let doc = if !config.store.path.exists() {
-        serde_json::json!({ "last_run": null, "failing_users": [] })
-    } else {
-        match Store::open(&config.store.path, config.store.cache_capacity_bytes) {
-            Ok(store) => match nexudus_nevis_sync::status::document(
-                &store,
-                &config.mapping.ext_id_prefix,
-                None,
-            ) {
-                Ok(doc) => doc,
-                Err(e) => return fatal(&e),
-            },
-            Err(StoreError::InUse { .. }) => match daemon_status(config).await {
-                Ok(doc) => doc,
-                Err(e) => return fatal(&e),
-            },
-            Err(e) => return fatal(&e),
-        }
+    let prefix = &config.mapping.ext_id_prefix;
+    let doc = from_store_or_daemon(
+        config,
+        serde_json::json!({ "last_run": null, "failing_users": [] }),
+        |store| nexudus_nevis_sync::status::document(store, prefix, None),
+        daemon_status(config),
+    )
+    .await;
+    let doc = match doc {
+        Ok(doc) => doc,
+        Err(e) => return fatal(&e),
     };
     if json {
         println!("{doc}");
@@ -329,6 +322,25 @@ async fn status(config: &Config, json: bool) -> u8 {
         0
     } else {
         1
+    }
+}
+
+/// What `read` finds in the store when no other process holds it; what `ask` gets from the
+/// daemon when it holds the store (sled allows one process); `absent` when there is no store
+/// yet (`--status`, `--history`).
+async fn from_store_or_daemon<T, E: std::fmt::Display>(
+    config: &Config,
+    absent: T,
+    read: impl FnOnce(&Store) -> Result<T, E>,
+    ask: impl std::future::Future<Output = Result<T, String>>,
+) -> Result<T, String> {
+    if !config.store.path.exists() {
+        return Ok(absent);
+    }
+    match Store::open(&config.store.path, config.store.cache_capacity_bytes) {
+        Ok(store) => read(&store).map_err(|e| e.to_string()),
+        Err(StoreError::InUse { .. }) => ask.await,
+        Err(e) => Err(e.to_string()),
     }
 }
 
@@ -369,20 +381,16 @@ fn history_query(who: &str, cli: &Cli) -> Result<Query, String> {
 /// `--history`: from the store when it is free, otherwise from the running daemon's `/history`;
 /// a table, or with `--json` JSON lines.
 async fn history(config: &Config, query: &Query, json: bool) -> u8 {
-    let entries = if !config.store.path.exists() {
-        Vec::new()
-    } else {
-        match Store::open(&config.store.path, config.store.cache_capacity_bytes) {
-            Ok(store) => match query.run(&store) {
-                Ok(entries) => entries,
-                Err(e) => return fatal(&e),
-            },
-            Err(StoreError::InUse { .. }) => match daemon_history(config, query).await {
-                Ok(entries) => entries,
-                Err(e) => return fatal(&e),
-            },
-            Err(e) => return fatal(&e),
-        }
+    let entries = from_store_or_daemon(
+        config,
+        Vec::new(),
+        |store| query.run(store),
+        daemon_history(config, query),
+    )
+    .await;
+    let entries = match entries {
+        Ok(entries) => entries,
+        Err(e) => return fatal(&e),
     };
     if json {
         print!("{}", query::json_lines(&entries));
