@@ -2,7 +2,8 @@
 # Runs every test of the project on any machine with the Rust toolchain and python3: installs
 # what the tests need when it is missing, then runs the unit, property and integration tests
 # (`cargo test`), the fuzz smoke run (`fuzz/smoke.sh`, which installs cargo-fuzz itself), the
-# supply-chain check (`scripts/supply-chain.sh`), and builds, installs and removes the Debian
+# supply-chain check (`scripts/supply-chain.sh`, and again on a clean clone without the advisory
+# snapshot beside it: `scripts/supply-chain-clean-clone.sh`), and builds, installs and removes the Debian
 # package around the binary the tests built (`scripts/package.sh --test-build`,
 # `scripts/package-check.sh`). Each stage prints its duration.
 #
@@ -103,6 +104,7 @@ export PATH="${tools_bin}:${PATH}"
 stage cargo-test cargo test
 stage fuzz-smoke bash fuzz/smoke.sh
 stage supply-chain bash scripts/supply-chain.sh
+stage supply-chain-clean-clone bash scripts/supply-chain-clean-clone.sh
 # The package around the binary cargo test built (no second, optimised build: see package.sh).
 stage package bash scripts/package.sh --test-build
 stage package-check bash scripts/package-check.sh
