@@ -1,6 +1,7 @@
 //! The start of the role sync over HTTP, the real binary against the fakes: the UserRole listing
 //! is read to its end and judged complete by the users' listing's rule (a listing that cannot be
-//! known complete fails no name and revokes nothing).
+//! known complete fails no name and revokes nothing), and the permissions nevisIDM is asked for
+//! include the one that reads roles.
 
 mod common;
 
@@ -8,6 +9,15 @@ use common::{Env, Run};
 
 /// Roles that exist in the fake nevisIDM.
 const ROLES: [&str; 2] = ["frontdesk", "finance"];
+
+/// Every permission the role sync needs but `AccessControl.RoleView`.
+const ALL_BUT_ROLE_VIEW: [&str; 5] = [
+    "AccessControl.AuthorizationView",
+    "AccessControl.AuthorizationCreate",
+    "AccessControl.AuthorizationDelete",
+    "AccessControl.ProfileView",
+    "AccessControl.ProfileCreate",
+];
 
 fn ext(id: u64) -> String {
     format!("nexudus-{id}")
@@ -106,4 +116,29 @@ async fn a_userrole_listing_short_of_total_items_fails_no_name_and_revokes_nothi
     run.assert_code(0);
     assert_eq!(run.count("revoked"), 1);
     assert!(env.nevis.user_roles(&ext(ids[0])).is_empty());
+}
+
+/// Regression: `AccessControl.RoleView` (to read a role, `GET /core/v1/roles/{extId}`) was not
+/// among the permissions checked at start; without it the start failed on nevisIDM's 403 instead
+/// of naming the permission.
+#[tokio::test]
+async fn without_role_view_the_start_fails_naming_it() {
+    let (env, ids, _) = env(0).await;
+    env.nevis.set_permissions(Some(&ALL_BUT_ROLE_VIEW));
+    let run = env.sync(&[]).await;
+    run.assert_code(2);
+    assert!(
+        run.stderr
+            .contains("lacks the permission(s) AccessControl.RoleView"),
+        "{}",
+        all(&run)
+    );
+    assert!(env.nevis.user_roles(&ext(ids[0])).is_empty());
+
+    let mut granted = ALL_BUT_ROLE_VIEW.to_vec();
+    granted.push("AccessControl.RoleView");
+    env.nevis.set_permissions(Some(&granted));
+    let run = env.sync(&[]).await;
+    run.assert_code(0);
+    assert_eq!(run.count("granted"), 2);
 }

@@ -25,13 +25,17 @@ const PAGE_SLACK: u64 = 2;
 /// anyway): a bound, so a listing that says `HasNextPage` forever cannot keep a run alive.
 const MAX_PAGES: u64 = 100;
 
-/// The permissions the role sync cannot work without.
-pub const NEEDED: [&str; 4] = [
+/// The permissions the role sync cannot work without. `RoleView` is for `GET /core/v1/roles/{extId}`,
+/// the check below that every owned role exists: without it nevisIDM answers 403 there, and the
+/// start would fail on a refusal instead of naming the missing permission.
+pub const NEEDED: [&str; 5] = [
     "AccessControl.AuthorizationView",
     "AccessControl.AuthorizationCreate",
     "AccessControl.AuthorizationDelete",
     "AccessControl.ProfileView",
+    "AccessControl.RoleView",
 ];
+
 /// The UserRole listing as read (names, Ids, `UpdatedOn`; no members), and why it cannot be
 /// known complete, if so.
 #[derive(Debug, Default)]
