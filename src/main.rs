@@ -226,7 +226,9 @@ fn clients(config: &Config, metrics: &Arc<Metrics>, store: &Store) -> Result<Cli
 }
 
 async fn daemon(config: Config) -> u8 {
-    let store = match Store::open(&config.store.path, config.store.cache_capacity_bytes) {
+    let (path, cache) = (&config.store.path, config.store.cache_capacity_bytes);
+    let store = match Store::open_waiting(config.store.open_wait, || Store::open(path, cache)).await
+    {
         Ok(s) => s,
         Err(e) => return fatal(&e),
     };
@@ -417,12 +419,17 @@ async fn daemon_history(config: &Config, query: &Query) -> Result<Vec<Entry>, St
 async fn sync_now(config: &Config, opts: RunOptions, rebuild: bool) -> u8 {
     // A dry run against a store that does not exist yet must not create it; a dry rebuild plans
     // against an empty throw-away store and leaves the real one alone.
-    let store = if opts.dry_run.is_some() && (rebuild || !config.store.path.exists()) {
+    let (path, cache, wait) = (
+        &config.store.path,
+        config.store.cache_capacity_bytes,
+        config.store.open_wait,
+    );
+    let store = if opts.dry_run.is_some() && (rebuild || !path.exists()) {
         Store::temporary()
     } else if rebuild {
-        Store::open_for_rebuild(&config.store.path, config.store.cache_capacity_bytes)
+        Store::open_waiting(wait, || Store::open_for_rebuild(path, cache)).await
     } else {
-        Store::open(&config.store.path, config.store.cache_capacity_bytes)
+        Store::open_waiting(wait, || Store::open(path, cache)).await
     };
     let store = match store {
         Ok(s) => s,

@@ -4,9 +4,10 @@
 //! reference resolving within its tenant, each tenant's config.toml loaded by the binary's own
 //! config code, the hardening identical to the Kustomize manifests (kept as their own source, not
 //! generated: this test holds the two together), malformed tenants refused by values.schema.json,
-//! the optional PrometheusRule carrying exactly the rules of `deploy/monitoring`, and `httpAuth`
+//! the optional PrometheusRule carrying exactly the rules of `deploy/monitoring`, `httpAuth`
 //! (off by default; on, the named Secret's token mounted where config.toml's
-//! `http.auth_token_file` looks, in daemon mode only).
+//! `http.auth_token_file` looks, in daemon mode only), and two tenants refused when they write
+//! into one nevisIDM client under one `ext_id_prefix`.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -542,4 +543,76 @@ fn versions_agree_and_nothing_refers_to_latest() {
             }
         }
     }
+}
+
+/// Regression: two tenants writing into one nevisIDM client under one `ext_id_prefix` rendered;
+/// each would take the other's users for its own (an extId is `<prefix><Nexudus Id>`) and
+/// disable them as vanished from its own account.
+#[test]
+fn tenants_sharing_a_nevis_client_and_ext_id_prefix_are_refused_naming_both() {
+    let chart = chart().display().to_string();
+    let render = |b_extra: &str| {
+        let values = tempfile::NamedTempFile::new().expect("temp file");
+        std::fs::write(
+            values.path(),
+            format!(
+                "tenants:\n  \
+                 - {{name: zurich, existingSecret: s, nexudus: {{baseUrl: 'https://n', username: u}}, nevis: {{baseUrl: 'https://idm.example.com', clientExtId: c}}}}\n  \
+                 - {{name: geneva, existingSecret: t, nexudus: {{baseUrl: 'https://m', username: v}}, {b_extra}}}\n"
+            ),
+        )
+        .expect("write values");
+        let path = values.path().display().to_string();
+        run_helm(&["template", "nns", chart.as_str(), "-f", &path])
+    };
+    // The prefix a tenant leaves unset is the binary's default, whatever config.toml omits.
+    let unset = &load_config("alone", &configmap_text(&template(&[]).1)).mapping;
+    assert_eq!(unset.ext_id_prefix, "nexudus-");
+    let same_client = "nevis: {baseUrl: 'https://IDM.example.com/', clientExtId: c}";
+    for (what, prefix) in [
+        ("both unset", ""),
+        (
+            "the default spelled out",
+            ", config: {mapping: {ext_id_prefix: nexudus-}}",
+        ),
+        (
+            "the other's followed by digits",
+            ", config: {mapping: {ext_id_prefix: nexudus-1}}",
+        ),
+    ] {
+        let (ok, _, stderr) = render(&format!("{same_client}{prefix}"));
+        assert!(!ok, "{what}: rendered anyway");
+        assert!(
+            stderr.contains("tenants \"zurich\" and \"geneva\"")
+                && stderr.contains("one nevisIDM client")
+                && stderr.contains("ext_id_prefix"),
+            "{what}: refused for another reason:\n{stderr}"
+        );
+    }
+    for (what, b) in [
+        (
+            "a prefix of its own",
+            format!("{same_client}, config: {{mapping: {{ext_id_prefix: gva-}}}}"),
+        ),
+        (
+            "another client",
+            "nevis: {baseUrl: 'https://idm.example.com', clientExtId: d}".into(),
+        ),
+        (
+            "another nevisIDM",
+            "nevis: {baseUrl: 'https://idm2.example.com', clientExtId: c}".into(),
+        ),
+    ] {
+        let (ok, _, stderr) = render(&b);
+        assert!(ok, "{what}: refused:\n{stderr}");
+    }
+}
+
+/// The config.toml of the one ConfigMap among `docs`.
+fn configmap_text(docs: &[Value]) -> String {
+    let cm = docs
+        .iter()
+        .find(|d| s(d, &["kind"]) == "ConfigMap")
+        .expect("a ConfigMap");
+    s(cm, &["data", "config.toml"]).to_string()
 }

@@ -322,6 +322,9 @@ pub enum AuditValues {
 pub struct StoreConfig {
     pub path: PathBuf,
     pub cache_capacity_bytes: u64,
+    /// How long a run waits for a store another process holds (a `--status` or `--history`
+    /// reading it) before it gives up, exit 2.
+    pub open_wait: Duration,
 }
 
 #[derive(Debug, Clone)]

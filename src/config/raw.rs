@@ -217,6 +217,8 @@ pub(super) struct RawStore {
     pub(super) path: PathBuf,
     #[serde(default = "default_cache_mib")]
     pub(super) cache_capacity_mib: i64,
+    #[serde(default = "default_open_wait", with = "humantime_serde")]
+    pub(super) open_wait: Duration,
 }
 
 #[derive(Deserialize)]
@@ -323,6 +325,13 @@ fn default_cache_mib() -> i64 {
     // benchmark keeps a 100,000-user import under 64 MiB peak RSS with this.
     16
 }
+fn default_open_wait() -> Duration {
+    // A `--status` or `--history` holds the store for the moment it takes to open it, read and
+    // close: an idle tick, process start and store open included, takes 0.1-0.2 s at 100,000
+    // users (BENCHMARKS.md). Five seconds is many times that, and still fails a real second
+    // process (a daemon and a timer on one store) within seconds.
+    Duration::from_secs(5)
+}
 
 #[cfg(test)]
 mod tests {
@@ -357,6 +366,14 @@ mod tests {
             c.nevis.token.as_ref().unwrap().expose_secret(),
             "tok-secret-nevis"
         );
+    }
+
+    #[test]
+    fn store_open_wait_defaults_to_five_seconds_and_is_bounded() {
+        let c = Config::from_toml_str(MINIMAL).unwrap();
+        assert_eq!(c.store.open_wait, std::time::Duration::from_secs(5));
+        let e = err(&MINIMAL.replace("[store]", "[store]\nopen_wait = \"1h\""));
+        assert!(e.contains("store.open_wait"), "{e}");
     }
 
     #[test]

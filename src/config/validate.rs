@@ -316,9 +316,13 @@ fn store(store: RawStore) -> Result<StoreConfig, ConfigError> {
             "must be between 1 and 4096",
         ));
     }
+    if store.open_wait > Duration::from_secs(600) {
+        return Err(invalid("store.open_wait", "must be at most 10m"));
+    }
     Ok(StoreConfig {
         path: store.path,
         cache_capacity_bytes: store.cache_capacity_mib as u64 * 1024 * 1024,
+        open_wait: store.open_wait,
     })
 }
 

@@ -83,7 +83,7 @@ pub trait Source: Send + Sync + 'static {
         updated_since: Option<&str>,
     ) -> impl Future<Output = Result<UserRolePage, SourceError>> + Send {
         let _ = (page, updated_since);
-        async { Ok(UserRolePage::default()) }
+        async { Ok(UserRolePage::none()) }
     }
 
     /// `GET /api/security/userroles/{id}` with its `Users`; `None` when it does not exist.

@@ -8,6 +8,7 @@ use reqwest::StatusCode;
 use serde::Deserialize;
 use serde_json::Value;
 
+use super::wire::{as_u64, next_page};
 use super::{NexudusClient, SourceError, transport};
 
 /// One UserRole as read. `users` is `None` when the record carried no usable `Users` (always so
@@ -22,11 +23,33 @@ pub struct UserRole {
     pub users: Option<Vec<u64>>,
 }
 
-/// One page of the UserRole listing.
+/// Size asked for each page of the UserRole listing (the largest Nexudus documents): accounts
+/// hold few UserRoles, so one page is the rule.
+pub const USERROLE_PAGE_SIZE: u64 = 1000;
+
+/// One page of the UserRole listing, with what it says of the listing's end: read as the users'
+/// listing is (`wire::next_page`; whether it was complete is the reader's to judge).
 #[derive(Debug, Clone, Default)]
 pub struct UserRolePage {
     pub records: Vec<UserRole>,
-    pub has_next_page: bool,
+    /// `HasNextPage`, else `CurrentPage < TotalPages`; `None` when the page said neither.
+    pub has_next_page: Option<bool>,
+    /// `TotalItems`, when the envelope carried it.
+    pub total_items: Option<u64>,
+    /// The size the page was served with: `CurrentPageSize`, else the size asked for.
+    pub page_size: u64,
+}
+
+impl UserRolePage {
+    /// The one page of a source that holds no UserRoles: empty, last, and complete.
+    pub fn none() -> UserRolePage {
+        UserRolePage {
+            records: Vec::new(),
+            has_next_page: Some(false),
+            total_items: Some(0),
+            page_size: USERROLE_PAGE_SIZE,
+        }
+    }
 }
 
 #[derive(Deserialize)]
@@ -63,20 +86,38 @@ impl WireRole {
     }
 }
 
+/// The envelope's paging fields as the users' listing reads them (numbers or strings).
 #[derive(Deserialize)]
 struct WirePage {
     #[serde(rename = "Records")]
     records: Vec<WireRole>,
     #[serde(rename = "HasNextPage", default)]
-    has_next_page: Option<bool>,
+    has_next_page: Option<Value>,
+    #[serde(rename = "CurrentPage", default)]
+    current_page: Option<Value>,
+    #[serde(rename = "TotalPages", default)]
+    total_pages: Option<Value>,
+    #[serde(rename = "TotalItems", default)]
+    total_items: Option<Value>,
+    #[serde(rename = "CurrentPageSize", default)]
+    current_page_size: Option<Value>,
+    #[serde(rename = "PageSize", default)]
+    page_size: Option<Value>,
 }
 
-pub(super) fn decode_page(body: &[u8]) -> Result<UserRolePage, String> {
+/// A page asked for with `asked` records a page.
+pub(super) fn decode_page(body: &[u8], asked: u64) -> Result<UserRolePage, String> {
     let page: WirePage =
         serde_json::from_slice(body).map_err(|e| format!("not a UserRole listing: {e}"))?;
+    let num = |v: &Option<Value>| v.as_ref().and_then(as_u64);
     Ok(UserRolePage {
+        has_next_page: next_page(&page.has_next_page, &page.current_page, &page.total_pages),
+        total_items: num(&page.total_items),
+        page_size: num(&page.current_page_size)
+            .or_else(|| num(&page.page_size))
+            .filter(|&s| s > 0)
+            .unwrap_or(asked),
         records: page.records.into_iter().map(WireRole::decode).collect(),
-        has_next_page: page.has_next_page.unwrap_or(false),
     })
 }
 
@@ -97,7 +138,7 @@ impl NexudusClient {
         let started = Instant::now();
         let mut query = vec![
             ("page", page.to_string()),
-            ("size", "1000".to_string()),
+            ("size", USERROLE_PAGE_SIZE.to_string()),
             ("orderBy", "Id".to_string()),
         ];
         if let Some(since) = since {
@@ -106,7 +147,7 @@ impl NexudusClient {
         let request = self.http.get(self.userroles_url.clone()).query(&query);
         let response = self.send(request).await?;
         let answer = self.body_of(response, started).await?;
-        decode_page(&answer.body).map_err(|why| answer.unavailable(why))
+        decode_page(&answer.body, USERROLE_PAGE_SIZE).map_err(|why| answer.unavailable(why))
     }
 
     /// One UserRole with its `Users`; `None` when Nexudus answers 404 (it was deleted).
@@ -144,7 +185,27 @@ mod tests {
         );
         let odd = decode_role(br#"{"Id":7,"Name":"R","Users":[1,"x"]}"#).unwrap();
         assert_eq!(odd.users, None);
-        let page = decode_page(br#"{"Records":[{"Id":1,"Name":"A"}],"HasNextPage":true}"#).unwrap();
-        assert!(page.has_next_page && page.records[0].name == "A");
+        let page = decode_page(
+            br#"{"Records":[{"Id":1,"Name":"A"}],"HasNextPage":true}"#,
+            9,
+        )
+        .unwrap();
+        assert!(page.has_next_page == Some(true) && page.records[0].name == "A");
+    }
+
+    #[test]
+    fn the_end_of_the_listing_is_read_as_the_users_listing_reads_it() {
+        let page = |body: &str| decode_page(body.as_bytes(), 1000).unwrap();
+        // Without HasNextPage: CurrentPage/TotalPages say it, as strings too.
+        let p = page(r#"{"Records":[],"CurrentPage":1,"TotalPages":"2","TotalItems":1001}"#);
+        assert_eq!((p.has_next_page, p.total_items), (Some(true), Some(1001)));
+        let p = page(r#"{"Records":[],"CurrentPage":2,"TotalPages":2,"CurrentPageSize":500}"#);
+        assert_eq!((p.has_next_page, p.page_size), (Some(false), 500));
+        // Neither: not the end, unknown (never read as "no more pages").
+        let p = page(r#"{"Records":[{"Id":1,"Name":"A"}]}"#);
+        assert_eq!(
+            (p.has_next_page, p.total_items, p.page_size),
+            (None, None, 1000)
+        );
     }
 }

@@ -86,12 +86,9 @@ pub fn decode_page(body: &[u8]) -> Result<SourcePage, String> {
     };
     let records = raw_records.iter().map(|raw| decode_raw_user(raw)).collect();
     let num = |v: &Option<Value>| v.as_ref().and_then(as_u64);
-    let has_next_page = match env.has_next_page {
-        Some(Value::Bool(b)) => b,
-        _ => match (num(&env.current_page), num(&env.total_pages)) {
-            (Some(cur), Some(total)) => cur < total,
-            _ => return Err("listing says neither HasNextPage nor CurrentPage/TotalPages".into()),
-        },
+    let Some(has_next_page) = next_page(&env.has_next_page, &env.current_page, &env.total_pages)
+    else {
+        return Err("listing says neither HasNextPage nor CurrentPage/TotalPages".into());
     };
     Ok(SourcePage {
         records,
@@ -235,12 +232,28 @@ pub fn decode_languages(body: &[u8]) -> Result<LanguagePage, String> {
             .and_then(language_of_culture);
         languages.push((id, code));
     }
-    let num = |v: &Option<Value>| v.as_ref().and_then(as_u64);
-    let more = match env.has_next_page {
-        Some(Value::Bool(b)) => b,
-        _ => matches!((num(&env.current_page), num(&env.total_pages)), (Some(c), Some(t)) if c < t),
-    };
+    let more = next_page(&env.has_next_page, &env.current_page, &env.total_pages).unwrap_or(false);
     Ok((languages, more))
+}
+
+/// Whether more pages follow, by the one rule every Nexudus listing is read with (users,
+/// languages, UserRoles): `HasNextPage` when it is a boolean, else `CurrentPage < TotalPages`;
+/// `None` when the page says neither.
+pub(super) fn next_page(
+    has_next_page: &Option<Value>,
+    current_page: &Option<Value>,
+    total_pages: &Option<Value>,
+) -> Option<bool> {
+    match has_next_page {
+        Some(Value::Bool(b)) => Some(*b),
+        _ => match (
+            current_page.as_ref().and_then(as_u64),
+            total_pages.as_ref().and_then(as_u64),
+        ) {
+            (Some(current), Some(total)) => Some(current < total),
+            _ => None,
+        },
+    }
 }
 
 /// The lower-cased language subtag of a culture name (`de-CH`, `fr_FR`, `IT`), when it is a
@@ -263,7 +276,7 @@ fn opt_string(v: &Value, field: &'static str) -> Result<Option<String>, InvalidR
 }
 
 /// Accepts integers and integer strings (some clients and proxies stringify numbers).
-fn as_u64(v: &Value) -> Option<u64> {
+pub(super) fn as_u64(v: &Value) -> Option<u64> {
     match v {
         Value::Number(n) => n.as_u64(),
         Value::String(s) => s.trim().parse().ok(),

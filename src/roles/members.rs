@@ -45,6 +45,10 @@ pub struct State {
     /// this is read again (else an idle tick would read them all, every tick, for ten minutes).
     #[serde(default)]
     pub read_updated_on: BTreeMap<u64, String>,
+    /// The last resolution read a UserRole listing that could not be known complete: the next
+    /// run resolves again (one listing request a tick while it lasts).
+    #[serde(default)]
+    pub resolve_again: bool,
 }
 
 impl State {

@@ -91,7 +91,8 @@ pub async fn sync_roles<S: Source>(
     let members = state.members(roles, reads_complete);
     if !members.complete {
         report.roles_incomplete = Some(
-            "a UserRole membership read failed or was incomplete (or @admin is not known yet)"
+            "the UserRole listing or a membership read failed or was incomplete (or @admin is \
+             not known yet)"
                 .into(),
         );
     }
@@ -125,18 +126,18 @@ async fn refresh<S: Source>(
 ) -> Result<bool, RolesError> {
     let map_key = format!("{:?}", roles.map);
     let now = store.clock().now();
-    if run.full_listing || state.map_key != map_key || state.ids.len() != roles.map.len() {
-        let listed = resolve::list_all(source, None).await?;
-        state.ids = resolve::resolve(roles, &listed)?;
-        resolve::check_target(roles, target).await?;
-        state.map_key = map_key;
-        state.saw(&listed);
+    if run.full_listing
+        || state.map_key != map_key
+        || state.ids.len() != roles.map.len()
+        || state.resolve_again
+    {
+        let listed_complete = resolve::resolve_into(roles, source, target, state, map_key).await?;
         state.members.retain(|id, _| state.ids.contains(&Some(*id)));
         let ids = &state.ids;
         state
             .read_updated_on
             .retain(|id, _| ids.contains(&Some(*id)));
-        return Ok(full_read(source, state, now).await);
+        return Ok(full_read(source, state, now).await && listed_complete);
     }
     let due = state
         .full_read_at
@@ -158,10 +159,12 @@ async fn refresh<S: Source>(
         }
         Err(e) => return Err(e),
     };
-    let read = state.moved(&changed);
-    let complete = members::read_members(source, &read, state).await;
+    let read = state.moved(&changed.roles);
+    // An incomplete listing may have missed a changed UserRole: its watermark stays.
+    let complete =
+        members::read_members(source, &read, state).await && changed.incomplete.is_none();
     if complete {
-        state.saw(&changed);
+        state.saw(&changed.roles);
     }
     Ok(complete)
 }

@@ -317,6 +317,11 @@ struct Inner {
     stats: NexudusStats,
     /// A UserRole's membership change moves its `UpdatedOn` (undocumented: a switch).
     role_updates_move_updated_on: bool,
+    /// The UserRole listing's envelope leaves out `HasNextPage` (`CurrentPage`/`TotalPages` stay).
+    role_listing_without_has_next_page: bool,
+    /// Each non-empty page of the UserRole listing leaves out its last record while its envelope
+    /// (`TotalItems`, `HasNextPage`) still describes the full page.
+    role_listing_short_pages: bool,
 }
 
 /// Requests the log keeps (the oldest are dropped beyond it).
@@ -373,6 +378,8 @@ impl FakeNexudus {
             request_log: Vec::new(),
             stats: NexudusStats::default(),
             role_updates_move_updated_on: true,
+            role_listing_without_has_next_page: false,
+            role_listing_short_pages: false,
         }));
         let router = Router::new()
             .route(

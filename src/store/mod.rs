@@ -156,6 +156,37 @@ impl Store {
         Self::from_db(db)
     }
 
+    /// `open` (or another opening, such as [`Store::open_for_rebuild`]) for a run, waiting up to
+    /// `wait` (`store.open_wait`) while another process holds the store: a `--status` or
+    /// `--history` reads it for a moment when no daemon holds it, and a run starting then must
+    /// not fail for that. Tried again every 100 ms; any other error fails at once, and a store
+    /// still held at the end fails with the "in use" error as before.
+    pub async fn open_waiting(
+        wait: Duration,
+        open: impl Fn() -> Result<Store, StoreError>,
+    ) -> Result<Store, StoreError> {
+        const PAUSE: Duration = Duration::from_millis(100);
+        let deadline = tokio::time::Instant::now() + wait;
+        let mut said = false;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            match open() {
+                Err(StoreError::InUse { path }) if !left.is_zero() => {
+                    if !said {
+                        said = true;
+                        tracing::info!(
+                            "store {path} is in use by another process (a --status or --history \
+                             reading it?); waiting up to {} for it (store.open_wait)",
+                            humantime::format_duration(wait)
+                        );
+                    }
+                    tokio::time::sleep(PAUSE.min(left)).await;
+                }
+                other => return other,
+            }
+        }
+    }
+
     /// `--rebuild-store`: opens the store at `path` emptied of checkpoints (adoption links and
     /// the provisioning log kept),
     /// or, when it cannot be opened (damaged), moves it aside to `<path>.damaged-<unix time>` and

@@ -1,4 +1,5 @@
-//! The fake's role side: roles by extId (`GET /core/v1/roles/{extId}`), the caller's
+//! The fake's role side: roles by extId (`GET /core/v1/roles/{extId}`, 403 while the caller's
+//! permission list lacks `AccessControl.RoleView`), the caller's
 //! permissions (`GET /principal/v1/permissions`, or 404 as older releases answer, by a switch),
 //! profiles of a user (a default profile at user creation, or none, by a switch; `POST` creates
 //! one in a unit), and authorizations of a profile (201 with `Location`; a duplicate grant
@@ -19,13 +20,17 @@ use super::{
 };
 
 /// Every permission the role sync asks for, as a fresh fake grants them.
-const ALL_PERMISSIONS: [&str; 5] = [
+const ALL_PERMISSIONS: [&str; 6] = [
     "AccessControl.AuthorizationView",
     "AccessControl.AuthorizationCreate",
     "AccessControl.AuthorizationDelete",
     "AccessControl.ProfileView",
     "AccessControl.ProfileCreate",
+    "AccessControl.RoleView",
 ];
+
+/// What reading a role needs; a caller without it is refused (403), as nevisIDM refuses it.
+const ROLE_VIEW: &str = "AccessControl.RoleView";
 
 #[derive(Debug, Clone)]
 struct FakeProfile {
@@ -215,6 +220,13 @@ pub(super) async fn get_role(
     Path(role): Path<String>,
 ) -> Result<Response, ApiError> {
     let inner = lock(&state);
+    // Only a known permission list can lack it: an older release (no permissions endpoint)
+    // grants whatever the test did not take away.
+    if let Some(held) = &inner.roles.permissions
+        && !held.iter().any(|p| p == ROLE_VIEW)
+    {
+        return Err(error(403, "errors.notAuthorized", "Missing permission."));
+    }
     if !inner.roles.roles.contains(&role) {
         return Err(error(
             404,

@@ -2,7 +2,10 @@
 //! `Users` or `Roles`, filters `UserRole_Name`, `UserRole_Business`, `from_UserRole_UpdatedOn`)
 //! and `GET /api/security/userroles/{id}` (with them). A switch says whether a membership change
 //! moves the UserRole's `UpdatedOn` ([`FakeNexudus::set_role_updates_move_updated_on`]): Nexudus
-//! does not document it.
+//! does not document it. Two more imitate listings that cannot be known complete, as the users'
+//! listing's switches do: an envelope without `HasNextPage`
+//! ([`FakeNexudus::set_role_listing_without_has_next_page`]) and pages short of what `TotalItems`
+//! announces ([`FakeNexudus::set_role_listing_short_pages`]).
 
 use std::collections::HashMap;
 
@@ -72,6 +75,18 @@ impl FakeNexudus {
     pub fn set_role_updates_move_updated_on(&self, on: bool) {
         self.lock().role_updates_move_updated_on = on;
     }
+
+    /// When true, the UserRole listing's envelope has no `HasNextPage`; `CurrentPage` and
+    /// `TotalPages` still say where it ends.
+    pub fn set_role_listing_without_has_next_page(&self, on: bool) {
+        self.lock().role_listing_without_has_next_page = on;
+    }
+
+    /// When true, each non-empty page of the UserRole listing leaves out its last record while
+    /// `TotalItems` and `HasNextPage` still describe the full listing.
+    pub fn set_role_listing_short_pages(&self, on: bool) {
+        self.lock().role_listing_short_pages = on;
+    }
 }
 
 fn listed(role: &Value) -> Value {
@@ -127,15 +142,22 @@ pub(super) async fn list_user_roles(
         .filter(|r| matches(r, &query, since))
         .map(listed)
         .collect();
+    let (without_has_next_page, short_pages) = (
+        inner.role_listing_without_has_next_page,
+        inner.role_listing_short_pages,
+    );
     drop(inner);
     let total = matching.len() as u64;
     let pages = total.div_ceil(size);
-    let records: Vec<Value> = matching
+    let mut records: Vec<Value> = matching
         .into_iter()
         .skip(usize::try_from((page - 1) * size).unwrap_or(usize::MAX))
         .take(usize::try_from(size).unwrap_or(usize::MAX))
         .collect();
-    let body = json!({
+    if short_pages {
+        records.pop();
+    }
+    let mut body = json!({
         "Records": records,
         "CurrentPage": page,
         "CurrentPageSize": size,
@@ -144,6 +166,9 @@ pub(super) async fn list_user_roles(
         "HasNextPage": page < pages,
         "HasPreviousPage": page > 1,
     });
+    if without_has_next_page && let Some(fields) = body.as_object_mut() {
+        fields.remove("HasNextPage");
+    }
     json_response(200, &body, None)
 }
 

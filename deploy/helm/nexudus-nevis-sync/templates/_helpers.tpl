@@ -136,3 +136,34 @@ volumes:
           path: {{ base (include "nns.authTokenFile" $) }}
   {{- end }}
 {{- end -}}
+
+{{/*
+The ext_id_prefix a tenant's config.toml leaves unset means: the binary's own default
+(mapping.ext_id_prefix, docs/configuration.md). tests/helm.rs holds the two together.
+*/}}
+{{- define "nns.defaultExtIdPrefix" -}}nexudus-{{- end -}}
+
+{{/*
+Refuses two tenants that write into one nevisIDM client (the same base URL and clientExtId) with
+the same mapping.ext_id_prefix, or one prefix being the other followed by digits: an extId is
+<prefix><Nexudus Id>, so each tenant would take the other's users for its own and disable them
+as vanished from its Nexudus account. An unset prefix is the binary's default: two tenants that
+both leave it unset share it. Called with the root context.
+*/}}
+{{- define "nns.refuseSharedClients" -}}
+{{- $byClient := dict -}}
+{{- range $tenant := $.Values.tenants -}}
+{{- $merged := include "nns.tenant" (dict "root" $ "tenant" $tenant) | fromYaml -}}
+{{- $mapping := get ($merged.config | default dict) "mapping" | default dict -}}
+{{- $prefix := get $mapping "ext_id_prefix" | default (include "nns.defaultExtIdPrefix" $) | toString -}}
+{{- $base := $tenant.nevis.baseUrl | trimSuffix "/" | lower -}}
+{{- $client := printf "%s clientExtId %q" $base $tenant.nevis.clientExtId -}}
+{{- range $other := get $byClient $client | default list -}}
+{{- $clash := or (and (hasPrefix $other.prefix $prefix) (regexMatch "^[0-9]*$" (trimPrefix $other.prefix $prefix))) (and (hasPrefix $prefix $other.prefix) (regexMatch "^[0-9]*$" (trimPrefix $prefix $other.prefix))) -}}
+{{- if $clash -}}
+{{- fail (printf "tenants %q and %q write into one nevisIDM client (%s) with ext_id_prefix %q and %q: each would take the other's users for its own and disable them. Give each tenant its own prefix (config.mapping.ext_id_prefix; unset is %q), one that is not the other's followed by digits" $other.name $tenant.name $client $other.prefix $prefix (include "nns.defaultExtIdPrefix" $)) -}}
+{{- end -}}
+{{- end -}}
+{{- $_ := set $byClient $client (append (get $byClient $client | default list) (dict "name" $tenant.name "prefix" $prefix)) -}}
+{{- end -}}
+{{- end -}}
