@@ -399,8 +399,8 @@ async fn roles(demo: &mut Demo, picks: [u64; 2]) -> Result<(), DemoError> {
             nevis: vec!["frontdesk".into()],
         }],
         profile_unit_ext_id: None,
-        max_revokes: 50,
-        max_revoke_percent: 10,
+        max_revokes: 5,
+        max_revoke_percent: 25,
         full_read_every: Duration::from_secs(600),
     });
     let (kept, left) = (demo.ext(picks[0]), demo.ext(picks[1]));

@@ -124,6 +124,11 @@ pub enum RoleChange {
     Failed {
         reason: String,
     },
+    /// A reconcile could not read the user's profile or authorizations: none of their owned
+    /// roles was checked (noted once per user, under the roles at stake).
+    Unread {
+        reason: String,
+    },
 }
 
 /// A role change that needs an operator: a failure or a held revocation.
@@ -219,7 +224,7 @@ impl Counts {
                 RoleChange::Granted => &mut self.granted,
                 RoleChange::Revoked => &mut self.revoked,
                 RoleChange::Held => &mut self.held_revokes,
-                RoleChange::Failed { .. } => &mut self.role_failures,
+                RoleChange::Failed { .. } | RoleChange::Unread { .. } => &mut self.role_failures,
             } += 1;
         }
         let Some(outcome) = &entry.outcome else {
@@ -273,6 +278,9 @@ pub struct RunReport {
     /// Why the role sync could not trust its memberships in this run (a read failed or was
     /// incomplete): nothing was revoked, and the run is not in sync.
     pub roles_incomplete: Option<String>,
+    /// Why the revocation safety held revocations back in this run, each reason once (it names
+    /// the role and the counts).
+    pub role_holds: Vec<String>,
 }
 
 /// The outcomes of a run, one per user (see the module doc).
@@ -379,6 +387,7 @@ impl RunReport {
                     RoleChange::Failed { reason } if *grant => ("grant", reason.clone()),
                     RoleChange::Failed { reason } => ("revoke", reason.clone()),
                     RoleChange::Held => ("held", "held back by the revocation safety".into()),
+                    RoleChange::Unread { reason } => ("read", reason.clone()),
                     RoleChange::Granted | RoleChange::Revoked => continue,
                 };
                 out.push(RoleProblem {
@@ -682,6 +691,9 @@ impl RunReport {
                 held.join(", ")
             ));
         }
+        for reason in &self.role_holds {
+            lines.push(format!("revocation safety: {reason}"));
+        }
         if let Some(reason) = &self.roles_incomplete {
             lines.push(format!("roles incomplete: {reason}; no role was revoked"));
         }
@@ -715,6 +727,7 @@ struct Document<'a> {
     learned_forms: Vec<LearnedForm>,
     role_problems: Vec<RoleProblem>,
     roles_incomplete: &'a Option<String>,
+    role_holds: &'a [String],
     duration: f64,
     planning_seconds: f64,
     incremental: bool,
@@ -740,6 +753,7 @@ impl Serialize for RunReport {
             learned_forms: self.learned_forms(),
             role_problems: self.role_problems(),
             roles_incomplete: &self.roles_incomplete,
+            role_holds: &self.role_holds,
             duration: self.duration.as_secs_f64(),
             planning_seconds: self.planning.as_secs_f64(),
             incremental: self.incremental,
@@ -777,7 +791,11 @@ mod tests {
             r.record(1, outcome.clone());
             assert_eq!(r.exit_code(), 1, "{outcome:?}");
         }
-        for change in [RoleChange::Held, RoleChange::Failed { reason: "r".into() }] {
+        for change in [
+            RoleChange::Held,
+            RoleChange::Failed { reason: "r".into() },
+            RoleChange::Unread { reason: "r".into() },
+        ] {
             let mut r = clean();
             r.note_role(1, "x", "frontdesk", false, change.clone());
             assert_eq!(r.exit_code(), 1, "{change:?}");

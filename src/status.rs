@@ -294,6 +294,10 @@ fn render_roles(run: &Value, out: &mut String) {
     if let Some(reason) = incomplete {
         out.push_str(&format!("{:<13}{reason}; no role was revoked\n", ""));
     }
+    let holds = run.get("role_holds").and_then(Value::as_array);
+    for reason in holds.into_iter().flatten().filter_map(Value::as_str) {
+        out.push_str(&format!("{:<13}held: {}\n", "", printable(reason)));
+    }
     if problems.is_empty() {
         return;
     }

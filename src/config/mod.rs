@@ -71,7 +71,8 @@ pub struct RolesConfig {
     pub map: Vec<RoleMapping>,
     /// Unit of the profile created for a user who has none; without it such a user fails.
     pub profile_unit_ext_id: Option<String>,
-    /// The revocation safety, in users losing a role in one run.
+    /// The revocation safety, per owned role: its revocations are held when more of its holders
+    /// would lose it in one run than `max_revokes` and than `max_revoke_percent` % of them.
     pub max_revokes: u64,
     pub max_revoke_percent: u64,
     /// Every mapped UserRole is read in full at least this often (the safety net for membership

@@ -73,8 +73,11 @@ impl Default for RawRoles {
         RawRoles {
             map: Vec::new(),
             profile_unit_ext_id: None,
-            max_revokes: 50,
-            max_revoke_percent: 10,
+            // A role's revocations are held only when more of its holders than both the floor
+            // and the share would lose it (`roles::plan::revocations_held`): a one-person role
+            // or a few leavers are never delayed; an emptied role of six or more is.
+            max_revokes: 5,
+            max_revoke_percent: 25,
             // Memberships may change without the UserRole's UpdatedOn moving: every mapped
             // UserRole is read in full at least this often (the 15-minute target, with room).
             full_read_every: Duration::from_secs(600),

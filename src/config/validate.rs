@@ -780,7 +780,7 @@ mod tests {
         assert_eq!(roles.map[1].nexudus, crate::config::RoleSourceName::Id(42));
         assert_eq!(roles.map[2].nexudus, crate::config::RoleSourceName::Admin);
         assert_eq!(roles.owned(), ["frontdesk", "finance", "space-admin"]);
-        assert_eq!((roles.max_revokes, roles.max_revoke_percent), (50, 10));
+        assert_eq!((roles.max_revokes, roles.max_revoke_percent), (5, 25));
         assert_eq!(roles.profile_unit_ext_id.as_deref(), Some("members"));
         for (entry, key) in [
             (

@@ -192,24 +192,20 @@ struct Steps<'a> {
 /// A user the plan concerns: Nexudus Id, nevisIDM extId, the checkpoint, and the plan.
 type Planned = (u64, String, Holding, plan::UserPlan);
 
+/// A user as the stage finds them: the checkpoint (in a reconcile, rebuilt from nevisIDM), and
+/// whether a reconcile could read their roles (`Err`: why not; the checkpoint is the old one).
+struct Current {
+    id: u64,
+    ext_id: String,
+    holding: Holding,
+    read: Result<(), String>,
+}
+
 impl Steps<'_> {
     async fn apply(&self, store: &Store, report: &mut RunReport) -> Result<(), RolesError> {
-        let planned = self.plan(store, report).await?;
-        let losing = planned.iter().filter(|p| !p.3.revoke.is_empty()).count() as u64;
-        let held = losing > 0
-            && plan::revocations_held(self.roles, losing, store.len() as u64)
-            && !self.allow;
-        let held = held.then(|| {
-            format!(
-                "{losing} users would lose a role (roles.max_revokes = {}, \
-                 roles.max_revoke_percent = {}); --allow-mass-disable approves them for one run",
-                self.roles.max_revokes, self.roles.max_revoke_percent
-            )
-        });
-        if let Some(reason) = &held {
-            tracing::warn!(losing, "role revocations held back: {reason}");
-        }
-        let held = held.as_deref();
+        let (planned, tally) = self.plan(store, report).await?;
+        let holds = self.holds(&tally, report);
+        let held = &holds;
         // Users are written `sync.concurrency` at a time (each user's own writes in order); a
         // dry run one at a time, so that its plan lines come in the order of the users.
         let concurrency = match self.writer.dry_run {
@@ -234,63 +230,135 @@ impl Steps<'_> {
         Ok(())
     }
 
+    /// The revocations the safety holds back in this run (none when approved), each reason
+    /// logged and reported once.
+    fn holds(&self, tally: &plan::Tally, report: &mut RunReport) -> plan::Holds {
+        if self.allow {
+            return plan::Holds::default();
+        }
+        let holds = plan::revocations_held(self.roles, tally);
+        for reason in holds.reasons() {
+            tracing::warn!("role revocations held back: {reason}");
+            report.role_holds.push(reason.to_string());
+        }
+        holds
+    }
+
     /// Every user in a mapped role or holding a role the sync granted (in a reconcile: every
-    /// user), with their plan.
+    /// user), with their plan, and the tally of holders and leavers the safety counts on.
     async fn plan(
         &self,
         store: &Store,
         report: &mut RunReport,
-    ) -> Result<Vec<Planned>, RolesError> {
+    ) -> Result<(Vec<Planned>, plan::Tally), RolesError> {
         let owned: BTreeSet<String> = self.roles.owned().into_iter().collect();
-        let mut users = self.members.everyone();
-        let holdings = store.role_holdings().map_err(RolesError::Store)?;
-        users.extend(holdings.iter().map(|(id, _)| *id));
-        if self.reconcile {
-            // An owned role granted by hand to anyone is the sync's too: a reconcile reads every
-            // user's authorizations (two requests a user), an ordinary run only its checkpoints.
-            for entry in store.iter() {
-                users.insert(entry.map_err(RolesError::Store)?.0);
-            }
-        }
+        let owned = &owned;
+        // A reconcile reads each user's profile and authorizations (two requests a user):
+        // `sync.concurrency` users at a time, as the writes go.
+        let mut found = futures::stream::iter(
+            self.users(store)?
+                .into_iter()
+                .map(|id| self.current(store, id, owned)),
+        )
+        .buffer_unordered(self.concurrency.max(1));
+        let mut tally = plan::Tally::default();
         let mut out = Vec::new();
-        for id in users {
-            let Some(user) = store.get(id).map_err(RolesError::Store)? else {
-                continue; // not (yet) in nevisIDM: planned once its create is confirmed
+        while let Some(current) = found.next().await {
+            let Some(Current {
+                id,
+                ext_id,
+                holding,
+                read,
+            }) = current?
+            else {
+                continue; // not (yet) in nevisIDM, or archived
             };
-            if user.state == UserState::Archived {
+            let held = holding.roles();
+            let desired = plan::desired(self.roles, self.members, id);
+            if let Err(reason) = read {
+                tally.count(owned, &held, &[]);
+                let at_stake = at_stake(owned, &desired, &held);
+                report.note_role(id, &ext_id, &at_stake, false, RoleChange::Unread { reason });
                 continue;
             }
-            let mut holding = Holding::read(store, id)
-                .map_err(RolesError::Store)?
-                .unwrap_or_default();
-            let desired = plan::desired(self.roles, self.members, id);
-            if self.reconcile {
-                if let Err(reason) = self
-                    .writer
-                    .actual(&user.ext_id, &owned, &mut holding)
-                    .await?
-                {
-                    for role in &desired {
-                        let reason = reason.clone();
-                        report.note_role(
-                            id,
-                            &user.ext_id,
-                            role,
-                            true,
-                            RoleChange::Failed { reason },
-                        );
-                    }
-                    continue;
-                }
-                if self.writer.dry_run.is_none() {
-                    holding.write(store, id).map_err(RolesError::Store)?;
-                }
-            }
-            let user_plan = plan::plan(&owned, &desired, &holding.roles(), self.members.complete);
+            let user_plan = plan::plan(owned, &desired, &held, self.members.complete);
+            tally.count(owned, &held, &user_plan.revoke);
             if !user_plan.is_empty() {
-                out.push((id, user.ext_id, holding, user_plan));
+                out.push((id, ext_id, holding, user_plan));
             }
         }
-        Ok(out)
+        // In the order of the users, whatever order the reads finished in (a dry run's lines).
+        out.sort_by_key(|p| p.0);
+        Ok((out, tally))
+    }
+
+    /// The Nexudus Ids the stage concerns, from the store's keys (no checkpoint decoded): the
+    /// members of mapped roles, the users with a role checkpoint, and in a reconcile every user
+    /// (an owned role granted by hand to anyone is the sync's too).
+    fn users(&self, store: &Store) -> Result<BTreeSet<u64>, RolesError> {
+        let mut users = self.members.everyone();
+        for id in store.role_holding_ids() {
+            users.insert(id.map_err(RolesError::Store)?);
+        }
+        if self.reconcile {
+            for id in store.user_ids() {
+                users.insert(id.map_err(RolesError::Store)?);
+            }
+        }
+        Ok(users)
+    }
+
+    /// User `id` with their checkpoint; in a reconcile, the checkpoint rebuilt from nevisIDM's
+    /// authorizations and written back. `None`: not (yet) in nevisIDM, planned once its create is
+    /// confirmed, or archived.
+    async fn current(
+        &self,
+        store: &Store,
+        id: u64,
+        owned: &BTreeSet<String>,
+    ) -> Result<Option<Current>, RolesError> {
+        let Some(user) = store.get(id).map_err(RolesError::Store)? else {
+            return Ok(None);
+        };
+        if user.state == UserState::Archived {
+            return Ok(None);
+        }
+        let mut holding = Holding::read(store, id)
+            .map_err(RolesError::Store)?
+            .unwrap_or_default();
+        let mut read = Ok(());
+        if self.reconcile {
+            read = self
+                .writer
+                .actual(&user.ext_id, owned, &mut holding)
+                .await?;
+            if read.is_ok() && self.writer.dry_run.is_none() {
+                holding.write(store, id).map_err(RolesError::Store)?;
+            }
+        }
+        Ok(Some(Current {
+            id,
+            ext_id: user.ext_id,
+            holding,
+            read,
+        }))
+    }
+}
+
+/// The owned roles a user whose roles could not be read holds or should hold, for the report
+/// (`*` when none is known: the reconcile was to find any owned role granted by hand).
+fn at_stake(
+    owned: &BTreeSet<String>,
+    desired: &BTreeSet<String>,
+    held: &BTreeSet<String>,
+) -> String {
+    let roles: Vec<&str> = desired
+        .union(held)
+        .filter(|r| owned.contains(*r))
+        .map(String::as_str)
+        .collect();
+    match roles.is_empty() {
+        true => "*".into(),
+        false => roles.join(","),
     }
 }

@@ -73,10 +73,84 @@ pub fn plan(
     }
 }
 
-/// Whether the revocations of a run are held: more users losing a role than `roles.max_revokes`,
-/// or than `roles.max_revoke_percent` percent of the users the store knows.
-pub fn revocations_held(cfg: &RolesConfig, losing: u64, known: u64) -> bool {
-    losing > cfg.max_revokes || losing * 100 > cfg.max_revoke_percent * known
+/// Who holds each owned role at the start of the stage and who would lose it: the base of the
+/// revocation safety. Counted while the stage plans each user (no second pass over the store).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Tally {
+    /// Per owned role: (users holding it, users whose plan revokes it).
+    roles: BTreeMap<String, (u64, u64)>,
+    /// Users holding any owned role, and users losing any.
+    holders: u64,
+    losing: u64,
+}
+
+impl Tally {
+    /// Counts one user: the owned roles they hold and the ones their plan revokes.
+    pub fn count(&mut self, owned: &BTreeSet<String>, held: &BTreeSet<String>, revoke: &[String]) {
+        let mut holds_any = false;
+        for role in held.iter().filter(|r| owned.contains(*r)) {
+            self.roles.entry(role.clone()).or_default().0 += 1;
+            holds_any = true;
+        }
+        for role in revoke {
+            self.roles.entry(role.clone()).or_default().1 += 1;
+        }
+        self.holders += u64::from(holds_any);
+        self.losing += u64::from(!revoke.is_empty());
+    }
+}
+
+/// The revocations held back, each owned role to the reason why (none: every one goes ahead).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Holds(BTreeMap<String, String>);
+
+impl Holds {
+    /// Why `role`'s revocations are held, if they are.
+    pub fn reason(&self, role: &str) -> Option<&str> {
+        self.0.get(role).map(String::as_str)
+    }
+
+    /// The reasons, each once (a hold of all owned roles together gives them one reason).
+    pub fn reasons(&self) -> BTreeSet<&str> {
+        self.0.values().map(String::as_str).collect()
+    }
+}
+
+/// The revocation safety. A role's revocations are held when more of its holders would lose it
+/// than `roles.max_revokes` (a floor: a one-person role, or a few leavers of a large one, are never
+/// delayed, since a delayed revocation is access kept) **and** more than
+/// `roles.max_revoke_percent` percent of them (so an emptied role trips it, however many members
+/// Nexudus has). The same test over the users holding any owned role holds every revocation when
+/// many small roles are emptied at once, none of them past the floor on its own.
+pub fn revocations_held(cfg: &RolesConfig, tally: &Tally) -> Holds {
+    let trips = |losing: u64, holders: u64| {
+        losing > cfg.max_revokes && losing * 100 > cfg.max_revoke_percent * holders
+    };
+    let limits = format!(
+        "roles.max_revokes = {}, roles.max_revoke_percent = {}; --allow-mass-disable approves \
+         them for one run",
+        cfg.max_revokes, cfg.max_revoke_percent
+    );
+    let all = trips(tally.losing, tally.holders).then(|| {
+        format!(
+            "{} of {} users holding the sync's roles would lose one ({limits})",
+            tally.losing, tally.holders
+        )
+    });
+    let held = tally
+        .roles
+        .iter()
+        .filter(|(_, (_, losing))| *losing > 0)
+        .filter_map(|(role, &(holders, losing))| {
+            let reason = match trips(losing, holders) {
+                true => {
+                    format!("{losing} of {holders} holders of role {role} would lose it ({limits})")
+                }
+                false => all.clone()?,
+            };
+            Some((role.clone(), reason))
+        });
+    Holds(held.collect())
 }
 
 #[cfg(test)]
@@ -143,13 +217,93 @@ mod tests {
         assert!(plan(&owned, &set(&["reports"]), &set(&["reports"]), true).is_empty());
     }
 
+    /// A tally of `holders` users holding `role`, the first `losing` of them losing it.
+    fn tally_of(tally: &mut Tally, role: &str, holders: u64, losing: u64) {
+        let owned: BTreeSet<String> = cfg().owned().into_iter().collect();
+        for i in 0..holders {
+            let revoke = if i < losing {
+                vec![role.to_string()]
+            } else {
+                vec![]
+            };
+            tally.count(&owned, &set(&[role]), &revoke);
+        }
+    }
+
+    fn limits(max_revokes: u64, max_revoke_percent: u64) -> RolesConfig {
+        RolesConfig {
+            max_revokes,
+            max_revoke_percent,
+            ..cfg()
+        }
+    }
+
+    fn held(max_revokes: u64, max_revoke_percent: u64, tally: &Tally) -> Vec<String> {
+        let holds = revocations_held(&limits(max_revokes, max_revoke_percent), tally);
+        holds.0.into_keys().collect()
+    }
+
     #[test]
-    fn the_revocation_safety_counts_users_losing_a_role() {
-        let c = cfg();
-        assert!(!revocations_held(&c, 2, 100));
-        assert!(revocations_held(&c, 3, 100), "more than max_revokes");
-        assert!(revocations_held(&c, 2, 10), "more than 10 % of 10 users");
-        assert!(!revocations_held(&c, 1, 10));
-        assert!(!revocations_held(&c, 0, 0));
+    fn the_revocation_safety_counts_the_holders_of_each_role() {
+        let mut t = Tally::default();
+        tally_of(&mut t, "frontdesk", 30, 30);
+        tally_of(&mut t, "finance", 1, 1);
+        tally_of(&mut t, "reports", 400, 4);
+        // With the defaults: the emptied role is held, the one-person role and the few leavers of
+        // the large one are not; over all 431 holders, 35 losing is under a quarter.
+        assert_eq!(held(5, 25, &t), ["frontdesk"]);
+        let holds = revocations_held(&limits(5, 25), &t);
+        let reason = holds.reason("frontdesk").unwrap();
+        assert!(
+            reason.starts_with("30 of 30 holders of role frontdesk"),
+            "{reason}"
+        );
+        assert!(reason.contains("roles.max_revokes = 5"), "{reason}");
+
+        // Both conditions are needed: past the floor alone, or past the share alone, goes ahead.
+        let mut t = Tally::default();
+        tally_of(&mut t, "reports", 1000, 6);
+        tally_of(&mut t, "finance", 4, 4);
+        assert_eq!(held(5, 25, &t), Vec::<String>::new());
+        // No share: past the floor is enough, for a role and for all holders together.
+        assert_eq!(held(5, 0, &t), ["finance", "reports"]);
+        assert_eq!(held(3, 25, &t), ["finance"]);
+    }
+
+    #[test]
+    fn many_small_roles_emptied_at_once_hold_every_revocation() {
+        let mut t = Tally::default();
+        for role in ["frontdesk", "finance", "reports", "space-admin"] {
+            tally_of(&mut t, role, 4, 4);
+        }
+        assert_eq!(
+            held(5, 25, &t),
+            ["finance", "frontdesk", "reports", "space-admin"]
+        );
+        let holds = revocations_held(&limits(5, 25), &t);
+        let reasons = holds.reasons();
+        assert_eq!(reasons.len(), 1, "{reasons:?}");
+        assert!(
+            reasons
+                .iter()
+                .all(|r| r.starts_with("16 of 16 users holding"))
+        );
+        assert_eq!(held(5, 25, &Tally::default()), Vec::<String>::new());
+    }
+
+    #[test]
+    fn a_user_is_counted_once_among_all_holders_and_only_for_owned_roles() {
+        let owned: BTreeSet<String> = cfg().owned().into_iter().collect();
+        let mut t = Tally::default();
+        t.count(
+            &owned,
+            &set(&["frontdesk", "finance", "vip"]),
+            &["finance".into()],
+        );
+        t.count(&owned, &set(&["vip"]), &[]);
+        assert_eq!((t.holders, t.losing), (1, 1));
+        assert_eq!(t.roles.get("vip"), None);
+        assert_eq!(t.roles["frontdesk"], (1, 0));
+        assert_eq!(t.roles["finance"], (1, 1));
     }
 }

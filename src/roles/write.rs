@@ -14,7 +14,7 @@ use crate::store::Store;
 
 use super::RolesError;
 use super::holding::Holding;
-use super::plan::UserPlan;
+use super::plan::{Holds, UserPlan};
 
 /// What the stage writes with.
 pub struct Writer<'a> {
@@ -155,28 +155,31 @@ impl Writer<'_> {
         Ok(Ok(p))
     }
 
-    /// Applies `plan` to user `id` (`ext_id`), revocations only unless `held`: what each role
-    /// came to, for the report (users are written concurrently; the report is the caller's).
+    /// Applies `plan` to user `id` (`ext_id`), the revocations `held` holds back logged as held:
+    /// what each role came to, for the report (users are written concurrently; the report is the
+    /// caller's).
     pub async fn apply(
         &self,
         id: u64,
         ext_id: &str,
         holding: &mut Holding,
         plan: &UserPlan,
-        held: Option<&str>,
+        held: &Holds,
     ) -> Result<Outcomes, RolesError> {
         let mut out = Outcomes::new();
-        if let Some(reason) = held {
-            for role in &plan.revoke {
-                let draft = Draft {
-                    reason: Some(reason.to_string()),
-                    ..entry(id, ext_id, role, false, Verdict::Held)
-                };
-                self.log.write_once(draft).map_err(RolesError::Store)?;
-                out.push((role.clone(), false, RoleChange::Held));
-            }
+        let mut revoke = Vec::new();
+        for role in &plan.revoke {
+            let Some(reason) = held.reason(role) else {
+                revoke.push(role.clone());
+                continue;
+            };
+            let draft = Draft {
+                reason: Some(reason.to_string()),
+                ..entry(id, ext_id, role, false, Verdict::Held)
+            };
+            self.log.write_once(draft).map_err(RolesError::Store)?;
+            out.push((role.clone(), false, RoleChange::Held));
         }
-        let revoke: &[String] = if held.is_some() { &[] } else { &plan.revoke };
         if plan.grant.is_empty() && revoke.is_empty() {
             return Ok(out);
         }
@@ -204,7 +207,7 @@ impl Writer<'_> {
             let change = self.grant(id, ext_id, &profile, role, holding).await?;
             out.push((role.clone(), true, change));
         }
-        for role in revoke {
+        for role in &revoke {
             let change = self.revoke(id, ext_id, &profile, role, holding).await?;
             out.push((role.clone(), false, change));
         }

@@ -417,6 +417,12 @@ impl Store {
         })
     }
 
+    /// The Nexudus Id of every checkpoint, in Id order, without decoding one: the role stage's
+    /// reconcile needs only who is known.
+    pub fn user_ids(&self) -> impl Iterator<Item = Result<u64, StoreError>> + '_ {
+        self.users.iter().keys().map(|key| id_of(&key?, "users"))
+    }
+
     /// Records why the user's last attempt failed; the time of the first failure in a row is
     /// kept (for alerts on users failing for long), the reason is the latest.
     pub fn record_failure(&self, nexudus_id: u64, reason: &str) -> Result<(), StoreError> {
@@ -576,6 +582,11 @@ impl Store {
                 Ok((id_of(&k, "roles")?, v.to_vec()))
             })
             .collect()
+    }
+
+    /// The Nexudus Id of every role checkpoint, in Id order, without reading one.
+    pub fn role_holding_ids(&self) -> impl Iterator<Item = Result<u64, StoreError>> + '_ {
+        self.roles.iter().keys().map(|key| id_of(&key?, "roles"))
     }
 
     pub fn last_run(&self) -> Result<Option<Vec<u8>>, StoreError> {
@@ -950,6 +961,19 @@ mod tests {
             store.iter().next().unwrap().is_err(),
             "iteration still reports it"
         );
+    }
+
+    #[test]
+    fn ids_come_from_the_keys_even_when_a_value_is_unreadable() {
+        let store = Store::temporary().unwrap();
+        store.put(7, &user("A")).unwrap();
+        store.users.insert(9u64.to_be_bytes(), &[99u8][..]).unwrap();
+        store.set_role_holding(3, Some(b"not json")).unwrap();
+        store.set_role_holding(7, Some(b"{}")).unwrap();
+        let users: Vec<u64> = store.user_ids().map(Result::unwrap).collect();
+        assert_eq!(users, [7, 9]);
+        let holders: Vec<u64> = store.role_holding_ids().map(Result::unwrap).collect();
+        assert_eq!(holders, [3, 7]);
     }
 
     #[test]

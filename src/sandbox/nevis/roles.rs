@@ -5,6 +5,8 @@
 //! one in a unit), and authorizations of a profile (201 with `Location`; a duplicate grant
 //! answered `422 errors.duplicateValue` or accepted, by a switch; `DELETE` 204). A profile
 //! policy grants a default role to every new profile ([`FakeNevis::set_policy_default_role`]).
+//! Reads of a user's authorizations can be refused, and slowed while the peak of reads at the
+//! same time is recorded (each by a switch).
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -51,6 +53,9 @@ pub(super) struct RoleState {
     policy_default_role: Option<String>,
     accept_duplicate_grants: bool,
     next: u64,
+    /// Switches of the authorization reads ([`FakeNevis::set_authorization_read_delay`],
+    /// [`FakeNevis::refuse_authorization_reads`]).
+    reads: Reads,
 }
 
 impl Default for RoleState {
@@ -64,6 +69,7 @@ impl Default for RoleState {
             policy_default_role: None,
             accept_duplicate_grants: false,
             next: 0,
+            reads: Reads::default(),
         }
     }
 }
@@ -305,8 +311,24 @@ pub(super) async fn list_authorizations(
     State(state): State<Shared>,
     Path((client, profile)): Path<(String, String)>,
 ) -> Result<Response, ApiError> {
+    let reading = Reading::start(&state);
+    if !reading.delay.is_zero() {
+        tokio::time::sleep(reading.delay).await;
+    }
     let inner = lock(&state);
     check_client(&inner, &client)?;
+    let owner = inner
+        .roles
+        .profiles
+        .iter()
+        .find(|(_, profiles)| profiles.iter().any(|p| p.ext_id == profile));
+    if let Some(status) = owner.and_then(|(user, _)| inner.roles.reads.refused.get(user)) {
+        return Err(error(
+            *status,
+            "errors.technical",
+            &format!("Authorizations of profile '{profile}' cannot be read (sandbox)."),
+        ));
+    }
     let auths = inner
         .roles
         .authorizations
@@ -384,4 +406,64 @@ pub(super) async fn revoke(
         ));
     }
     Ok(empty_response(204, None))
+}
+
+/// The authorization reads' switches and what they saw.
+#[derive(Default)]
+struct Reads {
+    /// Each read waits this long before it is answered.
+    delay: std::time::Duration,
+    /// User extId -> the status every read of their profiles' authorizations answers.
+    refused: BTreeMap<String, u16>,
+    in_flight: usize,
+    peak: usize,
+}
+
+/// One authorization read in progress: counted from arrival until dropped (answered, or the
+/// client hung up).
+struct Reading {
+    state: Shared,
+    delay: std::time::Duration,
+}
+
+impl Reading {
+    fn start(state: &Shared) -> Reading {
+        let mut inner = lock(state);
+        let reads = &mut inner.roles.reads;
+        reads.in_flight += 1;
+        reads.peak = reads.peak.max(reads.in_flight);
+        Reading {
+            state: state.clone(),
+            delay: reads.delay,
+        }
+    }
+}
+
+impl Drop for Reading {
+    fn drop(&mut self) {
+        lock(&self.state).roles.reads.in_flight -= 1;
+    }
+}
+
+impl FakeNevis {
+    /// Holds every read of a profile's authorizations back by `delay` (zero: none), so that reads
+    /// made at the same time overlap and [`FakeNevis::authorization_reads_peak`] sees them.
+    pub fn set_authorization_read_delay(&self, delay: std::time::Duration) {
+        self.lock().roles.reads.delay = delay;
+    }
+
+    /// The most reads of authorizations in progress at the same time so far.
+    pub fn authorization_reads_peak(&self) -> usize {
+        self.lock().roles.reads.peak
+    }
+
+    /// While `Some(status)`, every read of the authorizations of `user`'s profiles answers that
+    /// status (`{"errors":[…]}`), as a nevisIDM failing or refusing for one user does.
+    pub fn refuse_authorization_reads(&self, user: &str, status: Option<u16>) {
+        let refused = &mut self.lock().roles.reads.refused;
+        match status {
+            Some(status) => refused.insert(user.to_string(), status),
+            None => refused.remove(user),
+        };
+    }
 }
