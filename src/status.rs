@@ -268,7 +268,39 @@ fn render_last_run(run: Option<&Value>, out: &mut String) {
     let header = columns.iter().map(|c| c.replace('_', " ")).collect();
     let values = columns.iter().map(|c| count(run, c).to_string()).collect();
     table(&[header, values], out);
+    render_held(run, out);
     render_roles(run, out);
+}
+
+/// Held people named at most on the `Held` line (the count covers all).
+const HELD_SHOWN: usize = 20;
+
+/// The people whose disable the last run held back, by extId, and how to approve: every run
+/// holds them again until then, so this line stays until a person decides.
+fn render_held(run: &Value, out: &mut String) {
+    let held = run
+        .get("held")
+        .and_then(Value::as_array)
+        .map(Vec::as_slice)
+        .unwrap_or_default();
+    if held.is_empty() {
+        return;
+    }
+    let mut names: Vec<String> = held
+        .iter()
+        .take(HELD_SHOWN)
+        .map(|v| printable(v.as_str().unwrap_or("?")))
+        .collect();
+    if held.len() > HELD_SHOWN {
+        names.push(format!("and {} more", held.len() - HELD_SHOWN));
+    }
+    out.push_str(&format!(
+        "{:<13}{} disable(s) held back, still active in nevisIDM: {}\n{:<13}held again by every run until approved: --sync-now --allow-mass-disable\n",
+        "Held",
+        held.len(),
+        names.join(", "),
+        "",
+    ));
 }
 
 /// The role sync's part of the last run: its counts, then each failure and held revocation.
@@ -404,6 +436,25 @@ mod tests {
         assert_eq!(row("hr-8")[0], "8");
         assert!(doc["failing_users"][0]["since"].as_u64().is_some(), "{doc}");
         assert!(doc["last_run"]["finished_at"].as_u64().is_some(), "{doc}");
+    }
+
+    #[test]
+    fn held_people_are_named_with_how_to_approve() {
+        let store = Store::temporary().unwrap();
+        let held: Vec<String> = (1..=22).map(|i| format!("acme-{i}")).collect();
+        let run =
+            json!({"run_id": "r", "held_disables": 22, "held": held, "listing_complete": true});
+        store.set_last_run(run.to_string().as_bytes()).unwrap();
+        let text = render(&document(&store, "acme-", None).unwrap());
+        assert!(
+            text.contains(
+                "Held         22 disable(s) held back, still active in nevisIDM: acme-1, acme-2,"
+            ),
+            "{text}"
+        );
+        assert!(text.contains("acme-20, and 2 more\n"), "{text}");
+        assert!(!text.contains("acme-21"), "{text}");
+        assert!(text.contains("--allow-mass-disable"), "{text}");
     }
 
     #[test]

@@ -8,7 +8,8 @@
 //! - the [`Dispatcher`]: creates, updates and explicit deactivations (`Active` false) go out at
 //!   once, bounded, each checkpointed when confirmed;
 //! - `settlement`: once the listing is over, who vanished and who is archived, under the
-//!   deletion safety and the look-ups before disabling — every "remove access" rule;
+//!   deletion safety and the look-ups before disabling — every "remove access" rule; a disable
+//!   decided but not confirmed stays `owed` and is decided again by every later run;
 //! - `commit`: what the run records as true (watermark, stale failures, missing counts, flush);
 //! - `roster`: who Nexudus held at the last full listing and who appeared since; an incremental
 //!   run reads `TotalItems` first (one request, a page of size 1) and, when it differs from what
@@ -19,6 +20,7 @@
 //! A shutdown is heard in every phase by one rule (`stop`): the phase's future is dropped, with
 //! whatever it waits on; writes already sent get `sync.shutdown_grace` (`commit`).
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -41,6 +43,7 @@ use crate::watermark;
 mod census;
 mod commit;
 mod listing;
+mod owed;
 mod pinpoint;
 mod planner;
 mod roster;
@@ -49,9 +52,10 @@ mod stop;
 
 use commit::Commit;
 use listing::{Ending, Listing};
+use owed::Owed;
 use planner::{Planner, SharedEmails};
 use roster::{Probe, ProbeError, Vanished};
-use settlement::Settlement;
+use settlement::{Earlier, Settlement};
 use stop::{Stopped, until_stopped};
 
 /// Per-run choices made on the command line.
@@ -377,23 +381,31 @@ impl<'a, S: Source, T: Target> Ctx<'a, S, T> {
                 };
                 judged?
             }
-            None => Vanished::default(),
+            None => Vanished {
+                owed: Owed::load(self.store)?,
+                ..Vanished::default()
+            },
         };
-        let settled = settlement.settle(
-            &**self.source,
-            start.remote.as_deref().zip(start.owners.as_deref()),
-            verdict,
-            &listed,
-            report.incremental.then_some(&vanished.gone[..]),
-        );
+        let earlier = if full {
+            Earlier::Full(&vanished.owed)
+        } else {
+            Earlier::Incremental {
+                owed: &vanished.owed,
+                may_list_everyone: vanished.may_list_everyone,
+            }
+        };
+        let remote = start.remote.as_deref().zip(start.owners.as_deref());
+        let settled = settlement.settle(&**self.source, remote, verdict, &listed, earlier);
         let Ok(decision) = until_stopped(&self.cancel, settled).await else {
             return self.stopped_writing(dispatcher, report).await;
         };
         let mut decision = decision?;
-        let (complete, missing) = (
+        let (complete, missing, owed) = (
             decision.incomplete.is_none(),
             std::mem::take(&mut decision.missing),
+            std::mem::take(&mut decision.owed),
         );
+        let full_listing_due = vanished.full_listing_due || decision.full_listing_due;
         let removals = decision.record(report, &start.log)?;
         let Ok(written) = write_out(&mut dispatcher, removals, report, &self.cancel).await else {
             return self.stopped_writing(dispatcher, report).await;
@@ -401,15 +413,43 @@ impl<'a, S: Source, T: Target> Ctx<'a, S, T> {
         written?;
         // Only now is the listing's account of who Nexudus holds true of nevisIDM too: an
         // interrupted run leaves the roster as it was, so its undone disables are found again.
-        record_roster(full, total_items, &listed, complete, self.store, self.opts)?;
+        let full = full.then_some((total_items, &listed, complete));
+        self.record_roster(full, owed, &vanished.owed)?;
         self.commit
             .after_listing(report, settlement.kept(), &missing)
             .await?;
-        Ok(if vanished.full_listing_due {
+        Ok(if full_listing_due {
             Pass::FullListingDue
         } else {
             Pass::Done
         })
+    }
+
+    /// Once a pass's writes are over: who is still owed a disable (those whose disable was not
+    /// confirmed: held, refused), when it changed from `before`, and after a full listing
+    /// (`(TotalItems, every Id listed, complete)`) the roster the next incremental runs compare
+    /// their probe with. A dry run records nothing.
+    fn record_roster(
+        &self,
+        full: Option<(Option<u64>, &HashSet<u64>, bool)>,
+        owed: Owed,
+        before: &Owed,
+    ) -> Result<(), StoreError> {
+        if self.opts.dry_run.is_some() {
+            return Ok(());
+        }
+        let owed = owed.still_owed(self.store)?;
+        // The owed first: a crash before the roster is saved leaves them owed and still expected
+        // (found again), never forgotten by the roster without being owed.
+        if owed != *before {
+            owed.save(self.store)?;
+        }
+        match full {
+            Some((total_items, listed, complete)) => {
+                roster::record_full_listing(self.store, total_items, listed, complete)
+            }
+            None => Ok(()),
+        }
     }
 
     /// A stop while writes may be in flight: they get `sync.shutdown_grace`.
@@ -531,23 +571,6 @@ async fn probed_since<S: Source>(
 /// listing, so it cannot count them).
 fn search_page_size(cfg: &Config) -> Option<u64> {
     (cfg.sync.missing_runs_before_disable == 1).then_some(u64::from(cfg.nexudus.page_size))
-}
-
-/// A full listing (`full`) that ran to its end becomes the roster the next incremental runs
-/// compare their probe with, once the settlement said whether it could tell who is gone
-/// (`complete`); a dry run records nothing.
-fn record_roster(
-    full: bool,
-    total_items: Option<u64>,
-    listed: &std::collections::HashSet<u64>,
-    complete: bool,
-    store: &Store,
-    opts: &RunOptions,
-) -> Result<(), StoreError> {
-    if !full || opts.dry_run.is_some() {
-        return Ok(());
-    }
-    roster::record_full_listing(store, total_items, listed, complete)
 }
 
 /// With `--incremental` and a stored watermark: list only users changed since then (minus the

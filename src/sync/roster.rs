@@ -28,8 +28,9 @@
 //! A drop is searched for before anything is listed ([`super::pinpoint`]): when `log2` of the
 //! pages, a page read and a look-up per missing user cost fewer requests than a full listing, a
 //! binary search over the listing's positions finds who was deleted, each confirmed by a look-up,
-//! and the roster forgets them. Whatever the search cannot account for still asks for the full
-//! listing.
+//! and the roster forgets them — after noting them as owed disables ([`super::owed`]), which the
+//! store keeps until their disable is confirmed, so that a disable held or lost is decided again
+//! by every later run. Whatever the search cannot account for still asks for the full listing.
 //!
 //! A user created and deleted between two ticks was never synced: nothing to revoke. What is
 //! left to the scheduled full listings: a user who is never listed incrementally, created in the
@@ -40,6 +41,7 @@
 
 use std::collections::HashSet;
 
+use super::owed::{Known, Owed};
 use super::pinpoint;
 use crate::nexudus::{Source, SourceError};
 use crate::store::{Store, StoreError};
@@ -211,6 +213,8 @@ impl Roster {
 pub struct Probe {
     total: Option<u64>,
     roster: Roster,
+    /// The disables earlier runs owe (held, refused, cut short), decided again by this run.
+    owed: Owed,
 }
 
 impl Probe {
@@ -221,17 +225,23 @@ impl Probe {
             tracing::info!("no full listing recorded who Nexudus holds yet: listing everyone");
             return Ok(None);
         };
+        let owed = Owed::load(store)?;
         let total = source.count_users().await?;
         if total.is_none() {
             tracing::warn!("Nexudus did not report TotalItems: deletions wait for a full listing");
         }
-        Ok(Some(Probe { total, roster }))
+        Ok(Some(Probe {
+            total,
+            roster,
+            owed,
+        }))
     }
 
     /// After the incremental listing (`seen`: every Id it held): notes the new Ids, and when the
     /// probe says someone is missing, searches for them when that costs fewer requests than a
     /// full listing in pages of `page_size` (`None`: never search). What the roster learns is
-    /// kept unless `dry_run` (an idle tick writes nothing).
+    /// kept unless `dry_run` (an idle tick writes nothing). Whom the search finds gone is owed a
+    /// disable, with those earlier runs owe.
     pub async fn judge_after<S: Source>(
         mut self,
         source: &S,
@@ -244,10 +254,10 @@ impl Probe {
             self.roster.save(store)?;
         }
         let Some(total) = self.total else {
-            return Ok(Vanished::default());
+            return Ok(self.vanished(false));
         };
         let Judgement::Differs { total, expected } = self.roster.judge(total) else {
-            return Ok(Vanished::default());
+            return Ok(self.vanished(false));
         };
         let searched = match (page_size, self.roster.expected_ids()) {
             (Some(page_size), Some(ids)) if total < expected => {
@@ -268,19 +278,25 @@ impl Probe {
                 "Nexudus holds {total} users where {expected} were expected: someone was \
                  deleted (or created unseen)"
             );
-            return Ok(Vanished {
-                gone: Vec::new(),
-                full_listing_due: self.full_listing_allowed(),
-            });
+            let due = self.full_listing_allowed();
+            return Ok(self.vanished(due));
         };
         // Accounted for: the roster agrees with Nexudus's count again.
         let settled = found.unexplained.is_none() && self.roster.unsettled != 0;
         if !found.gone.is_empty() || settled {
+            for &id in &found.gone {
+                self.owed.insert(id, Known::Gone);
+            }
             self.roster.forget(&found.gone);
             if settled {
                 self.roster.unsettled = 0;
             }
             if !dry_run {
+                // Owed first: a stop between the two leaves them owed and still expected (the
+                // next search finds them again), never forgotten and not owed.
+                if !found.gone.is_empty() {
+                    self.owed.save(store)?;
+                }
                 self.roster.save(store)?;
             }
         }
@@ -294,10 +310,18 @@ impl Probe {
         if let Some(reason) = &found.unexplained {
             tracing::info!(%reason, "the search did not account for every missing user");
         }
-        Ok(Vanished {
-            full_listing_due: found.unexplained.is_some() && self.full_listing_allowed(),
-            gone: found.gone,
-        })
+        let due = found.unexplained.is_some() && self.full_listing_allowed();
+        Ok(self.vanished(due))
+    }
+
+    /// What the run learnt: the owed disables (with whom the search found gone) and whether a
+    /// full listing must follow.
+    fn vanished(self, full_listing_due: bool) -> Vanished {
+        Vanished {
+            may_list_everyone: self.roster.unsettled < MAX_UNSETTLED,
+            owed: self.owed,
+            full_listing_due,
+        }
     }
 
     /// The requests a search for `missing` users among `n` may spend, if it is to run: when it
@@ -332,13 +356,17 @@ impl Probe {
     }
 }
 
-/// Who an incremental run found deleted, and whether a full listing must still follow.
+/// Who an incremental run owes a disable, and whether a full listing must still follow.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Vanished {
-    /// Deleted from Nexudus, each confirmed by a look-up: to be disabled under the deletion safety.
-    pub gone: Vec<u64>,
+    /// The disables owed: those earlier runs did not get confirmed, and whom this run's search
+    /// found deleted (each confirmed by a look-up); all decided under the deletion safety.
+    pub owed: Owed,
     /// Someone is missing whom the search did not find (or no search was worth it).
     pub full_listing_due: bool,
+    /// A full listing may still follow in this run, were one needed to confirm who is gone (not
+    /// after [`MAX_UNSETTLED`] incomplete ones in a row).
+    pub may_list_everyone: bool,
 }
 
 /// After a full listing that ran to its end: the roster starts again from it when it was
@@ -407,7 +435,7 @@ fn take_varint(rest: &mut &[u8]) -> Option<u64> {
 }
 
 /// Sorted Ids: their count, then each as the delta from the one before.
-fn put_ids(out: &mut Vec<u8>, ids: &[u64]) {
+pub(super) fn put_ids(out: &mut Vec<u8>, ids: &[u64]) {
     put_varint(out, ids.len() as u64);
     let mut last = 0u64;
     for &id in ids {
@@ -416,7 +444,7 @@ fn put_ids(out: &mut Vec<u8>, ids: &[u64]) {
     }
 }
 
-fn take_ids(rest: &mut &[u8]) -> Option<Vec<u64>> {
+pub(super) fn take_ids(rest: &mut &[u8]) -> Option<Vec<u64>> {
     let n = take_varint(rest)?;
     // Each Id takes at least a byte: a count beyond what is left is damage, not a reason to
     // reserve memory.
@@ -494,6 +522,7 @@ mod tests {
         let probe = |roster: &Roster| Probe {
             total: Some(3),
             roster: roster.clone(),
+            owed: Owed::default(),
         };
         assert!(probe(&once).full_listing_allowed());
         // The search runs even when dearer than a listing (here 1 page), with twice its pages.

@@ -9,7 +9,10 @@
 //!   removes nobody unless the operator allowed it for this run (`--allow-mass-disable`): the
 //!   whole batch is held;
 //! - every user to be disabled for vanishing is looked up once before: a listing that skipped
-//!   someone still in Nexudus was incomplete, whatever its counts said.
+//!   someone still in Nexudus was incomplete, whatever its counts said;
+//! - a disable decided but not confirmed (held, refused, cut short) stays owed ([`super::owed`]):
+//!   every later run, incremental or full, decides it again under the same safety — and holds
+//!   and reports it again — until it is confirmed or the person is listed in scope again.
 //!
 //! (A record that says `Active` false is an instruction, planned and sent at once like any change.)
 
@@ -17,6 +20,7 @@ use std::collections::HashSet;
 
 use super::RunOptions;
 use super::census::Verdict;
+use super::owed::{Known, Owed};
 use super::planner::Kept;
 use crate::audit::{self, Recorder, Why, cause};
 use crate::config::Config;
@@ -52,10 +56,30 @@ pub struct Decision {
     pub held: Option<String>,
     /// Disables of vanished users and archives.
     pub removals: Vec<Op>,
+    /// Owed disables of people never looked up ([`Known::Unconfirmed`]): held, in the batch the
+    /// deletion safety counts, unless a full listing follows in this run to send them.
+    pub unconfirmed: Vec<Op>,
+    /// `unconfirmed` may go out: the run lists everyone next (which looks each one up).
+    pub full_listing_due: bool,
     /// Users missing from this complete listing, counted towards
     /// `sync.missing_runs_before_disable` by the commit of a run that gets to its end (an
     /// interrupted run, or a dry run, counts nobody).
     pub missing: Vec<u64>,
+    /// Whom this decision owes a disable, before its writes (see [`Owed::still_owed`]).
+    pub owed: Owed,
+}
+
+/// What a pass brings to the settlement besides its listing.
+pub enum Earlier<'a> {
+    /// A full listing, and the disables earlier runs owe.
+    Full(&'a Owed),
+    /// An incremental listing, which tells nobody gone: the owed disables (with whom its deletion
+    /// search found gone) are all it decides. `may_list_everyone`: a full listing may follow in
+    /// this run.
+    Incremental {
+        owed: &'a Owed,
+        may_list_everyone: bool,
+    },
 }
 
 impl<'a> Settlement<'a> {
@@ -91,88 +115,135 @@ impl<'a> Settlement<'a> {
     }
 
     /// Decides who loses access for vanishing or age, and whether the deletion safety holds.
-    /// `listed` is every Id the listing held, in scope or not. `pinpointed` is `Some` for an
-    /// incremental listing, with the users its deletion search found gone.
+    /// `listed` is every Id the listing held, in scope or not; `earlier` the disables earlier
+    /// runs owe, and what kind of listing this was.
     pub async fn settle<S: Source>(
         &self,
         source: &S,
         remote: Option<(&Directory, &Owners)>,
         verdict: Verdict,
         listed: &HashSet<u64>,
-        pinpointed: Option<&[u64]>,
+        earlier: Earlier<'_>,
     ) -> Result<Decision, StoreError> {
-        if let Some(gone) = pinpointed {
-            return self.settle_pinpointed(verdict, gone);
-        }
-        let mut incomplete = verdict.into_reason();
-        let mut removals = Vec::new();
-        let mut missing = Vec::new();
-        let mut known = self.known_before;
-        // Only a complete full listing can tell who is gone (and archiving needs one too).
-        if incomplete.is_none() {
-            let gone = match remote {
-                None => vanished_from_checkpoints(self.store, &self.kept)?,
-                Some((remote, owners)) => {
-                    let (gone, owned) = self.vanished_from_remote(remote, owners)?;
-                    known = known.max(owned);
-                    gone
+        let incomplete = verdict.into_reason();
+        // Only a complete full listing can tell who is gone (and archiving needs one too); the
+        // disables already owed are decided by every run — and held by an incomplete listing,
+        // which disables nobody.
+        let owed = match earlier {
+            Earlier::Incremental {
+                owed,
+                may_list_everyone,
+            } => return self.settle_owed(incomplete, owed, may_list_everyone),
+            Earlier::Full(owed) => match &incomplete {
+                Some(reason) => {
+                    let held = format!("listing incomplete ({reason})");
+                    let mut decision = self.settle_owed(incomplete.clone(), owed, false)?;
+                    if !decision.removals.is_empty() || !decision.unconfirmed.is_empty() {
+                        decision.held = Some(held);
+                    }
+                    return Ok(decision);
                 }
-            };
-            removals = self.disables(gone, &mut missing, Some(listed))?;
-            if let Some(age) = self.cfg.sync.archive_after {
-                removals.extend(self.archives(age)?);
+                None => owed,
+            },
+        };
+        let mut known = self.known_before;
+        let gone = match remote {
+            None => vanished_from_checkpoints(self.store, &self.kept)?,
+            Some((remote, owners)) => {
+                let (gone, owned) = self.vanished_from_remote(remote, owners)?;
+                known = known.max(owned);
+                gone
             }
+        };
+        let mut missing = Vec::new();
+        let mut removals = self.disables(gone, &mut missing, listed)?;
+        if let Some(age) = self.cfg.sync.archive_after {
+            removals.extend(self.archives(age)?);
         }
         // The deletion safety first (a held batch needs no confirmation), then the look-ups.
         let too_many = mass_disable_reason(self.cfg, removals.len() as u64, known)
             .filter(|_| !self.allow_mass_disable);
-        if incomplete.is_none()
-            && too_many.is_none()
+        let mut incomplete = None;
+        if too_many.is_none()
             && let Some(reason) = confirm_gone(source, &removals, listed).await
         {
             incomplete = Some(reason);
         }
+        let owed = match incomplete {
+            // Nobody was told gone: the owed stay as they were (but those listed in scope).
+            Some(_) => self.not_kept(owed),
+            None => owed_after_listing(&mut removals, listed, too_many.is_some(), owed),
+        };
         Ok(Decision {
             missing,
+            owed,
             ..Decision::new(incomplete, too_many, removals)
         })
     }
 
-    /// An incremental listing tells nobody gone; the deletion search may have, each user already
-    /// confirmed by Nexudus's 404 (so neither the incremental listing's completeness nor a second
-    /// look-up is asked). The deletion safety holds as for any listing.
-    fn settle_pinpointed(&self, verdict: Verdict, gone: &[u64]) -> Result<Decision, StoreError> {
-        let mut vanished = Vec::new();
-        for &id in gone {
-            match self.store.get(id) {
-                Ok(Some(checkpoint)) => vanished.push((id, checkpoint)),
-                Ok(None) => {}
-                Err(StoreError::Corrupt(e)) => {
-                    tracing::warn!(error = %e, "unreadable checkpoint skipped for disappearance");
-                }
-                Err(e) => return Err(e),
+    /// The disables earlier runs owe (and, in an incremental run, whom its deletion search found
+    /// gone, each already confirmed by Nexudus's 404), decided again: neither an incremental nor
+    /// an incomplete listing can tell anyone else gone, and none is needed to tell these. A
+    /// person the listing shows in scope again, or whose checkpoint is no longer active (the
+    /// disable was confirmed after all), is owed nothing. The deletion safety counts them all
+    /// together. Those never looked up (see [`Known::Unconfirmed`]) go out only through a full
+    /// listing: when the batch may go out and `may_list_everyone`, one follows in this run.
+    fn settle_owed(
+        &self,
+        incomplete: Option<String>,
+        owed: &Owed,
+        may_list_everyone: bool,
+    ) -> Result<Decision, StoreError> {
+        let (mut removals, mut unconfirmed, mut still) = (Vec::new(), Vec::new(), Owed::default());
+        for (id, known) in owed.iter() {
+            if self.kept.contains(&id) {
+                continue;
+            }
+            let Some(checkpoint) = self.checkpoint_of(id, None)? else {
+                continue;
+            };
+            let Some(changes) = disappeared(&checkpoint) else {
+                continue;
+            };
+            still.insert(id, known);
+            let op = removal(id, OpKind::Disable, &checkpoint, changes, cause_of(known));
+            match known {
+                Known::Unconfirmed => unconfirmed.push(op),
+                Known::Gone | Known::OutOfScope => removals.push(op),
             }
         }
-        let mut missing = Vec::new();
-        let removals = self.disables(vanished, &mut missing, None)?;
-        let too_many = mass_disable_reason(self.cfg, removals.len() as u64, self.known_before)
+        let count = (removals.len() + unconfirmed.len()) as u64;
+        let too_many = mass_disable_reason(self.cfg, count, self.known_before)
             .filter(|_| !self.allow_mass_disable);
+        let full_listing_due = too_many.is_none() && !unconfirmed.is_empty() && may_list_everyone;
         Ok(Decision {
-            incomplete: verdict.into_reason(),
+            incomplete,
             held: too_many,
             removals,
-            missing,
+            unconfirmed,
+            full_listing_due,
+            missing: Vec::new(),
+            owed: still,
         })
+    }
+
+    /// `owed` without those the listing kept in scope.
+    fn not_kept(&self, owed: &Owed) -> Owed {
+        let mut still = Owed::default();
+        for (id, known) in owed.iter().filter(|(id, _)| !self.kept.contains(id)) {
+            still.insert(id, known);
+        }
+        still
     }
 
     /// Disables for the vanished users that were missing from enough complete listings; with
     /// `sync.missing_runs_before_disable` above 1, every vanished user's Id goes to `missing`.
-    /// `listed`: every Id the listing held (`None`: each one was found gone by a look-up).
+    /// `listed`: every Id the listing held.
     fn disables(
         &self,
         gone: Vec<(u64, DesiredUser)>,
         missing: &mut Vec<u64>,
-        listed: Option<&HashSet<u64>>,
+        listed: &HashSet<u64>,
     ) -> Result<Vec<Op>, StoreError> {
         let mut disables = Vec::new();
         let threshold = self.cfg.sync.missing_runs_before_disable;
@@ -196,7 +267,7 @@ impl<'a> Settlement<'a> {
                 }
             }
             tracing::info!(extId = %checkpoint.ext_id, nexudus_id = id, "no longer listed by Nexudus or out of scope; disabling");
-            let why = cause::vanished(listed.is_some_and(|l| l.contains(&id)));
+            let why = cause::vanished(listed.contains(&id));
             disables.push(removal(
                 id,
                 OpKind::Disable,
@@ -252,7 +323,7 @@ impl<'a> Settlement<'a> {
             if self.kept.contains(&id) {
                 continue;
             }
-            let checkpoint = self.checkpoint_of(id, ext_id)?;
+            let checkpoint = self.checkpoint_of(id, Some(ext_id))?;
             if let Some(current) = self.still_active(ext_id, seen, id, checkpoint)? {
                 gone.push((id, current));
             }
@@ -260,10 +331,14 @@ impl<'a> Settlement<'a> {
         Ok((gone, owned))
     }
 
-    /// The checkpoint of `id`, when it is the one of `ext_id`.
-    fn checkpoint_of(&self, id: u64, ext_id: &str) -> Result<Option<DesiredUser>, StoreError> {
+    /// The checkpoint of `id` (when `ext_id` is given, only if it is the one of `ext_id`).
+    fn checkpoint_of(
+        &self,
+        id: u64,
+        ext_id: Option<&str>,
+    ) -> Result<Option<DesiredUser>, StoreError> {
         match self.store.get(id) {
-            Ok(c) => Ok(c.filter(|c| c.ext_id == ext_id)),
+            Ok(c) => Ok(c.filter(|c| ext_id.is_none_or(|e| c.ext_id == e))),
             Err(StoreError::Corrupt(e)) => {
                 tracing::warn!(error = %e, "unreadable checkpoint skipped for disappearance");
                 Ok(None)
@@ -319,7 +394,10 @@ impl Decision {
             incomplete,
             held,
             removals,
+            unconfirmed: Vec::new(),
+            full_listing_due: false,
             missing: Vec::new(),
+            owed: Owed::default(),
         }
     }
 
@@ -329,26 +407,82 @@ impl Decision {
         report.listing_complete = self.incomplete.is_none();
         report.incomplete_reason = self.incomplete;
         let Some(reason) = self.held else {
+            if !self.full_listing_due && !self.unconfirmed.is_empty() {
+                tracing::warn!(
+                    held = self.unconfirmed.len(),
+                    "disables held by an earlier run wait for a complete full listing, which \
+                     looks each person up first"
+                );
+                hold(self.unconfirmed, UNCONFIRMED, report, log)?;
+            }
             return Ok(self.removals);
         };
         tracing::error!(
-            held = self.removals.len(),
+            held = self.removals.len() + self.unconfirmed.len(),
             %reason,
             "DELETION SAFETY: holding back every disable of this run; rerun with --allow-mass-disable to approve"
         );
-        for op in self.removals {
-            let mut entry = op.draft(audit::Verdict::Held);
-            entry.reason = Some(format!("{reason}; --allow-mass-disable approves"));
-            if entry.cause == cause::GONE_CONFIRMED {
-                // A held batch is not looked up.
-                entry.cause = cause::NOT_LISTED.into();
-            }
-            log.write_once(entry)?;
-            let ext_id = op.after.ext_id;
-            report.record(op.nexudus_id, Outcome::Held { ext_id });
-        }
+        let reason = format!("{reason}; --allow-mass-disable approves");
+        let batch = self.removals.into_iter().chain(self.unconfirmed);
+        hold(batch, &reason, report, log)?;
         Ok(Vec::new())
     }
+}
+
+/// Why an owed disable never looked up is held when the deletion safety would let it go.
+const UNCONFIRMED: &str = "waits for a complete full listing, which looks the person up first";
+
+/// Records each of `ops` held, with `reason`, in the report and (once) in the provisioning log.
+fn hold(
+    ops: impl IntoIterator<Item = Op>,
+    reason: &str,
+    report: &mut RunReport,
+    log: &Recorder,
+) -> Result<(), StoreError> {
+    for op in ops {
+        let mut entry = op.draft(audit::Verdict::Held);
+        entry.reason = Some(reason.to_string());
+        log.write_once(entry)?;
+        let ext_id = op.after.ext_id;
+        report.record(op.nexudus_id, Outcome::Held { ext_id });
+    }
+    Ok(())
+}
+
+/// The cause an owed disable is recorded with.
+fn cause_of(known: Known) -> String {
+    match known {
+        Known::Gone => cause::GONE_CONFIRMED,
+        Known::OutOfScope => cause::LEFT_SCOPE,
+        Known::Unconfirmed => cause::NOT_LISTED,
+    }
+    .into()
+}
+
+/// Whom a complete full listing's `removals` owe a disable, by what is known of them: listed
+/// outside the scope; gone, when looked up (the batch went out) or found gone by an earlier run
+/// (`before`); else not looked up, since the deletion safety `held` the batch first — their
+/// cause then says so.
+fn owed_after_listing(
+    removals: &mut [Op],
+    listed: &HashSet<u64>,
+    held: bool,
+    before: &Owed,
+) -> Owed {
+    let mut owed = Owed::default();
+    for op in removals.iter_mut().filter(|op| op.kind == OpKind::Disable) {
+        let id = op.nexudus_id;
+        let known = if listed.contains(&id) {
+            Known::OutOfScope
+        } else if held && before.known(id) != Some(Known::Gone) {
+            Known::Unconfirmed
+        } else {
+            Known::Gone
+        };
+        op.why.cause = cause_of(known);
+        owed.insert(id, known);
+    }
+    owed
 }
 
 fn removal(id: u64, kind: OpKind, checkpoint: &DesiredUser, changes: Changes, cause: String) -> Op {
@@ -504,6 +638,17 @@ mod tests {
         }
     }
 
+    /// A full listing with nothing owed from earlier runs.
+    const FULL: Earlier<'static> = Earlier::Full(&Owed::EMPTY);
+
+    /// An incremental listing owing `owed`, after which a full listing may follow.
+    fn incremental(owed: &Owed) -> Earlier<'_> {
+        Earlier::Incremental {
+            owed,
+            may_list_everyone: true,
+        }
+    }
+
     /// A store with active checkpoints for Ids 1..=n.
     fn store(n: u64) -> Store {
         let store = Store::temporary().unwrap();
@@ -524,7 +669,7 @@ mod tests {
     /// The removals a complete listing leads to.
     async fn removed(s: &Settlement<'_>, source: &Lookups) -> Vec<u64> {
         let listed = HashSet::new();
-        let d = s.settle(source, None, Verdict::Complete, &listed, None);
+        let d = s.settle(source, None, Verdict::Complete, &listed, FULL);
         ids(&d.await.unwrap().removals)
     }
 
@@ -538,7 +683,7 @@ mod tests {
         let source = Lookups::default();
         let s = settlement(&cfg, &store, &[1, 2, 3, 4, 5, 6, 7, 8, 9]);
         let d = s
-            .settle(&source, None, Verdict::Complete, &HashSet::new(), None)
+            .settle(&source, None, Verdict::Complete, &HashSet::new(), FULL)
             .await
             .unwrap();
         assert_eq!((d.incomplete, d.held), (None, None));
@@ -558,14 +703,20 @@ mod tests {
                 None,
                 Verdict::Incomplete("why".into()),
                 &HashSet::new(),
-                None,
+                FULL,
             )
             .await
             .unwrap();
         assert_eq!(d.incomplete.as_deref(), Some("why"));
         assert!(d.removals.is_empty() && d.held.is_none(), "nothing to hold");
         let d = s
-            .settle(&source, None, Verdict::Complete, &HashSet::new(), Some(&[]))
+            .settle(
+                &source,
+                None,
+                Verdict::Complete,
+                &HashSet::new(),
+                incremental(&Owed::default()),
+            )
             .await
             .unwrap();
         assert!(d.removals.is_empty() && d.incomplete.is_none());
@@ -578,7 +729,7 @@ mod tests {
         let source = Lookups::default();
         let s = settlement(&cfg, &store, &[1, 2, 3, 4, 5, 6]);
         let d = s
-            .settle(&source, None, Verdict::Complete, &HashSet::new(), None)
+            .settle(&source, None, Verdict::Complete, &HashSet::new(), FULL)
             .await
             .unwrap();
         assert_eq!(
@@ -599,7 +750,7 @@ mod tests {
         let mut s = Settlement::new(&cfg, &store, &opts, 10);
         (1..=6).for_each(|id| s.keep(Some(Kept { id, active: true })));
         let d = s
-            .settle(&source, None, Verdict::Complete, &HashSet::new(), None)
+            .settle(&source, None, Verdict::Complete, &HashSet::new(), FULL)
             .await
             .unwrap();
         assert_eq!((d.held, d.removals.len()), (None, 4));
@@ -633,7 +784,7 @@ mod tests {
         };
         let s = settlement(&cfg, &store, &[1, 2, 3]);
         let d = s
-            .settle(&still, None, Verdict::Complete, &HashSet::new(), None)
+            .settle(&still, None, Verdict::Complete, &HashSet::new(), FULL)
             .await
             .unwrap();
         assert_eq!(
@@ -651,7 +802,7 @@ mod tests {
             ..Lookups::default()
         };
         let d = s
-            .settle(&failing, None, Verdict::Complete, &HashSet::new(), None)
+            .settle(&failing, None, Verdict::Complete, &HashSet::new(), FULL)
             .await
             .unwrap();
         assert!(
@@ -665,7 +816,7 @@ mod tests {
             ..Lookups::default()
         };
         let d = s
-            .settle(&asked, None, Verdict::Complete, &HashSet::from([4]), None)
+            .settle(&asked, None, Verdict::Complete, &HashSet::from([4]), FULL)
             .await
             .unwrap();
         assert_eq!((d.incomplete, ids(&d.removals)), (None, vec![4]));
@@ -678,7 +829,7 @@ mod tests {
         let source = Lookups::default();
         let s = settlement(&cfg, &store, &[1, 2]);
         let d = s
-            .settle(&source, None, Verdict::Complete, &HashSet::new(), None)
+            .settle(&source, None, Verdict::Complete, &HashSet::new(), FULL)
             .await
             .unwrap();
         assert_eq!(ids(&d.removals), Vec::<u64>::new(), "first miss");
@@ -688,6 +839,176 @@ mod tests {
         // What the commit of a run that got to its end records.
         store.count_missing(3).unwrap();
         assert_eq!(removed(&s, &source).await, vec![3]);
+    }
+
+    fn owed(entries: &[(u64, Known)]) -> Owed {
+        let mut owed = Owed::default();
+        for &(id, known) in entries {
+            owed.insert(id, known);
+        }
+        owed
+    }
+
+    #[tokio::test]
+    async fn owed_disables_are_decided_again_by_an_incremental_run() {
+        let (cfg, store) = (config(""), store(10));
+        store.put(2, &checkpoint(2, UserState::Disabled)).unwrap();
+        let source = Lookups::default();
+        // 1 is listed in scope again, 2 was disabled after all (a crash before the save).
+        let s = settlement(&cfg, &store, &[1]);
+        let earlier = owed(&[
+            (1, Known::Gone),
+            (2, Known::Gone),
+            (9, Known::OutOfScope),
+            (10, Known::Unconfirmed),
+        ]);
+        let d = s
+            .settle(
+                &source,
+                None,
+                Verdict::Complete,
+                &HashSet::new(),
+                incremental(&earlier),
+            )
+            .await
+            .unwrap();
+        assert_eq!((ids(&d.removals), ids(&d.unconfirmed)), (vec![9], vec![10]));
+        assert_eq!(d.removals[0].why.cause, cause::LEFT_SCOPE);
+        assert!(
+            d.held.is_none() && d.full_listing_due,
+            "10 goes out through a full listing"
+        );
+        assert_eq!(
+            d.owed,
+            owed(&[(9, Known::OutOfScope), (10, Known::Unconfirmed)])
+        );
+        assert!(source.asked.lock().unwrap().is_empty(), "nobody looked up");
+        // When no full listing may follow, 10 stays held (and reported), 9 goes out.
+        let no_listing = Earlier::Incremental {
+            owed: &earlier,
+            may_list_everyone: false,
+        };
+        let d = s
+            .settle(
+                &source,
+                None,
+                Verdict::Complete,
+                &HashSet::new(),
+                no_listing,
+            )
+            .await
+            .unwrap();
+        assert!(!d.full_listing_due);
+        let mut report = RunReport::default();
+        assert_eq!(
+            ids(&d.record(&mut report, &Recorder::off()).unwrap()),
+            vec![9]
+        );
+        assert_eq!(report.held(), vec!["nexudus-10"]);
+    }
+
+    #[tokio::test]
+    async fn owed_disables_beyond_the_safety_are_held_again_whole() {
+        let (cfg, store) = (config(""), store(10));
+        let source = Lookups::default();
+        let s = settlement(&cfg, &store, &[]);
+        let earlier = owed(&[
+            (1, Known::Gone),
+            (2, Known::Gone),
+            (3, Known::Unconfirmed),
+            (4, Known::OutOfScope),
+        ]);
+        let d = s
+            .settle(
+                &source,
+                None,
+                Verdict::Complete,
+                &HashSet::new(),
+                incremental(&earlier),
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            d.held.as_deref(),
+            Some("4 disables exceed sync.max_disables = 3")
+        );
+        assert!(!d.full_listing_due);
+        assert_eq!(d.owed, earlier);
+        let mut report = RunReport::default();
+        assert!(d.record(&mut report, &Recorder::off()).unwrap().is_empty());
+        assert_eq!(report.counts().held_disables, 4);
+        // An incomplete full listing holds them too, whatever their number.
+        let one = owed(&[(1, Known::Gone)]);
+        let d = s
+            .settle(
+                &source,
+                None,
+                Verdict::Incomplete("why".into()),
+                &HashSet::new(),
+                Earlier::Full(&one),
+            )
+            .await
+            .unwrap();
+        assert_eq!(d.held.as_deref(), Some("listing incomplete (why)"));
+        assert_eq!(d.owed, one);
+    }
+
+    #[tokio::test]
+    async fn a_held_full_listing_owes_each_disable_with_what_is_known_of_it() {
+        let (cfg, store) = (config(""), store(10));
+        let source = Lookups::default();
+        let s = settlement(&cfg, &store, &[1, 2, 3, 4, 5, 6]);
+        // 7 is listed outside the scope; an earlier search found 8 gone.
+        let earlier = owed(&[(8, Known::Gone)]);
+        let listed = HashSet::from([7]);
+        let d = s
+            .settle(
+                &source,
+                None,
+                Verdict::Complete,
+                &listed,
+                Earlier::Full(&earlier),
+            )
+            .await
+            .unwrap();
+        assert!(d.held.is_some());
+        let expected = owed(&[
+            (7, Known::OutOfScope),
+            (8, Known::Gone),
+            (9, Known::Unconfirmed),
+            (10, Known::Unconfirmed),
+        ]);
+        assert_eq!(d.owed, expected);
+        let causes: Vec<&str> = d.removals.iter().map(|op| op.why.cause.as_str()).collect();
+        assert_eq!(
+            causes,
+            [
+                cause::LEFT_SCOPE,
+                cause::GONE_CONFIRMED,
+                cause::NOT_LISTED,
+                cause::NOT_LISTED
+            ]
+        );
+        // Approved, each one not listed is looked up and owed as gone until confirmed disabled.
+        let opts = RunOptions {
+            allow_mass_disable: true,
+            ..RunOptions::default()
+        };
+        let mut s = Settlement::new(&cfg, &store, &opts, 10);
+        (1..=6).for_each(|id| s.keep(Some(Kept { id, active: true })));
+        let d = s
+            .settle(
+                &source,
+                None,
+                Verdict::Complete,
+                &listed,
+                Earlier::Full(&expected),
+            )
+            .await
+            .unwrap();
+        assert_eq!((d.held, d.removals.len()), (None, 4));
+        assert_eq!(*source.asked.lock().unwrap(), vec![8, 9, 10]);
+        assert!(d.owed.iter().all(|(id, k)| k == Known::Gone || id == 7));
     }
 
     #[tokio::test]
@@ -708,7 +1029,7 @@ mod tests {
             active: true,
         }));
         let d = s
-            .settle(&source, None, Verdict::Complete, &HashSet::new(), None)
+            .settle(&source, None, Verdict::Complete, &HashSet::new(), FULL)
             .await
             .unwrap();
         assert_eq!(ids(&d.removals), vec![3]);
