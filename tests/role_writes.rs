@@ -1,7 +1,8 @@
 //! Role writes that hold under a stop, a crash and a changed nevisIDM (issue 27): the real binary
 //! against the fakes over HTTP. A grant sent when a stop comes is confirmed within
 //! `sync.shutdown_grace`; one whose answer comes later (or never: SIGKILL) leaves a pending mark
-//! the next run settles by reading the profile.
+//! the next run settles by reading the profile; a revocation is checkpointed only once the role
+//! is gone from the profile.
 
 mod common;
 
@@ -273,4 +274,30 @@ async fn a_dry_run_marks_no_grant_pending() {
     let store = open_when_free(&env.store_path(), 16 << 20).await;
     let holdings = store.role_holdings().expect("read the role checkpoints");
     assert!(holdings.is_empty(), "{holdings:?}");
+}
+
+/// The sync granted `frontdesk`; by hand it was revoked and granted again (a new authorization
+/// extId). When the person leaves, the stored extId answers 404: the role is looked up on the
+/// profile and that authorization revoked, before the revocation is checkpointed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revocation_meeting_a_hand_re_grant_revokes_the_role_found_on_the_profile() {
+    let (env, ids, receptionist, _) = env(2, "1s").await;
+    env.sync(&[]).await.assert_code(0);
+    let member = ext(ids[0]);
+    env.nevis.revoke_by_hand(&member, "frontdesk");
+    env.nevis
+        .grant_by_hand(&member, "frontdesk")
+        .expect("a profile");
+
+    env.nexudus.set_role_members(receptionist, &[]);
+    let run = env.sync(&[]).await;
+    run.assert_code(0);
+    assert_eq!(run.count("revoked"), 1, "{}", run.stdout);
+    assert!(
+        env.nevis.user_roles(&member).is_empty(),
+        "the re-granted role is gone"
+    );
+    let again = env.sync(&[]).await;
+    again.assert_code(0);
+    assert_eq!(again.count("revoked"), 0, "{}", again.stdout);
 }

@@ -3,9 +3,13 @@
 //! grant and revocation, each logged and checkpointed as soon as nevisIDM confirmed it, and noted
 //! in the run's [`Ledger`] with its outcome.
 //!
-//! **Write-ahead**: a grant is marked pending in the checkpoint (made durable) before it is
-//! sent; its answer turns the mark into a held role, a refusal clears it, and a mark left by a
-//! stop or a crash is settled by the next run from the profile's authorizations ([`Writer::settle`]).
+//! Two rules keep a write from being lost or claimed wrongly:
+//! - **write-ahead**: a grant is marked pending in the checkpoint (made durable) before it is
+//!   sent; its answer turns the mark into a held role, a refusal clears it, and a mark left by a
+//!   stop or a crash is settled by the next run from the profile's authorizations ([`Writer::settle`]);
+//! - **a revocation is done when the role is gone**: a `404` for the stored authorization is not
+//!   proof (a hand re-grant has a new extId), so the profile's authorizations are read and every
+//!   one of the role revoked before the checkpoint says so.
 
 use std::collections::BTreeSet;
 
@@ -340,12 +344,12 @@ impl Writer<'_> {
         holding: &mut Holding,
     ) -> Tried {
         if let Some(known) = holding.granted.get(role).cloned().flatten() {
-            return match self.target.revoke(profile, &known).await {
-                Ok(()) | Err(TargetError::NotFound) => {
-                    self.revoked(who, profile, role, holding).map(Ok)
-                }
-                Err(e) => Ok(Err(e)),
-            };
+            match self.target.revoke(profile, &known).await {
+                Ok(()) => return self.revoked(who, profile, role, holding).map(Ok),
+                // Not proof the role is gone: a hand re-grant has a new extId. Look.
+                Err(TargetError::NotFound) => {}
+                Err(e) => return Ok(Err(e)),
+            }
         }
         let found = match self.target.authorizations(profile).await {
             Ok(list) => list.into_iter().filter(|a| a.role_ext_id == role),
