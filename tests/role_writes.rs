@@ -2,7 +2,7 @@
 //! against the fakes over HTTP. A grant sent when a stop comes is confirmed within
 //! `sync.shutdown_grace`; one whose answer comes later (or never: SIGKILL) leaves a pending mark
 //! the next run settles by reading the profile; a revocation is checkpointed only once the role
-//! is gone from the profile.
+//! is gone from the profile; a duplicate grant is logged as "already held; now owned".
 
 mod common;
 
@@ -300,4 +300,48 @@ async fn a_revocation_meeting_a_hand_re_grant_revokes_the_role_found_on_the_prof
     let again = env.sync(&[]).await;
     again.assert_code(0);
     assert_eq!(again.count("revoked"), 0, "{}", again.stdout);
+}
+
+/// A role granted by hand before the map named it: the sync's grant is answered "duplicate". The
+/// log says "already held; now owned" (the role before and after), not a grant made, and the
+/// checkpoint holds the authorization's extId: the revocation deletes it without a search.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_duplicate_grant_is_logged_as_already_held_and_owned_with_its_authorization() {
+    let (env, ids, receptionist, _) = env(2, "1s").await;
+    env.unset("roles.map");
+    env.sync(&[]).await.assert_code(0);
+    let member = ext(ids[0]);
+    let by_hand = env
+        .nevis
+        .grant_by_hand(&member, "frontdesk")
+        .expect("a profile");
+    env.set(
+        "roles.map",
+        r#"[{nexudus = "Receptionist", nevis = ["frontdesk"]}]"#,
+    );
+    let run = env.sync(&[]).await;
+    run.assert_code(0);
+    assert_eq!(run.count("granted"), 1, "{}", run.stdout);
+    let log = history(&env, &member).await;
+    let grants = entries(&log, "grant", "confirmed");
+    assert_eq!(grants.len(), 1, "{log:#?}");
+    assert!(
+        reason(grants[0]).contains("already held; now owned"),
+        "{log:#?}"
+    );
+    let change = &grants[0]["changes"][0];
+    assert_eq!(change["before"], "frontdesk", "{log:#?}");
+    assert_eq!(change["after"], "frontdesk", "{log:#?}");
+
+    env.nexudus.set_role_members(receptionist, &[]);
+    env.nevis.clear_request_log();
+    let run = env.sync(&[]).await;
+    run.assert_code(0);
+    assert_eq!(run.count("revoked"), 1, "{}", run.stdout);
+    let asked = authorization_requests(&env);
+    assert_eq!(asked.len(), 1, "{asked:?}");
+    assert!(
+        asked[0].starts_with("DELETE ") && asked[0].ends_with(&format!("/{by_hand}")),
+        "{asked:?}"
+    );
 }

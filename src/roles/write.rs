@@ -298,7 +298,7 @@ impl Writer<'_> {
         let (authorization, already) = match self.target.grant(profile, role).await {
             Ok(a) => (a, false),
             // Held already (by hand, or a grant whose answer was lost): the sync owns it now.
-            Err(TargetError::Duplicate { .. }) => (None, true),
+            Err(TargetError::Duplicate { .. }) => (self.find(profile, role).await, true),
             Err(e) => {
                 // Unanswered (a timeout, a 5xx) it may have been made: the mark stays for the
                 // next run to settle.
@@ -334,6 +334,14 @@ impl Writer<'_> {
         holding.pending.remove(role);
         holding.granted.insert(role.to_string(), authorization);
         holding.write(self.store, who.id).map_err(RolesError::Store)
+    }
+
+    /// The extId of the profile's authorization of `role`, if a read finds one.
+    async fn find(&self, profile: &str, role: &str) -> Option<String> {
+        let list = self.target.authorizations(profile).await.ok()?;
+        list.into_iter()
+            .find(|a| a.role_ext_id == role)
+            .map(|a| a.ext_id)
     }
 
     async fn revoke(
