@@ -2,7 +2,8 @@
 //! against the fakes over HTTP. A grant sent when a stop comes is confirmed within
 //! `sync.shutdown_grace`; one whose answer comes later (or never: SIGKILL) leaves a pending mark
 //! the next run settles by reading the profile; a revocation is checkpointed only once the role
-//! is gone from the profile; a duplicate grant is logged as "already held; now owned".
+//! is gone from the profile; a duplicate grant is logged as "already held; now owned"; a profile
+//! gone or refusing is chosen again.
 
 mod common;
 
@@ -344,4 +345,53 @@ async fn a_duplicate_grant_is_logged_as_already_held_and_owned_with_its_authoriz
         asked[0].starts_with("DELETE ") && asked[0].ends_with(&format!("/{by_hand}")),
         "{asked:?}"
     );
+}
+
+/// The profile the checkpoint names is removed by hand, or archived (refusing writes), and the
+/// person has a new default profile. A grant on the old one answers 404 or 422: the profile is
+/// chosen again in that run and the grant made there; the next run grants on it the role the
+/// old profile held.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_checkpointed_profile_gone_or_refusing_is_chosen_again() {
+    for archive in [false, true] {
+        let (env, ids, _, finance) = env(2, "1s").await;
+        env.sync(&[]).await.assert_code(0);
+        let member = ext(ids[0]);
+        let old = env.nevis.profiles_of(&member)[0].0.clone();
+        if archive {
+            env.nevis.archive_profile_by_hand(&member, &old);
+        } else {
+            env.nevis.remove_profile_by_hand(&member, &old);
+        }
+        let new = env.nevis.add_profile_by_hand(&member, "root", true);
+
+        env.nexudus.set_role_members(finance, &[ids[0]]);
+        let run = env.sync(&[]).await;
+        run.assert_code(0);
+        assert_eq!(run.count("granted"), 1, "archive={archive}: {}", run.stdout);
+        let again = env.sync(&[]).await;
+        again.assert_code(0);
+        assert_eq!(
+            again.count("granted"),
+            1,
+            "archive={archive}: {}",
+            again.stdout
+        );
+        let on_new: Vec<_> = env
+            .nevis
+            .request_log()
+            .into_iter()
+            .filter(|r| r.method == "POST" && r.path.contains(&format!("/profiles/{new}/")))
+            .collect();
+        assert_eq!(on_new.len(), 2, "archive={archive}: {on_new:?}");
+        // The new profile holds both; an archived one keeps what it held.
+        let expect: &[&str] = match archive {
+            true => &["finance", "frontdesk", "frontdesk"],
+            false => &["finance", "frontdesk"],
+        };
+        assert_eq!(env.nevis.user_roles(&member), expect, "archive={archive}");
+        let steady = env.sync(&[]).await;
+        steady.assert_code(0);
+        assert_eq!((steady.count("granted"), steady.count("revoked")), (0, 0));
+    }
 }

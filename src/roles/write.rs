@@ -3,13 +3,16 @@
 //! grant and revocation, each logged and checkpointed as soon as nevisIDM confirmed it, and noted
 //! in the run's [`Ledger`] with its outcome.
 //!
-//! Two rules keep a write from being lost or claimed wrongly:
+//! Three rules keep a write from being lost or claimed wrongly:
 //! - **write-ahead**: a grant is marked pending in the checkpoint (made durable) before it is
 //!   sent; its answer turns the mark into a held role, a refusal clears it, and a mark left by a
 //!   stop or a crash is settled by the next run from the profile's authorizations ([`Writer::settle`]);
 //! - **a revocation is done when the role is gone**: a `404` for the stored authorization is not
 //!   proof (a hand re-grant has a new extId), so the profile's authorizations are read and every
-//!   one of the role revoked before the checkpoint says so.
+//!   one of the role revoked before the checkpoint says so;
+//! - **a stale profile is chosen again**: a checkpointed profile that answers `404` or refuses a
+//!   write is dropped and the profile chosen afresh, once per user and run, instead of failing
+//!   every run.
 
 use std::collections::BTreeSet;
 
@@ -110,8 +113,8 @@ fn not_made(
 /// A user failed for a reason that is theirs (not the run's).
 type UserResult<T> = Result<T, String>;
 
-/// One write's answer: what it came to, or nevisIDM's error, not yet logged; `Err` outside is
-/// the run's.
+/// One write's answer: what it came to, or nevisIDM's error, not yet logged (the caller may try
+/// it again on another profile); `Err` outside is the run's.
 type Tried = Result<Result<RoleChange, TargetError>, RolesError>;
 
 /// Fatal errors end the run; the others fail this user only.
@@ -123,7 +126,8 @@ fn per_user(e: TargetError) -> Result<String, RolesError> {
     }
 }
 
-/// nevisIDM answered that it did not make the write: a refusal, or no such profile.
+/// nevisIDM answered that it did not make the write: a refusal, or no such profile (then the
+/// profile the write went to may be the fault: gone, or refusing it).
 fn not_applied(e: &TargetError) -> bool {
     matches!(e, TargetError::NotFound | TargetError::Rejected { .. })
 }
@@ -194,6 +198,32 @@ impl Writer<'_> {
         Ok(Ok(p))
     }
 
+    /// The profile chosen again after the checkpoint's `failed` one answered `404` or refused a
+    /// write; `None` when the choice falls on it again or cannot be made (its answer stands).
+    /// The roles the checkpoint held were on the old profile, gone or refusing: they are
+    /// forgotten, so that the next run grants the implied ones on the new profile (a grant
+    /// finding one there already owns it).
+    async fn rechoose(
+        &self,
+        ext_id: &str,
+        failed: &str,
+        holding: &mut Holding,
+    ) -> Result<Option<String>, RolesError> {
+        holding.profile = None;
+        match self.profile(ext_id, holding).await? {
+            Ok(p) if p != failed => {
+                tracing::warn!(ext_id, from = failed, to = %p, "the checkpoint's profile is gone or refuses writes: chose the profile again");
+                holding.granted.clear();
+                holding.pending.clear();
+                Ok(Some(p))
+            }
+            _ => {
+                holding.profile = Some(failed.to_string());
+                Ok(None)
+            }
+        }
+    }
+
     /// Applies `plan` to user `who`, revocations only unless `held`, each outcome noted in the
     /// ledger as it comes (users are written concurrently; the report is the caller's).
     pub async fn apply(
@@ -220,8 +250,12 @@ impl Writer<'_> {
         if writes.is_empty() {
             return Ok(());
         }
+        let cached = holding.profile.is_some();
         match self.profile(who.ext_id, holding).await? {
-            Ok(profile) => self.write_each(who, &profile, &writes, holding).await,
+            Ok(profile) => {
+                self.write_each(who, profile, cached, &writes, holding)
+                    .await
+            }
             Err(why) => {
                 for &(role, grant) in &writes {
                     let draft = Draft {
@@ -238,20 +272,33 @@ impl Writer<'_> {
         }
     }
 
-    /// The user's writes in order on `profile`. After a stop, the next write is not started.
+    /// The user's writes in order on `profile`; a `cached` one (the checkpoint's) that answers
+    /// `404` or refuses is chosen again once. After a stop, the next write is not started.
     async fn write_each(
         &self,
         who: Who<'_>,
-        profile: &str,
+        mut profile: String,
+        cached: bool,
         writes: &[(&str, bool)],
         holding: &mut Holding,
     ) -> Result<(), RolesError> {
+        let mut may_rechoose = cached;
         for &(role, grant) in writes {
             if self.cancel.is_cancelled() {
                 break;
             }
             self.ledger.sending(who, role, grant);
-            let tried = self.write(who, profile, role, grant, holding).await?;
+            let mut tried = self.write(who, &profile, role, grant, holding).await?;
+            if let Err(e) = &tried
+                && may_rechoose
+                && not_applied(e)
+            {
+                may_rechoose = false;
+                if let Some(other) = self.rechoose(who.ext_id, &profile, holding).await? {
+                    profile = other;
+                    tried = self.write(who, &profile, role, grant, holding).await?;
+                }
+            }
             let change = match tried {
                 Ok(change) => change,
                 Err(e) => not_made(e, (who, role, grant), self.log)?,
