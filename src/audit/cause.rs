@@ -26,6 +26,13 @@ pub const ADOPTED: &str =
     "a nevisIDM user with the same loginId or email existed (sync.adopt = \"email\")";
 /// The record cannot be mapped.
 pub const INVALID_RECORD: &str = "the Nexudus record cannot be mapped";
+/// A grant found the role already on the profile (granted by hand, or by an earlier grant whose
+/// answer was lost or came after a stop): nothing was granted, the role is the sync's from now on.
+pub const ROLE_ALREADY_HELD: &str = "already held; now owned (granted by hand, or by an earlier \
+     grant whose answer was lost)";
+/// A write still unanswered when the shutdown grace ran out.
+pub const ABANDONED_AT_SHUTDOWN: &str = "abandoned at shutdown: not confirmed within \
+     sync.shutdown_grace; the next run finds out whether nevisIDM made it";
 
 /// An ordinary run's update: which Nexudus fields changed, or that `Active` flipped.
 pub fn update(changes: &Changes) -> String {

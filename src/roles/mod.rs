@@ -12,9 +12,14 @@
 //! - `members`: memberships per mapped UserRole, kept between runs, with the cheap change
 //!   detection and the slower full read;
 //! - `plan`: pure: desired owned roles against held ones, and the revocation safety;
-//! - `holding`: the per-user checkpoint of the roles the sync granted;
-//! - `write`: profile selection or creation, grants and revocations, each checkpointed.
+//! - `holding`: the per-user checkpoint of the roles the sync granted, and of grants sent and
+//!   not yet answered (write-ahead);
+//! - `write`: profile selection or creation, grants and revocations, each checkpointed;
+//! - `batch`: the users' writes, `sync.concurrency` at a time, under a stop or a fatal error.
+//!
+//! A stop drops the reads at once; the writes already sent get `sync.shutdown_grace` (`batch`).
 
+mod batch;
 mod holding;
 mod members;
 mod plan;
@@ -32,12 +37,14 @@ use crate::nevis::{RoleTarget, TargetError};
 use crate::nexudus::{Source, SourceError};
 use crate::report::{RoleChange, RunReport};
 use crate::store::{Store, StoreError};
+use crate::sync::stop::{Stopped, until_stopped};
 
+pub use batch::Shutdown;
 pub use members::Admins;
 
 use holding::Holding;
 use members::State;
-use write::Writer;
+use write::{Who, Writer};
 
 /// What ends the run (exit 2): a name that resolves to none or several UserRoles, an unknown
 /// roleExtId, a missing permission, or an API that refuses us.
@@ -66,9 +73,12 @@ pub struct RolesRun<'a> {
     pub admins: Admins,
     /// The provisioning log (off in a dry run).
     pub log: crate::audit::Recorder,
+    /// The run's shutdown and its grace for the role writes in flight.
+    pub shutdown: Shutdown,
 }
 
-/// The role stage of one run. Does nothing without `[[roles.map]]`.
+/// The role stage of one run. Does nothing without `[[roles.map]]`. `Err(Stopped)` inside: a
+/// stop ended it early (its writes in flight had their grace).
 pub async fn sync_roles<S: Source>(
     cfg: &Config,
     source: &S,
@@ -76,13 +86,17 @@ pub async fn sync_roles<S: Source>(
     store: &Store,
     run: RolesRun<'_>,
     report: &mut RunReport,
-) -> Result<(), RolesError> {
+) -> Result<Result<(), Stopped>, RolesError> {
     let Some(roles) = &cfg.roles else {
-        return Ok(());
+        return Ok(Ok(()));
     };
     let target = target.ok_or_else(|| RolesError::Fatal("this target holds no roles".into()))?;
     let mut state = State::load(store).map_err(RolesError::Store)?;
-    let reads_complete = refresh(roles, source, target, store, &run, &mut state).await?;
+    let refreshed = refresh(roles, source, target, store, &run, &mut state);
+    let Ok(reads_complete) = until_stopped(&run.shutdown.cancel, refreshed).await else {
+        return Ok(Err(Stopped));
+    };
+    let reads_complete = reads_complete?;
     let full = run.full_listing && run.listing_complete;
     run.admins.record(&mut state, full);
     if run.dry_run.is_none() {
@@ -102,6 +116,8 @@ pub async fn sync_roles<S: Source>(
         dry_run: run.dry_run,
         profile_unit: roles.profile_unit_ext_id.as_deref(),
         log: &run.log,
+        cancel: &run.shutdown.cancel,
+        ledger: batch::Ledger::default(),
     };
     let steps = Steps {
         roles,
@@ -110,8 +126,11 @@ pub async fn sync_roles<S: Source>(
         reconcile: run.reconcile,
         allow: run.allow_mass_revoke,
         concurrency: cfg.sync.concurrency,
+        shutdown: &run.shutdown,
     };
-    steps.apply(store, report).await
+    let applied = steps.apply(store, report).await;
+    writer.ledger.report_to(report);
+    applied
 }
 
 /// Brings `state` up to date with Nexudus: resolution (when due), then memberships, in full or
@@ -187,6 +206,7 @@ struct Steps<'a> {
     allow: bool,
     /// Users written at the same time (`sync.concurrency`).
     concurrency: usize,
+    shutdown: &'a Shutdown,
 }
 
 /// A user the plan concerns: Nexudus Id, nevisIDM extId, the checkpoint, and the plan.
@@ -202,32 +222,19 @@ struct Current {
 }
 
 impl Steps<'_> {
-    async fn apply(&self, store: &Store, report: &mut RunReport) -> Result<(), RolesError> {
-        let (planned, tally) = self.plan(store, report).await?;
-        let holds = self.holds(&tally, report);
-        let held = &holds;
-        // Users are written `sync.concurrency` at a time (each user's own writes in order); a
-        // dry run one at a time, so that its plan lines come in the order of the users.
-        let concurrency = match self.writer.dry_run {
-            Some(_) => 1,
-            None => self.concurrency.max(1),
+    async fn apply(
+        &self,
+        store: &Store,
+        report: &mut RunReport,
+    ) -> Result<Result<(), Stopped>, RolesError> {
+        let planned = until_stopped(&self.shutdown.cancel, self.plan(store, report)).await;
+        let Ok(planned) = planned else {
+            return Ok(Err(Stopped));
         };
-        let writer = self.writer;
-        let mut written = futures::stream::iter(planned.into_iter().map(
-            |(id, ext_id, mut holding, user_plan)| async move {
-                let out = writer
-                    .apply(id, &ext_id, &mut holding, &user_plan, held)
-                    .await;
-                (id, ext_id, out)
-            },
-        ))
-        .buffer_unordered(concurrency);
-        while let Some((id, ext_id, out)) = written.next().await {
-            for (role, grant, change) in out? {
-                report.note_role(id, &ext_id, &role, grant, change);
-            }
-        }
-        Ok(())
+        let (planned, tally) = planned?;
+        let holds = self.holds(&tally, report);
+        let (writer, shutdown) = (self.writer, self.shutdown);
+        batch::write_all(writer, planned, &holds, self.concurrency, shutdown).await
     }
 
     /// The revocations the safety holds back in this run (none when approved), each reason
@@ -326,6 +333,13 @@ impl Steps<'_> {
         let mut holding = Holding::read(store, id)
             .map_err(RolesError::Store)?
             .unwrap_or_default();
+        // Grants a run before left pending are settled before anything is planned: a leaver
+        // with only a mark must still get a plan.
+        let who = Who {
+            id,
+            ext_id: &user.ext_id,
+        };
+        self.writer.settle(who, &mut holding).await?;
         let mut read = Ok(());
         if self.reconcile {
             read = self

@@ -48,7 +48,7 @@ mod pinpoint;
 mod planner;
 mod roster;
 mod settlement;
-mod stop;
+pub(crate) mod stop;
 
 use commit::Commit;
 use listing::{Ending, Listing};
@@ -500,8 +500,9 @@ async fn stream<S: Source, T: Target>(
 }
 
 /// The role stage (`[[roles.map]]`, issue 21), once the users' own writes are confirmed: a user
-/// must exist before their profile gets a role. A shutdown stops it like any phase; each grant
-/// and revocation was checkpointed as it was confirmed. Without a map: nothing, no request.
+/// must exist before their profile gets a role. A shutdown drops its reads at once and gives its
+/// writes in flight `sync.shutdown_grace`, as the users' own writes get (`roles::Shutdown`).
+/// Without a map: nothing, no request.
 async fn roles_stage<S: Source, T: Target>(
     cfg: &Config,
     source: &S,
@@ -524,10 +525,13 @@ async fn roles_stage<S: Source, T: Target>(
         overlap: cfg.sync.incremental_overlap,
         admins,
         log: provisioning_log(cfg, store, opts, report)?,
+        shutdown: roles::Shutdown {
+            cancel,
+            grace: cfg.sync.shutdown_grace,
+        },
     };
-    let stage = roles::sync_roles(cfg, source, nevis.target.roles(), store, run, report);
-    match until_stopped(&cancel, stage).await {
-        Ok(done) => done.map_err(SyncError::from),
+    match roles::sync_roles(cfg, source, nevis.target.roles(), store, run, report).await? {
+        Ok(()) => Ok(()),
         Err(Stopped) => {
             tracing::warn!("the role stage stops here, interrupted by a shutdown");
             report.interrupted = true;

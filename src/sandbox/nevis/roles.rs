@@ -7,6 +7,8 @@
 //! policy grants a default role to every new profile ([`FakeNevis::set_policy_default_role`]).
 //! Reads of a user's authorizations can be refused, and slowed while the peak of reads at the
 //! same time is recorded (each by a switch).
+//! Profiles can be removed, added or archived by hand; an archived profile refuses grants and
+//! revocations (`422 errors.policyViolation`).
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -39,6 +41,7 @@ struct FakeProfile {
     ext_id: String,
     unit: String,
     is_default: bool,
+    archived: bool,
 }
 
 /// The role side's state, inside the fake's.
@@ -85,6 +88,7 @@ impl RoleState {
                 ext_id: ext_id.clone(),
                 unit: unit.to_string(),
                 is_default,
+                archived: false,
             });
         let auths = self.authorizations.entry(ext_id.clone()).or_default();
         if let Some(role) = self.policy_default_role.clone() {
@@ -165,6 +169,32 @@ impl FakeNevis {
         }
     }
 
+    /// Removes the user's profile `profile` by hand, with its authorizations.
+    pub fn remove_profile_by_hand(&self, user: &str, profile: &str) {
+        let mut inner = self.lock();
+        if let Some(profiles) = inner.roles.profiles.get_mut(user) {
+            profiles.retain(|p| p.ext_id != profile);
+        }
+        inner.roles.authorizations.remove(profile);
+    }
+
+    /// Adds a profile to the user by hand (the policy's default role with it); answers its extId.
+    pub fn add_profile_by_hand(&self, user: &str, unit: &str, is_default: bool) -> String {
+        self.lock().roles.new_profile(user, unit, is_default)
+    }
+
+    /// Archives the user's profile `profile` by hand: no longer the default, listed as
+    /// `archived`, refusing grants and revocations.
+    pub fn archive_profile_by_hand(&self, user: &str, profile: &str) {
+        let mut inner = self.lock();
+        for p in inner.roles.profiles.get_mut(user).into_iter().flatten() {
+            if p.ext_id == profile {
+                p.archived = true;
+                p.is_default = false;
+            }
+        }
+    }
+
     /// The roleExtIds the user's profiles hold, sorted (a role held twice shows twice).
     pub fn user_roles(&self, user: &str) -> Vec<String> {
         let inner = self.lock();
@@ -219,6 +249,20 @@ fn with_location(mut response: Response, location: &str) -> Response {
 
 fn profile_exists(inner: &Inner, profile: &str) -> bool {
     inner.roles.authorizations.contains_key(profile)
+}
+
+/// An archived profile takes no write: `422 errors.policyViolation`.
+fn refuse_if_archived(inner: &Inner, profile: &str) -> Result<(), ApiError> {
+    let archived =
+        (inner.roles.profiles.values().flatten()).any(|p| p.ext_id == profile && p.archived);
+    if archived {
+        return Err(error(
+            422,
+            "errors.policyViolation",
+            &format!("Profile '{profile}' is archived."),
+        ));
+    }
+    Ok(())
 }
 
 pub(super) async fn get_role(
@@ -276,8 +320,9 @@ pub(super) async fn list_profiles(
         .into_iter()
         .flatten()
         .map(|p| {
+            let state = if p.archived { "archived" } else { "active" };
             json!({"extId": p.ext_id, "unitExtId": p.unit, "isDefaultProfile": p.is_default,
-                   "profileState": "active"})
+                   "profileState": state})
         })
         .collect();
     Ok(json_response(200, &json!({"items": items}), None))
@@ -352,6 +397,7 @@ pub(super) async fn grant(
     if !profile_exists(inner, &profile) {
         return Err(no_profile(&profile));
     }
+    refuse_if_archived(inner, &profile)?;
     let body = parse_object(&body)?;
     let Some(role) = body.get("roleExtId").and_then(Value::as_str) else {
         return Err(error(422, "errors.invalidData", "roleExtId is mandatory."));
@@ -391,6 +437,7 @@ pub(super) async fn revoke(
 ) -> Result<Response, ApiError> {
     let mut inner = lock(&state);
     check_client(&inner, &client)?;
+    refuse_if_archived(&inner, &profile)?;
     let auths = inner
         .roles
         .authorizations
