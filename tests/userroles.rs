@@ -101,6 +101,10 @@ async fn a_userrole_listing_short_of_total_items_fails_no_name_and_revokes_nothi
     // An incremental run reads only the changed UserRoles; that listing short too (it leaves
     // out "Finance Admin", also changed within the overlap): nothing is revoked, and it says so.
     env.nexudus.set_role_listing_short_pages(true);
+    // A second after the last read's `UpdatedOn`: Nexudus stamps to the second, and a change
+    // stamped in the same second as the read is only seen by the next full membership read.
+    let later = chrono::Utc::now() + chrono::Duration::seconds(2);
+    env.nexudus.set_clock(Some(later));
     env.nexudus.set_role_members(role, &[]);
     let run = env.sync(&["--incremental"]).await;
     run.assert_code(1);
