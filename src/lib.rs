@@ -12,6 +12,7 @@
 //! - [`diff`]     pure: desired user + checkpoint -> create / update (changed fields) / disable / nothing;
 //!   the one home of the equivalence rules (how a directory compares values)
 //! - [`forms`]    pure: the directory's own forms, learned when a difference survives a write
+//! - [`refusal`]  pure: when a user nevisIDM refused is asked again (a backoff across runs)
 //! - [`store`]    the sled checkpoint store; the only module that imports sled (its `audit` file
 //!   keys the provisioning log's tree)
 //! - [`clock`]    the wall clock the store and the Nexudus pacer read: the system's, or one a
@@ -68,6 +69,7 @@ pub mod nexudus;
 pub mod ownership;
 pub mod packaging;
 pub mod progress;
+pub mod refusal;
 pub mod report;
 pub mod retry;
 pub mod roles;
