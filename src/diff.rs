@@ -231,6 +231,18 @@ impl Field {
         }
     }
 
+    /// Sets this field of `user` to `value`.
+    pub fn set(self, user: &mut DesiredUser, value: &str) {
+        let slot = match self {
+            Field::LoginId => &mut user.login_id,
+            Field::FirstName => &mut user.first_name,
+            Field::FamilyName => &mut user.family_name,
+            Field::Email => &mut user.email,
+            Field::LanguageCode => &mut user.language_code,
+        };
+        *slot = value.to_string();
+    }
+
     /// The value nevisIDM was seen holding, if it holds one.
     pub fn seen(self, seen: &Observed) -> Option<&str> {
         match self {

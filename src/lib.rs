@@ -11,7 +11,9 @@
 //! - [`limits`]   pure: nevisIDM's documented limits, checked on every mapped user before a request
 //! - [`diff`]     pure: desired user + checkpoint -> create / update (changed fields) / disable / nothing;
 //!   the one home of the equivalence rules (how a directory compares values)
-//! - [`forms`]    pure: the directory's own forms, learned when a difference survives a write
+//! - [`forms`]    pure: the directory's own forms, learned when a difference survives a write and
+//!   is a normalisation of the value sent (else the value was not taken)
+//! - [`refusal`]  pure: when a user nevisIDM refused is asked again (a backoff across runs)
 //! - [`store`]    the sled checkpoint store; the only module that imports sled (its `audit` file
 //!   keys the provisioning log's tree)
 //! - [`clock`]    the wall clock the store and the Nexudus pacer read: the system's, or one a
@@ -68,6 +70,7 @@ pub mod nexudus;
 pub mod ownership;
 pub mod packaging;
 pub mod progress;
+pub mod refusal;
 pub mod report;
 pub mod retry;
 pub mod roles;

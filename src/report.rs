@@ -159,6 +159,9 @@ struct Entry {
     drift: bool,
     /// Disabled by hand in nevisIDM while active in Nexudus, left so: the user's extId.
     hand_disabled: Option<String>,
+    /// nevisIDM confirmed a write of the user but did not take a value sent (the failure says
+    /// which), now or at a try this run left waiting.
+    not_taken: bool,
     /// Values nevisIDM keeps in its own form, learned in this run: (extId, field, sent, held).
     forms: Vec<(String, &'static str, String, String)>,
     /// Role changes of this run: (extId, roleExtId, wanted: grant or revoke, what happened).
@@ -191,6 +194,9 @@ pub struct Counts {
     pub unavailable: u64,
     /// Values nevisIDM keeps in its own form, learned in this run (one per user and field).
     pub forms: u64,
+    /// Failed users whose write nevisIDM confirmed without taking a value sent (counted in
+    /// `failed` too).
+    pub not_taken: u64,
     /// Owned nevisIDM roles granted, revoked, revocations held by the revocation safety, and
     /// role changes that failed (each role of each user once).
     pub granted: u64,
@@ -218,6 +224,7 @@ impl Counts {
     fn add(&mut self, entry: &Entry) {
         self.drift += u64::from(entry.drift);
         self.hand_disabled += u64::from(entry.hand_disabled.is_some());
+        self.not_taken += u64::from(entry.not_taken);
         self.forms += entry.forms.len() as u64;
         for (_, _, _, change) in &entry.roles {
             *match change {
@@ -344,6 +351,16 @@ impl RunReport {
             .entry(Subject::User(id))
             .or_default()
             .hand_disabled = Some(ext_id.to_string());
+    }
+
+    /// nevisIDM confirmed a write of user `id` without taking a value sent (the user's failure
+    /// says which).
+    pub fn note_not_taken(&mut self, id: u64) {
+        self.ledger
+            .entries
+            .entry(Subject::User(id))
+            .or_default()
+            .not_taken = true;
     }
 
     /// nevisIDM keeps `field` of user `id` (`ext_id`) as `held` when sent `sent`: its own form,
@@ -593,7 +610,7 @@ impl RunReport {
         });
         let _ = write!(
             s,
-            " mode={} created={} updated={} disabled={} archived={} unchanged={} failed={} invalid={} held_disables={} adopted={} conflicts={} drift={} hand_disabled={} out_of_scope={} forms={} granted={} revoked={} held_revokes={} listing_complete={} duration={:.3}s",
+            " mode={} created={} updated={} disabled={} archived={} unchanged={} failed={} invalid={} held_disables={} adopted={} conflicts={} drift={} hand_disabled={} out_of_scope={} forms={} not_taken={} granted={} revoked={} held_revokes={} listing_complete={} duration={:.3}s",
             self.mode(),
             c.created,
             c.updated,
@@ -609,6 +626,7 @@ impl RunReport {
             c.hand_disabled,
             c.out_of_scope,
             c.forms,
+            c.not_taken,
             c.granted,
             c.revoked,
             c.held_revokes,

@@ -10,7 +10,8 @@ use crate::terminal::{aligned, printable};
 
 /// The status document from the store, plus live fields when a daemon supplies them. A failing
 /// user's extId is the one it has (checkpoint or adoption link), else the one it would get under
-/// `ext_id_prefix`.
+/// `ext_id_prefix`; a user whose values nevisIDM refused says when they are tried next
+/// (`next_try`, Unix seconds; `null`: the next run tries) and how often they were refused.
 pub fn document(
     store: &Store,
     ext_id_prefix: &str,
@@ -26,7 +27,8 @@ pub fn document(
     let failing: Vec<Value> = store
         .failures_since()?
         .into_iter()
-        .map(|(id, reason, since)| {
+        .map(|failure| {
+            let id = failure.nexudus_id;
             let ext_id = match store.get(id).ok().flatten() {
                 Some(checkpoint) => checkpoint.ext_id,
                 None => store
@@ -35,7 +37,16 @@ pub fn document(
                     .flatten()
                     .unwrap_or_else(|| ext_id_with(ext_id_prefix, id)),
             };
-            json!({ "nexudus_id": id, "ext_id": ext_id, "reason": reason, "since": since })
+            let refusal = failure.refusal;
+            json!({
+                "nexudus_id": id,
+                "ext_id": ext_id,
+                "reason": failure.reason,
+                "since": failure.since,
+                "next_try": refusal.map(|r| r.next_at),
+                "tries": refusal.map(|r| r.tries),
+                "not_taken": refusal.is_some_and(|r| r.not_taken),
+            })
         })
         .collect();
     // A wait for the Nexudus hour or day budget in progress (see `nexudus::pacer`).
@@ -367,13 +378,19 @@ fn render_failing(doc: &Value, out: &mut String) {
         "NEXUDUS ID".to_string(),
         "EXTID".into(),
         "FAILING SINCE".into(),
+        "NEXT TRY".into(),
         "REASON".into(),
     ]];
     for f in failing {
+        let next = match f.get("next_try").filter(|n| !n.is_null()) {
+            Some(at) => when(Some(at)),
+            None => "next run".into(),
+        };
         rows.push(vec![
             count(f, "nexudus_id").to_string(),
             text(f, "ext_id", "?").to_string(),
             when(f.get("since")),
+            next,
             printable(text(f, "reason", "")),
         ]);
     }
@@ -432,7 +449,8 @@ mod tests {
         let seven = row("acme-7");
         assert_eq!(seven[0], "7");
         assert!(seven[2].ends_with("UTC"), "since: {seven:?}");
-        assert_eq!(seven[3], "invalid: email is missing or blank");
+        assert_eq!(seven[3], "next run");
+        assert_eq!(seven[4], "invalid: email is missing or blank");
         assert_eq!(row("hr-8")[0], "8");
         assert!(doc["failing_users"][0]["since"].as_u64().is_some(), "{doc}");
         assert!(doc["last_run"]["finished_at"].as_u64().is_some(), "{doc}");
@@ -455,6 +473,23 @@ mod tests {
         assert!(text.contains("acme-20, and 2 more\n"), "{text}");
         assert!(!text.contains("acme-21"), "{text}");
         assert!(text.contains("--allow-mass-disable"), "{text}");
+    }
+
+    #[test]
+    fn a_refused_user_shows_when_it_is_tried_next() {
+        let store = Store::temporary().unwrap();
+        let refusal = crate::refusal::Refusal::after(None, 1, 1_796_083_200, true);
+        store.record_refusal(9, "422 no", &refusal).unwrap();
+        let doc = document(&store, "acme-", None).unwrap();
+        let failing = &doc["failing_users"][0];
+        assert_eq!(failing["next_try"], 1_796_086_800u64, "{doc}");
+        assert_eq!(
+            (failing["tries"].as_u64(), failing["not_taken"].as_bool()),
+            (Some(1), Some(true))
+        );
+        let text = render(&doc);
+        assert!(text.contains("NEXT TRY"), "{text}");
+        assert!(text.contains("2026-12-01 01:00:00 UTC"), "{text}");
     }
 
     #[test]

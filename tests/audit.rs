@@ -316,7 +316,9 @@ async fn hashed_values_keep_no_plain_value_and_none_keeps_only_fields() {
         });
         sync(&env, &[], 1).await;
         let all = history(&env, &[]).await;
-        assert_eq!(all.len(), 4, "{all:#?}");
+        // The create, the refused one and the update: the refused values wait for their next
+        // try instead of being sent (and logged) again by the second run.
+        assert_eq!(all.len(), 3, "{all:#?}");
         let text = serde_json::to_string(&all).unwrap().to_lowercase();
         for plain in [
             "user.0@example.com",

@@ -307,3 +307,208 @@ async fn every_error_item_of_an_answer_is_reported() {
         "{line}"
     );
 }
+
+/// nevisIDM answers a PATCH with the user but keeps the old email (a policy, a read-only
+/// attribute): the value was not taken. The user is reported on that run, on every run after
+/// (its values wait for their next try) and by a reconcile, which sends it again — never learned
+/// as a form, never "in sync".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_email_nevis_answers_for_but_keeps_is_reported_every_run_and_never_learned() {
+    let env = Env::start().await;
+    env.nevis.set_patch_keeps(&["contacts.email"]);
+    let ids = env.seed(2);
+    env.sync(&[]).await.assert_code(0);
+    let kept = env.nevis.user(&ext(ids[0])).unwrap()["contacts"]["email"].clone();
+    assert!(env.nexudus.update_user(ids[0], |u| {
+        u.insert("Email".into(), json!("moved.0@example.com"));
+    }));
+    let patches = || env.nevis.stats().patches;
+
+    let run = env.sync(&[]).await;
+    run.assert_code(1);
+    assert_eq!((run.count("failed"), run.count("not_taken")), (1, 1));
+    assert_eq!((run.count("updated"), run.count("forms")), (0, 0));
+    let line = run
+        .stdout
+        .lines()
+        .find(|l| l.starts_with("failed:"))
+        .expect("named");
+    assert!(line.contains(&format!("nexudus_id={}", ids[0])), "{line}");
+    assert!(
+        line.contains(&format!(
+            "did not take contacts.email: it still holds {kept} (sent \"moved.0@example.com\")"
+        )),
+        "{line}"
+    );
+    assert_eq!(patches(), 1);
+
+    // The next run: still reported (the values wait for their next try), nothing sent.
+    let next = env.sync(&[]).await;
+    next.assert_code(1);
+    assert_eq!((next.count("failed"), next.count("not_taken")), (1, 1));
+    assert!(next.stdout.contains("next try at"), "{}", next.stdout);
+    assert!(next.stdout.contains("did not take contacts.email"));
+    assert_eq!(patches(), 1);
+
+    // A reconcile sends it again and does not call it in sync.
+    let reconcile = env.sync(&["--reconcile"]).await;
+    reconcile.assert_code(1);
+    assert_eq!(reconcile.count("not_taken"), 1, "{}", reconcile.stdout);
+    assert_eq!(patches(), 2);
+
+    // Never learned; logged as refused with nevisIDM's 200; --status names it.
+    let status = run_cmd(env.command(&["--status", "--json"])).await;
+    status.assert_code(1);
+    let doc: Value = serde_json::from_str(&status.stdout).expect("json");
+    assert_eq!(doc["directory_forms"]["users"], 0, "{doc}");
+    assert_eq!(doc["failing_users"][0]["not_taken"], true, "{doc}");
+    let history = run_cmd(env.command(&["--history", &ids[0].to_string(), "--json"])).await;
+    let newest: Value = serde_json::from_str(history.stdout.lines().next().unwrap()).unwrap();
+    assert_eq!(
+        (newest["outcome"].as_str(), newest["status"].as_u64()),
+        (Some("refused"), Some(200)),
+        "{newest}"
+    );
+
+    // nevisIDM takes it again: the reconcile writes it, and all is in sync.
+    env.nevis.set_patch_keeps(&[]);
+    env.sync(&["--reconcile"]).await.assert_code(0);
+    assert_eq!(
+        env.nevis.user(&ext(ids[0])).unwrap()["contacts"]["email"],
+        "moved.0@example.com"
+    );
+    env.sync(&[]).await.assert_code(0);
+}
+
+/// `audit.values = "none"`: the problem line and --status name the field, not the values.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_value_not_taken_is_named_without_its_values_when_audit_values_is_none() {
+    let env = Env::start().await;
+    env.set("audit.values", &quote("none"));
+    env.nevis.set_patch_keeps(&["contacts.email"]);
+    let ids = env.seed(1);
+    env.sync(&[]).await.assert_code(0);
+    assert!(env.nexudus.update_user(ids[0], |u| {
+        u.insert("Email".into(), json!("moved.0@example.com"));
+    }));
+    let run = env.sync(&[]).await;
+    run.assert_code(1);
+    let status = run_cmd(env.command(&["--status", "--json"])).await.stdout;
+    for text in [&run.stdout, &status] {
+        assert!(text.contains("contacts.email"), "{text}");
+        let lower = text.to_lowercase();
+        assert!(
+            !lower.contains("moved.0@") && !lower.contains("user.0@"),
+            "{text}"
+        );
+    }
+}
+
+/// With nevisIDM answering a PATCH `204` (no user to compare), a value not taken shows at the
+/// second reconcile: the value the first one wrote is still held as before. From then on the
+/// user is reported every run, and each retry is read back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_the_user_in_the_answer_a_value_not_taken_is_found_by_the_next_reconcile() {
+    let env = Env::start().await;
+    env.nevis.set_patch_no_content(true);
+    let ids = env.seed(2);
+    env.sync(&[]).await.assert_code(0);
+    env.nevis.set_patch_keeps(&["contacts.email"]);
+    assert!(env.nexudus.update_user(ids[0], |u| {
+        u.insert("Email".into(), json!("moved.0@example.com"));
+    }));
+    // Indistinguishable from a write taken, until a read shows otherwise.
+    env.sync(&[]).await.assert_code(0);
+    let first = env.sync(&["--reconcile"]).await;
+    first.assert_code(0);
+    assert_eq!(first.count("drift"), 1);
+    let second = env.sync(&["--reconcile"]).await;
+    second.assert_code(1);
+    assert_eq!((second.count("not_taken"), second.count("forms")), (1, 0));
+    assert!(
+        second
+            .stdout
+            .contains("nevisIDM answered 204 but did not take contacts.email"),
+        "{}",
+        second.stdout
+    );
+    let after = env.sync(&[]).await;
+    after.assert_code(1);
+    assert_eq!(after.count("not_taken"), 1, "{}", after.stdout);
+}
+
+/// A form of the same value is still learned when no equivalence rule covers it: family names
+/// upper-cased (case) and names in Unicode NFKC (a full-width letter in its plain form). Two
+/// reconciles, the second writing nothing, both exit 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forms_of_the_same_value_are_still_learned() {
+    let env = Env::start().await;
+    env.nevis.set_stored_forms(StoredForms {
+        upper_case_family_names: true,
+        nfkc_names: true,
+        ..StoredForms::default()
+    });
+    env.seed(2);
+    let wide = env.nexudus.insert_user(NexudusUserSpec::new(
+        "\u{ff21}nna Lopez", // a full-width A
+        "anna.lopez@example.com",
+    ));
+    let (first, _, second, second_writes) = two_reconciles(&env).await;
+    assert_eq!(first.count("forms"), 4, "{}", first.stdout);
+    assert!(
+        first.stdout.contains(&format!(
+            "nexudus_id={wide} extId={} nevisIDM keeps name.firstName",
+            ext(wide)
+        )),
+        "{}",
+        first.stdout
+    );
+    assert_eq!((second_writes, second.count("not_taken")), (0, 0));
+}
+
+/// A form an older version learned for a value nevisIDM did not take (any difference that
+/// survived a write was learned) is dropped when read: the reconcile sees the difference and
+/// writes the value, instead of calling the user in sync.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_form_learned_for_another_value_by_an_older_version_is_dropped_when_read() {
+    use nexudus_nevis_sync::config::Config;
+    use nexudus_nevis_sync::diff::Field;
+    use nexudus_nevis_sync::forms::{Form, Forms};
+
+    let env = Env::start().await;
+    let ids = env.seed(2);
+    env.sync(&[]).await.assert_code(0);
+    let sent = env.nevis.user(&ext(ids[0])).unwrap()["contacts"]["email"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(env.nevis.modify_user(&ext(ids[0]), |u| {
+        u["contacts"]["email"] = json!("someone.else@example.com");
+    }));
+    {
+        let config = Config::load(&env.config).unwrap();
+        let store = common::open_when_free(&config.store.path, 1 << 20).await;
+        let mut old = Forms::default();
+        old.learned.insert(
+            Field::Email,
+            Form {
+                sent: sent.clone(),
+                held: "someone.else@example.com".into(),
+            },
+        );
+        store.set_forms(ids[0], &old).unwrap();
+        store.flush().await.unwrap();
+    }
+    common::store_released(&env.store_path()).await;
+    let shown = run_cmd(env.command(&["--status", "--json"])).await.stdout;
+    let doc: Value = serde_json::from_str(&shown).unwrap();
+    assert_eq!(doc["directory_forms"]["users"], 0, "not shown: {doc}");
+    let before = env.writes();
+    let run = env.sync(&["--reconcile"]).await;
+    run.assert_code(0);
+    assert_eq!((run.count("drift"), env.writes() - before), (1, 1));
+    assert_eq!(
+        env.nevis.user(&ext(ids[0])).unwrap()["contacts"]["email"],
+        sent.as_str()
+    );
+}

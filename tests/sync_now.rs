@@ -290,7 +290,7 @@ async fn throttling_and_transient_failures_are_retried() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn validation_refusal_is_reported_not_retried_and_tried_next_run() {
+async fn validation_refusal_is_reported_not_retried_and_waits_for_its_next_try() {
     let env = Env::start().await;
     let ids = env.seed(3);
     let bad = format!("nexudus-{}", ids[1]);
@@ -315,12 +315,21 @@ async fn validation_refusal_is_reported_not_retried_and_tried_next_run() {
     );
     assert_eq!(requests_for(&env, &bad), 1, "a 422 is not retried");
 
+    // The same values wait for their next try (tests/refusals.rs moves the clock to it): the
+    // user is still reported, with when that is.
     let run = env.sync(&[]).await;
     run.assert_code(1);
-    assert_eq!(requests_for(&env, &bad), 2, "tried again on the next run");
+    assert_eq!(run.count("failed"), 1);
+    assert!(run.stdout.contains("next try at"), "{}", run.stdout);
+    assert_eq!(
+        requests_for(&env, &bad),
+        1,
+        "not sent again before its time"
+    );
 
+    // A reconcile tries at once.
     env.nevis.clear_rejections();
-    let run = env.sync(&[]).await;
+    let run = env.sync(&["--reconcile"]).await;
     run.assert_code(0);
     assert_eq!(run.count("created"), 1);
 }

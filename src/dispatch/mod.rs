@@ -14,6 +14,12 @@
 //! conflict and nothing is written. The candidates come from one read of the client's users per
 //! run (made only when a create needs it), never from nevisIDM's query filters.
 //!
+//! A write nevisIDM refuses for the user's own values (a 4xx about the user, an archived account
+//! holding its loginId) is kept with the user's failure record as a [`Refusal`]: an ordinary run
+//! does not send the same values again before its next try ([`crate::refusal`]). A PATCH
+//! nevisIDM confirms but whose answer holds a value sent as no form of it ([`forms::not_taken`])
+//! was not taken: a refusal too, logged as one, with the checkpoint recording what nevisIDM holds.
+//!
 //! Every PATCH carries the `version` nevisIDM last reported for the user (optimistic locking);
 //! a `409` is answered by reading the user, diffing again and sending one fresh PATCH. When many
 //! updates of a run have no known version, they come from one read of nevisIDM's user listing
@@ -27,14 +33,16 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tracing::Instrument;
 
-use crate::audit::{Recorder, Why, cause};
+use crate::audit::values::Redact;
+use crate::audit::{Change, Recorder, Why, cause};
 use crate::diff::{Changes, Field, Observed, changes_between, create_body};
 use crate::directory::{Directory, SharedDirectory};
-use crate::forms::{Form, Forms};
+use crate::forms::{self, Form, Forms};
 use crate::mapper::DesiredUser;
 use crate::nevis::{Target, TargetError, list_all, version_of};
 use crate::ownership::Owners;
 use crate::progress::Progress;
+use crate::refusal::Refusal;
 use crate::report::{Outcome, RunReport};
 use crate::store::{Store, StoreError, fingerprint};
 use crate::versions::BulkVersions;
@@ -101,6 +109,9 @@ pub struct FormNotes {
     answer: Option<(Changes, Observed)>,
     /// Forms the answer taught.
     pub learned: Vec<(Field, Form)>,
+    /// Read the user back after a PATCH answered `204` (without the user), to see whether
+    /// nevisIDM took the values: set for a user whose values were refused or not taken before.
+    pub verify: bool,
 }
 
 impl Op {
@@ -246,18 +257,40 @@ pub enum WriteError {
     #[error(
         "creating extId {ext_id} was refused: the archived nevisIDM account {holder} holds \
          loginId {login_id:?} (an archived account keeps its loginId and extId for good); free \
-         the loginId in nevisIDM or give this user another email; retried when something changes"
+         the loginId in nevisIDM or give this user another email"
     )]
     ArchivedHolder {
         ext_id: String,
         login_id: String,
         holder: String,
     },
+    /// nevisIDM confirmed the PATCH (`status`) but holds a value sent as neither that value nor
+    /// a form of it ([`forms::not_taken`]): a policy or a read-only attribute kept the old one.
+    /// `detail` names each field with its values as `audit.values` shows them.
+    #[error("{detail}")]
+    NotTaken {
+        status: u16,
+        detail: String,
+        /// Each field not taken, with the value sent and the value nevisIDM holds.
+        fields: Vec<(Field, Form)>,
+    },
 }
 
 impl WriteError {
     fn is_unavailable(&self) -> bool {
         matches!(self, WriteError::Target(TargetError::Unavailable { .. }))
+    }
+
+    /// nevisIDM refused the user's own values: the same values will be refused again, so they
+    /// wait for their next try ([`crate::refusal`]). Not a failure of nevisIDM itself
+    /// (unavailable, a version conflict), nor a conflict between users.
+    fn refuses_values(&self) -> bool {
+        matches!(
+            self,
+            WriteError::Target(TargetError::Rejected { .. })
+                | WriteError::ArchivedHolder { .. }
+                | WriteError::NotTaken { .. }
+        )
     }
 }
 
@@ -296,6 +329,8 @@ pub struct Dispatcher<T: Target> {
     versions: BulkVersions,
     /// The provisioning log: an entry per write settled, written with its checkpoint.
     log: Recorder,
+    /// How the dispatcher's own words (a value not taken) show personal values.
+    redact: Redact,
 }
 
 impl<T: Target> Dispatcher<T> {
@@ -319,7 +354,14 @@ impl<T: Target> Dispatcher<T> {
             directory: SharedDirectory::default(),
             versions: BulkVersions::default(),
             log: Recorder::off(),
+            redact: Redact::Full,
         }
+    }
+
+    /// Shows the values nevisIDM did not take as `audit.values` says ([`Redact`]).
+    pub fn with_redaction(mut self, redact: Redact) -> Self {
+        self.redact = redact;
+        self
     }
 
     /// Writes an entry of the provisioning log for every write settled.
@@ -408,6 +450,7 @@ impl<T: Target> Dispatcher<T> {
         let claimed = Arc::clone(&self.claimed);
         let directory = self.directory.clone();
         let log = self.log.clone();
+        let redact = self.redact.clone();
         let span = tracing::info_span!("user", extId = %op.after.ext_id);
         async move {
             let result = match adopt {
@@ -428,9 +471,14 @@ impl<T: Target> Dispatcher<T> {
             // SIGKILL loses at most the checkpoints of writes confirmed within one flush).
             drop(permit);
             let recorded = match result {
-                Ok(Ok(applied)) => record(&store, &log, &mut op, applied)
-                    .await
-                    .map(|()| Ok(applied)),
+                Ok(Ok(applied)) => match not_taken(&op, &redact) {
+                    None => record(&store, &log, &mut op, applied)
+                        .await
+                        .map(|()| Ok(applied)),
+                    Some(e) => record_not_taken(&store, &log, &op, applied, e)
+                        .await
+                        .map(Err),
+                },
                 other => other,
             };
             (op, recorded)
@@ -570,12 +618,14 @@ impl<T: Target> Dispatcher<T> {
             report.record(op.nexudus_id, conflict(op, reason, candidates));
             return Ok(());
         }
-        tracing::warn!(extId = %ext_id, op = op.kind.as_str(), error = %e, "write failed; will retry next run");
-        self.log.write(entry)?;
-        let reason = e.to_string();
-        self.store.record_failure(op.nexudus_id, &reason)?;
-        if let (WriteError::ArchivedHolder { .. }, Some(fp)) = (&e, op.fingerprint) {
-            self.store.set_blocked(op.nexudus_id, fp)?;
+        let not_taken = matches!(e, WriteError::NotTaken { .. });
+        if !not_taken {
+            // (A value not taken was logged with the checkpoint of what nevisIDM holds.)
+            self.log.write(entry)?;
+        }
+        let reason = self.keep_failure(op, &e)?;
+        if not_taken {
+            report.note_not_taken(op.nexudus_id);
         }
         let unavailable = e.is_unavailable();
         report.record(
@@ -591,6 +641,91 @@ impl<T: Target> Dispatcher<T> {
             return Err(DispatchError::Unavailable(self.unavailable_streak, reason));
         }
         Ok(())
+    }
+}
+
+impl<T: Target> Dispatcher<T> {
+    /// Keeps why `op` failed with the user's failure record — with its [`Refusal`] when its
+    /// values wait for their next try — and answers the reason the run reports.
+    fn keep_failure(&self, op: &Op, e: &WriteError) -> Result<String, StoreError> {
+        let (ext_id, reason) = (&op.after.ext_id, e.to_string());
+        let Some(refusal) = self.backoff(op, e)? else {
+            tracing::warn!(extId = %ext_id, op = op.kind.as_str(), error = %e, "write failed; will retry next run");
+            self.store.record_failure(op.nexudus_id, &reason)?;
+            return Ok(reason);
+        };
+        tracing::warn!(extId = %ext_id, op = op.kind.as_str(), error = %e, next_try = refusal.next_at, "refused; these values wait for their next try");
+        self.store
+            .record_refusal(op.nexudus_id, &reason, &refusal)?;
+        Ok(format!("{reason}; {}", refusal.note()))
+    }
+
+    /// The refusal `e` makes of `op`'s values, when they are to wait for their next try: a
+    /// create or update refused for the user's own values. A disable (or archive) is never
+    /// backed off: a refused disable is access kept, tried every run.
+    fn backoff(&self, op: &Op, e: &WriteError) -> Result<Option<Refusal>, StoreError> {
+        if !e.refuses_values() || !matches!(op.kind, OpKind::Create | OpKind::Update) {
+            return Ok(None);
+        }
+        let digest = op.fingerprint.unwrap_or_else(|| fingerprint(&op.after));
+        let before = self.store.refusal(op.nexudus_id)?;
+        let now = self.store.clock().now();
+        let not_taken = matches!(e, WriteError::NotTaken { .. });
+        Ok(Some(Refusal::after(
+            before.as_ref(),
+            digest,
+            now,
+            not_taken,
+        )))
+    }
+}
+
+/// A write nevisIDM confirmed whose answer (or the read after a `204`, when verified) holds a
+/// value sent as no form of it: the values not taken, as an error; `None` when every value was
+/// taken (or nothing says otherwise).
+fn not_taken(op: &Op, redact: &Redact) -> Option<WriteError> {
+    let (sent, answer) = op.forms.answer.as_ref()?;
+    let fields = forms::not_taken(&op.after, sent, answer);
+    if fields.is_empty() {
+        return None;
+    }
+    let status = op.why.status.unwrap_or(200);
+    let shown: Vec<String> = fields
+        .iter()
+        .map(|(field, form)| not_taken_words(*field, form, redact))
+        .collect();
+    let detail = format!(
+        "nevisIDM answered {status} but did not take {}: not a form of the same value (a \
+         policy or a read-only attribute in nevisIDM keeps it)",
+        shown.join(", ")
+    );
+    Some(WriteError::NotTaken {
+        status,
+        detail,
+        fields,
+    })
+}
+
+/// One field not taken, its values as `audit.values` shows them (from the structure: the value
+/// held and the value sent, never parsed out of a text).
+fn not_taken_words(field: Field, form: &Form, redact: &Redact) -> String {
+    let change = Change {
+        field: field.as_str().to_string(),
+        before: Some(form.held.clone()),
+        after: Some(form.sent.clone()),
+    };
+    let shown = redact.apply(vec![change]);
+    match shown.first().map(|c| (&c.before, &c.after)) {
+        Some((Some(held), Some(sent))) => format!(
+            "{}: it still holds {} (sent {})",
+            field.as_str(),
+            crate::mapper::shown(held),
+            crate::mapper::shown(sent)
+        ),
+        _ => format!(
+            "{}: it holds another value than the one sent (values withheld by audit.values)",
+            field.as_str()
+        ),
     }
 }
 
@@ -675,6 +810,32 @@ async fn record(
     store.put_versioned(op.nexudus_id, &op.after, fp, op.version)?;
     keep_forms(store, op)?;
     store.flush().await
+}
+
+/// A write nevisIDM confirmed without taking every value: its entry says so (refused, with the
+/// status nevisIDM answered), an adoption keeps its link, and the checkpoint records what
+/// nevisIDM holds — the values it kept, not those sent, under their own fingerprint — so that the
+/// next run still sees the difference (and the refusal decides when it is sent again).
+async fn record_not_taken(
+    store: &Store,
+    log: &Recorder,
+    op: &Op,
+    applied: Applied,
+    e: WriteError,
+) -> Result<WriteError, StoreError> {
+    log.write(trail::refused(op, &e))?;
+    if let Applied::Adopted { .. } = applied {
+        store.set_link(op.nexudus_id, &op.after.ext_id)?;
+    }
+    let mut held = op.after.clone();
+    if let WriteError::NotTaken { fields, .. } = &e {
+        for (field, form) in fields {
+            field.set(&mut held, &form.held);
+        }
+    }
+    store.put_still_failing(op.nexudus_id, &held, fingerprint(&held), op.version)?;
+    store.flush().await?;
+    Ok(e)
 }
 
 /// Keeps the forms of a confirmed write: a reconcile's reading, and what nevisIDM's answer to
@@ -883,7 +1044,7 @@ async fn adopt_or_create<T: Target>(
             if changes.is_empty() {
                 Ok(Applied::Adopted { wrote: false })
             } else {
-                patch(ctx.target, &op.after, &changes, version)
+                patch(ctx.target, &op.after, &changes, version, op.forms.verify)
                     .await
                     .map(|patched| {
                         patched.into_op(op);
@@ -926,6 +1087,8 @@ struct Patched {
     answer: Option<(Changes, Observed)>,
     /// nevisIDM's status for the PATCH (`None`: nothing was sent).
     status: Option<u16>,
+    /// What the PATCH sent, when one was sent.
+    sent: Option<Changes>,
 }
 
 impl Patched {
@@ -934,7 +1097,29 @@ impl Patched {
             version: answer.as_ref().and_then(version_of),
             status: Some(if answer.is_some() { 200 } else { 204 }),
             answer: answer.map(|user| (sent.clone(), Observed::from_nevis_json(&user))),
+            sent: Some(sent.clone()),
         }
+    }
+
+    /// A PATCH answered `204` (without the user) of a user to verify: the user read back
+    /// stands for the answer, so that a value nevisIDM did not take is seen at once.
+    async fn verified<T: Target>(
+        mut self,
+        target: &T,
+        ext_id: &str,
+        verify: bool,
+    ) -> Result<Patched, WriteError> {
+        let Some(sent) = self
+            .sent
+            .clone()
+            .filter(|_| verify && self.answer.is_none())
+        else {
+            return Ok(self);
+        };
+        let user = target.get(ext_id).await?.ok_or(TargetError::NotFound)?;
+        self.version = version_of(&user).or(self.version);
+        self.answer = Some((sent, Observed::from_nevis_json(&user)));
+        Ok(self)
     }
 
     /// Notes what the PATCH left in `op`.
@@ -945,11 +1130,26 @@ impl Patched {
     }
 }
 
+/// PATCHes `changes` towards `desired` (see [`patch_locked`]); with `verify`, a `204` is
+/// followed by a read of the user ([`Patched::verified`]).
+async fn patch<T: Target>(
+    target: &T,
+    desired: &DesiredUser,
+    changes: &Changes,
+    known: Option<i64>,
+    verify: bool,
+) -> Result<Patched, WriteError> {
+    patch_locked(target, desired, changes, known)
+        .await?
+        .verified(target, &desired.ext_id, verify)
+        .await
+}
+
 /// PATCHes `changes` towards `desired` under optimistic locking. A 409 (the user changed under
 /// us) is never retried with the same body: the user is read, `desired` is diffed against what
 /// nevisIDM holds now (owned fields are set back, fields this tool does not own keep the hand
 /// edit) and PATCHed once more with the fresh version. A second 409 fails the user for this run.
-async fn patch<T: Target>(
+async fn patch_locked<T: Target>(
     target: &T,
     desired: &DesiredUser,
     changes: &Changes,
@@ -975,8 +1175,7 @@ async fn patch<T: Target>(
     if again.is_empty() {
         return Ok(Patched {
             version: fresh,
-            answer: None,
-            status: None,
+            ..Patched::default()
         });
     }
     match target.update(ext_id, &again, fresh).await {
@@ -998,7 +1197,7 @@ async fn apply<T: Target>(target: &T, op: &mut Op) -> Result<Applied, WriteError
     let Some(changes) = op.changes.clone() else {
         return create_or_converge(target, op).await;
     };
-    match patch(target, &op.after, &changes, op.version).await {
+    match patch(target, &op.after, &changes, op.version, op.forms.verify).await {
         Ok(patched) => {
             patched.into_op(op);
             Ok(Applied::Written)
@@ -1076,7 +1275,8 @@ async fn converge_existing<T: Target>(
         return Ok(Applied::AlreadyRight);
     }
     tracing::info!(extId = %desired.ext_id, "already present in nevisIDM; updating it to the desired values");
-    let patched = patch(target, desired, &changes, version_of(&existing)).await?;
+    let verify = op.forms.verify;
+    let patched = patch(target, desired, &changes, version_of(&existing), verify).await?;
     patched.into_op(op);
     Ok(Applied::Written)
 }

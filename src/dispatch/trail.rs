@@ -73,6 +73,7 @@ pub(super) fn refused(op: &Op, e: &WriteError) -> Draft {
         WriteError::Contended { .. } => (Verdict::Refused, Some(409)),
         // The duplicate's status is not kept with it.
         WriteError::ArchivedHolder { .. } => (Verdict::Refused, None),
+        WriteError::NotTaken { status, .. } => (Verdict::Refused, Some(*status)),
     };
     let reason = match e {
         WriteError::Conflict { reason, candidates } => {

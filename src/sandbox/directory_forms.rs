@@ -1,7 +1,9 @@
 //! How the fake nevisIDM keeps values, each behind a switch of [`super::FakeNevis`]: the forms a
 //! real directory may keep a value in (emails lower-cased, names in Unicode NFC, whitespace
-//! trimmed, and one no equivalence rule foresees: family names upper-cased), and its documented
-//! limits enforced with `422 errors.invalidData`, one error item per value that breaks one.
+//! trimmed, and one no equivalence rule foresees: family names upper-cased), values a PATCH is
+//! answered for but does not change (a policy or a read-only attribute keeping the old one), and
+//! its documented limits enforced with `422 errors.invalidData`, one error item per value that
+//! breaks one.
 
 use serde_json::{Map, Value, json};
 use unicode_normalization::UnicodeNormalization;
@@ -14,6 +16,9 @@ pub struct StoredForms {
     pub trimmed: bool,
     /// A form the sync's rules do not know: it must learn it.
     pub upper_case_family_names: bool,
+    /// Names in Unicode NFKC (compatibility characters such as full-width letters or ligatures
+    /// in their plain form): another form the rules do not know, learned too.
+    pub nfkc_names: bool,
 }
 
 impl StoredForms {
@@ -49,6 +54,34 @@ impl StoredForms {
         }
         if self.upper_case_family_names {
             edit(["name", "familyName"], &|s| s.to_uppercase());
+        }
+        if self.nfkc_names {
+            for path in [["name", "firstName"], ["name", "familyName"]] {
+                edit(path, &|s| s.nfkc().collect());
+            }
+        }
+    }
+}
+
+/// The fields a PATCH leaves as they were although it is answered `200` with the user: each of
+/// `paths` (`contacts.email`, `name.familyName`, `languageCode`) gets its value in `before` back.
+pub fn keep_old(before: &Map<String, Value>, user: &mut Map<String, Value>, paths: &[String]) {
+    for path in paths {
+        let (top, nested) = path.split_once('.').unwrap_or((path, ""));
+        let old = match nested {
+            "" => before.get(top),
+            nested => before.get(top).and_then(|v| v.get(nested)),
+        };
+        let Some(old) = old.cloned() else { continue };
+        match nested {
+            "" => {
+                user.insert(top.to_string(), old);
+            }
+            nested => {
+                if let Some(Value::Object(inner)) = user.get_mut(top) {
+                    inner.insert(nested.to_string(), old);
+                }
+            }
         }
     }
 }
@@ -118,7 +151,7 @@ mod tests {
             lower_case_emails: true,
             nfc_names: true,
             trimmed: true,
-            upper_case_family_names: false,
+            ..StoredForms::default()
         }
         .keep(&mut u);
         assert_eq!(u["contacts"]["email"], "anna@example.com");
@@ -131,6 +164,28 @@ mod tests {
         }
         .keep(&mut u);
         assert_eq!(u["name"]["familyName"], "GARCI\u{301}A");
+        let mut u = user();
+        u["name"]["familyName"] = json!("\u{ff27}arci\u{301}a"); // a full-width G
+        StoredForms {
+            nfkc_names: true,
+            ..StoredForms::default()
+        }
+        .keep(&mut u);
+        assert_eq!(u["name"]["familyName"], "García");
+    }
+
+    #[test]
+    fn a_kept_field_keeps_its_old_value_and_the_others_change() {
+        let before = user();
+        let mut after = user();
+        after["contacts"]["email"] = json!("new@example.com");
+        after["name"]["familyName"] = json!("Lopez");
+        after.insert("languageCode".into(), json!("de"));
+        let paths = ["contacts.email".to_string(), "languageCode".to_string()];
+        keep_old(&before, &mut after, &paths);
+        assert_eq!(after["contacts"]["email"], "Anna@Example.com");
+        assert_eq!(after["languageCode"], "en");
+        assert_eq!(after["name"]["familyName"], "Lopez");
     }
 
     #[test]

@@ -210,6 +210,9 @@ struct Inner {
     stored_forms: StoredForms,
     /// A PATCH is answered 204 without the user.
     patch_no_content: bool,
+    /// Fields a PATCH is answered for but leaves as they were (`contacts.email`, …): a policy or
+    /// a read-only attribute keeping the old value.
+    patch_keeps: Vec<String>,
     /// Values breaking the documented limits are refused (422, an item per breach).
     limits_enforced: bool,
     /// OAuth2 on: only access tokens from the token endpoint are accepted, until they expire.
@@ -316,6 +319,7 @@ impl FakeNevis {
             exact_filters: false,
             stored_forms: StoredForms::default(),
             patch_no_content: false,
+            patch_keeps: Vec::new(),
             limits_enforced: false,
             oauth: None,
             issued: Vec::new(),
@@ -488,6 +492,12 @@ impl FakeNevis {
     /// Answers a PATCH 204 without the user (documented besides 200 with the user).
     pub fn set_patch_no_content(&self, on: bool) {
         self.lock().patch_no_content = on;
+    }
+
+    /// Answers a PATCH as usual (200 with the user, or 204) but leaves each of `fields`
+    /// (`contacts.email`, `name.familyName`, `languageCode`) as it was; none: all taken again.
+    pub fn set_patch_keeps(&self, fields: &[&str]) {
+        self.lock().patch_keeps = fields.iter().map(|f| f.to_string()).collect();
     }
 
     /// Refuses values that break nevisIDM's documented limits: 422 `errors.invalidData`, one
@@ -1364,6 +1374,7 @@ async fn patch_user(
     let mut patch = patch;
     patch.remove("version");
     merge(&mut user, patch);
+    directory_forms::keep_old(current, &mut user, &inner.patch_keeps);
     check_limits(inner, &user)?;
     check_policy(inner, &user)?;
     check_login_unique(inner, &user, &ext_id)?;

@@ -8,8 +8,11 @@
 //!   version) are still read.
 //!   The fingerprint lets an unchanged user be recognised with one read and one hash, no decoding.
 //! - `failures`: Nexudus Id -> `0x00` + Unix seconds (u64 LE) of the first failure in a row + UTF-8
-//!   reason of the last failed or invalid attempt (cleared on success). Stores written before the
-//!   time was kept hold the reason alone (a reason never starts with `0x00`).
+//!   reason of the last failed or invalid attempt (cleared on success); or, for a create or update
+//!   nevisIDM refused for the user's values, `0x01` + that time + the [`Refusal`] (digest of the
+//!   values refused u64 LE, tries u32 LE, next try u64 LE, a flags byte: 1 = not taken) + the
+//!   reason. Stores written before the time was kept hold the reason alone (a reason never starts
+//!   with `0x00` or `0x01`).
 //! - `missing`: Nexudus Id -> complete listings in a row (u32 LE) the user was missing from.
 //! - `disabled_at`: Nexudus Id -> Unix seconds (u64 LE) since the checkpoint says disabled
 //!   (local clock: it is our own event), for `sync.archive_after`.
@@ -21,9 +24,9 @@
 //!   sled tree costs memory): `L` + Nexudus Id -> extId of a pre-existing nevisIDM user adopted for
 //!   it (`sync.adopt`); `O` + extId -> its Nexudus Id (one nevisIDM user is never linked twice);
 //!   `H` + Nexudus Id -> empty: disabled by hand in nevisIDM while active in Nexudus, found by a
-//!   reconcile and left disabled (`sync.reenable_on_reconcile = false`); `B` + Nexudus Id ->
-//!   fingerprint (u64 LE) of a user whose create an archived account's loginId blocks, retried
-//!   when the user changes (or by a reconcile).
+//!   reconcile and left disabled (`sync.reenable_on_reconcile = false`); `B` + Nexudus Id: a
+//!   mark of older versions (a create an archived account blocked, now a [`Refusal`]), dropped
+//!   with the next checkpoint of the user.
 //! - `forms`: Nexudus Id -> JSON of the user's [`Forms`]: values nevisIDM keeps in its own form,
 //!   and values written over a different held one, not read back since (only users with any).
 //!
@@ -46,6 +49,7 @@ use std::time::Duration;
 use crate::clock::Clock;
 use crate::forms::Forms;
 use crate::mapper::{DesiredUser, UserState};
+use crate::refusal::Refusal;
 
 mod audit;
 pub use audit::{AuditEntry, AuditRecord};
@@ -327,6 +331,7 @@ impl Store {
         let key = nexudus_id.to_be_bytes();
         self.users.insert(key, encode(user, fingerprint, version))?;
         self.failures.remove(key)?;
+        // A mark of older versions (see the layout above).
         self.operator.remove(op_key(BLOCKED, &key))?;
         if user.state == UserState::Disabled {
             if !self.disabled_at.contains_key(key)? {
@@ -339,16 +344,37 @@ impl Store {
         Ok(())
     }
 
+    /// Like [`Store::put_versioned`], but the user's failure record stays (with the time its
+    /// failing began): a write nevisIDM confirmed without taking every value is still failing.
+    pub fn put_still_failing(
+        &self,
+        nexudus_id: u64,
+        user: &DesiredUser,
+        fingerprint: u64,
+        version: Option<i64>,
+    ) -> Result<(), StoreError> {
+        let key = nexudus_id.to_be_bytes();
+        let failure = self.failures.get(key)?;
+        self.put_versioned(nexudus_id, user, fingerprint, version)?;
+        if let Some(value) = failure {
+            self.failures.insert(key, value)?;
+        }
+        Ok(())
+    }
+
     /// The forms kept for this user ([`Forms`]); empty when none, or when unreadable (a form not
-    /// known is learned again).
+    /// known is learned again). Forms an older version learned that are no form of the value
+    /// sent are dropped here ([`Forms::kept`]; the record is rewritten with the user's next
+    /// forms).
     pub fn forms(&self, nexudus_id: u64) -> Result<Forms, StoreError> {
         let Some(bytes) = self.forms.get(nexudus_id.to_be_bytes())? else {
             return Ok(Forms::default());
         };
-        Ok(serde_json::from_slice(&bytes).unwrap_or_else(|e| {
+        let forms: Forms = serde_json::from_slice(&bytes).unwrap_or_else(|e| {
             tracing::warn!(nexudus_id, error = %e, "unreadable forms record; learning them again");
             Forms::default()
-        }))
+        });
+        Ok(forms.kept())
     }
 
     /// Keeps `forms` for this user (none: the record is removed).
@@ -369,7 +395,7 @@ impl Store {
         let mut first = Vec::new();
         for item in self.forms.iter() {
             let (k, v) = item?;
-            let Ok(forms) = serde_json::from_slice::<Forms>(&v) else {
+            let Ok(forms) = serde_json::from_slice::<Forms>(&v).map(Forms::kept) else {
                 continue;
             };
             if forms.learned.is_empty() {
@@ -426,18 +452,43 @@ impl Store {
     /// Records why the user's last attempt failed; the time of the first failure in a row is
     /// kept (for alerts on users failing for long), the reason is the latest.
     pub fn record_failure(&self, nexudus_id: u64, reason: &str) -> Result<(), StoreError> {
+        self.put_failure(nexudus_id, reason, None)
+    }
+
+    /// Records that nevisIDM refused the user's values, with the [`Refusal`] that says when
+    /// they are sent again; otherwise as [`Store::record_failure`].
+    pub fn record_refusal(
+        &self,
+        nexudus_id: u64,
+        reason: &str,
+        refusal: &Refusal,
+    ) -> Result<(), StoreError> {
+        self.put_failure(nexudus_id, reason, Some(refusal))
+    }
+
+    fn put_failure(
+        &self,
+        nexudus_id: u64,
+        reason: &str,
+        refusal: Option<&Refusal>,
+    ) -> Result<(), StoreError> {
         let key = nexudus_id.to_be_bytes();
         let since = self
             .failures
             .get(key)?
-            .and_then(|v| split_failure(&v).0)
+            .and_then(|v| split_failure(&v).since)
             .unwrap_or_else(|| self.clock.now());
-        let mut value = Vec::with_capacity(9 + reason.len());
-        value.push(FAILURE_WITH_TIME);
-        value.extend_from_slice(&since.to_le_bytes());
-        value.extend_from_slice(reason.as_bytes());
-        self.failures.insert(key, value)?;
+        self.failures
+            .insert(key, encode_failure(since, refusal, reason))?;
         Ok(())
+    }
+
+    /// The refusal kept with the user's failure record, if nevisIDM refused its values.
+    pub fn refusal(&self, nexudus_id: u64) -> Result<Option<Refusal>, StoreError> {
+        Ok(self
+            .failures
+            .get(nexudus_id.to_be_bytes())?
+            .and_then(|v| split_failure(&v).refusal))
     }
 
     /// Unix seconds of the first failure of the user failing the longest, among failures whose
@@ -446,7 +497,7 @@ impl Store {
         let mut oldest = None;
         for item in self.failures.iter() {
             let (_, v) = item?;
-            if let (Some(since), _) = split_failure(&v) {
+            if let Some(since) = split_failure(&v).since {
                 oldest = Some(oldest.map_or(since, |o: u64| o.min(since)));
             }
         }
@@ -593,19 +644,21 @@ impl Store {
         Ok(self.meta.get("last_run")?.map(|v| v.to_vec()))
     }
 
-    /// Users whose last attempt failed or was invalid, with the reason and the Unix time of the
-    /// first failure in a row (when it was kept).
-    pub fn failures_since(&self) -> Result<Vec<(u64, String, Option<u64>)>, StoreError> {
+    /// Users whose last attempt failed or was invalid, with the reason, the Unix time of the
+    /// first failure in a row (when it was kept) and the refusal (when nevisIDM refused the
+    /// user's values).
+    pub fn failures_since(&self) -> Result<Vec<FailureRecord>, StoreError> {
         self.failures
             .iter()
             .map(|item| {
                 let (k, v) = item?;
-                let (since, reason) = split_failure(&v);
-                Ok((
-                    id_of(&k, "failures")?,
-                    String::from_utf8_lossy(reason).into_owned(),
-                    since,
-                ))
+                let parts = split_failure(&v);
+                Ok(FailureRecord {
+                    nexudus_id: id_of(&k, "failures")?,
+                    reason: String::from_utf8_lossy(parts.reason).into_owned(),
+                    since: parts.since,
+                    refusal: parts.refusal,
+                })
             })
             .collect()
     }
@@ -615,26 +668,7 @@ impl Store {
         Ok(self
             .failures
             .get(nexudus_id.to_be_bytes())?
-            .map(|v| String::from_utf8_lossy(split_failure(&v).1).into_owned()))
-    }
-
-    /// The create of this user was refused for a reason only a change can lift (an archived
-    /// account holds its loginId): the fingerprint of the user as it was refused. Cleared by
-    /// the next confirmed write.
-    pub fn set_blocked(&self, nexudus_id: u64, fingerprint: u64) -> Result<(), StoreError> {
-        let key = op_key(BLOCKED, &nexudus_id.to_be_bytes());
-        self.operator.insert(key, &fingerprint.to_le_bytes())?;
-        Ok(())
-    }
-
-    /// The fingerprint a blocked create was refused with, if the user is blocked.
-    pub fn blocked(&self, nexudus_id: u64) -> Result<Option<u64>, StoreError> {
-        let key = op_key(BLOCKED, &nexudus_id.to_be_bytes());
-        Ok(self
-            .operator
-            .get(key)?
-            .and_then(|v| <[u8; 8]>::try_from(v.as_ref()).ok())
-            .map(u64::from_le_bytes))
+            .map(|v| String::from_utf8_lossy(split_failure(&v).reason).into_owned()))
     }
 
     /// Users whose last attempt failed or was invalid, with the reason.
@@ -642,7 +676,7 @@ impl Store {
         Ok(self
             .failures_since()?
             .into_iter()
-            .map(|(id, reason, _)| (id, reason))
+            .map(|f| (f.nexudus_id, f.reason))
             .collect())
     }
 
@@ -740,22 +774,91 @@ impl Store {
     }
 }
 
-/// The fingerprint of a desired user: xxh3 of its canonical encoding.
 /// First byte of a failure value that carries the time of the first failure.
 const FAILURE_WITH_TIME: u8 = 0;
+/// First byte of a failure value that carries that time and a [`Refusal`].
+const FAILURE_REFUSED: u8 = 1;
+/// Bytes of a [`Refusal`] in a failure value: digest, tries, next try, flags.
+const REFUSAL_LEN: usize = 8 + 4 + 8 + 1;
+/// The flag of a refusal whose value nevisIDM did not take.
+const NOT_TAKEN: u8 = 1;
 
-/// A failure value's time of first failure (when kept) and reason.
-fn split_failure(value: &[u8]) -> (Option<u64>, &[u8]) {
+/// A user's failure record ([`Store::failures_since`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FailureRecord {
+    pub nexudus_id: u64,
+    pub reason: String,
+    /// Unix seconds of the first failure in a row, when kept.
+    pub since: Option<u64>,
+    /// When nevisIDM refused the user's values: when they are sent again.
+    pub refusal: Option<Refusal>,
+}
+
+/// The parts of a failure value.
+struct FailureParts<'a> {
+    since: Option<u64>,
+    refusal: Option<Refusal>,
+    reason: &'a [u8],
+}
+
+fn encode_failure(since: u64, refusal: Option<&Refusal>, reason: &str) -> Vec<u8> {
+    let mut value = Vec::with_capacity(9 + REFUSAL_LEN + reason.len());
+    value.push(if refusal.is_some() {
+        FAILURE_REFUSED
+    } else {
+        FAILURE_WITH_TIME
+    });
+    value.extend_from_slice(&since.to_le_bytes());
+    if let Some(r) = refusal {
+        value.extend_from_slice(&r.digest.to_le_bytes());
+        value.extend_from_slice(&r.tries.to_le_bytes());
+        value.extend_from_slice(&r.next_at.to_le_bytes());
+        value.push(if r.not_taken { NOT_TAKEN } else { 0 });
+    }
+    value.extend_from_slice(reason.as_bytes());
+    value
+}
+
+/// A failure value's time of first failure (when kept), refusal (when kept) and reason.
+fn split_failure(value: &[u8]) -> FailureParts<'_> {
+    let u64_at = |b: &[u8], at: usize| {
+        b.get(at..at + 8)
+            .and_then(|x| <[u8; 8]>::try_from(x).ok())
+            .map(u64::from_le_bytes)
+    };
     match value.split_first() {
-        Some((&FAILURE_WITH_TIME, rest)) if rest.len() >= 8 => {
-            let (time, reason) = rest.split_at(8);
-            let time = <[u8; 8]>::try_from(time).map(u64::from_le_bytes).ok();
-            (time, reason)
+        Some((&FAILURE_WITH_TIME, rest)) if rest.len() >= 8 => FailureParts {
+            since: u64_at(rest, 0),
+            refusal: None,
+            reason: &rest[8..],
+        },
+        Some((&FAILURE_REFUSED, rest)) if rest.len() >= 8 + REFUSAL_LEN => {
+            let r = &rest[8..8 + REFUSAL_LEN];
+            let tries = <[u8; 4]>::try_from(&r[8..12]).map(u32::from_le_bytes).ok();
+            let refusal = match (u64_at(r, 0), tries, u64_at(r, 12)) {
+                (Some(digest), Some(tries), Some(next_at)) => Some(Refusal {
+                    digest,
+                    tries,
+                    next_at,
+                    not_taken: r[20] & NOT_TAKEN != 0,
+                }),
+                _ => None,
+            };
+            FailureParts {
+                since: u64_at(rest, 0),
+                refusal,
+                reason: &rest[8 + REFUSAL_LEN..],
+            }
         }
-        _ => (None, value),
+        _ => FailureParts {
+            since: None,
+            refusal: None,
+            reason: value,
+        },
     }
 }
 
+/// The fingerprint of a desired user: xxh3 of its canonical encoding.
 pub fn fingerprint(user: &DesiredUser) -> u64 {
     let body = postcard::to_allocvec(user).expect("encoding a DesiredUser into memory cannot fail");
     xxhash_rust::xxh3::xxh3_64(&body)
@@ -861,6 +964,7 @@ fn panic_text(panic: &Box<dyn std::any::Any + Send>) -> String {
 const LINK: u8 = b'L';
 const OWNER: u8 = b'O';
 const HAND_DISABLED: u8 = b'H';
+/// Older versions' mark of a blocked create (now a [`Refusal`]): only ever removed.
 const BLOCKED: u8 = b'B';
 
 fn op_key(prefix: u8, rest: &[u8]) -> Vec<u8> {
@@ -1008,6 +1112,41 @@ mod tests {
             store.oldest_failure_since().unwrap(),
             Some(5_000),
             "user 8's failure began at the clock's now"
+        );
+    }
+
+    #[test]
+    fn a_refusal_is_kept_with_the_failure_and_cleared_by_a_checkpoint() {
+        let store = Store::temporary().unwrap().with_clock(Clock::manual(5_000));
+        store.record_failure(7, "503 down").unwrap();
+        assert_eq!(store.refusal(7).unwrap(), None);
+        let refusal = Refusal {
+            digest: 0xfeed,
+            tries: 3,
+            next_at: 9_000,
+            not_taken: true,
+        };
+        store.record_refusal(7, "422 no", &refusal).unwrap();
+        assert_eq!(store.refusal(7).unwrap(), Some(refusal));
+        let all = store.failures_since().unwrap();
+        assert_eq!(
+            all,
+            vec![FailureRecord {
+                nexudus_id: 7,
+                reason: "422 no".into(),
+                since: Some(5_000),
+                refusal: Some(refusal),
+            }],
+            "the first failure's time is kept"
+        );
+        // Another failure (nevisIDM unavailable) is not a refusal of the values.
+        store.record_failure(7, "503 again").unwrap();
+        assert_eq!(store.refusal(7).unwrap(), None);
+        store.record_refusal(7, "422 no", &refusal).unwrap();
+        store.put(7, &user("A")).unwrap();
+        assert_eq!(
+            (store.refusal(7).unwrap(), store.failure(7).unwrap()),
+            (None, None)
         );
     }
 

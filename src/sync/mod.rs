@@ -28,6 +28,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::audit::Recorder;
+use crate::audit::values::Redact;
 use crate::config::{AdoptMode, Config, LoginIdSource};
 use crate::directory::{Directory, SharedDirectory};
 use crate::dispatch::{AdoptRules, DispatchError, Dispatcher, Op, PlanSink};
@@ -353,7 +354,8 @@ impl<'a, S: Source, T: Target> Ctx<'a, S, T> {
             planner,
             settlement: Settlement::new(cfg, store, opts, start.known_before),
             dispatcher: dispatcher(cfg, self.nevis, store, opts, owners)
-                .with_audit(start.log.clone()),
+                .with_audit(start.log.clone())
+                .with_redaction(redaction(cfg, store, opts)?),
         })
     }
 
@@ -550,6 +552,15 @@ fn provisioning_log(
     match opts.dry_run {
         Some(_) => Ok(Recorder::off()),
         None => Recorder::start(&cfg.audit, store, &report.run_id, report.mode()),
+    }
+}
+
+/// How the run's own words show a value nevisIDM did not take: as `audit.values` says. A dry run
+/// writes nothing (and so makes no hashing key in the store).
+fn redaction(cfg: &Config, store: &Store, opts: &RunOptions) -> Result<Redact, StoreError> {
+    match opts.dry_run {
+        Some(_) => Ok(Redact::None),
+        None => Redact::new(cfg.audit.values, store),
     }
 }
 
@@ -1067,8 +1078,10 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn rejected_user_is_reported_and_retried_next_run() {
+    async fn rejected_user_is_reported_and_retried_after_its_wait() {
         let (source, target, store) = fresh(3);
+        let clock = crate::clock::Clock::manual(1_000_000);
+        let store = store.with_clock(clock.clone());
         *target.reject.lock().unwrap() = Some("nexudus-2".into());
         let r = run(&source, &target, &store, false).await;
         assert_eq!(
@@ -1085,6 +1098,16 @@ mod tests {
             "no checkpoint for a refused write"
         );
         *target.reject.lock().unwrap() = None;
+        // The same values are not sent again before their next try: still failing, and saying
+        // when that is.
+        let r = run(&source, &target, &store, false).await;
+        assert_eq!((r.counts().created, r.counts().failed), (0, 1));
+        assert!(
+            r.failures()[0].reason.contains("next try at"),
+            "{:?}",
+            r.failures()
+        );
+        clock.advance(crate::refusal::FIRST_WAIT);
         let r = run(&source, &target, &store, false).await;
         assert_eq!(
             (r.counts().created, r.counts().unchanged, r.exit_code()),

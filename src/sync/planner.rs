@@ -3,9 +3,10 @@
 //! In order: the scope (admins, excluded Ids, email domains) and the mapping ([`scope`], pure);
 //! Nexudus users sharing an email (adoption only: neither is written); then the plan, from the
 //! checkpoint (an ordinary run) or from nevisIDM's real state (a reconcile), with the extId kept
-//! from creation or adoption and the users a reconcile found disabled by hand left so. The
-//! planner also says which Nexudus Ids the record keeps in scope ([`Kept`]): the settlement
-//! judges who vanished from that.
+//! from creation or adoption and the users a reconcile found disabled by hand left so; last, a
+//! user whose values nevisIDM refused waits for its next try ([`crate::refusal`]) unless this is
+//! a reconcile, the values changed, or it is a disable. The planner also says which Nexudus Ids
+//! the record keeps in scope ([`Kept`]): the settlement judges who vanished from that.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 
@@ -216,10 +217,43 @@ impl<'a> Planner<'a> {
             None => self.against_checkpoint(desired, &user, report)?,
             Some(remote) => self.against_remote(remote, desired, &user, report)?,
         };
-        if op.is_none() {
+        let Some(op) = op else {
             report.record(user.id, Outcome::Unchanged);
-        }
+            return Ok(Planned { kept, op: None });
+        };
+        let op = self.against_refusal(op, &user, report)?;
         Ok(Planned { kept, op })
+    }
+
+    /// A user whose values nevisIDM refused (or confirmed without taking): an ordinary run does
+    /// not send the same values again before their next try, and reports the user failing with
+    /// when that is; other values, a reconcile or a disable go at once — read back after a `204`,
+    /// to see whether nevisIDM took them this time.
+    fn against_refusal(
+        &self,
+        mut op: Op,
+        user: &SourceUser,
+        report: &mut RunReport,
+    ) -> Result<Option<Op>, StoreError> {
+        let Some(refusal) = self.store.refusal(user.id)? else {
+            return Ok(Some(op));
+        };
+        let now = self.store.clock().now();
+        let waits = self.remote.is_none()
+            && matches!(op.kind, OpKind::Create | OpKind::Update)
+            && op.fingerprint.is_some_and(|fp| refusal.defers(fp, now));
+        if !waits {
+            op.forms.verify = true;
+            return Ok(Some(op));
+        }
+        let reason = self.store.failure(user.id)?.unwrap_or_default();
+        let reason = format!("{reason}; {}", refusal.note());
+        report.record(user.id, Outcome::failed(&op.after.ext_id, reason, false));
+        if refusal.not_taken {
+            report.note_not_taken(user.id);
+        }
+        report.watermark.problem(user.updated_on.as_deref());
+        Ok(None)
     }
 
     /// Two Nexudus users with one email: neither is written (adoption could pick the wrong
@@ -278,15 +312,6 @@ impl<'a> Planner<'a> {
         let fp = fingerprint(&desired);
         match store.lookup(user.id, fp)? {
             Lookup::Same => Ok(None),
-            Lookup::Missing if store.blocked(user.id)? == Some(fp) => {
-                // Refused because an archived account holds its loginId, and unchanged since:
-                // still failing, not asked again until something changes (or a reconcile).
-                let reason = store.failure(user.id)?.unwrap_or_default();
-                let outcome = Outcome::failed(&desired.ext_id, reason, false);
-                report.record(user.id, outcome);
-                report.watermark.problem(user.updated_on.as_deref());
-                Ok(None)
-            }
             Lookup::Missing => {
                 let link = store.link(user.id)?;
                 if let Some(linked) = &link {
@@ -422,6 +447,8 @@ impl<'a> Planner<'a> {
         let mut op = write_op(user, desired, Some(changes), fp, why);
         op.version = seen.version;
         op.forms.keep = Some(reading.forms);
+        // The last write did not stick: read this one back if nevisIDM answers without the user.
+        op.forms.verify = !reading.not_taken.is_empty();
         Ok(Some(op))
     }
 

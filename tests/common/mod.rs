@@ -273,7 +273,8 @@ impl Env {
         self.run_in_process_with(clock, opts).await
     }
 
-    async fn run_in_process_with(&self, clock: &Clock, opts: RunOptions) -> RunReport {
+    /// A run with `opts` (a reconcile, say) through the library, as [`Env::run_in_process`].
+    pub async fn run_in_process_with(&self, clock: &Clock, opts: RunOptions) -> RunReport {
         let config = Config::load(&self.config).expect("the test config loads");
         let store = open_when_free(&config.store.path, config.store.cache_capacity_bytes)
             .await
@@ -296,6 +297,8 @@ impl Env {
         .expect("run finished within the limit")
         .expect("the run is not fatal");
         store.flush().await.expect("flush the store");
+        drop(store);
+        store_released(&config.store.path).await;
         report
     }
 
@@ -570,4 +573,23 @@ pub async fn open_when_free(path: &std::path::Path, cache: u64) -> Store {
         }
     }
     Store::open(path, cache).expect("the store is free within 5 s")
+}
+
+/// Waits until no handle of this process holds the store at `path` any more (sled lets go of its
+/// file lock a moment after the last handle is dropped), so that the binary run next can open
+/// it. Bounded: 5 s, then a failure.
+pub async fn store_released(path: &std::path::Path) {
+    let db = path.join("db");
+    for _ in 0..250 {
+        let free = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&db)
+            .map_or(true, |file| file.try_lock().is_ok());
+        if free {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("the store at {} is still held after 5 s", path.display());
 }
