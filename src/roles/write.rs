@@ -6,7 +6,7 @@ use std::collections::BTreeSet;
 
 use serde_json::json;
 
-use crate::audit::{Change, Draft, Operation, Recorder, Verdict};
+use crate::audit::{Change, Code, Draft, Operation, Recorder, Verdict};
 use crate::dispatch::PlanSink;
 use crate::nevis::{Profile, RoleTarget, TargetError};
 use crate::report::RoleChange;
@@ -172,7 +172,9 @@ impl Writer<'_> {
                     reason: Some(reason.to_string()),
                     ..entry(id, ext_id, role, false, Verdict::Held)
                 };
-                self.log.write_once(draft).map_err(RolesError::Store)?;
+                self.log
+                    .write_once(draft, Code::RevocationSafety, &[])
+                    .map_err(RolesError::Store)?;
                 out.push((role.clone(), false, RoleChange::Held));
             }
         }

@@ -32,7 +32,9 @@
 //!   `meta` keys `roles_*` hold its resolution, memberships and watermark.
 //!
 //! - `audit`: the provisioning log (see [`audit`]'s layout): one entry per write made or decided
-//!   against, written just before the checkpoint it explains; kept by `--rebuild-store`.
+//!   against, written in one atomic step with the checkpoint it explains ([`step`]); kept by
+//!   `--rebuild-store`. `meta` key `audit_pruned_within_retention`: entries the size bound
+//!   pruned while still inside `audit.retention`, ever (u64 LE).
 //!
 //! A checkpoint is written only after nevisIDM confirmed the write; `flush` makes it durable.
 
@@ -48,7 +50,9 @@ use crate::forms::Forms;
 use crate::mapper::{DesiredUser, UserState};
 
 mod audit;
-pub use audit::{AuditEntry, AuditRecord};
+mod step;
+pub use audit::{AuditEntry, AuditRecord, Mark, Pruned};
+pub use step::{Checkpoint, UserCheckpoint};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -293,18 +297,15 @@ impl Store {
         fingerprint: u64,
         version: Option<i64>,
     ) -> Result<(), StoreError> {
-        let key = nexudus_id.to_be_bytes();
-        self.users.insert(key, encode(user, fingerprint, version))?;
-        self.failures.remove(key)?;
-        self.operator.remove(op_key(BLOCKED, &key))?;
-        if user.state == UserState::Disabled {
-            if !self.disabled_at.contains_key(key)? {
-                self.disabled_at
-                    .insert(key, &self.clock.now().to_le_bytes())?;
-            }
-        } else {
-            self.disabled_at.remove(key)?;
-        }
+        let checkpoint = UserCheckpoint {
+            nexudus_id,
+            user,
+            fingerprint,
+            version,
+            forms: None,
+            link: None,
+        };
+        self.commit(None, &Checkpoint::User(checkpoint))?;
         Ok(())
     }
 
@@ -323,12 +324,10 @@ impl Store {
     /// Keeps `forms` for this user (none: the record is removed).
     pub fn set_forms(&self, nexudus_id: u64, forms: &Forms) -> Result<(), StoreError> {
         let key = nexudus_id.to_be_bytes();
-        if forms.is_empty() {
-            self.forms.remove(key)?;
-        } else {
-            let json = serde_json::to_vec(forms).map_err(|e| StoreError::Io(e.to_string()))?;
-            self.forms.insert(key, json)?;
-        }
+        match forms_value(forms)? {
+            None => self.forms.remove(key)?,
+            Some(json) => self.forms.insert(key, json)?,
+        };
         Ok(())
     }
 
@@ -698,7 +697,17 @@ impl Store {
     }
 }
 
-/// The fingerprint of a desired user: xxh3 of its canonical encoding.
+/// How the `forms` tree keeps a user's forms: JSON; `None` when there are none (the record is
+/// removed).
+fn forms_value(forms: &Forms) -> Result<Option<Vec<u8>>, StoreError> {
+    if forms.is_empty() {
+        return Ok(None);
+    }
+    serde_json::to_vec(forms)
+        .map(Some)
+        .map_err(|e| StoreError::Io(e.to_string()))
+}
+
 /// First byte of a failure value that carries the time of the first failure.
 const FAILURE_WITH_TIME: u8 = 0;
 
@@ -714,6 +723,7 @@ fn split_failure(value: &[u8]) -> (Option<u64>, &[u8]) {
     }
 }
 
+/// The fingerprint of a desired user: xxh3 of its canonical encoding.
 pub fn fingerprint(user: &DesiredUser) -> u64 {
     let body = postcard::to_allocvec(user).expect("encoding a DesiredUser into memory cannot fail");
     xxhash_rust::xxh3::xxh3_64(&body)
@@ -1117,7 +1127,11 @@ mod damage {
             .await
             .unwrap();
         assert!(store.is_empty());
-        assert_eq!(store.audit_of_user(7).unwrap().len(), 1, "the log is kept");
+        assert_eq!(
+            store.audit_of_user(7, 0, None).count(),
+            1,
+            "the log is kept"
+        );
         assert_eq!(store.link(7).unwrap().as_deref(), Some("legacy-7"));
         assert_eq!(store.link_owner("legacy-7").unwrap(), Some(7));
     }

@@ -327,6 +327,10 @@ impl Decision {
     /// returns the removals to send (none when held).
     pub fn record(self, report: &mut RunReport, log: &Recorder) -> Result<Vec<Op>, StoreError> {
         report.listing_complete = self.incomplete.is_none();
+        let code = match self.incomplete {
+            Some(_) => audit::Code::ListingIncomplete,
+            None => audit::Code::DeletionSafety,
+        };
         report.incomplete_reason = self.incomplete;
         let Some(reason) = self.held else {
             return Ok(self.removals);
@@ -343,7 +347,7 @@ impl Decision {
                 // A held batch is not looked up.
                 entry.cause = cause::NOT_LISTED.into();
             }
-            log.write_once(entry)?;
+            log.write_once(entry, code, &[])?;
             let ext_id = op.after.ext_id;
             report.record(op.nexudus_id, Outcome::Held { ext_id });
         }
