@@ -12,6 +12,7 @@
 //! without them, and the time a membership change takes to reach nevisIDM) at the end;
 //! `--roles-only` runs the import and it. `--audit` adds the provisioning log's cost ([`audit`]: the
 //! import with the log off and on, the store's growth per entry); `--audit-only` runs only it.
+//! `--history-only` measures `/history` on a store of a million entries ([`history`]).
 //! The last column, `plan_us/usr`, is the time the run's driving task spent planning each record
 //! (scope, mapping, diff and the checkpoint look-up: the per-record store work between pages),
 //! from the report the run recorded.
@@ -31,6 +32,8 @@ use nexudus_nevis_sync::sandbox::{
 mod audit;
 #[path = "sync/floor.rs"]
 mod floor;
+#[path = "sync/history.rs"]
+mod history;
 #[path = "sync/revoke.rs"]
 mod revoke;
 #[path = "sync/roles.rs"]
@@ -55,6 +58,10 @@ struct Args {
     with_audit: bool,
     audit_only: bool,
     audit_rounds: usize,
+    /// Only reading a large provisioning log (`--history-only`): `/history` on a store of
+    /// `--history-entries` entries (default 1,000,000).
+    history_only: bool,
+    history_entries: u64,
 }
 
 fn parse_args() -> Args {
@@ -83,6 +90,8 @@ fn parse_args() -> Args {
         with_audit: false,
         audit_only: false,
         audit_rounds: 2,
+        history_only: false,
+        history_entries: 1_000_000,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -108,6 +117,8 @@ fn parse_args() -> Args {
             "--audit" => args.with_audit = true,
             "--audit-only" => args.audit_only = true,
             "--audit-rounds" => args.audit_rounds = value().expect("--audit-rounds N") as usize,
+            "--history-only" => args.history_only = true,
+            "--history-entries" => args.history_entries = value().expect("--history-entries N"),
             "--roles-only" => args.roles_only = true,
             "--roles-mapped" => args.roles.mapped = value().expect("--roles-mapped N") as usize,
             "--roles-members" => {
@@ -279,6 +290,9 @@ fn write_config(
 }
 
 async fn bench(args: Args) {
+    if args.history_only {
+        return history_phase(&args).await;
+    }
     let (nexudus, nevis, seeded) = fakes(&args).await;
     if args.audit_only {
         return audit_phase(&args, &nexudus).await;
@@ -385,6 +399,27 @@ async fn audit_phase(args: &Args, nexudus: &FakeNexudus) {
     };
     let cost = audit::measure(latency, args.audit_rounds, dir.path(), config, run).await;
     cost.print(args.users);
+}
+
+/// Reading a large log ([`history`]): the entries written straight into a store, then the
+/// daemon on it (with empty fakes: its runs have nothing to do) asked for `/history` pages.
+async fn history_phase(args: &Args) {
+    let (nexudus, nevis) = nexudus_nevis_sync::sandbox::start_both()
+        .await
+        .expect("start the fakes");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = dir.path().join("config.toml");
+    let listen = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .to_string();
+    let tail = format!(
+        "[http]\nlisten = {listen:?}\n[audit]\nmax_entries = {}\n",
+        args.history_entries * 2
+    );
+    write_config(&config, args, &nexudus, &nevis, "", &tail);
+    let filled = history::fill(&dir.path().join("store"), args.history_entries).await;
+    history::measure(&config, &listen, args.history_entries, filled).await;
 }
 
 /// The daemon's pacer cannot know the minute the earlier processes used; when a full listing

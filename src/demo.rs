@@ -431,15 +431,15 @@ fn history(demo: &Demo, id: u64) -> Result<(), DemoError> {
         who: Some(id.to_string()),
         ..Default::default()
     };
-    let entries = query.run(&demo.store).map_err(err)?;
+    let page = query.run(&demo.store).map_err(err)?;
     println!(
         "\n7. The provisioning log of {} (--history {id}), newest first:",
         demo.ext(id)
     );
-    for line in crate::audit::query::table(&entries).lines() {
+    for line in crate::audit::query::table(&page).lines() {
         println!("   {line}");
     }
-    let ops: Vec<&str> = entries.iter().map(|e| e.operation.as_str()).collect();
+    let ops: Vec<&str> = page.entries.iter().map(|e| e.operation.as_str()).collect();
     check(ops == ["grant", "update", "create"], || {
         format!("the log of {id} holds {ops:?}")
     })

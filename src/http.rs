@@ -266,9 +266,11 @@ async fn status(State(state): State<Arc<AppState>>) -> Response {
     }
 }
 
-/// `/history?who=&since=&op=&outcome=&limit=`: the provisioning log's entries, newest first,
-/// as JSON lines (what `--history --json` prints). `since` is Unix seconds, a duration back from
-/// now (`24h`) or an RFC 3339 time.
+/// `/history?who=&since=&op=&outcome=&limit=&before=`: a page of the provisioning log's
+/// entries, newest first, as JSON lines (what `--history --json` prints), the last line naming
+/// the next page when there is one. `since` is Unix seconds, a duration back from now (`24h`)
+/// or an RFC 3339 time. The page is read on the blocking pool, not on the async workers that
+/// serve the probes.
 async fn history(
     State(state): State<Arc<AppState>>,
     axum::extract::Query(params): axum::extract::Query<std::collections::BTreeMap<String, String>>,
@@ -279,15 +281,20 @@ async fn history(
             return (StatusCode::BAD_REQUEST, axum::Json(json!({ "error": e }))).into_response();
         }
     };
-    match query.run(&state.store) {
-        Ok(entries) => (
+    let store = state.store.clone();
+    let page = tokio::task::spawn_blocking(move || query.run(&store))
+        .await
+        .map_err(|e| e.to_string())
+        .and_then(|read| read.map_err(|e| e.to_string()));
+    match page {
+        Ok(page) => (
             [(header::CONTENT_TYPE, "application/x-ndjson; charset=utf-8")],
-            crate::audit::query::json_lines(&entries),
+            crate::audit::query::json_lines(&page),
         )
             .into_response(),
         Err(e) => (
             StatusCode::INTERNAL_SERVER_ERROR,
-            axum::Json(json!({ "error": e.to_string() })),
+            axum::Json(json!({ "error": e })),
         )
             .into_response(),
     }

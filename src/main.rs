@@ -8,8 +8,7 @@ use std::sync::Arc;
 
 use clap::Parser;
 use nexudus_nevis_sync::ask::ask_daemon;
-use nexudus_nevis_sync::audit::Entry;
-use nexudus_nevis_sync::audit::query::{self, Query};
+use nexudus_nevis_sync::audit::query::{self, Page, Query};
 use nexudus_nevis_sync::clock::Clock;
 use nexudus_nevis_sync::config::{Config, LogFormat};
 use nexudus_nevis_sync::dispatch::PlanSink;
@@ -77,9 +76,14 @@ struct Cli {
     /// With --history: only this outcome (confirmed, refused, failed, held, conflict, invalid).
     #[arg(long, requires = "history")]
     outcome: Option<String>,
-    /// With --history: at most this many entries (the newest).
+    /// With --history: at most this many entries (the newest; default 1000, at most 10000).
+    /// A page that has a next one ends with where it starts (`next page: --before …`).
     #[arg(long, requires = "history")]
     limit: Option<usize>,
+    /// With --history: the next page, entries older than this cursor (what the last page ended
+    /// with).
+    #[arg(long, requires = "history", value_name = "CURSOR")]
+    before: Option<String>,
     /// With --sync-now: list only users changed since the last run's watermark (disappearances
     /// wait for the next full listing). Without it, --sync-now lists everyone.
     #[arg(long, requires = "sync_now", conflicts_with = "reconcile")]
@@ -377,32 +381,35 @@ fn history_query(who: &str, cli: &Cli) -> Result<Query, String> {
             .map(query::parse_outcome)
             .transpose()?,
         limit: cli.limit,
+        before: cli.before.as_deref().map(str::parse).transpose()?,
     })
+    .and_then(|q| q.check().map(|()| q))
 }
 
-/// `--history`: from the store when it is free, otherwise from the running daemon's `/history`;
-/// a table, or with `--json` JSON lines.
+/// `--history`: a page from the store when it is free, otherwise from the running daemon's
+/// `/history`; a table, or with `--json` JSON lines. (The store is read on `main`'s own thread,
+/// which `block_on` drives: no async worker waits for it.)
 async fn history(config: &Config, query: &Query, json: bool) -> u8 {
-    let entries = from_store_or_daemon(
+    let page = from_store_or_daemon(
         config,
-        Vec::new(),
+        Page::default(),
         |store| query.run(store),
         daemon_history(config, query),
     )
     .await;
-    let entries = match entries {
-        Ok(entries) => entries,
+    let page = match page {
+        Ok(page) => page,
         Err(e) => return fatal(&e),
     };
     if json {
-        print!("{}", query::json_lines(&entries));
+        print!("{}", query::json_lines(&page));
     } else {
-        print!("{}", query::table(&entries));
+        print!("{}", query::table(&page));
     }
     0
 }
 
-async fn daemon_history(config: &Config, query: &Query) -> Result<Vec<Entry>, String> {
+async fn daemon_history(config: &Config, query: &Query) -> Result<Page, String> {
     let mut path = String::from("/history?");
     let params = query.to_params();
     let encoded = url::form_urlencoded::Serializer::new(String::new())

@@ -97,6 +97,26 @@ pub enum InvalidReason {
     Limit(#[from] crate::limits::Breach),
 }
 
+impl InvalidReason {
+    /// The rule the record breaks, as a stable name: the provisioning log tells two invalid
+    /// records apart by it, never by the reason's words.
+    pub fn rule(&self) -> &'static str {
+        match self {
+            InvalidReason::EmailMissing => "email_missing",
+            InvalidReason::EmailMalformed(_) => "email_malformed",
+            InvalidReason::EmailWhitespace(_) => "email_whitespace",
+            InvalidReason::EmailTooLong(_) => "email_too_long",
+            InvalidReason::NameMissing => "name_missing",
+            InvalidReason::NameControlCharacters => "name_control_characters",
+            InvalidReason::NameTooLong(_) => "name_too_long",
+            InvalidReason::WrongType { .. } => "wrong_type",
+            InvalidReason::FieldMissing(_) => "field_missing",
+            InvalidReason::NoId => "no_id",
+            InvalidReason::Limit(_) => "limit",
+        }
+    }
+}
+
 /// The default `extId` of a Nexudus user (with the built-in prefix).
 pub fn ext_id(nexudus_id: u64) -> String {
     ext_id_with(EXT_ID_PREFIX, nexudus_id)

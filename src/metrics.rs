@@ -69,6 +69,7 @@ pub struct Metrics {
     run_seconds: Histogram,
     store_bytes: Gauge,
     audit_entries: Gauge,
+    audit_pruned_within_retention: Counter,
     failing_users: Gauge,
     oldest_failure: Gauge,
     ready: Gauge,
@@ -112,6 +113,7 @@ impl Metrics {
             run_seconds: Histogram::new(exponential_buckets(0.1, 2.0, 14)),
             store_bytes: Gauge::default(),
             audit_entries: Gauge::default(),
+            audit_pruned_within_retention: Counter::default(),
             failing_users: Gauge::default(),
             oldest_failure: Gauge::default(),
             ready: Gauge::default(),
@@ -213,6 +215,12 @@ impl Metrics {
             "audit_entries",
             "Entries the provisioning log holds (within audit.retention and audit.max_entries)",
             self.audit_entries.clone(),
+        );
+        self.registry.register(
+            "audit_pruned_within_retention",
+            "Provisioning-log entries audit.max_entries pruned while still inside audit.retention \
+             (raise audit.max_entries)",
+            self.audit_pruned_within_retention.clone(),
         );
         self.registry.register(
             "failing_users",
@@ -364,6 +372,14 @@ impl Metrics {
     pub fn set_audit_entries(&self, entries: u64) {
         self.audit_entries
             .set(i64::try_from(entries).unwrap_or(i64::MAX));
+    }
+
+    /// The store's count of entries the size bound pruned inside the retention, ever: the
+    /// counter follows it (a count that went back, a store rebuilt, adds nothing).
+    pub fn set_audit_pruned_within_retention(&self, total: u64) {
+        let counted = self.audit_pruned_within_retention.get();
+        self.audit_pruned_within_retention
+            .inc_by(total.saturating_sub(counted));
     }
 
     /// Readiness as `/readyz` judges it, refreshed on every scrape.

@@ -196,6 +196,19 @@ async fn a_lifecycle_leaves_exactly_the_expected_entries() {
         table.stdout
     );
     assert!(table.stdout.contains("FullName changed in Nexudus"));
+
+    // Each entry is found by its person: none lacks the index that leads to it.
+    let mut found = std::collections::BTreeSet::new();
+    for id in per_person(&everything).keys() {
+        for e in history(&env, &[&id.to_string()]).await {
+            found.insert(e["cursor"].as_str().unwrap().to_string());
+        }
+    }
+    let all: std::collections::BTreeSet<_> = everything
+        .iter()
+        .map(|e| e["cursor"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(found, all);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -490,4 +503,271 @@ async fn a_reconcile_names_a_change_in_nexudus_apart_from_a_hand_edit() {
         change(edited, "name.firstName"),
         &json!({"field": "name.firstName", "before": "Hand", "after": "First1"})
     );
+}
+
+/// How many entries of `entries` each Nexudus Id has.
+fn per_person(entries: &[Value]) -> std::collections::BTreeMap<u64, usize> {
+    let mut count = std::collections::BTreeMap::new();
+    for e in entries {
+        *count.entry(e["nexudus_id"].as_u64().unwrap()).or_default() += 1;
+    }
+    count
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn held_disables_are_logged_once_each_while_only_the_count_in_the_reason_moves() {
+    let env = Env::start().await;
+    env.set("sync.max_disables", "10");
+    env.set("sync.max_disable_percent", "100");
+    let ids = env.seed(60);
+    sync(&env, &[], 0).await;
+    for id in &ids[..36] {
+        assert!(env.nexudus.remove_user(*id));
+    }
+    for _ in 0..2 {
+        sync(&env, &[], 1).await;
+    }
+    // One more leaves: "37 disables exceed …" now, for the same 36 and one new.
+    assert!(env.nexudus.remove_user(ids[36]));
+    for _ in 0..4 {
+        sync(&env, &[], 1).await;
+    }
+    let held = history(&env, &["--op", "disable", "--outcome", "held"]).await;
+    let count = per_person(&held);
+    assert_eq!(count.len(), 37, "{count:?}");
+    assert!(count.values().all(|n| *n == 1), "one entry each: {count:?}");
+    let newest = held[0]["reason"].as_str().unwrap();
+    assert!(newest.starts_with("37 disables"), "{newest}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_held_revocations_of_one_person_are_each_logged_once() {
+    let env = Env::start().await;
+    env.nevis.add_roles(&["frontdesk", "keys"]);
+    let ids = env.seed(3);
+    let role = env
+        .nexudus
+        .add_user_role(1, "Main Street", "Receptionist", &ids[..2]);
+    env.set(
+        "roles.map",
+        r#"[{nexudus = "Receptionist", nevis = ["frontdesk", "keys"]}]"#,
+    );
+    env.set("roles.max_revokes", "1");
+    sync(&env, &[], 0).await;
+    env.nexudus.set_role_members(role, &[]);
+    for _ in 0..3 {
+        sync(&env, &[], 1).await;
+    }
+    let held = history(&env, &["--op", "revoke", "--outcome", "held"]).await;
+    assert_eq!(held.len(), 4, "two people, two roles each: {held:#?}");
+    for id in &ids[..2] {
+        let mut roles: Vec<_> = held
+            .iter()
+            .filter(|e| e["nexudus_id"] == *id)
+            .map(|e| change(e, "roles")["before"].as_str().unwrap().to_string())
+            .collect();
+        roles.sort();
+        assert_eq!(roles, ["frontdesk", "keys"], "{id}");
+    }
+    // Approved: each revocation confirmed once, then nothing more is held.
+    sync(&env, &["--allow-mass-disable"], 0).await;
+    sync(&env, &[], 0).await;
+    let revokes = history(&env, &["--op", "revoke"]).await;
+    assert_eq!(revokes.len(), 8, "{revokes:#?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_decision_that_changes_is_logged_again_and_a_repeated_one_is_not() {
+    let env = Env::start().await;
+    let id = env
+        .nexudus
+        .insert_user(NexudusUserSpec::new("Ada Lovelace", "ada.example.com"));
+    sync(&env, &[], 1).await;
+    sync(&env, &[], 1).await;
+    let set_email = |email: Option<&str>| {
+        env.nexudus.update_user(id, |r| {
+            r.insert("Email".into(), email.map_or(Value::Null, |e| json!(e)));
+        });
+    };
+    // Another rule broken: another decision; then the first again: news again.
+    set_email(None);
+    sync(&env, &[], 1).await;
+    sync(&env, &[], 1).await;
+    set_email(Some("ada.example.com"));
+    sync(&env, &[], 1).await;
+    // The same rule with another value: another decision too.
+    set_email(Some("ada.lovelace.example.com"));
+    sync(&env, &[], 1).await;
+    sync(&env, &[], 1).await;
+    let mine = history(&env, &[&id.to_string()]).await;
+    let reasons: Vec<_> = mine
+        .iter()
+        .map(|e| e["reason"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(reasons.len(), 4, "{reasons:#?}");
+    assert!(
+        reasons[0].contains("ada.lovelace.example.com"),
+        "{reasons:?}"
+    );
+    assert!(reasons[1].contains("ada.example.com"), "{reasons:?}");
+    assert!(reasons[2].contains("missing"), "{reasons:?}");
+    assert!(reasons[3].contains("ada.example.com"), "{reasons:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_size_bound_prunes_entries_past_the_retention_before_any_younger_one() {
+    let env = Env::start().await;
+    env.set("audit.retention", &quote("90d"));
+    env.set("audit.max_entries", "100");
+    let clock = nexudus_nevis_sync::clock::Clock::manual(1_900_000_000);
+    let first = env.seed(1)[0];
+    env.run_in_process(&clock).await;
+    clock.advance(Duration::from_secs(91 * 86_400));
+    // 100 creates: the 101st entry of the log brings it over its bound.
+    for i in 0..100 {
+        env.nexudus.insert_user(NexudusUserSpec::new(
+            format!("Young {i}"),
+            format!("young.{i}@example.com"),
+        ));
+    }
+    env.run_in_process(&clock).await;
+    let kept = history(&env, &[]).await;
+    assert_eq!(kept.len(), 100, "every entry inside the retention is kept");
+    assert!(kept.iter().all(|e| e["nexudus_id"] != first));
+    let store = common::open_when_free(&env.store_path(), 1 << 20).await;
+    assert_eq!(store.audit_pruned_within_retention().unwrap(), 0);
+    drop(store);
+    // Every entry is young now: the bound prunes young ones, and counts them.
+    env.nexudus
+        .insert_user(NexudusUserSpec::new("One More", "one.more@example.com"));
+    env.run_in_process(&clock).await;
+    let store = common::open_when_free(&env.store_path(), 1 << 20).await;
+    assert_eq!(store.audit_len().unwrap(), 99);
+    assert_eq!(store.audit_pruned_within_retention().unwrap(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_daemon_counts_entries_pruned_inside_the_retention() {
+    let env = Env::start().await;
+    env.set("audit.max_entries", "3");
+    env.seed(5);
+    let daemon = Daemon::start(&env).await;
+    // Five creates into a log bounded at three: two young entries pruned.
+    daemon
+        .wait_for_body("/metrics", |m| {
+            m.contains("nexudus_nevis_sync_audit_pruned_within_retention_total 2")
+        })
+        .await;
+    daemon.stop().await;
+}
+
+/// Every page of `--history [args] --limit N --json`, following each page's cursor: the
+/// entries' cursors in the order read.
+async fn paged(env: &Env, args: &[&str], limit: usize) -> Vec<String> {
+    let mut seen = Vec::new();
+    let mut before: Option<String> = None;
+    for _ in 0..100 {
+        let limit = limit.to_string();
+        let mut all = vec!["--history"];
+        all.extend_from_slice(args);
+        all.extend(["--limit", &limit, "--json"]);
+        if let Some(cursor) = &before {
+            all.extend(["--before", cursor]);
+        }
+        let run = run_cmd(env.command(&all)).await;
+        run.assert_code(0);
+        let lines: Vec<Value> = run
+            .stdout
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("a JSON line"))
+            .collect();
+        before = None;
+        for line in &lines {
+            match line["next_before"].as_str() {
+                Some(next) => before = Some(next.to_string()),
+                None => seen.push(line["cursor"].as_str().unwrap().to_string()),
+            }
+        }
+        let entries = lines.len() - usize::from(before.is_some());
+        assert!(entries <= limit.parse().unwrap(), "the limit is honoured");
+        if before.is_none() {
+            return seen;
+        }
+    }
+    panic!("more than 100 pages");
+}
+
+/// `/history` page by page, following the cursor the last line names.
+async fn paged_from_daemon(daemon: &Daemon, limit: usize) -> Vec<String> {
+    let mut seen = Vec::new();
+    let mut path = format!("/history?limit={limit}");
+    for _ in 0..100 {
+        let (status, body) = daemon.get(&path).await;
+        assert_eq!(status, 200, "{body}");
+        let mut next = None;
+        let mut entries = 0;
+        for line in body.lines() {
+            let line: Value = serde_json::from_str(line).expect("a JSON line");
+            match line["next_before"].as_str() {
+                Some(cursor) => next = Some(cursor.to_string()),
+                None => {
+                    entries += 1;
+                    seen.push(line["cursor"].as_str().unwrap().to_string());
+                }
+            }
+        }
+        assert!(entries <= limit, "the limit is honoured");
+        match next {
+            Some(cursor) => path = format!("/history?limit={limit}&before={cursor}"),
+            None => return seen,
+        }
+    }
+    panic!("more than 100 pages");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn history_pages_with_a_cursor_each_entry_once_newest_first() {
+    let env = Env::start().await;
+    let ids = env.seed(23);
+    sync(&env, &[], 0).await;
+    for id in &ids[..4] {
+        env.nexudus.update_user(*id, |r| {
+            r.insert("Active".into(), json!(false));
+        });
+    }
+    sync(&env, &[], 0).await;
+    let whole: Vec<String> = history(&env, &[])
+        .await
+        .iter()
+        .map(|e| e["cursor"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(whole.len(), 27);
+    assert_eq!(paged(&env, &[], 10).await, whole);
+    let first = history(&env, &[&ids[0].to_string()]).await;
+    let mine: Vec<_> = first
+        .iter()
+        .map(|e| e["cursor"].as_str().unwrap())
+        .collect();
+    assert_eq!(paged(&env, &[&ids[0].to_string()], 1).await, mine);
+    // The table says where the next page starts.
+    let table = run_cmd(env.command(&["--history", "--limit", "5"])).await;
+    table.assert_code(0);
+    let last = table.stdout.lines().last().unwrap();
+    assert_eq!(last, format!("next page: --before {}", whole[4]));
+    let too_many = run_cmd(env.command(&["--history", "--limit", "20000"])).await;
+    too_many.assert_code(2);
+
+    // The daemon's /history pages the same, and --history asks it while it holds the store.
+    let daemon = Daemon::start(&env).await;
+    daemon
+        .wait_for_body("/metrics", |m| {
+            m.contains("runs_total{outcome=\"in_sync\"} 1")
+        })
+        .await;
+    assert_eq!(paged_from_daemon(&daemon, 7).await, whole);
+    env.set("http.listen", &quote(&daemon.addr.to_string()));
+    assert_eq!(paged(&env, &[], 10).await, whole);
+    assert_eq!(daemon.get("/history?limit=0").await.0, 400);
+    assert_eq!(daemon.get("/history?before=yesterday").await.0, 400);
+    daemon.stop().await;
 }

@@ -135,6 +135,10 @@ pub struct Change {
 pub struct Entry {
     /// RFC 3339, UTC, whole seconds.
     pub time: String,
+    /// Where the entry stands in the log (`<unix seconds>-<sequence>`, unique): a page that
+    /// ends with it is followed by `--before` this.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub cursor: String,
     pub run_id: String,
     /// `full`, `incremental` or `reconcile`.
     pub mode: String,
@@ -211,6 +215,7 @@ impl Entry {
         let s: Stored = postcard::from_bytes(rest).map_err(|e| e.to_string())?;
         Ok(Entry {
             time,
+            cursor: String::new(),
             run_id: s.run_id,
             mode: s.mode,
             ext_id,
@@ -450,6 +455,7 @@ mod tests {
         let back = Entry::from_stored(time.clone(), Some(1), "nexudus-1".into(), &stored);
         let expected = Entry {
             time,
+            cursor: String::new(),
             run_id: "r".into(),
             mode: "full".into(),
             ext_id: draft.ext_id,

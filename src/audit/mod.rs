@@ -1,32 +1,37 @@
 //! The provisioning log: for every person, every change the sync made or decided against, and
 //! why — kept in the store, beside the checkpoints it explains.
 //!
-//! Each write's entry is written by whoever checkpoints it, in the same step and just before the
-//! checkpoint ([`crate::dispatch`], [`crate::roles`]): a confirmed write is never checkpointed
-//! without its entry, and an entry is written only for what nevisIDM confirmed or refused, so a
-//! crash leaves no entry for a write that did not happen. Decisions against a write (a held
-//! disable or revocation, an invalid record, a conflict) are written once per user while they
-//! stay the same, so that an unchanged rerun writes nothing.
+//! A confirmed write's entry is written by whoever checkpoints it, in one atomic step with the
+//! checkpoint ([`Recorder::write_with`]; [`crate::dispatch`], [`crate::roles`]): a confirmed
+//! write is never checkpointed without its entry, and an entry is written only for what
+//! nevisIDM confirmed or refused, so a crash leaves no entry for a write that did not happen.
+//! Decisions against a write (a held disable or revocation, an invalid record, a conflict) are
+//! written once while they stay the same ([`once`]), so that an unchanged rerun writes nothing.
 //!
 //! - [`entry`]  the entry: operation, fields before and after, outcome, cause
 //! - [`cause`]  the causes in words, one phrase each
+//! - [`once`]   what makes two decisions the same, and which marks a write forgets
 //! - [`values`] `audit.values`: full values, keyed hashes, or field names only
-//! - [`query`]  `--history` and `/history`: by person or by time, filtered, as a table or JSON lines
+//! - [`query`]  `--history` and `/history`: by person or by time, filtered, a page at a time, as
+//!   a table or JSON lines
 //!
 //! A dry run writes nothing; `audit.enabled = false` writes nothing but still prunes what is
-//! kept (`audit.retention`, `audit.max_entries`) and still answers `--history`.
+//! kept (`audit.retention` first, then `audit.max_entries`) and still answers `--history`.
 
 pub mod cause;
 pub mod entry;
+pub mod once;
 pub mod query;
 pub mod values;
 
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 pub use entry::{Change, Draft, Entry, Operation, Verdict, Why, changes_of};
+pub use once::Code;
 
 use crate::config::AuditConfig;
-use crate::store::{AuditRecord, Store, StoreError};
+use crate::store::{AuditRecord, Checkpoint, Mark, Pruned, Store, StoreError};
 use values::Redact;
 
 /// Writes a run's entries. Cheap to clone; [`Recorder::off`] writes nothing.
@@ -41,6 +46,7 @@ struct Inner {
     run_id: String,
     mode: &'static str,
     redact: Redact,
+    retention: Duration,
     max_entries: u64,
     /// One pruning at a time (the count it keeps is shared).
     pruning: Mutex<()>,
@@ -68,37 +74,68 @@ impl Recorder {
                 run_id: run_id.to_string(),
                 mode,
                 redact: Redact::new(cfg.values, store)?,
+                retention: cfg.retention,
                 max_entries: cfg.max_entries,
                 pruning: Mutex::new(()),
             })),
         })
     }
 
-    /// Writes an entry (a write confirmed, refused or failed). The caller makes it durable with
-    /// the checkpoint it explains ([`Store::flush`]).
+    /// Writes the entry of a write nevisIDM refused or that failed (or of a confirmed write
+    /// without a checkpoint of its own). The caller makes it durable ([`Store::flush`]).
     pub fn write(&self, draft: Draft) -> Result<(), StoreError> {
         match &self.inner {
-            Some(inner) => inner.append(draft, None),
+            Some(inner) => inner.append(draft, None, &Checkpoint::Nothing),
             None => Ok(()),
         }
     }
 
+    /// Writes a confirmed write's entry and its `checkpoint` in `store` (the run's) as one
+    /// atomic step; the checkpoint alone when the log is off. The caller makes it durable
+    /// ([`Store::flush`]).
+    pub fn write_with(
+        &self,
+        store: &Store,
+        draft: Draft,
+        checkpoint: Checkpoint<'_>,
+    ) -> Result<(), StoreError> {
+        match &self.inner {
+            Some(inner) => inner.append(draft, None, &checkpoint),
+            None => store.commit(None, &checkpoint).map(drop),
+        }
+    }
+
     /// Writes an entry for a decision against a write (held, invalid, conflict) unless the
-    /// user's last such entry said the same: a decision that stays the same run after run is
-    /// written once, until something else happens to the user.
-    pub fn write_once(&self, draft: Draft) -> Result<(), StoreError> {
+    /// person's last decision of the same operation and target was the same: the same `code`,
+    /// fields and `values` (what else the decision is about), whatever its reason's words say.
+    pub fn write_once(&self, draft: Draft, code: Code, values: &[&str]) -> Result<(), StoreError> {
         let Some(inner) = &self.inner else {
             return Ok(());
         };
-        let once = draft.nexudus_id.map(|id| (id, digest(&draft)));
-        inner.append(draft, once)
+        let once = (once::slot(&draft, code), once::digest(&draft, code, values));
+        inner.append(draft, Some(once), &Checkpoint::Nothing)
     }
 }
 
 impl Inner {
-    /// Appends `draft` with `audit.values` applied; with `once` (Nexudus Id, digest), only
-    /// unless that user's last decision had the same digest. Keeps the log within its bound.
-    fn append(&self, draft: Draft, once: Option<(u64, u64)>) -> Result<(), StoreError> {
+    /// Appends `draft` with `audit.values` applied, with `checkpoint`; with `once` (slot,
+    /// digest), only unless the person's mark there holds the same digest. A confirmed write
+    /// forgets the marks it concerns. Keeps the log within its bound.
+    fn append(
+        &self,
+        draft: Draft,
+        once: Option<(Vec<u8>, u64)>,
+        checkpoint: &Checkpoint<'_>,
+    ) -> Result<(), StoreError> {
+        let scope = once::scope(&draft);
+        let mark = match &once {
+            Some((slot, digest)) => Mark::Once {
+                slot,
+                digest: *digest,
+            },
+            None if draft.outcome == Verdict::Confirmed => Mark::Forget(&scope),
+            None => Mark::Keep,
+        };
         let draft = self.redacted(draft);
         let body = draft.to_stored(&self.run_id, self.mode);
         let record = AuditRecord {
@@ -107,16 +144,10 @@ impl Inner {
             ext_id: &draft.ext_id,
             body: &body,
         };
-        let count = match once {
-            None => self.store.audit_append(record)?,
-            Some((id, digest)) => {
-                if !self.store.audit_append_once(record, id, digest)? {
-                    return Ok(());
-                }
-                self.store.audit_len()?
-            }
-        };
-        self.bound(count)
+        if !self.store.commit(Some((record, mark)), checkpoint)? {
+            return Ok(());
+        }
+        self.bound()
     }
 
     /// `draft` as `audit.values` keeps it: the values of its changes, and its reason, which may
@@ -134,24 +165,50 @@ impl Inner {
         draft
     }
 
-    /// Keeps the log within `audit.max_entries`, pruning a hundredth below it at a time.
-    fn bound(&self, count: u64) -> Result<(), StoreError> {
-        if count <= self.max_entries {
+    /// Keeps the log within `audit.max_entries`: entries past `audit.retention` go first, then,
+    /// only if that is not enough, the oldest younger ones down to a hundredth below the bound.
+    fn bound(&self) -> Result<(), StoreError> {
+        if self.store.audit_len()? <= self.max_entries {
             return Ok(());
         }
         let _one = self.pruning.lock().unwrap_or_else(|p| p.into_inner());
         let keep = self.max_entries - self.max_entries / 100;
-        self.store.audit_prune(0, keep)?;
+        let pruned =
+            self.store
+                .audit_prune(cutoff(&self.store, self.retention), self.max_entries, keep)?;
+        warn_if_young(pruned);
         Ok(())
     }
 }
 
-/// Prunes what `audit.retention` and `audit.max_entries` no longer keep; answers how many
-/// entries went. Run at the end of every run that writes (even with `audit.enabled = false`:
-/// what was kept before still ages out).
-pub fn prune(cfg: &AuditConfig, store: &Store) -> Result<u64, StoreError> {
-    let cutoff = store.clock().now().saturating_sub(cfg.retention.as_secs());
-    store.audit_prune(cutoff, cfg.max_entries)
+/// Unix seconds before which entries are past `retention`.
+fn cutoff(store: &Store, retention: Duration) -> u64 {
+    store.clock().now().saturating_sub(retention.as_secs())
+}
+
+/// The size bound pruned entries the retention promises to keep: say what to raise.
+fn warn_if_young(pruned: Pruned) {
+    if pruned.young > 0 {
+        tracing::warn!(
+            pruned = pruned.young,
+            "audit.max_entries pruned provisioning-log entries younger than audit.retention: \
+             raise audit.max_entries (or lower audit.retention) so that the log keeps what \
+             the retention promises"
+        );
+    }
+}
+
+/// Prunes what `audit.retention` and `audit.max_entries` no longer keep, the aged entries
+/// first; answers what went. Run at the end of every run that writes (even with
+/// `audit.enabled = false`: what was kept before still ages out).
+pub fn prune(cfg: &AuditConfig, store: &Store) -> Result<Pruned, StoreError> {
+    let pruned = store.audit_prune(
+        cutoff(store, cfg.retention),
+        cfg.max_entries,
+        cfg.max_entries,
+    )?;
+    warn_if_young(pruned);
+    Ok(pruned)
 }
 
 /// Unix seconds as RFC 3339 (UTC, whole seconds).
@@ -161,19 +218,6 @@ pub fn rfc3339(unix_seconds: u64) -> String {
         .and_then(|s| chrono::DateTime::from_timestamp(s, 0))
         .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
         .unwrap_or_else(|| unix_seconds.to_string())
-}
-
-/// What makes two decisions the same (time and run aside).
-fn digest(draft: &Draft) -> u64 {
-    let text = format!(
-        "{}|{}|{:?}|{:?}|{}",
-        draft.operation.as_str(),
-        draft.outcome.as_str(),
-        draft.reason,
-        draft.changes,
-        draft.cause
-    );
-    xxhash_rust::xxh3::xxh3_64(text.as_bytes())
 }
 
 #[cfg(test)]
@@ -231,17 +275,58 @@ mod tests {
     }
 
     #[test]
-    fn the_same_decision_is_written_once_until_something_else_happens() {
+    fn the_same_decision_is_written_once_until_a_confirmed_write_of_the_user() {
         let store = Store::temporary().unwrap();
         let log = Recorder::start(&cfg(), &store, "r", "full").unwrap();
-        log.write_once(held(1)).unwrap();
-        log.write_once(held(1)).unwrap();
-        assert_eq!(entries(&store).len(), 1);
+        log.write_once(held(1), Code::DeletionSafety, &[]).unwrap();
+        let mut recounted = held(1);
+        recounted.reason = Some("36 disables exceed sync.max_disables = 10".into());
+        log.write_once(recounted, Code::DeletionSafety, &[])
+            .unwrap();
+        assert_eq!(entries(&store).len(), 1, "a count in the reason is no news");
+        // A refused write of the user is no news either: nothing changed for them.
+        let mut refused = held(1);
+        refused.outcome = Verdict::Refused;
+        log.write(refused).unwrap();
+        log.write_once(held(1), Code::DeletionSafety, &[]).unwrap();
+        assert_eq!(entries(&store).len(), 2);
         let mut confirmed = held(1);
         confirmed.outcome = Verdict::Confirmed;
         log.write(confirmed).unwrap();
-        log.write_once(held(1)).unwrap();
-        assert_eq!(entries(&store).len(), 3);
+        log.write_once(held(1), Code::DeletionSafety, &[]).unwrap();
+        assert_eq!(entries(&store).len(), 4);
+        // Another code is another decision.
+        log.write_once(held(1), Code::ListingIncomplete, &[])
+            .unwrap();
+        assert_eq!(entries(&store).len(), 5);
+    }
+
+    #[test]
+    fn the_size_bound_prunes_aged_entries_before_any_young_one() {
+        let clock = crate::clock::Clock::manual(1_000_000_000);
+        let store = Store::temporary().unwrap().with_clock(clock.clone());
+        let bounded = AuditConfig {
+            max_entries: 100,
+            ..cfg()
+        };
+        let log = Recorder::start(&bounded, &store, "r", "full").unwrap();
+        log.write(held(0)).unwrap();
+        clock.advance(Duration::from_secs(91 * 86_400));
+        for id in 1..=100 {
+            log.write(held(id)).unwrap();
+        }
+        // 101 entries: the aged one made room; every young one is kept.
+        let kept: Vec<_> = entries(&store)
+            .iter()
+            .filter_map(|e| e.nexudus_id)
+            .collect();
+        assert_eq!(kept.len(), 100);
+        assert!(!kept.contains(&0));
+        assert_eq!(store.audit_pruned_within_retention().unwrap(), 0);
+        // Only young ones left: the bound prunes them, a hundredth below it, and counts them.
+        log.write(held(101)).unwrap();
+        assert_eq!(store.audit_len().unwrap(), 99);
+        assert_eq!(store.audit_pruned_within_retention().unwrap(), 2);
     }
 
     #[test]
@@ -277,9 +362,10 @@ mod tests {
         log.write(held(1)).unwrap();
         clock.advance(Duration::from_secs(89 * 86_400));
         log.write(held(2)).unwrap();
-        assert_eq!(prune(&cfg(), &store).unwrap(), 0);
+        assert_eq!(prune(&cfg(), &store).unwrap(), Pruned::default());
         clock.advance(Duration::from_secs(2 * 86_400));
-        assert_eq!(prune(&cfg(), &store).unwrap(), 1);
+        let pruned = prune(&cfg(), &store).unwrap();
+        assert_eq!((pruned.aged, pruned.young), (1, 0));
         assert_eq!(entries(&store)[0].nexudus_id, Some(2));
     }
 }

@@ -2,7 +2,7 @@
 //! checkpoint for each write nevisIDM confirmed — right after the confirmation, in the same task,
 //! so that a crash can only lose the checkpoint of a write, never invent one. Each write settled
 //! (confirmed, refused, failed or a conflict) gets its provisioning-log entry (`trail.rs`), a
-//! confirmed one just before its checkpoint.
+//! confirmed one in one atomic step with its checkpoint.
 //!
 //! A create answered "already exists" reads the user and brings it to the desired state; an update
 //! answered "not found" (the user was removed by hand) recreates it. In dry-run mode the operation
@@ -34,7 +34,7 @@ use tokio::task::JoinSet;
 use tracing::Instrument;
 
 use crate::audit::values::Redact;
-use crate::audit::{Change, Recorder, Why, cause};
+use crate::audit::{Change, Code, Recorder, Why, cause};
 use crate::diff::{Changes, Field, Observed, changes_between, create_body};
 use crate::directory::{Directory, SharedDirectory};
 use crate::forms::{self, Form, Forms};
@@ -44,7 +44,7 @@ use crate::ownership::Owners;
 use crate::progress::Progress;
 use crate::refusal::Refusal;
 use crate::report::{Outcome, RunReport};
-use crate::store::{Store, StoreError, fingerprint};
+use crate::store::{Checkpoint, Store, StoreError, UserCheckpoint, fingerprint};
 use crate::versions::BulkVersions;
 
 mod trail;
@@ -605,7 +605,8 @@ impl<T: Target> Dispatcher<T> {
         let entry = trail::refused(op, &e);
         if let WriteError::Conflict { reason, candidates } = e {
             // A conflict stays until an operator resolves it: logged once while it lasts.
-            self.log.write_once(entry)?;
+            let values: Vec<&str> = candidates.iter().map(String::as_str).collect();
+            self.log.write_once(entry, Code::Conflict, &values)?;
             self.unavailable_streak = 0;
             tracing::warn!(extId = %ext_id, %reason, ?candidates, "conflict: nothing written");
             self.store.record_failure(
@@ -794,21 +795,28 @@ fn conflict(op: &Op, reason: String, candidates: Vec<String>) -> Outcome {
 }
 
 /// Checkpoints a confirmed operation (with the link of an adoption and the directory's forms)
-/// and makes it durable, its provisioning-log entry first: a checkpoint is never without the
-/// entry that explains it.
+/// and its provisioning-log entry in one atomic step, and makes them durable: a checkpoint is
+/// never without the entry that explains it, nor an entry without its checkpoint.
 async fn record(
     store: &Store,
     log: &Recorder,
     op: &mut Op,
     applied: Applied,
 ) -> Result<(), StoreError> {
-    log.write(trail::confirmed(op, applied))?;
-    if let Applied::Adopted { .. } = applied {
-        store.set_link(op.nexudus_id, &op.after.ext_id)?;
-    }
-    let fp = op.fingerprint.unwrap_or_else(|| fingerprint(&op.after));
-    store.put_versioned(op.nexudus_id, &op.after, fp, op.version)?;
-    keep_forms(store, op)?;
+    let forms = forms_to_keep(store, op)?;
+    let checkpoint = UserCheckpoint {
+        nexudus_id: op.nexudus_id,
+        user: &op.after,
+        fingerprint: op.fingerprint.unwrap_or_else(|| fingerprint(&op.after)),
+        version: op.version,
+        forms: forms.as_ref(),
+        link: matches!(applied, Applied::Adopted { .. }).then_some(op.after.ext_id.as_str()),
+    };
+    log.write_with(
+        store,
+        trail::confirmed(op, applied),
+        Checkpoint::User(checkpoint),
+    )?;
     store.flush().await
 }
 
@@ -838,12 +846,13 @@ async fn record_not_taken(
     Ok(e)
 }
 
-/// Keeps the forms of a confirmed write: a reconcile's reading, and what nevisIDM's answer to
-/// the PATCH taught (noted in `op.forms.learned` for the report).
-fn keep_forms(store: &Store, op: &mut Op) -> Result<(), StoreError> {
+/// The forms to keep with a confirmed write (`None`: leave the stored ones): a reconcile's
+/// reading, and what nevisIDM's answer to the PATCH taught (noted in `op.forms.learned` for the
+/// report).
+fn forms_to_keep(store: &Store, op: &mut Op) -> Result<Option<Forms>, StoreError> {
     let notes = &mut op.forms;
     if notes.keep.is_none() && notes.answer.is_none() {
-        return Ok(());
+        return Ok(None);
     }
     let mut forms = match notes.keep.take() {
         Some(forms) => forms,
@@ -852,7 +861,7 @@ fn keep_forms(store: &Store, op: &mut Op) -> Result<(), StoreError> {
     if let Some((sent, answer)) = notes.answer.take() {
         notes.learned = forms.learn_from_answer(&op.after, &sent, &answer);
     }
-    store.set_forms(op.nexudus_id, &forms)
+    Ok(Some(forms))
 }
 
 /// The outcome of a confirmed operation.

@@ -41,11 +41,17 @@ impl Holding {
 
     /// Writes the checkpoint; one without roles, held or pending, is removed.
     pub fn write(&self, store: &Store, id: u64) -> Result<(), StoreError> {
+        store.set_role_holding(id, self.encoded()?.as_deref())
+    }
+
+    /// The checkpoint as the store keeps it; `None` without roles, held or pending (removed).
+    pub fn encoded(&self) -> Result<Option<Vec<u8>>, StoreError> {
         if self.granted.is_empty() && self.pending.is_empty() {
-            return store.set_role_holding(id, None);
+            return Ok(None);
         }
-        let json = serde_json::to_vec(self).map_err(|e| StoreError::Io(e.to_string()))?;
-        store.set_role_holding(id, Some(&json))
+        serde_json::to_vec(self)
+            .map(Some)
+            .map_err(|e| StoreError::Io(e.to_string()))
     }
 }
 

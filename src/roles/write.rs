@@ -19,11 +19,11 @@ use std::collections::BTreeSet;
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
-use crate::audit::{Change, Draft, Operation, Recorder, Verdict, cause};
+use crate::audit::{Change, Code, Draft, Operation, Recorder, Verdict, cause};
 use crate::dispatch::PlanSink;
 use crate::nevis::{Profile, RoleTarget, TargetError};
 use crate::report::RoleChange;
-use crate::store::Store;
+use crate::store::{Checkpoint, Store};
 
 use super::RolesError;
 use super::batch::Ledger;
@@ -243,7 +243,9 @@ impl Writer<'_> {
                 reason: Some(reason.to_string()),
                 ..entry(who, role, false, Verdict::Held)
             };
-            self.log.write_once(draft).map_err(RolesError::Store)?;
+            self.log
+                .write_once(draft, Code::RevocationSafety, &[])
+                .map_err(RolesError::Store)?;
             self.ledger.done(who, role, false, RoleChange::Held);
         }
         let grants = plan.grant.iter().map(|r| (r.as_str(), true));
@@ -379,10 +381,21 @@ impl Writer<'_> {
             true => owned_entry(who, role),
             false => entry(who, role, true, Verdict::Confirmed),
         };
-        self.log.write(draft).map_err(RolesError::Store)?;
         holding.pending.remove(role);
         holding.granted.insert(role.to_string(), authorization);
-        holding.write(self.store, who.id).map_err(RolesError::Store)
+        self.checkpoint(who, draft, holding)
+    }
+
+    /// Writes `draft` and `holding` as one atomic step (the checkpoint alone with the log off).
+    fn checkpoint(&self, who: Who<'_>, draft: Draft, holding: &Holding) -> Result<(), RolesError> {
+        let encoded = holding.encoded().map_err(RolesError::Store)?;
+        let checkpoint = Checkpoint::Roles {
+            nexudus_id: who.id,
+            holding: encoded.as_deref(),
+        };
+        self.log
+            .write_with(self.store, draft, checkpoint)
+            .map_err(RolesError::Store)
     }
 
     /// The extId of the profile's authorization of `role`, if a read finds one.
@@ -430,12 +443,9 @@ impl Writer<'_> {
         holding: &mut Holding,
     ) -> Result<RoleChange, RolesError> {
         let draft = entry(who, role, false, Verdict::Confirmed);
-        self.log.write(draft).map_err(RolesError::Store)?;
         holding.granted.remove(role);
         holding.pending.remove(role);
-        holding
-            .write(self.store, who.id)
-            .map_err(RolesError::Store)?;
+        self.checkpoint(who, draft, holding)?;
         tracing::info!(ext_id = who.ext_id, role, profile, "revoked");
         Ok(RoleChange::Revoked)
     }

@@ -243,6 +243,9 @@ async fn run_and_record<S: Source, T: Target>(
     if let Ok(entries) = store.audit_len() {
         state.metrics.set_audit_entries(entries);
     }
+    if let Ok(pruned) = store.audit_pruned_within_retention() {
+        state.metrics.set_audit_pruned_within_retention(pruned);
+    }
     listed_everyone
 }
 

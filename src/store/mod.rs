@@ -35,7 +35,9 @@
 //!   `meta` keys `roles_*` hold its resolution, memberships and watermark.
 //!
 //! - `audit`: the provisioning log (see [`audit`]'s layout): one entry per write made or decided
-//!   against, written just before the checkpoint it explains; kept by `--rebuild-store`.
+//!   against, written in one atomic step with the checkpoint it explains ([`step`]); kept by
+//!   `--rebuild-store`. `meta` key `audit_pruned_within_retention`: entries the size bound
+//!   pruned while still inside `audit.retention`, ever (u64 LE).
 //!
 //! A checkpoint is written only after nevisIDM confirmed the write; `flush` makes it durable.
 
@@ -52,7 +54,9 @@ use crate::mapper::{DesiredUser, UserState};
 use crate::refusal::Refusal;
 
 mod audit;
-pub use audit::{AuditEntry, AuditRecord};
+mod step;
+pub use audit::{AuditEntry, AuditRecord, Mark, Pruned};
+pub use step::{Checkpoint, UserCheckpoint};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -328,19 +332,15 @@ impl Store {
         fingerprint: u64,
         version: Option<i64>,
     ) -> Result<(), StoreError> {
-        let key = nexudus_id.to_be_bytes();
-        self.users.insert(key, encode(user, fingerprint, version))?;
-        self.failures.remove(key)?;
-        // A mark of older versions (see the layout above).
-        self.operator.remove(op_key(BLOCKED, &key))?;
-        if user.state == UserState::Disabled {
-            if !self.disabled_at.contains_key(key)? {
-                self.disabled_at
-                    .insert(key, &self.clock.now().to_le_bytes())?;
-            }
-        } else {
-            self.disabled_at.remove(key)?;
-        }
+        let checkpoint = UserCheckpoint {
+            nexudus_id,
+            user,
+            fingerprint,
+            version,
+            forms: None,
+            link: None,
+        };
+        self.commit(None, &Checkpoint::User(checkpoint))?;
         Ok(())
     }
 
@@ -380,12 +380,10 @@ impl Store {
     /// Keeps `forms` for this user (none: the record is removed).
     pub fn set_forms(&self, nexudus_id: u64, forms: &Forms) -> Result<(), StoreError> {
         let key = nexudus_id.to_be_bytes();
-        if forms.is_empty() {
-            self.forms.remove(key)?;
-        } else {
-            let json = serde_json::to_vec(forms).map_err(|e| StoreError::Io(e.to_string()))?;
-            self.forms.insert(key, json)?;
-        }
+        match forms_value(forms)? {
+            None => self.forms.remove(key)?,
+            Some(json) => self.forms.insert(key, json)?,
+        };
         Ok(())
     }
 
@@ -772,6 +770,17 @@ impl Store {
     pub fn size_on_disk(&self) -> Result<u64, StoreError> {
         Ok(self.db.size_on_disk()?)
     }
+}
+
+/// How the `forms` tree keeps a user's forms: JSON; `None` when there are none (the record is
+/// removed).
+fn forms_value(forms: &Forms) -> Result<Option<Vec<u8>>, StoreError> {
+    if forms.is_empty() {
+        return Ok(None);
+    }
+    serde_json::to_vec(forms)
+        .map(Some)
+        .map_err(|e| StoreError::Io(e.to_string()))
 }
 
 /// First byte of a failure value that carries the time of the first failure.
@@ -1311,7 +1320,11 @@ mod damage {
             .await
             .unwrap();
         assert!(store.is_empty());
-        assert_eq!(store.audit_of_user(7).unwrap().len(), 1, "the log is kept");
+        assert_eq!(
+            store.audit_of_user(7, 0, None).count(),
+            1,
+            "the log is kept"
+        );
         assert_eq!(store.link(7).unwrap().as_deref(), Some("legacy-7"));
         assert_eq!(store.link_owner("legacy-7").unwrap(), Some(7));
     }

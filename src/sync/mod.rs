@@ -206,9 +206,10 @@ pub async fn run_once<S: Source, T: Target>(
             tracing::warn!(error = %e, "cannot record the run report");
         }
         match crate::audit::prune(&cfg.audit, store) {
-            Ok(0) => {}
+            Ok(pruned) if pruned.total() == 0 => {}
             Ok(pruned) => tracing::info!(
-                pruned,
+                aged = pruned.aged,
+                within_retention = pruned.young,
                 "provisioning-log entries past audit.retention or audit.max_entries pruned"
             ),
             Err(e) => tracing::warn!(error = %e, "cannot prune the provisioning log"),

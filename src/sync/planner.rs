@@ -14,7 +14,7 @@ use serde_json::json;
 
 use super::RunOptions;
 use super::listing::Fetched;
-use crate::audit::{Draft, Operation, Recorder, Verdict, Why, cause};
+use crate::audit::{Code, Draft, Operation, Recorder, Verdict, Why, cause};
 use crate::config::{AdoptMode, Config, LoginIdSource};
 use crate::diff::{Changes, Observed, Plan, changes_between, diff};
 use crate::directory::Directory;
@@ -131,19 +131,26 @@ impl<'a> Planner<'a> {
 
     /// An invalid record's entry (a record without an Id cannot be found by person, and would
     /// repeat every run: it stays in the run's report only).
-    fn log_invalid(&self, id: Option<u64>, reason: &str) -> Result<(), StoreError> {
+    fn log_invalid(&self, id: Option<u64>, reason: &InvalidReason) -> Result<(), StoreError> {
         let Some(id) = id else { return Ok(()) };
         let ext_id = match self.store.get(id).ok().flatten() {
             Some(checkpoint) => checkpoint.ext_id,
             None => ext_id_with(&self.cfg.mapping.ext_id_prefix, id),
         };
-        self.log.write_once(Draft::decision(
-            (id, &ext_id),
-            Operation::Skip,
-            Verdict::Invalid,
-            reason.to_string(),
-            cause::INVALID_RECORD,
-        ))
+        // The reason quotes only the record's own values (an email, a length), never a count:
+        // the values of the decision.
+        let text = reason.to_string();
+        self.log.write_once(
+            Draft::decision(
+                (id, &ext_id),
+                Operation::Skip,
+                Verdict::Invalid,
+                text.clone(),
+                cause::INVALID_RECORD,
+            ),
+            Code::Invalid(reason.rule()),
+            &[&text],
+        )
     }
 
     /// With adoption on: the Nexudus users sharing an email, from the listing read whole.
@@ -169,7 +176,7 @@ impl<'a> Planner<'a> {
                 report.watermark.problem(bad.updated_on.as_deref());
                 // Scope unknown for an undecodable record: keep it, never disable it.
                 let kept = bad.id.map(|id| Kept { id, active: false });
-                self.log_invalid(bad.id, &bad.reason.to_string())?;
+                self.log_invalid(bad.id, &bad.reason)?;
                 note_invalid(
                     self.store,
                     report,
@@ -193,7 +200,7 @@ impl<'a> Planner<'a> {
                     id: user.id,
                     active: false,
                 });
-                self.log_invalid(Some(user.id), &reason.to_string())?;
+                self.log_invalid(Some(user.id), &reason)?;
                 note_invalid(
                     self.store,
                     report,
@@ -276,13 +283,19 @@ impl<'a> Planner<'a> {
         );
         report.watermark.problem(user.updated_on.as_deref());
         let candidates: Vec<String> = others.iter().map(|id| format!("nexudus:{id}")).collect();
-        self.log.write_once(Draft::decision(
-            (user.id, &desired.ext_id),
-            Operation::Create,
-            Verdict::Conflict,
-            format!("{reason}; candidates: [{}]", candidates.join(", ")),
-            cause::NEW_IN_NEXUDUS,
-        ))?;
+        let mut values = vec![desired.email.as_str()];
+        values.extend(candidates.iter().map(String::as_str));
+        self.log.write_once(
+            Draft::decision(
+                (user.id, &desired.ext_id),
+                Operation::Create,
+                Verdict::Conflict,
+                format!("{reason}; candidates: [{}]", candidates.join(", ")),
+                cause::NEW_IN_NEXUDUS,
+            ),
+            Code::SharedEmail,
+            &values,
+        )?;
         note_conflict(
             self.store,
             report,
@@ -480,13 +493,17 @@ impl<'a> Planner<'a> {
                 tracing::warn!(extId = %ext_id, "disabled by hand in nevisIDM while active in Nexudus; left disabled (sync.reenable_on_reconcile = false)");
                 desired.state = UserState::Disabled;
                 report.note_hand_disabled(nexudus_id, ext_id);
-                self.log.write_once(Draft::decision(
-                    (nexudus_id, ext_id),
-                    Operation::Enable,
-                    Verdict::Held,
-                    "sync.reenable_on_reconcile = false: left disabled".into(),
-                    cause::HAND_DISABLE_KEPT,
-                ))?;
+                self.log.write_once(
+                    Draft::decision(
+                        (nexudus_id, ext_id),
+                        Operation::Enable,
+                        Verdict::Held,
+                        "sync.reenable_on_reconcile = false: left disabled".into(),
+                        cause::HAND_DISABLE_KEPT,
+                    ),
+                    Code::HandDisabledKept,
+                    &[],
+                )?;
                 match &self.opts.dry_run {
                     Some(sink) => sink(&json!({
                         "op": "keep-disabled",

@@ -405,6 +405,10 @@ impl Decision {
     /// returns the removals to send (none when held).
     pub fn record(self, report: &mut RunReport, log: &Recorder) -> Result<Vec<Op>, StoreError> {
         report.listing_complete = self.incomplete.is_none();
+        let code = match self.incomplete {
+            Some(_) => audit::Code::ListingIncomplete,
+            None => audit::Code::DeletionSafety,
+        };
         report.incomplete_reason = self.incomplete;
         let Some(reason) = self.held else {
             if !self.full_listing_due && !self.unconfirmed.is_empty() {
@@ -413,7 +417,8 @@ impl Decision {
                     "disables held by an earlier run wait for a complete full listing, which \
                      looks each person up first"
                 );
-                hold(self.unconfirmed, UNCONFIRMED, report, log)?;
+                let code = audit::Code::AwaitingFullListing;
+                hold(self.unconfirmed, UNCONFIRMED, code, report, log)?;
             }
             return Ok(self.removals);
         };
@@ -424,7 +429,7 @@ impl Decision {
         );
         let reason = format!("{reason}; --allow-mass-disable approves");
         let batch = self.removals.into_iter().chain(self.unconfirmed);
-        hold(batch, &reason, report, log)?;
+        hold(batch, &reason, code, report, log)?;
         Ok(Vec::new())
     }
 }
@@ -436,13 +441,14 @@ const UNCONFIRMED: &str = "waits for a complete full listing, which looks the pe
 fn hold(
     ops: impl IntoIterator<Item = Op>,
     reason: &str,
+    code: audit::Code,
     report: &mut RunReport,
     log: &Recorder,
 ) -> Result<(), StoreError> {
     for op in ops {
         let mut entry = op.draft(audit::Verdict::Held);
         entry.reason = Some(reason.to_string());
-        log.write_once(entry)?;
+        log.write_once(entry, code, &[])?;
         let ext_id = op.after.ext_id;
         report.record(op.nexudus_id, Outcome::Held { ext_id });
     }
