@@ -273,7 +273,10 @@ async fn a_dry_run_marks_no_grant_pending() {
     assert!(run.stdout.contains(r#""op":"grant""#), "{}", run.stdout);
     assert!(env.nevis.user_roles(&ext(ids[0])).is_empty());
     let store = open_when_free(&env.store_path(), 16 << 20).await;
-    let holdings = store.role_holdings().expect("read the role checkpoints");
+    let holdings: Vec<u64> = store
+        .role_holding_ids()
+        .collect::<Result<_, _>>()
+        .expect("read the role checkpoints");
     assert!(holdings.is_empty(), "{holdings:?}");
 }
 

@@ -622,17 +622,6 @@ impl Store {
         Ok(())
     }
 
-    /// Every role checkpoint, in Id order.
-    pub fn role_holdings(&self) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
-        self.roles
-            .iter()
-            .map(|item| {
-                let (k, v) = item?;
-                Ok((id_of(&k, "roles")?, v.to_vec()))
-            })
-            .collect()
-    }
-
     /// The Nexudus Id of every role checkpoint, in Id order, without reading one.
     pub fn role_holding_ids(&self) -> impl Iterator<Item = Result<u64, StoreError>> + '_ {
         self.roles.iter().keys().map(|key| id_of(&key?, "roles"))
