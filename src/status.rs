@@ -289,11 +289,7 @@ const HELD_SHOWN: usize = 20;
 /// The people whose disable the last run held back, by extId, and how to approve: every run
 /// holds them again until then, so this line stays until a person decides.
 fn render_held(run: &Value, out: &mut String) {
-    let held = run
-        .get("held")
-        .and_then(Value::as_array)
-        .map(Vec::as_slice)
-        .unwrap_or_default();
+    let held = items(run, "held");
     if held.is_empty() {
         return;
     }
@@ -316,11 +312,7 @@ fn render_held(run: &Value, out: &mut String) {
 
 /// The role sync's part of the last run: its counts, then each failure and held revocation.
 fn render_roles(run: &Value, out: &mut String) {
-    let problems = run
-        .get("role_problems")
-        .and_then(Value::as_array)
-        .map(Vec::as_slice)
-        .unwrap_or_default();
+    let problems = items(run, "role_problems");
     let keys = ["granted", "revoked", "held_revokes", "role_failures"];
     let incomplete = run.get("roles_incomplete").and_then(Value::as_str);
     if problems.is_empty() && incomplete.is_none() && keys.iter().all(|k| count(run, k) == 0) {
@@ -337,8 +329,7 @@ fn render_roles(run: &Value, out: &mut String) {
     if let Some(reason) = incomplete {
         out.push_str(&format!("{:<13}{reason}; no role was revoked\n", ""));
     }
-    let holds = run.get("role_holds").and_then(Value::as_array);
-    for reason in holds.into_iter().flatten().filter_map(Value::as_str) {
+    for reason in items(run, "role_holds").iter().filter_map(Value::as_str) {
         out.push_str(&format!("{:<13}held: {}\n", "", printable(reason)));
     }
     if problems.is_empty() {
@@ -364,11 +355,7 @@ fn render_roles(run: &Value, out: &mut String) {
 }
 
 fn render_failing(doc: &Value, out: &mut String) {
-    let failing = doc
-        .get("failing_users")
-        .and_then(Value::as_array)
-        .map(Vec::as_slice)
-        .unwrap_or_default();
+    let failing = items(doc, "failing_users");
     if failing.is_empty() {
         out.push_str("Failing      no user is failing\n");
         return;
@@ -395,6 +382,14 @@ fn render_failing(doc: &Value, out: &mut String) {
         ]);
     }
     table(&rows, out);
+}
+
+/// The array at `key` of `doc` (none when it is missing or not an array).
+fn items<'a>(doc: &'a Value, key: &str) -> &'a [Value] {
+    doc.get(key)
+        .and_then(Value::as_array)
+        .map(Vec::as_slice)
+        .unwrap_or_default()
 }
 
 /// Number of failing users in a status document.
